@@ -1,0 +1,167 @@
+"""Dataset readers: Fashion-MNIST idx files and class-per-folder image trees, as uint8 image sources.
+
+Every source yields images as uint8 arrays shaped ``(n, H, W, C)`` (what the run stores and what
+:meth:`core.detector.Detector.score` takes) with integer labels ``(n,)``. User uploads are read by
+:func:`read_upload` (re-exported from :mod:`core.uploads`).
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["ImageSource", "ArraySource", "FolderSource", "DatasetNotFound", "load_fashion_mnist",
+           "FMNIST_DIRS", "read_upload", "UploadError", "image_to_array", "to_float"]
+
+log = logging.getLogger(__name__)
+
+#: Where Fashion-MNIST's gzipped idx files are looked for, in order (Debian's package first).
+FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/datasets/FashionMNIST/raw")
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+class DatasetNotFound(FileNotFoundError):
+    """The dataset files are not on this machine; the message says how to get them."""
+
+
+class ImageSource(Protocol):
+    """Anything that yields labelled uint8 images by index."""
+
+    labels: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int: ...
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 images (len(idx), H, W, C)."""
+        ...
+
+
+@dataclass
+class ArraySource:
+    """Images held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.images[idx])
+
+
+class FolderSource:
+    """A class-per-folder image tree (torchvision ImageFolder layout), decoded and resized on demand.
+
+    Parameters
+    ----------
+    root : path
+        ``root/<class>/<image>``; classes are the sorted folder names.
+    size : (H, W)
+        Model input size; images are resized (shorter side to ``resize``) and centre-cropped.
+    channels : int
+        1 (grayscale) or 3 (RGB).
+    resize : int, optional
+        Shorter side before the crop (default: max(size)).
+    """
+
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".jpe")
+
+    def __init__(self, root: str | os.PathLike, *, size: tuple[int, int], channels: int, resize: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetNotFound(f"image folder {self.root} does not exist")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise DatasetNotFound(f"{self.root} has no class sub-folders (expected root/<class>/<image>)")
+        paths, labels = [], []
+        for c, name in enumerate(self.classes):
+            for p in sorted((self.root / name).rglob("*")):
+                if p.suffix.lower() in self.EXTENSIONS:
+                    paths.append(p)
+                    labels.append(c)
+        if not paths:
+            raise DatasetNotFound(f"{self.root}: no images with extensions {self.EXTENSIONS}")
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.size, self.channels, self.resize = tuple(size), channels, resize
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        from core.uploads import image_to_array, read_upload
+
+        out = np.empty((len(idx), *self.size, self.channels), np.uint8)
+        for j, i in enumerate(np.asarray(idx).ravel()):
+            img = read_upload(self.paths[int(i)].read_bytes())
+            out[j] = image_to_array(img, size=self.size, channels=self.channels, resize=self.resize)
+        return out
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one gzipped idx file (images: uint8 (N, H, W); labels: uint8 (N,))."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path}: not a uint8 idx file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: truncated idx file ({arr.size} values, header says {dims})")
+    return arr.reshape(dims)
+
+
+def load_fashion_mnist(split: str, *, root: str | os.PathLike | None = None, download: bool = False) -> ArraySource:
+    """Fashion-MNIST ``split`` ("train": 60 000 images, "test": 10 000) as an :class:`ArraySource`.
+
+    Images are uint8 (N, 28, 28, 1), labels int64 (N,). Looks in ``root``, then :data:`FMNIST_DIRS`;
+    with ``download=True`` falls back to torchvision's downloader into ``data/datasets``.
+
+    Raises
+    ------
+    DatasetNotFound
+        With the command that installs the files.
+    """
+    if split not in _FMNIST_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    img_name, lab_name = _FMNIST_FILES[split]
+    dirs = ([Path(root)] if root else []) + [Path(d) for d in FMNIST_DIRS]
+    for d in dirs:
+        if (d / img_name).exists() and (d / lab_name).exists():
+            images = _read_idx(d / img_name)[..., None]
+            labels = _read_idx(d / lab_name).astype(np.int64)
+            log.info("Fashion-MNIST %s: %d images from %s", split, len(labels), d)
+            return ArraySource(np.ascontiguousarray(images), labels)
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST("data/datasets", train=split == "train", download=True)
+        return load_fashion_mnist(split, root="data/datasets/FashionMNIST/raw")
+    raise DatasetNotFound(
+        f"Fashion-MNIST files not found in {', '.join(map(str, dirs))}. Install them with "
+        "`sudo apt-get install -y dataset-fashion-mnist` (Debian), or rerun with --set dataset_download=true")
+
+
+def __getattr__(name: str):
+    """Re-export the upload reader (:mod:`core.uploads`) lazily: ``core.data.read_upload`` etc."""
+    if name in ("read_upload", "UploadError", "image_to_array"):
+        from core import uploads
+
+        return getattr(uploads, name)
+    raise AttributeError(f"module 'core.data' has no attribute {name!r}")
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}")
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)

@@ -1,0 +1,317 @@
+"""The façade: load a precomputed run and tell whether to trust the CNN's prediction on new images.
+
+>>> from core.detector import Detector
+>>> det = Detector.load("data/runs/fmnist")                       # doctest: +SKIP
+>>> r = det.inspect(pil_image)          # one image: prediction, top-5, scores, neighbours per layer
+>>> r.predicted, r.scores["conv3"]      # (1,), (1,)                                   # doctest: +SKIP
+>>> b = det.score(uint8_batch)          # (N, H, W, C) -> predicted (N,), scores {layer: (N,)}
+>>> det.model                           # nn.Module: float (N, C, H, W) in [0, 1] -> logits
+
+Scores are the kNN score of the predicted class among the training images' features (paper eq. (2));
+a score under the threshold means "do not trust this prediction".
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import index as knn_index
+from core import processing, scoring, zoo
+from core.artefacts import ArtefactError, RunDir
+from core.data import to_float
+from core.features import FeatureExtractor
+
+__all__ = ["Detector", "Scores", "Inspection", "NeighbourList", "IncompleteRun"]
+
+log = logging.getLogger(__name__)
+
+#: Largest k a request may ask for (bounded by the run's training-set size too).
+MAX_K = 10_000
+#: Largest batch :meth:`Detector.score` takes in one call (split bigger inputs yourself).
+MAX_BATCH = 4096
+
+
+class IncompleteRun(ArtefactError):
+    """The run folder is missing or unfinished; the message gives the command that builds it."""
+
+
+@dataclass
+class Scores:
+    """Result of :meth:`Detector.score`.
+
+    Attributes
+    ----------
+    predicted : int64 ndarray (N,)
+        The CNN's predicted class of each image.
+    probs : float32 ndarray (N, n_classes)
+        Softmax probabilities.
+    scores : dict str -> float64 ndarray (N,)
+        Per tapped layer, the kNN score of the predicted class (higher = trust).
+    settings : dict
+        The ``mode``, ``fn`` and ``k`` used.
+    """
+
+    predicted: np.ndarray
+    probs: np.ndarray
+    scores: dict[str, np.ndarray]
+    settings: dict[str, Any]
+
+
+@dataclass
+class NeighbourList:
+    """Nearest training images of one query for one layer: ``ids`` int64 (n,), ``distances`` float32 (n,)
+    (squared L2 in the processed space), ``labels`` int64 (n,)."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Inspection(Scores):
+    """Result of :meth:`Detector.inspect` (one image, N = 1).
+
+    Attributes
+    ----------
+    image : uint8 ndarray (H, W, C)
+        The image as the model sees it (resized, cropped, converted).
+    top5 : list of (class id, probability)
+    neighbours : dict layer -> NeighbourList   (nearest overall)
+    class_neighbours : dict layer -> NeighbourList   (nearest of the predicted class)
+    timings : dict stage -> seconds
+    """
+
+    image: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
+    top5: list[tuple[int, float]] = field(default_factory=list)
+    neighbours: dict[str, NeighbourList] = field(default_factory=dict)
+    class_neighbours: dict[str, NeighbourList] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Detector:
+    """A loaded run: model, per-layer processing and faiss indexes, training labels.
+
+    Use :meth:`load`; the constructor takes already loaded parts.
+    """
+
+    def __init__(self, run: RunDir, model: zoo.Classifier, classes: list[str], train_labels: np.ndarray,
+                 layers: list[str], defaults: dict[str, Any], *, verify: bool = True):
+        self.run = run
+        self.model = model
+        self.classes = classes
+        self.train_labels = train_labels
+        self.layers = layers
+        self.defaults = defaults
+        self.modes = list(run.manifest["summary"]["modes"])
+        self.k_max = int(run.manifest["summary"]["k_max"])
+        self.entry = zoo.entry(run.manifest["config"]["model"]["name"])
+        self._verify = verify
+        self._extractor = FeatureExtractor(model, layers)
+        self._params: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._indexes: dict[tuple[str, str], Any] = {}
+        self._class_ids: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._train_images: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, run: str | Path | RunDir, *, verify: str = "full", modes: list[str] | None = None) -> "Detector":
+        """Load a finished run.
+
+        Parameters
+        ----------
+        run : path or RunDir
+            The run folder (``data/runs/<name>``).
+        verify : {"full", "size", "none"}
+            Check each loaded file against the manifest's sha256 (``full``), only its size, or not at all.
+        modes : list of str, optional
+            Processing modes to load now (default: the run's default mode; others load on first use).
+
+        Raises
+        ------
+        IncompleteRun
+            No run there, or its precompute has not finished.
+        ArtefactError
+            A file was changed, truncated or replaced (the message names it).
+        """
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        if not run.exists():
+            raise IncompleteRun(f"no run in {run.path}; build it with "
+                                "`python -m precompute --config precompute/configs/<config>.toml`")
+        m = run.manifest
+        if m.get("stages", {}).get("neighbours", {}).get("status") != "done":
+            raise IncompleteRun(f"run {run.path} is unfinished; finish it with "
+                                f"`python -m precompute --config <its config>` (name = {m.get('config', {}).get('name')!r})")
+        if verify not in ("full", "size", "none"):
+            raise ValueError("verify must be 'full', 'size' or 'none'")
+        t0 = time.perf_counter()
+        full = verify == "full"
+        base = ["model.pt", "classes.json", "train_labels.npy"]
+        if verify != "none":
+            run.verify(base, full=full)
+        cfg = m["config"]
+        model = zoo.build(cfg["model"]["name"])
+        model.load_state_dict(run.load_torch("model.pt"))
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        defaults = dict(m["summary"]["defaults"])
+        det = cls(run, model, run.load_json("classes.json"), run.load_npy("train_labels.npy"),
+                  list(m["summary"]["layers"]), defaults, verify=verify != "none")
+        det._verify_full = full
+        for mode in modes or [defaults["mode"]]:
+            for layer in det.layers:
+                det._get(layer, mode)
+        log.info("loaded detector %s in %.2fs (verify=%s)", run.path, time.perf_counter() - t0, verify)
+        return det
+
+    def _get(self, layer: str, mode: str) -> tuple[dict[str, np.ndarray], Any]:
+        """Processing params and index of (layer, mode), loaded once (thread-safe)."""
+        key = (layer, mode)
+        if key not in self._indexes:
+            if layer not in self.layers or mode not in self.modes:
+                raise ValueError(f"unknown layer/mode {key}; layers {self.layers}, modes {self.modes}")
+            with self._lock:
+                if key not in self._indexes:
+                    rels = [f"processing/{layer}-{mode}.npz", f"index/{layer}-{mode}.faiss"]
+                    if self._verify:
+                        self.run.verify(rels, full=getattr(self, "_verify_full", True))
+                    self._params[key] = self.run.load_npz(rels[0])
+                    self._indexes[key] = self.run.load_faiss(rels[1])
+        return self._params[key], self._indexes[key]
+
+    def train_images(self) -> np.ndarray | None:
+        """Training images uint8 (N, H, W, C) when the run stores them (small datasets), else None."""
+        if self._train_images is None and self.run.is_recorded("train_images.npy"):
+            self._train_images = self.run.load_npy("train_images.npy", mmap=True)
+        return self._train_images
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, image: Any) -> np.ndarray:
+        """A PIL image, uint8 (H, W, C) / (H, W) or (N, H, W, C) array -> uint8 (N, H, W, C) as the model sees it."""
+        from PIL import Image
+
+        c, h, w = self.entry.input_size
+        if isinstance(image, Image.Image):
+            from core.uploads import image_to_array
+
+            return image_to_array(image, size=(h, w), channels=c, resize=self.entry.resize)[None]
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels (as the dataset stores them), got {arr.dtype}; "
+                             "pass a PIL image or np.uint8 array")
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[1:] != (h, w, c):
+            raise ValueError(f"expected images shaped (N, {h}, {w}, {c}), got {arr.shape}; pass a PIL image to "
+                             "have it resized")
+        return arr
+
+    def _settings(self, mode: str | None, fn: str | None, k: int | None) -> tuple[str, str, int]:
+        mode = mode or self.defaults["mode"]
+        fn = fn or self.defaults["fn"]
+        k = int(k or self.defaults["k"])
+        if fn not in scoring.SCORE_FNS:
+            raise ValueError(f"unknown score function {fn!r}; use one of {list(scoring.SCORE_FNS)}")
+        limit = min(MAX_K, len(self.train_labels))
+        if not 1 <= k <= limit:
+            raise ValueError(f"k must be in [1, {limit}], got {k}")
+        return mode, fn, k
+
+    # ------------------------------------------------------------------ scoring
+    def _forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with torch.no_grad():
+            logits, feats = self._extractor(torch.from_numpy(to_float(images)))
+        probs = torch.softmax(logits.float(), 1).numpy()
+        return probs, {k: v.numpy() for k, v in feats.items()}
+
+    def score(self, batch: Any, *, mode: str | None = None, fn: str | None = None, k: int | None = None,
+              layers: list[str] | None = None) -> Scores:
+        """Predictions and per-layer kNN scores of a batch.
+
+        Parameters
+        ----------
+        batch : uint8 ndarray (N, H, W, C), or anything :meth:`prepare` takes
+        mode, fn, k : optional, keyword-only
+            Processing, score function and k (default: the run's).
+        layers : list of str, optional
+            Subset of the tapped layers.
+        """
+        mode, fn, k = self._settings(mode, fn, k)
+        images = self.prepare(batch)
+        if len(images) > MAX_BATCH:
+            raise ValueError(f"batch of {len(images)} images is over the limit of {MAX_BATCH}; split it")
+        probs, feats = self._forward(images)
+        pred = probs.argmax(1)
+        scores = {}
+        for layer in layers or self.layers:
+            params, index = self._get(layer, mode)
+            D, I = knn_index.search(index, processing.apply(params, feats[layer]), k)
+            scores[layer] = scoring.score(I, D, self.train_labels, pred, fn=fn)
+        return Scores(pred, probs, scores, {"mode": mode, "fn": fn, "k": k})
+
+    def inspect(self, image: Any, *, mode: str | None = None, fn: str | None = None, k: int | None = None,
+                n_neighbours: int = 8) -> Inspection:
+        """Everything about one image: prediction, top-5, per-layer scores and nearest training images.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image or uint8 ndarray (H, W, C)
+        mode, fn, k : optional, keyword-only
+            As in :meth:`score`.
+        n_neighbours : int
+            Neighbours to return per layer, overall and of the predicted class.
+        """
+        mode, fn, k = self._settings(mode, fn, k)
+        t = {"prepare": time.perf_counter()}
+        images = self.prepare(image)
+        if len(images) != 1:
+            raise ValueError(f"inspect takes one image, got {len(images)}; use score() for batches")
+        t["forward"] = time.perf_counter()
+        probs, feats = self._forward(images)
+        pred = int(probs[0].argmax())
+        t["search"] = time.perf_counter()
+        scores, nbs, cnbs = {}, {}, {}
+        proc_time = 0.0
+        for layer in self.layers:
+            params, index = self._get(layer, mode)
+            p0 = time.perf_counter()
+            xq = processing.apply(params, feats[layer])
+            proc_time += time.perf_counter() - p0
+            D, I = knn_index.search(index, xq, k)
+            scores[layer] = scoring.score(I, D, self.train_labels, np.array([pred]), fn=fn)
+            n = min(n_neighbours, I.shape[1])
+            nbs[layer] = NeighbourList(I[0, :n], D[0, :n], self.train_labels[I[0, :n]])
+            same = np.flatnonzero(self.train_labels[I[0]] == pred)[:n_neighbours]
+            cnbs[layer] = NeighbourList(I[0, same], D[0, same], self.train_labels[I[0, same]])
+        t["done"] = time.perf_counter()
+        top = np.argsort(-probs[0])[:5]
+        names = list(t)
+        timings = {names[i]: t[names[i + 1]] - t[names[i]] for i in range(len(names) - 1)}
+        timings["processing"] = proc_time
+        timings["search"] -= proc_time
+        return Inspection(np.array([pred]), probs, scores, {"mode": mode, "fn": fn, "k": k}, image=images[0],
+                          top5=[(int(c), float(probs[0, c])) for c in top], neighbours=nbs,
+                          class_neighbours=cnbs, timings=timings)
+
+    def thresholds(self) -> dict:
+        """EER thresholds from the run's report: {(layer, mode, fn): threshold on the aggregated attacks}.
+
+        Computed at the report's k; for another k, use :mod:`core.evaluation` on the stored neighbours.
+        """
+        rep = self.run.load_json("report.json")
+        out = {}
+        for r in rep["rows"]:
+            ths = [a["eer_threshold"] for a in r["attacks"].values()]
+            ns = [a["n"] for a in r["attacks"].values()]
+            out[(r["layer"], r["mode"], r["fn"])] = float(np.average(ths, weights=ns)) if ns and sum(ns) else float("nan")
+        return out

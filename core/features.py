@@ -1,0 +1,136 @@
+"""One forward pass that returns the logits and every tapped layer, global-average-pooled for conv maps.
+
+Built on ``torchvision.models.feature_extraction.create_feature_extractor``; the model is a
+:class:`core.zoo.Classifier` (normalisation inside, taps are node names of ``model.net``).
+
+>>> ext = FeatureExtractor(model, ["conv2", "fc1"])          # doctest: +SKIP
+>>> logits, feats = ext(x)                                    # x: float (N, C, H, W) in [0, 1]
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data import ImageSource, to_float
+
+__all__ = ["FeatureExtractor", "extract", "gap"]
+
+log = logging.getLogger(__name__)
+
+_LOGITS = "__logits__"
+
+
+def gap(t: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of a 4-D map (N, C, H, W) -> (N, C); other shapes are flattened to (N, D)."""
+    return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
+
+
+class FeatureExtractor(nn.Module):
+    """Logits and GAP-ed activations of ``layers`` in one forward pass.
+
+    Parameters
+    ----------
+    model : core.zoo.Classifier
+        Model with ``net``, ``normalize`` and ``leaf_modules``.
+    layers : list of str
+        Node names of ``model.net`` (see :func:`core.zoo.graph_nodes`).
+
+    Raises
+    ------
+    ValueError
+        If a layer is not a node of the network; the message lists how to find valid names.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str]):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        from core.zoo import graph_nodes
+
+        nodes = graph_nodes(model)
+        bad = [layer for layer in layers if layer not in nodes]
+        if bad:
+            raise ValueError(f"layer(s) {bad} are not nodes of {type(model.net).__name__}. Hint: run "
+                             f"`python -m precompute --list-layers CONFIG`; valid examples: {nodes[-8:]}")
+        self.layers = list(layers)
+        self.model = model
+        was_training = model.training
+        model.eval()
+        self._ext = create_feature_extractor(
+            model.net, return_nodes={**{layer: layer for layer in layers}, nodes[-1]: _LOGITS},
+            tracer_kwargs={"leaf_modules": list(model.leaf_modules)})
+        self._ext.eval()
+        model.train(was_training)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``x`` float (N, C, H, W) in [0, 1] -> (logits (N, K), {layer: (N, D_layer)})."""
+        out = self._ext(self.model.normalize(x))
+        logits = out.pop(_LOGITS)
+        return logits, {k: gap(v) for k, v in out.items()}
+
+
+def extract(model: nn.Module, layers: list[str], source: ImageSource | np.ndarray, *, batch_size: int = 256,
+            device: str | torch.device = "cpu", out: Mapping[str, np.ndarray] | None = None,
+            amp: bool = False, progress: bool = False, desc: str = "features") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run the model over every image of ``source`` and collect logits and layer features.
+
+    Parameters
+    ----------
+    model : core.zoo.Classifier
+    layers : list of str
+    source : ImageSource or uint8 ndarray (N, H, W, C)
+    batch_size : int
+    device : torch device for the forward passes.
+    out : mapping layer -> writable float32 array (N, D), optional
+        Preallocated outputs (e.g. memory-mapped ``.npy`` files) so features never sit in RAM.
+    amp : bool
+        Mixed precision (bfloat16 autocast) on CUDA.
+    progress : bool
+        Show a tqdm bar with images/s.
+
+    Returns
+    -------
+    logits : float32 ndarray (N, n_classes)
+    feats : dict layer -> float32 ndarray (N, D_layer)  (the ``out`` arrays when given)
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(source, np.ndarray):
+        from core.data import ArraySource
+
+        source = ArraySource(source, np.zeros(len(source), np.int64))
+    n = len(source)
+    device = torch.device(device)
+    ext = FeatureExtractor(model, layers).to(device)
+    was_training = model.training
+    model.eval()
+    feats: dict[str, np.ndarray] = dict(out) if out is not None else {}
+    logits_all: np.ndarray | None = None
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                idx = np.arange(start, min(start + batch_size, n))
+                x = torch.from_numpy(to_float(source.get(idx))).to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                    logits, f = ext(x)
+                if logits_all is None:
+                    logits_all = np.empty((n, logits.shape[1]), np.float32)
+                logits_all[idx] = logits.float().cpu().numpy()
+                for layer, v in f.items():
+                    if layer not in feats:
+                        feats[layer] = np.empty((n, v.shape[1]), np.float32)
+                    feats[layer][idx] = v.float().cpu().numpy()
+                bar.update(len(idx))
+    finally:
+        bar.close()
+        model.train(was_training)
+    log.info("extracted %d layers for %d images in %.1fs", len(layers), n, time.perf_counter() - t0)
+    assert logits_all is not None or n == 0
+    return (logits_all if logits_all is not None else np.empty((0, 0), np.float32)), feats

@@ -1,0 +1,156 @@
+"""Detection metrics on kNN scores: ROC, AUC, EER accuracy, rates at a threshold, aggregated accuracy.
+
+Convention (the paper's): **positive = authentic image correctly classified (trust it)**, negative =
+adversarial (or an authentic error). A prediction is trusted when ``score >= threshold``.
+
+>>> r = roc(pos_scores, neg_scores)             # doctest: +SKIP
+>>> r.eer_accuracy, r.eer_threshold, r.auc      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Roc", "roc", "eer", "rates_at", "aggregate", "rejected_at_tpr"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Roc:
+    """A ROC curve with its summary numbers.
+
+    Attributes
+    ----------
+    fpr, tpr : float64 ndarray (m,)
+        Increasing; ``fpr[i]``/``tpr[i]`` are the rates of negatives/positives with ``score >= thresholds[i]``.
+    thresholds : float64 ndarray (m,)
+        Decreasing; the first is ``+inf`` (nothing trusted).
+    auc : float
+        Area under the curve (NaN if a class is empty).
+    eer : float
+        Equal error rate: the rate where FPR = FNR (= 1 - TPR), linearly interpolated on the curve.
+    eer_threshold : float
+        Score threshold at the EER (interpolated between the two bracketing thresholds).
+    eer_accuracy : float
+        ``1 - eer`` (the paper's "EER accuracy").
+    n_pos, n_neg : int
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+    eer: float
+    eer_threshold: float
+    eer_accuracy: float
+    n_pos: int
+    n_neg: int
+
+
+def _clean(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if np.isnan(x).any():
+        warnings.warn("NaN scores treated as 0 (no valid neighbour: do not trust)", RuntimeWarning, stacklevel=3)
+        x = np.nan_to_num(x, nan=0.0)
+    return x
+
+
+def eer(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """Equal error rate and its threshold from a ROC curve.
+
+    Parameters
+    ----------
+    fpr, tpr : ndarray (m,)
+        Non-decreasing rates (as returned by ``sklearn.metrics.roc_curve``).
+    thresholds : ndarray (m,)
+        Matching decreasing thresholds.
+
+    Returns
+    -------
+    eer : float
+        The FPR (= FNR) where the curve crosses ``fpr = 1 - tpr``, linearly interpolated.
+    threshold : float
+        The threshold interpolated at the crossing (finite; ``+inf`` is replaced by the next threshold).
+    """
+    fnr = 1.0 - np.asarray(tpr, dtype=np.float64)
+    fpr = np.asarray(fpr, dtype=np.float64)
+    diff = fnr - fpr  # starts at 1 (nothing trusted) and ends at -1 (everything trusted): decreasing
+    j = int(np.argmax(diff <= 0))  # first point where FPR >= FNR
+    if j == 0:
+        return float(fpr[0]), float(thresholds[0])
+    i = j - 1
+    t = diff[i] / (diff[i] - diff[j]) if diff[i] != diff[j] else 0.0
+    rate = fpr[i] + t * (fpr[j] - fpr[i])
+    th = np.asarray(thresholds, dtype=np.float64)
+    ti = th[i] if np.isfinite(th[i]) else th[j]
+    return float(rate), float(ti + t * (th[j] - ti))
+
+
+def roc(pos: np.ndarray, neg: np.ndarray) -> Roc:
+    """ROC of trusting ``score >= threshold``, with AUC and the interpolated EER.
+
+    Parameters
+    ----------
+    pos : ndarray (n_pos,)
+        Scores of positives (authentic, correctly classified).
+    neg : ndarray (n_neg,)
+        Scores of negatives (adversarial or authentic errors).
+
+    Returns
+    -------
+    Roc
+        With NaN summaries (and a warning) when either set is empty.
+    """
+    from sklearn.metrics import auc as _auc
+    from sklearn.metrics import roc_curve
+
+    pos, neg = _clean(pos), _clean(neg)
+    if len(pos) == 0 or len(neg) == 0:
+        warnings.warn(f"ROC needs both classes (got {len(pos)} positives, {len(neg)} negatives); returning NaN",
+                      RuntimeWarning, stacklevel=2)
+        e = np.array([np.nan])
+        return Roc(e, e, e, np.nan, np.nan, np.nan, np.nan, len(pos), len(neg))
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    s = np.r_[pos, neg]
+    fpr, tpr, th = roc_curve(y, s, drop_intermediate=False)
+    rate, threshold = eer(fpr, tpr, th)
+    return Roc(fpr, tpr, th, float(_auc(fpr, tpr)), rate, threshold, 1.0 - rate, len(pos), len(neg))
+
+
+def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, float]:
+    """Confusion counts and rates when trusting ``score >= threshold``.
+
+    Returns
+    -------
+    dict
+        ``tp`` (authentic trusted), ``fn`` (authentic rejected), ``fp`` (negatives trusted: missed attacks),
+        ``tn`` (negatives rejected: caught), ``tpr``, ``fpr``, ``accuracy`` (balanced: (TPR + TNR) / 2, which
+        equals the EER accuracy at the EER threshold).
+    """
+    pos, neg = _clean(pos), _clean(neg)
+    tp = int((pos >= threshold).sum())
+    fp = int((neg >= threshold).sum())
+    tpr = tp / len(pos) if len(pos) else np.nan
+    fpr = fp / len(neg) if len(neg) else np.nan
+    return {"tp": tp, "fn": len(pos) - tp, "fp": fp, "tn": len(neg) - fp, "tpr": tpr, "fpr": fpr,
+            "accuracy": (tpr + 1 - fpr) / 2}
+
+
+def rejected_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float = 0.95) -> float:
+    """Share of negatives rejected at the highest threshold that still keeps ``tpr`` of the positives."""
+    pos, neg = _clean(pos), _clean(neg)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    th = np.quantile(pos, 1.0 - tpr, method="inverted_cdf")  # >= th keeps at least tpr of positives
+    return float((neg < th).mean())
+
+
+def aggregate(accuracies: list[float], sizes: list[int]) -> float:
+    """Mean of per-set accuracies weighted by set sizes (the paper's "Aggr."); NaN sets are skipped."""
+    a, n = np.asarray(accuracies, dtype=np.float64), np.asarray(sizes, dtype=np.float64)
+    ok = ~np.isnan(a) & (n > 0)
+    return float((a[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")

@@ -1,0 +1,229 @@
+"""Registry of attackable models by name, each knowing its input, normalisation, classes and taps.
+
+Every model the project builds is a :class:`Classifier`: it takes float images in ``[0, 1]`` shaped
+``(N, C, H, W)`` and returns logits, with the normalisation inside, so any attack library can use it as is.
+Its ``net`` attribute is the bare network whose graph node names are the layer names we tap (as
+``torchvision.models.feature_extraction.get_graph_node_names`` lists them).
+
+>>> from core import zoo
+>>> zoo.available()
+['fmnist-cnn', 'inception_v3', 'resnet50', 'vgg16']
+>>> zoo.layers("vgg16")
+['features.30', 'classifier.1', 'classifier.4']
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["Classifier", "FashionCNN", "ConvBlock", "FCBlock", "ModelEntry", "available", "entry", "build", "layers",
+           "graph_nodes", "FASHION_MNIST_CLASSES"]
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Classifier(nn.Module):
+    """A network with its input normalisation inside: ``forward(x in [0,1]) -> logits``.
+
+    Parameters
+    ----------
+    net : nn.Module
+        The bare network (expects normalised input); its node names are the tappable layers.
+    mean, std : sequence of float, length C
+        Per-channel normalisation applied before ``net``.
+    leaf_modules : tuple of type, optional
+        Module classes the feature extractor must treat as single nodes (e.g. :class:`ConvBlock`).
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 leaf_modules: tuple[type, ...] = ()):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.leaf_modules = tuple(leaf_modules)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` for ``x`` of shape (N, C, H, W) in [0, 1]."""
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, n_classes) of images ``x`` (N, C, H, W) in [0, 1]."""
+        return self.net(self.normalize(x))
+
+
+class ConvBlock(nn.Sequential):
+    """conv 3×3 → batch norm → ReLU; tapped as one node (its output is the ReLU map)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class FCBlock(nn.Sequential):
+    """linear → ReLU; tapped as one node (its output is after the ReLU)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__(nn.Linear(d_in, d_out), nn.ReLU(inplace=True))
+
+
+class FashionCNN(nn.Module):
+    """The embedded default: four conv blocks and two fully connected layers for 1×28×28 inputs.
+
+    Node names (taps): ``conv1`` (16×28×28), ``conv2`` (32×14×14), ``conv3`` (64×7×7), ``conv4``
+    (64×7×7), ``fc1`` (128, after ReLU), ``fc2`` (logits). Sized to train in a few minutes on 2 CPU cores.
+    """
+
+    def __init__(self, n_classes: int = 10, dropout: float = 0.2):
+        super().__init__()
+        self.conv1 = ConvBlock(1, 16)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = ConvBlock(16, 32)
+        self.pool2 = nn.MaxPool2d(2)
+        self.conv3 = ConvBlock(32, 64)
+        self.conv4 = ConvBlock(64, 64)
+        self.pool4 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = FCBlock(64 * 3 * 3, 128)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(128, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.conv1(x))
+        x = self.pool2(self.conv2(x))
+        x = self.pool4(self.conv4(self.conv3(x)))
+        return self.fc2(self.drop(self.fc1(self.flatten(x))))
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the project knows about one model.
+
+    Attributes
+    ----------
+    name : str
+    make_net : callable ``(weights: str | None) -> nn.Module``
+        Builds the bare network; ``weights`` is a torchvision weights name (e.g. ``"IMAGENET1K_V1"``),
+        ``"DEFAULT"``, or None for random initialisation.
+    input_size : (C, H, W)
+    resize : int
+        Shorter-side resize before the centre crop to ``input_size`` (as the model's eval transforms do).
+    mean, std : per-channel normalisation.
+    taps : default layers (graph node names of the bare net).
+    classes : callable returning the class names.
+    leaf_modules : module classes traced as one node.
+    trained_here : whether precompute trains it (else it is loaded).
+    """
+
+    name: str
+    make_net: Callable[[str | None], nn.Module]
+    input_size: tuple[int, int, int]
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    taps: tuple[str, ...]
+    classes: Callable[[], list[str]]
+    leaf_modules: tuple[type, ...] = field(default=())
+    trained_here: bool = False
+
+
+def _torchvision(builder_name: str, weights_enum_name: str, **kw) -> Callable[[str | None], nn.Module]:
+    """A ``make_net`` for a torchvision model that loads weights from the local cache only."""
+
+    def make(weights: str | None) -> nn.Module:
+        import torchvision.models as tvm
+
+        enum = getattr(tvm, weights_enum_name)
+        w = None
+        if weights is not None:
+            w = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+            cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
+            if not os.path.exists(cached):
+                raise FileNotFoundError(
+                    f"weights {w} are not in the torch cache ({cached}). Copy the file there (set TORCH_HOME to "
+                    "use another cache), or set model_weights = \"none\" in the config to run with random "
+                    "weights (numbers then mean nothing).")
+        return getattr(tvm, builder_name)(weights=w, **kw)
+
+    return make
+
+
+def _imagenet_classes() -> list[str]:
+    import torchvision.models as tvm
+
+    return list(tvm.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+_ENTRIES: dict[str, ModelEntry] = {
+    "fmnist-cnn": ModelEntry(
+        name="fmnist-cnn", make_net=lambda weights: FashionCNN(), input_size=(1, 28, 28), resize=28,
+        mean=(0.2860,), std=(0.3530,), taps=("conv1", "conv2", "conv3", "conv4", "fc1"),
+        classes=lambda: list(FASHION_MNIST_CLASSES), leaf_modules=(ConvBlock, FCBlock), trained_here=True),
+    "inception_v3": ModelEntry(
+        name="inception_v3", make_net=_torchvision("inception_v3", "Inception_V3_Weights", aux_logits=False,
+                                                   init_weights=False),
+        input_size=(3, 299, 299), resize=342, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        taps=("maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+              "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"),
+        classes=_imagenet_classes),
+    "vgg16": ModelEntry(
+        name="vgg16", make_net=_torchvision("vgg16", "VGG16_Weights"), input_size=(3, 224, 224), resize=256,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, taps=("features.30", "classifier.1", "classifier.4"),
+        classes=_imagenet_classes),
+    "resnet50": ModelEntry(
+        name="resnet50", make_net=_torchvision("resnet50", "ResNet50_Weights"), input_size=(3, 224, 224),
+        resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, taps=("layer2", "layer3", "layer4", "flatten"),
+        classes=_imagenet_classes),
+}
+
+
+def available() -> list[str]:
+    """Names of the registered models, sorted."""
+    return sorted(_ENTRIES)
+
+
+def entry(name: str) -> ModelEntry:
+    """The :class:`ModelEntry` of ``name``; unknown names raise ``KeyError`` listing the valid ones."""
+    try:
+        return _ENTRIES[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+
+
+def build(name: str, *, weights: str | None = None) -> Classifier:
+    """Build model ``name`` as a :class:`Classifier` in eval mode.
+
+    Parameters
+    ----------
+    name : str
+        A registered model name (see :func:`available`).
+    weights : str or None, keyword-only
+        torchvision weights name, ``"DEFAULT"``, or None for random weights. Weights are read from the
+        local torch cache only; nothing is downloaded.
+    """
+    e = entry(name)
+    net = e.make_net(weights)
+    return Classifier(net, e.mean, e.std, e.leaf_modules).eval()
+
+
+def layers(name: str) -> list[str]:
+    """Default tapped layers (graph node names of the bare net) of model ``name``."""
+    return list(entry(name).taps)
+
+
+def graph_nodes(model: Classifier) -> list[str]:
+    """Every node name of ``model.net`` that can be tapped (eval-mode graph), in execution order."""
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    _, eval_nodes = get_graph_node_names(model.net, tracer_kwargs={"leaf_modules": list(model.leaf_modules)})
+    return [n for n in eval_nodes if n != "x"]

@@ -1,0 +1,126 @@
+"""Precompute a knnguard run: train/load the model, index training features, make and score evaluation sets.
+
+    python -m precompute --config precompute/configs/fmnist.toml            # the embedded default
+    python -m precompute --config precompute/configs/fmnist.toml --dry-run  # what would run
+    python -m precompute --config ... --from evalsets                      # recompute from a stage on
+    python -m precompute --config ... --set evalsets.n_authentic=200       # override a value (type-checked)
+    python -m precompute --list-layers precompute/configs/fmnist.toml      # tappable node names
+
+Finished stages are skipped (their inputs and file hashes are in ``manifest.json``); a killed run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+__all__ = ["main"]
+
+log = logging.getLogger("precompute")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from precompute.stages import STAGE_NAMES
+
+    p = argparse.ArgumentParser(prog="python -m precompute", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML config (precompute/configs/*.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. evalsets.n_authentic=200 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="list the stages that would run, then stop")
+    p.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="recompute from this stage on")
+    p.add_argument("--list-layers", metavar="CONFIG", help="print the model's tappable node names and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: device = 'cuda' but no CUDA device is available; use device = 'auto'")
+    return torch.device(name)
+
+
+def _threads(n: int) -> None:
+    import faiss
+    import torch
+
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from precompute import config as cfgmod
+
+    try:
+        cfg = cfgmod.load(args.list_layers or args.config, args.overrides)
+    except cfgmod.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.list_layers:
+        from core import zoo
+
+        weights = None if cfg["model"]["weights"] == "none" else cfg["model"]["weights"]
+        model = zoo.build(cfg["model"]["name"], weights=weights)
+        default = set(zoo.layers(cfg["model"]["name"]))
+        for node in zoo.graph_nodes(model):
+            print(node + ("   (default tap)" if node in default else ""))
+        return 0
+    if not args.config:
+        print("error: --config is required (e.g. precompute/configs/fmnist.toml)", file=sys.stderr)
+        return 2
+
+    from core.artefacts import RunDir
+    from precompute.stages import Context, pending, run_stages
+
+    run = RunDir(os.path.join(cfg["runs_dir"], cfg["name"]))
+    old = run.manifest.get("config") if run.exists() else None
+    if old and old.get("model", {}).get("name") != cfg["model"]["name"]:
+        print(f"error: {run.path} holds a run of model {old['model']['name']!r}, not {cfg['model']['name']!r}; "
+              "choose another name (--set name=...) or delete the folder", file=sys.stderr)
+        return 2
+    ctx = Context(cfg=cfg, run=run, device=_device(cfg["device"]), progress=not args.no_progress)
+    if args.dry_run:
+        from precompute.stages import STAGE_NAMES
+
+        todo = STAGE_NAMES[STAGE_NAMES.index(args.from_stage):] if args.from_stage else pending(ctx)
+        print(f"run folder: {run.path}")
+        print("would run: " + (", ".join(todo) if todo else "nothing (complete)"))
+        return 0
+    _threads(cfg["threads"])
+    try:
+        ctx.sources()  # a missing dataset fails here, before any work
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    t0 = time.perf_counter()
+
+    def on_stage(name: str, seconds: float, skipped: bool) -> None:
+        print(f"[{name:>10}] {'skipped (done, took ' + format(seconds, '.1f') + ' s)' if skipped else format(seconds, '.1f') + ' s'}",
+              flush=True)
+
+    run_stages(ctx, from_stage=args.from_stage, on_stage=on_stage)
+    print(f"total {time.perf_counter() - t0:.1f} s; run folder {run.path}")
+    report = run.path / "report.md"
+    if report.exists():
+        text = report.read_text()
+        start = text.find("## Headline")
+        end = text.find("## Evaluation sets")
+        print(text[start:end].strip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: install, precompute the embedded default run if it is not complete, then start the app.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/python -m precompute --config precompute/configs/fmnist.toml
+if [ -f app.py ]; then
+  exec .venv/bin/streamlit run app.py --server.headless true "$@"
+else
+  echo "precompute finished: data/runs/fmnist (the app lands with the app issue)"
+fi

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny real run of the pipeline (a few hundred Fashion-MNIST images, 2 layers, 2 attacks)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+#: The tiny config used by the end-to-end, detector and app tests (kept small: CI has 2 cores).
+TINY = ["name=tiny", "seed=0", "threads=2", "data.n_train=1200", "data.n_test=600", "model.epochs=2",
+        "features.layers=['conv2','fc1']", "evalsets.n_authentic=120", "evalsets.n_errors=60",
+        "evalsets.attacks=['fgsm','ifgsm']", "attacks.fgsm.n=120", "attacks.ifgsm.n=60",
+        "scoring.k_max=50", "scoring.k=20", "scoring.k_sweep=[5,20,50]"]
+
+
+def need_fmnist() -> None:
+    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST idx files missing: run `apt-get install -y dataset-fashion-mnist`")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Path of a finished tiny run (built once per session with the real CLI)."""
+    need_fmnist()
+    from precompute.__main__ import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    rc = main(["--config", str(ROOT / "precompute/configs/fmnist.toml"), "--no-progress",
+               f"--set=runs_dir='{runs}'", *[f"--set={s}" for s in TINY]])
+    assert rc == 0
+    return runs / "tiny"
+
+
+@pytest.fixture()
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run that a test may damage."""
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_run, dst)
+    return dst

@@ -1,0 +1,54 @@
+"""ROC / EER against a brute-force threshold scan."""
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core import metrics
+
+
+def brute_eer(pos, neg):
+    """min over all thresholds of max(FPR, FNR), and |FPR - FNR| at the best one."""
+    best = None
+    for t in np.unique(np.r_[pos, neg, np.inf]):
+        fpr, fnr = (neg >= t).mean(), (pos < t).mean()
+        if best is None or abs(fpr - fnr) < best[0]:
+            best = (abs(fpr - fnr), (fpr + fnr) / 2)
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eer_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    pos = rng.normal(1.0, 1.0, 400)
+    neg = rng.normal(-0.5, 1.0, 300)
+    r = metrics.roc(pos, neg)
+    # interpolation lies within one step (1/n) of the brute-force scan
+    assert r.eer == pytest.approx(brute_eer(pos, neg), abs=1 / 300 + 1 / 400)
+    assert r.eer_accuracy == pytest.approx(1 - r.eer)
+    assert r.auc == pytest.approx(roc_auc_score(np.r_[np.ones(400), np.zeros(300)], np.r_[pos, neg]))
+    at = metrics.rates_at(pos, neg, r.eer_threshold)
+    assert at["fpr"] == pytest.approx(1 - at["tpr"], abs=0.02)
+
+
+def test_perfect_and_degenerate():
+    r = metrics.roc(np.array([0.9, 0.8]), np.array([0.1, 0.2]))
+    assert r.eer == 0 and r.auc == 1 and 0.2 <= r.eer_threshold <= 0.8
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        r = metrics.roc(np.array([0.5]), np.array([]))
+    assert np.isnan(r.eer) and any("both classes" in str(x.message) for x in w)
+
+
+def test_rates_and_rejection():
+    pos = np.linspace(0, 1, 101)
+    neg = np.linspace(-1, 0.5, 101)
+    d = metrics.rates_at(pos, neg, 0.5)
+    assert d["tp"] == 51 and d["fp"] == 1 and d["tp"] + d["fn"] == 101
+    assert metrics.rejected_at_tpr(pos, neg, 0.95) == pytest.approx((neg < 0.05).mean())
+
+
+def test_aggregate_weighted():
+    assert metrics.aggregate([0.8, 0.6], [300, 100]) == pytest.approx(0.75)
+    assert metrics.aggregate([0.8, float("nan")], [1, 5]) == pytest.approx(0.8)

@@ -1,0 +1,74 @@
+"""Processing round-trips and index search against numpy brute force (ties tolerated)."""
+import numpy as np
+import pytest
+
+from core import index, processing
+
+
+@pytest.fixture()
+def feats():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 40)).astype(np.float32)
+    x[:, 30:] = 0  # dead units: zero variance
+    return np.maximum(x, 0)
+
+
+def test_none_and_l2(feats):
+    p = processing.fit(feats, "none")
+    np.testing.assert_array_equal(processing.apply(p, feats), feats)
+    y = processing.apply(processing.fit(feats, "l2"), feats)
+    np.testing.assert_allclose(np.linalg.norm(y[np.linalg.norm(feats, axis=1) > 0], axis=1), 1, rtol=1e-5)
+
+
+def test_pca_whitening_drops_dead_units(feats):
+    p = processing.fit(feats, "pca", dim=256)
+    y = processing.apply(p, feats)
+    assert y.shape[1] == processing.out_dim(p, 40) <= 30  # dead components dropped
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(y.std(0, ddof=1), 1, rtol=1e-3)   # whitened
+    # round trip through saved arrays (no pickle)
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **p)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        np.testing.assert_allclose(processing.apply(dict(z), feats), y)
+
+
+def test_bad_mode(feats):
+    with pytest.raises(ValueError, match="unknown processing"):
+        processing.fit(feats, "zca")
+
+
+def brute(xb, xq, k):
+    d = ((xq[:, None, :].astype(np.float64) - xb[None]) ** 2).sum(-1)
+    I = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, I, 1), I
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_search_matches_brute_force(kind):
+    rng = np.random.default_rng(1)
+    xb = rng.integers(0, 4, size=(800, 8)).astype(np.float32)  # many exact ties
+    xq = rng.integers(0, 4, size=(20, 8)).astype(np.float32)
+    k = 30
+    D, I = index.search(index.build(xb, kind=kind), xq, k)
+    Db, Ib = brute(xb, xq, k)
+    np.testing.assert_allclose(D, Db, rtol=1e-5, atol=1e-5)  # same distances
+    for i in range(len(xq)):  # same ids up to ties at the k-th distance
+        strict = Db[i] < Db[i, -1]
+        assert set(Ib[i][strict]) <= set(I[i])
+        assert np.all(np.isclose(((xb[I[i]] - xq[i]) ** 2).sum(1), D[i], atol=1e-4))
+
+
+def test_ivf_recall_and_auto():
+    rng = np.random.default_rng(2)
+    xb = rng.normal(size=(4000, 16)).astype(np.float32)
+    xq = rng.normal(size=(50, 16)).astype(np.float32)
+    ivf = index.build(xb, kind="ivf", nlist=32, nprobe=32)  # all cells: exact
+    _, I = index.search(ivf, xq, 10)
+    _, Ib = brute(xb, xq, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, Ib)]) > 0.99
+    assert index.choose_kind(10) == "flat" and index.choose_kind(10 ** 7) == "ivf"
+    with pytest.raises(ValueError, match="dims"):
+        index.search(ivf, xq[:, :3], 5)
