@@ -233,9 +233,13 @@ class RunDir:
 
     def save_torch(self, rel: str, state_dict: dict, *, key: str | None = None) -> Path:
         """Save a ``state_dict`` (tensors only) atomically."""
+        import io
+
         import torch
 
-        return self._write(rel, lambda tmp: torch.save(state_dict, tmp), key)
+        buf = io.BytesIO()  # a file-like target: the archive's inner name does not depend on the temp name
+        torch.save(state_dict, buf)
+        return self._write(rel, lambda tmp: tmp.write_bytes(buf.getvalue()), key)
 
     def save_faiss(self, rel: str, index: Any, *, key: str | None = None) -> Path:
         """Save a faiss index atomically."""

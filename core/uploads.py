@@ -9,22 +9,30 @@ Policy, one line per case (the ``reason`` codes are listed in :data:`UPLOAD_REAS
 
 - ``"empty"``: the upload has 0 bytes.
 - ``"too_large"``: the file exceeds ``max_bytes``, or the header declares ``width * height > max_pixels``
-  (checked from the header, before any pixel is decoded), or decoding ran out of memory.
+  (checked from the header, before any pixel is decoded), or decoding ran out of memory. Pillow refuses
+  headers above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` inside ``Image.open``, before we see the size; when our
+  ``max_pixels`` is the smaller limit (the default) that is reported as ``"too_large"`` too.
 - ``"decompression_bomb"``: Pillow's own bomb guards fired where ours did not (its
   ``DecompressionBombError``/``DecompressionBombWarning`` when the caller raised ``max_pixels`` above
   ``PIL.Image.MAX_IMAGE_PIXELS``, or a PNG text/ICC chunk that inflates beyond ``MAX_TEXT_CHUNK``).
 - ``"not_an_image"``: the bytes do not start with the signature of an accepted format (PNG, JPEG, WebP,
   BMP, GIF, TIFF): random bytes, text, SVG, HTML, PDF, HEIC/AVIF, ... Only those six formats are ever
   handed to a decoder (``Image.open(..., formats=ACCEPTED_FORMATS)``); the file name is never consulted.
+  (BMP's ``"BM"`` is weak, so a BMP must also carry a DIB header size Pillow reads.)
 - ``"truncated"``: the bytes start like an accepted format (its signature, or a prefix of it when the file
-  is shorter than the signature) but cannot be opened or fully decoded: the file ends early or is damaged.
-  Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set, so a partial image is never returned.
+  is shorter than the signature) but cannot be opened or fully decoded: the file ends early or is damaged
+  (a zero width or height in a PNG/BMP header lands here too: Pillow refuses it while opening).
+  Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set, so a partial image is never returned. A cut that
+  removes no pixel data leaves a complete image, which is accepted: a PNG missing only the end of its
+  zlib stream (Adler-32), the last IDAT's CRC and IEND; a GIF its last 2 bytes (block terminator,
+  trailer); a BMP the padding of its last stored row; a TIFF whose first IFD ends the file, its final
+  next-IFD offset; sometimes a JPEG its EOI marker. WebP decodes only when complete.
 - ``"animated"``: more than one frame (animated GIF/WebP/APNG, multi-page TIFF). Single-frame GIFs are fine.
   A JPEG that Pillow opens as MPO (a camera JPEG with extra preview/depth pictures) is a still photo: its
   primary picture is used.
-- ``"unsupported_mode"``: a pixel mode with no sensible RGB/L conversion (none of the accepted decoders
-  produce one today; kept as a guard).
-- ``"too_small"``: a header declaring a zero width or height.
+- ``"unsupported_mode"``: a pixel mode with no RGB/L conversion here. Every mode Pillow 13 defines
+  (``PIL.Image.MODES``) is mapped below, so this guards against modes added later.
+- ``"too_small"``: an opened image reporting a zero width or height (a guard: see ``"truncated"``).
 
 Pixel modes, as decoded by Pillow -> as returned:
 
@@ -45,7 +53,9 @@ Pixel modes, as decoded by Pillow -> as returned:
 Nothing is written to disk and no global Pillow setting is changed. Warnings Pillow emits while reading
 are captured and logged at debug level, with ``DecompressionBombWarning`` turned into an error; this uses
 ``warnings.catch_warnings``, which (before Python 3.14's context-aware warnings) swaps process-wide warning
-state, so another thread that warns at the same moment may see its warning captured here.
+state, so another thread that warns at the same moment may see its warning captured here. libtiff and
+libjpeg print their own diagnostics for damaged files straight to stderr (C level, not Python warnings);
+they are noise, not writes, and cannot be silenced per call.
 
 Examples
 --------
@@ -234,14 +244,19 @@ def read_upload(
     return _to_rgb_or_l(upright)
 
 
-def image_to_array(img: Image.Image, *, size: tuple[int, int], channels: int) -> np.ndarray:
+def image_to_array(
+    img: Image.Image, *, size: tuple[int, int], channels: int, resize: int | None = None
+) -> np.ndarray:
     """Resize, centre-crop and convert an image to the ``uint8`` array a model expects.
 
-    Like torchvision's ``Resize`` + ``CenterCrop``: the image is scaled by one factor so that it covers
-    ``size``, then the centre is cropped. For a square target ``(S, S)`` this is exactly
-    ``Resize(S) + CenterCrop(S)`` (shorter side -> ``S``, longer side ``int(S * long / short)``, crop
-    offsets rounded as torchvision does). Downscaling uses ``LANCZOS`` (antialiased, as Pillow's resize
-    always is), upscaling ``BICUBIC``; an image already of size ``size`` is not resampled.
+    As torchvision's ``Resize`` + ``CenterCrop``. With ``resize`` given, the shorter side becomes
+    ``resize`` and the longer ``int(resize * long / short)``, then the centre ``size`` is cropped: exactly
+    ``Resize(resize) + CenterCrop(size)``, a model's eval transform (e.g. 342 -> 299 for InceptionV3).
+    Without it (or if that result would not cover ``size``, where torchvision would pad with black) the
+    image is scaled by the one factor that makes it just cover ``size``; for a square target ``(S, S)``
+    that is ``Resize(S) + CenterCrop(S)``. Crop offsets are rounded as torchvision does. Downscaling uses
+    ``LANCZOS`` (antialiased, as Pillow's resize always is), upscaling ``BICUBIC``; an image already of
+    the resized size is not resampled.
 
     Parameters
     ----------
@@ -253,6 +268,8 @@ def image_to_array(img: Image.Image, *, size: tuple[int, int], channels: int) ->
     channels : {1, 3}
         1 converts to grey (``"L"``, ITU-R 601-2 luma, as torchvision's ``Grayscale``); 3 to ``"RGB"``
         (a grey source is replicated into three channels).
+    resize : int, optional
+        Length of the shorter side before the centre crop; None scales to just cover ``size``.
 
     Returns
     -------
@@ -262,7 +279,8 @@ def image_to_array(img: Image.Image, *, size: tuple[int, int], channels: int) ->
     Raises
     ------
     ValueError
-        If ``size`` is not two positive ints or ``channels`` is not 1 or 3.
+        If ``size`` is not two positive ints, ``channels`` is not 1 or 3, or ``resize`` is not a
+        positive int or None.
     UploadError
         If ``img`` has a pixel mode that cannot be converted (``reason="unsupported_mode"``).
     """
@@ -274,20 +292,28 @@ def image_to_array(img: Image.Image, *, size: tuple[int, int], channels: int) ->
         raise ValueError(f"size must be (H, W) with two positive ints, got {size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1):
+        raise ValueError(f"resize must be a positive int (shorter side) or None, got {resize!r}")
     out_h, out_w = int(size[0]), int(size[1])
 
     img = _to_rgb_or_l(img)
     img = img.convert("L" if channels == 1 else "RGB")
 
     w, h = img.size
-    # One scale factor, set by the side that must match exactly; the other side is truncated as in
-    # torchvision's Resize(int) (for a square target this *is* Resize(size): shorter side -> size).
-    if out_w * h >= out_h * w:
-        scale = out_w / w
-        new_w, new_h = out_w, max(out_h, int(out_w * h / w))
-    else:
-        scale = out_h / h
-        new_w, new_h = max(out_w, int(out_h * w / h)), out_h
+    new_w = new_h = 0
+    if resize is not None:  # torchvision Resize(int): shorter side -> resize, longer side truncated
+        resize = int(resize)
+        scale = resize / min(w, h)
+        new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    if new_w < out_w or new_h < out_h:
+        # Just cover size: one scale factor, set by the side that must match exactly; the other side is
+        # truncated as in torchvision's Resize(int).
+        if out_w * h >= out_h * w:
+            scale = out_w / w
+            new_w, new_h = out_w, max(out_h, int(out_w * h / w))
+        else:
+            scale = out_h / h
+            new_w, new_h = max(out_w, int(out_h * w / h)), out_h
     if (new_w, new_h) != (w, h):
         resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
         img = img.resize((new_w, new_h), resample)
@@ -368,7 +394,11 @@ def _bomb(pixel_limit: int, max_pixels: int) -> UploadError:
 
 
 def _is_text_bomb(exc: BaseException) -> bool:
-    """Whether ``exc`` is PngImagePlugin refusing a text/ICC chunk that inflates too much."""
+    """Whether ``exc`` is PngImagePlugin refusing a text/ICC chunk that inflates too much.
+
+    Pillow raises a plain ValueError for this, so the message is matched (it names the module limit);
+    if Pillow rewords it, such a file is reported as ``"truncated"`` instead, still refused.
+    """
     msg = str(exc)
     return isinstance(exc, ValueError) and ("MAX_TEXT_CHUNK" in msg or "MAX_TEXT_MEMORY" in msg)
 

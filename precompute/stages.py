@@ -8,6 +8,7 @@ the file it was writing.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -154,6 +155,7 @@ def stage_train(ctx: Context) -> list[str]:
     e = zoo.entry(ctx.cfg["model"]["name"])
     weights = ctx.cfg["model"]["weights"]
     weights = None if weights == "none" else weights
+    torch.manual_seed(ctx.cfg["seed"])  # the initial weights depend on the seed only
     model = zoo.build(e.name, weights=weights).to(ctx.device)
     info: dict = {"model": e.name, "weights": weights, "trained_here": e.trained_here}
     t0 = time.perf_counter()
@@ -163,7 +165,7 @@ def stage_train(ctx: Context) -> list[str]:
         log.warning("model %s has RANDOM weights (model.weights = 'none'): the detection numbers of this run "
                     "are meaningless; point the config at real weights", e.name)
         info["warning"] = "random weights: numbers are meaningless"
-    info["train_seconds"] = round(time.perf_counter() - t0, 2)
+    ctx.run.manifest.setdefault("summary", {})["train_seconds"] = round(time.perf_counter() - t0, 2)
     ctx.run.save_torch("model.pt", {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     test_images = test.get(np.arange(len(test)))
     pred = _predict(model.eval(), test_images, ctx.device)
@@ -254,9 +256,8 @@ def _set_stats(z: dict[str, np.ndarray], auth_img: np.ndarray, pos_of: dict[int,
         d = (z["images"].astype(np.float64) - orig).reshape(n, -1) / 255.0
         out["mean_l2"] = float(np.linalg.norm(d, axis=1).mean())
         out["mean_linf"] = float(np.abs(d).max(axis=1).mean())
-    if "seconds" in z:
-        out["seconds"] = round(float(z["seconds"]), 2)
-        out["params"] = str(z["params"])
+    if "params" in z:
+        out["params"] = json.loads(str(z["params"]))
     return out
 
 
@@ -324,10 +325,11 @@ def stage_evalsets(ctx: Context) -> list[str]:
                 log.info("%s: %d/%d", name, min(s + bs, n), n)
             adv, pred, ok = np.concatenate(advs), np.concatenate(preds), np.concatenate(succ)
             tgt = target if r.targeted else np.full(n, -1)
+            ctx.run.manifest["summary"].setdefault("attack_seconds", {})[name] = round(time.perf_counter() - t0, 2)
             _save_set(ctx, name, key, adv[ok], auth_true[:n][ok], pred[ok], tgt[ok], auth_idx[:n][ok],
-                      attempted=np.array(n), seconds=np.array(time.perf_counter() - t0),
-                      params=np.array(str(r.params)))
+                      attempted=np.array(n), params=np.array(json.dumps(r.params, sort_keys=True)))
         stats[name] = _set_stats(ctx.run.load_npz(rel), auth_img, pos_of, n)
+        stats[name]["seconds"] = ctx.run.manifest["summary"].get("attack_seconds", {}).get(name)
     ctx.run.manifest.setdefault("summary", {})["sets"] = stats
     ctx.run.save_manifest()
     return files

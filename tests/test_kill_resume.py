@@ -1,0 +1,73 @@
+"""A precompute SIGKILLed at random moments and restarted ends with the same run as an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from core.artefacts import RunDir
+from tests.conftest import ROOT, TINY, need_fmnist
+
+N_KILLS = int(os.environ.get("KNNGUARD_KILLS", "10"))
+
+
+def _strip_timings(obj):
+    """The report without wall-clock fields (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: _strip_timings(v) for k, v in obj.items() if k not in ("stage_seconds", "seconds")}
+    if isinstance(obj, list):
+        return [_strip_timings(v) for v in obj]
+    return obj
+
+
+def _cmd(runs_dir):
+    return [sys.executable, "-m", "precompute", "--config", str(ROOT / "precompute/configs/fmnist.toml"),
+            "--no-progress", f"--set=runs_dir='{runs_dir}'", *[f"--set={s}" for s in TINY]]
+
+
+def test_sigkill_at_random_moments_then_resume(tiny_run, tmp_path):
+    need_fmnist()
+    rng = np.random.default_rng(0)
+    runs = tmp_path / "runs"
+    from precompute.stages import STAGE_NAMES
+    kills, stages_hit, tmp_seen = 0, set(), 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    manifest = runs / "tiny" / "manifest.json"
+
+    def n_done() -> int:
+        try:
+            return len(json.loads(manifest.read_text()).get("stages", {}))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    for i in range(N_KILLS):
+        # spread the kills over the stages: wait until stage `aim` is running, then a random moment into it
+        aim = min(i * len(STAGE_NAMES) // N_KILLS, len(STAGE_NAMES) - 1)
+        proc = subprocess.Popen(_cmd(runs), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and n_done() < aim:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            stages_hit.add(STAGE_NAMES[min(n_done(), len(STAGE_NAMES) - 1)])
+            tmp_seen += len(RunDir(runs / "tiny").leftovers())
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    done = subprocess.run(_cmd(runs), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed, ref = RunDir(runs / "tiny"), RunDir(tiny_run)
+    resumed.verify()                       # every file matches its manifest hash
+    assert resumed.leftovers() == []      # no .tmp left behind (and none was ever read: names differ)
+    assert kills >= N_KILLS // 2, f"only {kills} kills landed before the run finished"
+    assert len(stages_hit) >= 4, f"kills landed in too few stages: {stages_hit}"
+    # identical results: every artefact except the report (which carries timings) has the same bytes
+    skip = {"report.json", "report.md"}
+    ref_files = {k: v["sha256"] for k, v in ref.manifest["files"].items() if k not in skip}
+    res_files = {k: v["sha256"] for k, v in resumed.manifest["files"].items() if k not in skip}
+    assert res_files == ref_files
+    assert _strip_timings(resumed.load_json("report.json")) == _strip_timings(ref.load_json("report.json"))
+    print(f"kills={kills} stages_hit={sorted(stages_hit)} tmp_files_seen_at_kill={tmp_seen}")
