@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["ImageSource", "ArraySource", "FolderSource", "DatasetNotFound", "load_fashion_mnist",
+__all__ = ["ImageSource", "ArraySource", "FolderSource", "CsvSource", "find_by_id", "DatasetNotFound", "load_fashion_mnist",
            "FMNIST_DIRS", "read_upload", "UploadError", "image_to_array", "to_float"]
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,52 @@ class FolderSource:
             img = read_upload(self.paths[int(i)].read_bytes())
             out[j] = image_to_array(img, size=self.size, channels=self.channels, resize=self.resize)
         return out
+
+
+def find_by_id(folder: Path, image_id: str) -> Path:
+    """``folder/<image_id>.png`` (or .jpg/.jpeg); :class:`DatasetNotFound` naming the id if absent."""
+    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG"):
+        p = Path(folder) / f"{image_id}{ext}"
+        if p.is_file():
+            return p
+    raise DatasetNotFound(f"image {image_id}.png not found in {folder}")
+
+
+class CsvSource(FolderSource):
+    """Evaluation images listed in a CSV (the NIPS 2017 DEV set's format), read from a flat folder.
+
+    The CSV has a header with at least ``ImageId`` and ``TrueLabel`` (and optionally ``TargetClass``); the
+    image of row ``r`` is ``folder/<ImageId>.png`` (or .jpg/.jpeg). Labels are ``TrueLabel - label_offset``.
+
+    Attributes
+    ----------
+    ids : list of str
+        ImageId of each row.
+    targets : int64 ndarray (N,) or None
+        ``TargetClass - label_offset`` when the CSV has that column (attacks aim at it).
+    """
+
+    def __init__(self, csv_path: str | os.PathLike, folder: str | os.PathLike, *, size: tuple[int, int],
+                 channels: int, resize: int | None = None, label_offset: int = 1):
+        import csv
+
+        csv_path, folder = Path(csv_path), Path(folder)
+        if not csv_path.is_file():
+            raise DatasetNotFound(f"labels CSV {csv_path} does not exist")
+        if not folder.is_dir():
+            raise DatasetNotFound(f"image folder {folder} does not exist")
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "ImageId" not in rows[0] or "TrueLabel" not in rows[0]:
+            raise ValueError(f"{csv_path}: expected a header with ImageId,TrueLabel[,TargetClass]")
+        self.root = folder
+        self.ids = [r["ImageId"] for r in rows]
+        self.paths = [find_by_id(folder, i) for i in self.ids]
+        self.labels = np.asarray([int(r["TrueLabel"]) - label_offset for r in rows], dtype=np.int64)
+        self.targets = (np.asarray([int(r["TargetClass"]) - label_offset for r in rows], dtype=np.int64)
+                        if "TargetClass" in rows[0] else None)
+        self.classes = []
+        self.size, self.channels, self.resize = tuple(size), channels, resize
 
 
 def _read_idx(path: Path) -> np.ndarray:

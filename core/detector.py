@@ -86,6 +86,8 @@ class Inspection(Scores):
     neighbours : dict layer -> NeighbourList   (nearest overall)
     class_neighbours : dict layer -> NeighbourList   (nearest of the predicted class)
     timings : dict stage -> seconds
+        ``prepare`` (decode, resize), ``forward`` (the CNN with its taps), ``processing``, ``search`` (faiss)
+        and ``scoring`` (scores and neighbour lists), summed over the layers.
     """
 
     image: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
@@ -111,7 +113,8 @@ class Detector:
         self.defaults = defaults
         self.modes = list(run.manifest["summary"]["modes"])
         self.k_max = int(run.manifest["summary"]["k_max"])
-        self.entry = zoo.entry(run.manifest["config"]["model"]["name"])
+        spec = run.load_json("input.json")
+        self.input_spec = zoo.InputSpec(tuple(spec["size"]), int(spec["resize"]))
         self._verify = verify
         self._extractor = FeatureExtractor(model, layers)
         self._params: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -153,11 +156,11 @@ class Detector:
             raise ValueError("verify must be 'full', 'size' or 'none'")
         t0 = time.perf_counter()
         full = verify == "full"
-        base = ["model.pt", "classes.json", "train_labels.npy"]
+        base = ["model.pt", "classes.json", "train_labels.npy", "input.json"]
         if verify != "none":
             run.verify(base, full=full)
         cfg = m["config"]
-        model = zoo.build(cfg["model"]["name"])
+        model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})[0]
         model.load_state_dict(run.load_torch("model.pt"))
         model.eval()
         for p in model.parameters():
@@ -198,11 +201,11 @@ class Detector:
         """A PIL image, uint8 (H, W, C) / (H, W) or (N, H, W, C) array -> uint8 (N, H, W, C) as the model sees it."""
         from PIL import Image
 
-        c, h, w = self.entry.input_size
+        c, h, w = self.input_spec.size
         if isinstance(image, Image.Image):
             from core.uploads import image_to_array
 
-            return image_to_array(image, size=(h, w), channels=c, resize=self.entry.resize)[None]
+            return image_to_array(image, size=(h, w), channels=c, resize=self.input_spec.resize)[None]
         arr = np.asarray(image)
         if arr.dtype != np.uint8:
             raise ValueError(f"expected uint8 pixels (as the dataset stores them), got {arr.dtype}; "
@@ -281,13 +284,15 @@ class Detector:
         pred = int(probs[0].argmax())
         t["search"] = time.perf_counter()
         scores, nbs, cnbs = {}, {}, {}
-        proc_time = 0.0
+        proc_time = search_time = 0.0
         for layer in self.layers:
             params, index = self._get(layer, mode)
             p0 = time.perf_counter()
             xq = processing.apply(params, feats[layer])
-            proc_time += time.perf_counter() - p0
+            p1 = time.perf_counter()
             D, I = knn_index.search(index, xq, k)
+            proc_time += p1 - p0
+            search_time += time.perf_counter() - p1
             scores[layer] = scoring.score(I, D, self.train_labels, np.array([pred]), fn=fn)
             n = min(n_neighbours, I.shape[1])
             nbs[layer] = NeighbourList(I[0, :n], D[0, :n], self.train_labels[I[0, :n]])
@@ -297,8 +302,8 @@ class Detector:
         top = np.argsort(-probs[0])[:5]
         names = list(t)
         timings = {names[i]: t[names[i + 1]] - t[names[i]] for i in range(len(names) - 1)}
-        timings["processing"] = proc_time
-        timings["search"] -= proc_time
+        loop = timings.pop("search")
+        timings.update(processing=proc_time, search=search_time, scoring=loop - proc_time - search_time)
         return Inspection(np.array([pred]), probs, scores, {"mode": mode, "fn": fn, "k": k}, image=images[0],
                           top5=[(int(c), float(probs[0, c])) for c in top], neighbours=nbs,
                           class_neighbours=cnbs, timings=timings)

@@ -69,6 +69,30 @@ class RunData:
     def modes(self) -> list[str]:
         return list(self.summary.get("modes", []))
 
+    def train_image(self, i: int) -> np.ndarray | None:
+        """Training image ``i`` as uint8 (H, W, C): from ``train_images.npy`` when the run keeps the training
+        images, else its stored JPEG thumbnail (``thumbs/bank.npz``); None if neither has it."""
+        if "train_images" not in self._sets:
+            self._sets["train_images"] = (
+                {"images": self.run.load_npy("train_images.npy", mmap=True)}
+                if self.run.is_recorded("train_images.npy") else
+                self.run.load_npz("thumbs/bank.npz", verify=self.verify) if self.run.is_recorded("thumbs/bank.npz")
+                else {})
+        store = self._sets["train_images"]
+        if "images" in store:
+            return np.asarray(store["images"][i])
+        if "ids" in store:
+            j = int(np.searchsorted(store["ids"], i))
+            if j < len(store["ids"]) and store["ids"][j] == i:
+                import io
+
+                from PIL import Image
+
+                raw = store["data"][store["offsets"][j]:store["offsets"][j + 1]].tobytes()
+                arr = np.asarray(Image.open(io.BytesIO(raw), formats=["JPEG"]))  # L or RGB, as stored
+                return arr[..., None] if arr.ndim == 2 else arr
+        return None
+
     def evalset(self, name: str) -> dict[str, np.ndarray]:
         """Arrays of set ``name``: images uint8 (n, H, W, C), true, predicted, target, source (n,)."""
         if name not in self._sets:

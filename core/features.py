@@ -53,7 +53,8 @@ class FeatureExtractor(nn.Module):
         from core.zoo import graph_nodes
 
         nodes = graph_nodes(model)
-        bad = [layer for layer in layers if layer not in nodes]
+        # a module name stands for its last node (torchvision resolves it the same way), e.g. "Mixed_5b"
+        bad = [layer for layer in layers if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes)]
         if bad:
             raise ValueError(f"layer(s) {bad} are not nodes of {type(model.net).__name__}. Hint: run "
                              f"`python -m precompute --list-layers CONFIG`; valid examples: {nodes[-8:]}")
@@ -74,9 +75,35 @@ class FeatureExtractor(nn.Module):
         return logits, {k: gap(v) for k, v in out.items()}
 
 
+class _BatchDataset(torch.utils.data.Dataset):
+    """Batch ``b`` of a source: (start row, uint8 images)."""
+
+    def __init__(self, source: ImageSource, batch_size: int):
+        self.source, self.batch_size = source, batch_size
+
+    def __len__(self) -> int:
+        return (len(self.source) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, b: int) -> tuple[int, np.ndarray]:
+        s = b * self.batch_size
+        return s, self.source.get(np.arange(s, min(s + self.batch_size, len(self.source))))
+
+
+def _batches(source: ImageSource, batch_size: int, workers: int):
+    """Yield (start, uint8 images) batches in order, decoded in ``workers`` processes when > 0."""
+    ds = _BatchDataset(source, batch_size)
+    if workers <= 0:
+        yield from (ds[b] for b in range(len(ds)))
+        return
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=lambda x: x)
+    for start, images in loader:
+        yield int(start), np.asarray(images)
+
+
 def extract(model: nn.Module, layers: list[str], source: ImageSource | np.ndarray, *, batch_size: int = 256,
             device: str | torch.device = "cpu", out: Mapping[str, np.ndarray] | None = None,
-            amp: bool = False, progress: bool = False, desc: str = "features") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            amp: bool = False, progress: bool = False, desc: str = "features",
+            workers: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run the model over every image of ``source`` and collect logits and layer features.
 
     Parameters
@@ -92,6 +119,8 @@ def extract(model: nn.Module, layers: list[str], source: ImageSource | np.ndarra
         Mixed precision (bfloat16 autocast) on CUDA.
     progress : bool
         Show a tqdm bar with images/s.
+    workers : int
+        Decode batches in this many worker processes (for image folders); 0 = in this process.
 
     Returns
     -------
@@ -115,9 +144,9 @@ def extract(model: nn.Module, layers: list[str], source: ImageSource | np.ndarra
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
         with torch.no_grad():
-            for start in range(0, n, batch_size):
-                idx = np.arange(start, min(start + batch_size, n))
-                x = torch.from_numpy(to_float(source.get(idx))).to(device, non_blocking=True)
+            for start, images in _batches(source, batch_size, workers):
+                idx = np.arange(start, start + len(images))
+                x = torch.from_numpy(to_float(images)).to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
                     logits, f = ext(x)
                 if logits_all is None:

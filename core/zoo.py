@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["Classifier", "FashionCNN", "ConvBlock", "FCBlock", "ModelEntry", "available", "entry", "build", "layers",
-           "graph_nodes", "FASHION_MNIST_CLASSES"]
+           "graph_nodes", "FASHION_MNIST_CLASSES", "InputSpec", "from_config", "load_entry_point"]
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,10 @@ class ModelEntry:
     trained_here: bool = False
 
 
-def _torchvision(builder_name: str, weights_enum_name: str, **kw) -> Callable[[str | None], nn.Module]:
+def _torchvision(builder_name: str, weights_enum_name: str, **kw) -> Callable[..., nn.Module]:
     """A ``make_net`` for a torchvision model that loads weights from the local cache only."""
 
-    def make(weights: str | None) -> nn.Module:
+    def make(weights: str | None, **extra) -> nn.Module:
         import torchvision.models as tvm
 
         enum = getattr(tvm, weights_enum_name)
@@ -153,7 +153,7 @@ def _torchvision(builder_name: str, weights_enum_name: str, **kw) -> Callable[[s
                     f"weights {w} are not in the torch cache ({cached}). Copy the file there (set TORCH_HOME to "
                     "use another cache), or set model_weights = \"none\" in the config to run with random "
                     "weights (numbers then mean nothing).")
-        return getattr(tvm, builder_name)(weights=w, **kw)
+        return getattr(tvm, builder_name)(weights=w, **kw, **extra)
 
     return make
 
@@ -214,6 +214,81 @@ def build(name: str, *, weights: str | None = None) -> Classifier:
     e = entry(name)
     net = e.make_net(weights)
     return Classifier(net, e.mean, e.std, e.leaf_modules).eval()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: ``size`` (C, H, W), ``resize`` (shorter side before the centre crop)."""
+
+    size: tuple[int, int, int]
+    resize: int
+
+
+def load_entry_point(spec: str) -> Callable[..., nn.Module]:
+    """Import ``"package.module:function"`` (a user's model builder) and return the function.
+
+    Raises
+    ------
+    ValueError
+        Malformed spec, missing module or attribute (the message says which).
+    """
+    import importlib
+
+    if spec.count(":") != 1:
+        raise ValueError(f"model entry point must look like 'package.module:build_fn', got {spec!r}")
+    mod_name, fn_name = spec.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {mod_name!r} for model entry point {spec!r}: {e}") from e
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"{mod_name!r} has no callable {fn_name!r} (model entry point {spec!r})")
+    return fn
+
+
+def from_config(m: dict) -> tuple[Classifier, InputSpec]:
+    """Build the model a config's ``[model]`` table describes (weights from the local cache or a state dict).
+
+    Parameters
+    ----------
+    m : dict
+        ``name`` (a zoo name or ``"custom"``), ``weights``, ``num_classes``, ``image_size``, ``resize``, and for
+        custom models ``entry``, ``state_dict``, ``input_size``, ``mean``, ``std``.
+
+    Returns
+    -------
+    model : Classifier (eval mode)
+    spec : InputSpec
+    """
+    weights = None if m.get("weights", "none") == "none" else m["weights"]
+    if m["name"] == "custom":
+        if not m.get("entry") or not m.get("input_size"):
+            raise ValueError("a custom model needs model.entry ('package.module:build_fn') and model.input_size "
+                             "([C, H, W])")
+        net = load_entry_point(m["entry"])()
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"{m['entry']} returned {type(net).__name__}, not a torch.nn.Module")
+        if m.get("state_dict"):
+            sd = torch.load(m["state_dict"], map_location="cpu", weights_only=True)
+            net.load_state_dict(sd)
+        c, h, w = m["input_size"]
+        mean = tuple(m.get("mean") or [0.0] * c)
+        std = tuple(m.get("std") or [1.0] * c)
+        spec = InputSpec((c, h, w), m.get("resize") or max(h, w))
+        return Classifier(net, mean, std).eval(), spec
+    e = entry(m["name"])
+    extra = {}
+    if m.get("num_classes") and not e.trained_here:
+        if weights is not None:
+            raise ValueError("model.num_classes only applies to random weights (model.weights = 'none')")
+        extra["num_classes"] = m["num_classes"]
+    net = e.make_net(weights, **extra) if extra else e.make_net(weights)
+    c, h, w = e.input_size
+    if m.get("image_size"):
+        h = w = int(m["image_size"])
+    resize = m.get("resize") or (e.resize if (h, w) == e.input_size[1:] else round(h * e.resize / e.input_size[1]))
+    return Classifier(net, e.mean, e.std, e.leaf_modules).eval(), InputSpec((c, h, w), resize)
 
 
 def layers(name: str) -> list[str]:

@@ -44,6 +44,9 @@ def _device(name: str):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: device = 'cuda' but no CUDA device is available; use device = 'auto'")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per rank
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 
@@ -71,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_layers:
         from core import zoo
 
-        weights = None if cfg["model"]["weights"] == "none" else cfg["model"]["weights"]
-        model = zoo.build(cfg["model"]["name"], weights=weights)
-        default = set(zoo.layers(cfg["model"]["name"]))
+        model, _ = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})
+        default = set(cfg["features"]["layers"] or
+                      (zoo.layers(cfg["model"]["name"]) if cfg["model"]["name"] != "custom" else []))
         for node in zoo.graph_nodes(model):
             print(node + ("   (default tap)" if node in default else ""))
         return 0
@@ -106,12 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     t0 = time.perf_counter()
+    rank = int(os.environ.get("RANK", "0"))
 
     def on_stage(name: str, seconds: float, skipped: bool) -> None:
         print(f"[{name:>10}] {'skipped (done, took ' + format(seconds, '.1f') + ' s)' if skipped else format(seconds, '.1f') + ' s'}",
               flush=True)
 
     run_stages(ctx, from_stage=args.from_stage, on_stage=on_stage)
+    if rank != 0:
+        return 0
     print(f"total {time.perf_counter() - t0:.1f} s; run folder {run.path}")
     report = run.path / "report.md"
     if report.exists():

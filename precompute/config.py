@@ -14,9 +14,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "DEFAULTS", "load", "apply_override", "validate", "stage_hash", "ATTACK_SECTION"]
+__all__ = ["ConfigError", "DEFAULTS", "load", "apply_override", "validate", "stage_hash", "ATTACK_SECTION",
+           "EXTERNAL_SECTION"]
 
 ATTACK_SECTION = "attacks"
+EXTERNAL_SECTION = "external"
 
 
 class ConfigError(ValueError):
@@ -34,13 +36,25 @@ DEFAULTS: dict[str, Any] = {
         "root": "",                  # fashion-mnist: folder of the idx .gz files ("" = search the usual places)
         "download": False,           # fashion-mnist: fall back to torchvision's downloader
         "train_dir": "",             # imagefolder: class-per-folder training images
-        "eval_dir": "",              # imagefolder: class-per-folder evaluation images (same class folders)
+        "eval_dir": "",              # imagefolder: class-per-folder evaluation images (same class folders),
+                                     # or, with eval_csv, a flat folder of <ImageId>.png
+        "eval_csv": "",              # NIPS 2017 DEV format: ImageId,TrueLabel,TargetClass (targets used by attacks)
+        "csv_label_offset": 1,       # subtracted from TrueLabel/TargetClass (the DEV set counts from 1)
+        "class_names": "",           # JSON list of class names ("" = the model's, else the folder names)
         "n_train": 0,                # use a seeded random subset of this many training images (0 = all)
         "n_test": 0,                 # use a seeded random subset of this many test images (0 = all)
     },
     "model": {
         "name": "fmnist-cnn",  # a core.zoo name
         "weights": "none",     # torchvision weights name for loaded models ("none" = random init)
+        "num_classes": 0,      # random-weight torchvision models: output classes (0 = the model's own)
+        "image_size": 0,       # input height = width (0 = the model's own)
+        "resize": 0,           # shorter side before the centre crop (0 = the model's own ratio)
+        "entry": "",           # custom model: "package.module:build_fn" returning an nn.Module
+        "state_dict": "",      # custom model: a state dict loaded with weights_only=True
+        "input_size": [],      # custom model: [C, H, W]
+        "mean": [],            # custom model: per-channel normalisation (done inside the wrapped model)
+        "std": [],
         "epochs": 6,           # training epochs (models trained here)
         "batch_size": 128,
         "lr": 0.002,           # peak learning rate (Adam, one-cycle)
@@ -50,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
         "layers": [],          # node names to tap ([] = the zoo's default taps)
         "batch_size": 512,
         "amp": True,           # bfloat16 autocast for forward passes on CUDA
+        "chunk": 8192,         # training images per resumable chunk of the streamed extraction
+        "workers": 0,          # image-decoding worker processes for image folders
     },
     "processing": {
         "modes": ["none", "l2", "pca"],  # none | l2 | pca (PCA + whitening)
@@ -67,6 +83,11 @@ DEFAULTS: dict[str, Any] = {
         "attack_batch": 250,  # images per attack call
     },
     ATTACK_SECTION: {},       # per attack: {n = images attacked, ...attack params (core.attacks.param_spec)}
+    EXTERNAL_SECTION: {},     # adversarial sets made elsewhere: {name = {dir = folder of <ImageId>.png}}
+    "thumbs": {
+        "size": 64,           # neighbour thumbnails stored for runs whose training images are not kept
+        "per_layer": 4,       # nearest (overall and of the predicted class) kept per image and layer
+    },
     "scoring": {
         "k_max": 1000,                        # neighbours stored per evaluation image
         "k": 1000,                            # default k for scores
@@ -94,7 +115,7 @@ def _type_ok(default: Any, value: Any) -> bool:
 def _merge(base: dict, over: dict, path: tuple[str, ...] = ()) -> None:
     for key, value in over.items():
         where = ".".join(path + (key,))
-        if path == (ATTACK_SECTION,) or (path and path[0] == ATTACK_SECTION):
+        if path and path[0] in (ATTACK_SECTION, EXTERNAL_SECTION):
             if not isinstance(value, dict) and len(path) == 1:
                 raise ConfigError(f"[{where}] must be a table of attack parameters")
             base[key] = copy.deepcopy(value) if len(path) == 1 else value
@@ -134,6 +155,25 @@ def validate(cfg: dict) -> dict:
     for key in ("n_authentic", "attack_batch"):
         if cfg["evalsets"][key] < 1:
             raise ConfigError(f"evalsets.{key} must be >= 1")
+    for name, table in cfg[EXTERNAL_SECTION].items():
+        if set(table) != {"dir"} or not isinstance(table["dir"], str):
+            raise ConfigError(f"[external.{name}] must have exactly one key: dir = \"folder of <ImageId>.png\"")
+        if not cfg["data"]["eval_csv"]:
+            raise ConfigError(f"[external.{name}] needs data.eval_csv (its images are matched by ImageId)")
+    m = cfg["model"]
+    if m["name"] == "custom":
+        if not m["entry"] or len(m["input_size"]) != 3:
+            raise ConfigError("model.name = 'custom' needs model.entry = 'package.module:build_fn' and "
+                              "model.input_size = [C, H, W]")
+        if not cfg["features"]["layers"]:
+            raise ConfigError("a custom model needs features.layers (see `python -m precompute --list-layers CONFIG`)")
+    else:
+        from core import zoo
+
+        if m["name"] not in zoo.available():
+            raise ConfigError(f"model.name {m['name']!r} is not one of {zoo.available() + ['custom']}")
+    if cfg["data"]["dataset"] == "imagefolder" and not (cfg["data"]["train_dir"] and cfg["data"]["eval_dir"]):
+        raise ConfigError("data.dataset = 'imagefolder' needs data.train_dir and data.eval_dir")
     from core import attacks as _attacks  # light: ART is imported lazily inside
 
     known = set(_attacks.available())

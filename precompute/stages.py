@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ import torch
 from core import index as knn_index
 from core import processing, zoo
 from core.artefacts import RunDir, atomic_path
-from core.data import ArraySource, FolderSource, ImageSource, load_fashion_mnist, to_float
-from precompute.config import ATTACK_SECTION, stage_hash
+from core.data import ArraySource, CsvSource, FolderSource, ImageSource, load_fashion_mnist, to_float
+from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, stage_hash
 
 __all__ = ["STAGES", "Context", "run_stages"]
 
@@ -42,22 +43,32 @@ class Context:
     _cache: dict = field(default_factory=dict)
 
     # -------------------------------------------------------------- inputs
+    def spec(self) -> zoo.InputSpec:
+        """Input size and resize of the run's model."""
+        if "spec" not in self._cache:
+            self._cache["spec"] = zoo.from_config(self.cfg["model"])[1] if self.cfg["model"]["name"] == "custom" \
+                else _zoo_spec(self.cfg["model"])
+        return self._cache["spec"]
+
     def sources(self) -> tuple[ImageSource, ImageSource, list[str]]:
         """(train source, test source, class names), subsetted as configured."""
         if "sources" not in self._cache:
             d = self.cfg["data"]
-            e = zoo.entry(self.cfg["model"]["name"])
             if d["dataset"] == "fashion-mnist":
                 train = load_fashion_mnist("train", root=d["root"] or None, download=d["download"])
                 test = load_fashion_mnist("test", root=d["root"] or None, download=d["download"])
                 classes = zoo.FASHION_MNIST_CLASSES
             else:
-                c, h, w = e.input_size
-                train = FolderSource(d["train_dir"], size=(h, w), channels=c, resize=e.resize)
-                test = FolderSource(d["eval_dir"], size=(h, w), channels=c, resize=e.resize)
-                if test.classes != train.classes:
-                    raise ValueError(f"{d['eval_dir']} and {d['train_dir']} have different class folders")
-                classes = train.classes
+                c, h, w = self.spec().size
+                train = FolderSource(d["train_dir"], size=(h, w), channels=c, resize=self.spec().resize)
+                if d["eval_csv"]:
+                    test = CsvSource(d["eval_csv"], d["eval_dir"], size=(h, w), channels=c,
+                                     resize=self.spec().resize, label_offset=d["csv_label_offset"])
+                else:
+                    test = FolderSource(d["eval_dir"], size=(h, w), channels=c, resize=self.spec().resize)
+                    if test.classes != train.classes:
+                        raise ValueError(f"{d['eval_dir']} and {d['train_dir']} have different class folders")
+                classes = _class_names(self.cfg, train.classes)
             train = _subset(train, d["n_train"], self.cfg["seed"])
             test = _subset(test, d["n_test"], self.cfg["seed"] + 1)
             self._cache["sources"] = (train, test, list(classes))
@@ -66,7 +77,7 @@ class Context:
     def model(self) -> zoo.Classifier:
         """The attacked model with the run's weights, in eval mode, on the run's device."""
         if "model" not in self._cache:
-            m = zoo.build(self.cfg["model"]["name"])
+            m = _build_random(self.cfg["model"])
             m.load_state_dict(self.run.load_torch("model.pt"))
             self._cache["model"] = m.eval().to(self.device)
         return self._cache["model"]
@@ -78,11 +89,85 @@ class Context:
         return [(layer, mode) for layer in self.layers() for mode in self.cfg["processing"]["modes"]]
 
 
+def _zoo_spec(m: dict) -> zoo.InputSpec:
+    """Input spec of a zoo model without building it."""
+    e = zoo.entry(m["name"])
+    c, h, w = e.input_size
+    if m["image_size"]:
+        h = w = m["image_size"]
+    resize = m["resize"] or (e.resize if (h, w) == e.input_size[1:] else round(h * e.resize / e.input_size[1]))
+    return zoo.InputSpec((c, h, w), resize)
+
+
+def _build_random(m: dict) -> zoo.Classifier:
+    """The run's architecture (weights to be loaded from model.pt): no weight download or user state dict."""
+    return zoo.from_config({**m, "weights": "none", "state_dict": ""})[0]
+
+
+def _class_names(cfg: dict, folders: list[str]) -> list[str]:
+    """Class names: a JSON list from data.class_names, the model's own (1000 ImageNet names), or folder names."""
+    import json as _json
+
+    d, m = cfg["data"], cfg["model"]
+    if d["class_names"]:
+        names = _json.loads(open(d["class_names"]).read())
+        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            raise ValueError(f"{d['class_names']}: expected a JSON list of strings")
+        return names
+    if m["name"] != "custom" and not m["num_classes"] and not zoo.entry(m["name"]).trained_here:
+        return zoo.entry(m["name"]).classes()
+    return folders
+
+
 def _subset(src: ImageSource, n: int, seed: int) -> ImageSource:
     if not n or n >= len(src):
         return src
     idx = np.sort(np.random.default_rng(seed).choice(len(src), n, replace=False))
-    return ArraySource(src.get(idx), src.labels[idx])
+    if isinstance(src, FolderSource):  # keep it lazy (and its paths, for thumbnails)
+        import copy
+
+        sub = copy.copy(src)
+        sub.paths = [src.paths[i] for i in idx]
+        sub.labels = src.labels[idx]
+        if getattr(src, "targets", None) is not None:
+            sub.targets = src.targets[idx]
+            sub.ids = [src.ids[i] for i in idx]
+        return sub
+    sub = ArraySource(src.get(idx), src.labels[idx])
+    if getattr(src, "targets", None) is not None:
+        sub.targets = src.targets[idx]
+        sub.ids = [src.ids[i] for i in idx]
+    return sub
+
+
+@dataclass
+class _Range:
+    """Rows [start, stop) of a source, as a source."""
+
+    source: ImageSource
+    start: int
+    stop: int
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.source.labels[self.start:self.stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        return self.source.get(np.asarray(idx) + self.start)
+
+
+def _predict_source(model: torch.nn.Module, src: ImageSource, device: torch.device, batch: int = 256,
+                    progress: bool = False) -> np.ndarray:
+    """Predicted classes (N,) of every image of a source, in batches (never all images in memory)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for s in tqdm(range(0, len(src), batch), desc="predict test set", disable=not progress, dynamic_ncols=True):
+        out.append(_predict(model, src.get(np.arange(s, min(s + batch, len(src)))), device))
+    return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
 def _predict(model: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 512) -> np.ndarray:
@@ -110,6 +195,11 @@ def stage_data(ctx: Context) -> list[str]:
     if isinstance(train, ArraySource):
         ctx.run.save_npy("train_images.npy", train.images)
         files.append("train_images.npy")
+    else:  # image folders: record where each training image is (thumbnails are stored by the thumbs stage)
+        root = Path(train.root).resolve()
+        ctx.run.save_json("train_paths.json", {"root": str(root),
+                                               "paths": [str(Path(p).resolve().relative_to(root)) for p in train.paths]})
+        files.append("train_paths.json")
     return files
 
 
@@ -152,57 +242,133 @@ def _train(ctx: Context, model: zoo.Classifier, train: ImageSource) -> list[floa
 def stage_train(ctx: Context) -> list[str]:
     """Train (models trained here) or load the attacked model; test predictions and accuracy."""
     train, test, classes = ctx.sources()
-    e = zoo.entry(ctx.cfg["model"]["name"])
-    weights = ctx.cfg["model"]["weights"]
-    weights = None if weights == "none" else weights
+    m = ctx.cfg["model"]
+    trained_here = m["name"] != "custom" and zoo.entry(m["name"]).trained_here
     torch.manual_seed(ctx.cfg["seed"])  # the initial weights depend on the seed only
-    model = zoo.build(e.name, weights=weights).to(ctx.device)
-    info: dict = {"model": e.name, "weights": weights, "trained_here": e.trained_here}
+    model, _ = zoo.from_config(m)
+    model = model.to(ctx.device)
+    info: dict = {"model": m["name"], "weights": m["weights"] if m["name"] != "custom" else m["state_dict"],
+                  "trained_here": trained_here, "classes": len(classes)}
     t0 = time.perf_counter()
-    if e.trained_here:
+    if trained_here:
         info["losses"] = _train(ctx, model, train)
-    elif weights is None:
+    elif m["weights"] == "none" and not (m["name"] == "custom" and m["state_dict"]):
         log.warning("model %s has RANDOM weights (model.weights = 'none'): the detection numbers of this run "
-                    "are meaningless; point the config at real weights", e.name)
-        info["warning"] = "random weights: numbers are meaningless"
+                    "are meaningless; point the config at real weights", m["name"])
+        info["warning"] = "random weights: detection numbers are meaningless"
     ctx.run.manifest.setdefault("summary", {})["train_seconds"] = round(time.perf_counter() - t0, 2)
     ctx.run.save_torch("model.pt", {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    test_images = test.get(np.arange(len(test)))
-    pred = _predict(model.eval(), test_images, ctx.device)
-    info["test_accuracy"] = float((pred == test.labels).mean())
+    pred = _predict_source(model.eval(), test, ctx.device, progress=ctx.progress)
+    info["test_accuracy"] = float((pred == test.labels).mean()) if len(pred) else float("nan")
     info["n_train"], info["n_test"] = len(train), len(test)
     log.info("test accuracy %.4f", info["test_accuracy"])
     ctx.run.save_npy("test_predictions.npy", pred.astype(np.int64))
     ctx.run.save_json("model.json", info)
+    ctx.run.save_json("input.json", {"size": list(ctx.spec().size), "resize": ctx.spec().resize})
     ctx._cache.pop("model", None)
-    return ["model.pt", "test_predictions.npy", "model.json"]
+    return ["model.pt", "test_predictions.npy", "model.json", "input.json"]
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) under torchrun (process group initialised once), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from datetime import timedelta
+
+        # other ranks wait at a barrier while rank 0 runs a whole stage: allow long stages
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
+    return dist.get_rank(), world
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def stage_features(ctx: Context) -> list[str]:
-    """Training-set activations of every tapped layer, streamed into memory-mapped ``.npy`` files."""
+    """Training-set activations of every tapped layer, streamed in chunks into memory-mapped ``.npy`` files.
+
+    Rows are written into ``features/<layer>.npy.partial`` chunk by chunk; after each chunk the list of
+    finished chunks is saved (atomically), so a killed run resumes at the first unfinished chunk. Under
+    ``torchrun`` each rank extracts its own chunks (c % world == rank) into the shared files.
+    """
+    import json as _json
+
     from core.features import FeatureExtractor, extract
 
     train, _, _ = ctx.sources()
-    model = ctx.model()
-    layers = ctx.layers()
-    ext = FeatureExtractor(model, layers)
-    c, h, w = zoo.entry(ctx.cfg["model"]["name"]).input_size
+    model, layers = ctx.model(), ctx.layers()
+    rank, world = _dist()
+    key, chunk = ctx.keys["features"], ctx.cfg["features"]["chunk"]
+    n = len(train)
+    n_chunks = (n + chunk - 1) // chunk
+    c, h, w = ctx.spec().size
     with torch.no_grad():
-        _, probe = ext(torch.zeros(1, c, h, w, device=ctx.device))
-    files = [f"features/{layer}.npy" for layer in layers]
-    with ExitStack() as stack:
-        out = {}
-        for layer, rel in zip(layers, files):
-            tmp = stack.enter_context(atomic_path(ctx.run.path / rel))
-            out[layer] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                   shape=(len(train), probe[layer].shape[1]))
-        extract(model, layers, train, batch_size=ctx.cfg["features"]["batch_size"], device=ctx.device, out=out,
-                amp=ctx.cfg["features"]["amp"], progress=ctx.progress, desc="train features")
-        for arr in out.values():
+        _, probe = FeatureExtractor(model, layers).to(ctx.device)(torch.zeros(1, c, h, w, device=ctx.device))
+    dims = {layer: probe[layer].shape[1] for layer in layers}
+    fdir = ctx.run.path / "features"
+    partial = {layer: fdir / f"{layer}.npy.partial" for layer in layers}
+
+    def progress_files():
+        return sorted(fdir.glob("progress-*.json"))
+
+    def finished() -> set[int]:
+        done = set()
+        for p in progress_files():
+            try:
+                d = _json.loads(p.read_text())
+            except (ValueError, OSError):
+                continue
+            if d.get("key") == key and d.get("n") == n:
+                done |= set(d["done"])
+        return done
+
+    if rank == 0:
+        fdir.mkdir(parents=True, exist_ok=True)
+        done = finished()
+        ok = done and all(p.exists() and np.load(p, mmap_mode="r").shape == (n, dims[la]) for la, p in partial.items())
+        if not ok:  # fresh start: new partial files, no progress
+            for p in progress_files():
+                p.unlink()
+            for layer, p in partial.items():
+                np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(n, dims[layer])).flush()
+        elif done:
+            log.info("features: resuming, %d of %d chunks already done", len(done), n_chunks)
+    _barrier()
+    done = finished()
+    mine = sorted(done & set(range(rank, n_chunks, world)))
+    mm = {layer: np.load(p, mmap_mode="r+") for layer, p in partial.items()}
+    for ci in range(rank, n_chunks, world):
+        if ci in done:
+            continue
+        s0, s1 = ci * chunk, min((ci + 1) * chunk, n)
+        extract(model, layers, _Range(train, s0, s1), batch_size=ctx.cfg["features"]["batch_size"],
+                device=ctx.device, out={la: mm[la][s0:s1] for la in layers}, amp=ctx.cfg["features"]["amp"],
+                progress=ctx.progress, desc=f"train features {ci + 1}/{n_chunks}",
+                workers=ctx.cfg["features"]["workers"])
+        for arr in mm.values():
             arr.flush()
-        del out
-    for rel in files:
-        ctx.run.record(rel)
+        mine.append(ci)
+        with atomic_path(fdir / f"progress-{rank}.json") as tmp:
+            tmp.write_text(_json.dumps({"key": key, "n": n, "done": sorted(mine)}))
+    del mm
+    _barrier()
+    files = [f"features/{layer}.npy" for layer in layers]
+    if rank == 0:
+        missing = set(range(n_chunks)) - finished()
+        if missing:
+            raise RuntimeError(f"features: chunks {sorted(missing)[:10]} were not extracted")
+        for layer, rel in zip(layers, files):
+            os.replace(partial[layer], ctx.run.path / rel)
+            ctx.run.record(rel)
+        for p in progress_files():
+            p.unlink()
     return files
 
 
@@ -244,6 +410,16 @@ def _save_set(ctx: Context, name: str, key: str, images: np.ndarray, true: np.nd
                            "target": target.astype(np.int64), "source": source.astype(np.int64), **extra},
                      key=key)
     return rel
+
+
+def _exists_by_id(folder: str, image_id: str) -> bool:
+    from core.data import DatasetNotFound, find_by_id
+
+    try:
+        find_by_id(Path(folder), image_id)
+        return True
+    except DatasetNotFound:
+        return False
 
 
 def _set_stats(z: dict[str, np.ndarray], auth_img: np.ndarray, pos_of: dict[int, int], attempted: int) -> dict:
@@ -304,6 +480,7 @@ def stage_evalsets(ctx: Context) -> list[str]:
     stats["noise"] = _set_stats(ctx.run.load_npz(rel), auth_img, pos_of, len(auth_idx))
     files.append(rel)
 
+    csv_targets = getattr(test, "targets", None)
     for name in es["attacks"]:
         table = dict(ctx.cfg[ATTACK_SECTION].get(name, {}))
         n = min(table.pop("n", len(auth_idx)), len(auth_idx))
@@ -311,6 +488,10 @@ def stage_evalsets(ctx: Context) -> list[str]:
         files.append(rel)
         arng = np.random.default_rng([seed, 2, sum(map(ord, name))])
         target = (auth_true[:n] + arng.integers(1, n_cls, size=n)) % n_cls  # a random wrong class
+        if csv_targets is not None:  # the CSV's TargetClass where it is a valid wrong class
+            given = csv_targets[auth_idx[:n]]
+            usable = (given >= 0) & (given < n_cls) & (given != auth_true[:n])
+            target = np.where(usable, given, target)
         if not ctx.run.item_done(rel, key):
             t0 = time.perf_counter()
             x = to_float(auth_img[:n])
@@ -330,6 +511,25 @@ def stage_evalsets(ctx: Context) -> list[str]:
                       attempted=np.array(n), params=np.array(json.dumps(r.params, sort_keys=True)))
         stats[name] = _set_stats(ctx.run.load_npz(rel), auth_img, pos_of, n)
         stats[name]["seconds"] = ctx.run.manifest["summary"].get("attack_seconds", {}).get(name)
+    for name, table in ctx.cfg[EXTERNAL_SECTION].items():
+        rel = f"evalsets/{name}.npz"
+        files.append(rel)
+        if not ctx.run.item_done(rel, key):
+            from core.data import find_by_id
+            from core.uploads import image_to_array, read_upload
+
+            c, h, w = ctx.spec().size
+            ids = [test.ids[i] for i in auth_idx]
+            have = [j for j, i in enumerate(ids) if _exists_by_id(table["dir"], i)]
+            imgs = np.stack([image_to_array(read_upload(find_by_id(table["dir"], ids[j]).read_bytes()), size=(h, w),
+                                            channels=c, resize=ctx.spec().resize) for j in have]) if have else \
+                np.empty((0, h, w, c), np.uint8)
+            p = _predict(ctx.model(), imgs, ctx.device) if have else np.empty(0, np.int64)
+            keep = p != auth_true[have]  # failed adversarials (still right) are dropped
+            hv = np.asarray(have, dtype=np.int64)
+            _save_set(ctx, name, key, imgs[keep], auth_true[hv][keep], p[keep], np.full(int(keep.sum()), -1),
+                      auth_idx[hv][keep], attempted=np.array(len(have)), params=np.array(json.dumps(table)))
+        stats[name] = _set_stats(ctx.run.load_npz(rel), auth_img, pos_of, len(auth_idx))
     ctx.run.manifest.setdefault("summary", {})["sets"] = stats
     ctx.run.save_manifest()
     return files
@@ -366,6 +566,46 @@ def stage_neighbours(ctx: Context) -> list[str]:
     return files
 
 
+def stage_thumbs(ctx: Context) -> list[str]:
+    """Thumbnails of the training images shown as neighbours, for runs that do not keep the training images.
+
+    For every evaluation image and layer (default processing), the ``thumbs.per_layer`` nearest training
+    images overall and of the predicted class; each distinct image stored once as a JPEG in
+    ``thumbs/bank.npz`` (ids, offsets, bytes), so the app shows neighbours without the training set.
+    """
+    import io
+
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    if ctx.run.is_recorded("train_images.npy"):
+        return []
+    train, _, _ = ctx.sources()
+    per, size, mode = ctx.cfg["thumbs"]["per_layer"], ctx.cfg["thumbs"]["size"], ctx.cfg["scoring"]["mode"]
+    labels = ctx.run.load_npy("train_labels.npy")
+    wanted: set[int] = set()
+    for name in ctx.run.manifest["summary"]["sets"]:
+        pred = ctx.run.load_npz(f"evalsets/{name}.npz")["predicted"]
+        for layer in ctx.layers():
+            I = ctx.run.load_npz(f"neighbours/{name}/{layer}-{mode}.npz")["I"]
+            wanted.update(I[:, :per].ravel().tolist())
+            for row, p in zip(I, pred):
+                wanted.update(row[labels[row] == p][:per].tolist())
+    ids = np.array(sorted(i for i in wanted if i >= 0), dtype=np.int64)
+    blobs = []
+    for s0 in tqdm(range(0, len(ids), 256), desc="thumbnails", disable=not ctx.progress, dynamic_ncols=True):
+        for img in train.get(ids[s0:s0 + 256]):
+            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+            blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    data = np.concatenate(blobs) if blobs else np.empty(0, np.uint8)
+    ctx.run.save_npz("thumbs/bank.npz", {"ids": ids, "offsets": offsets, "data": data})
+    return ["thumbs/bank.npz"]
+
+
 def stage_report(ctx: Context) -> list[str]:
     """Detection tables, k sweep, sizes, success rates and timings -> report.json and report.md."""
     from precompute.report import build_report, render_markdown
@@ -385,8 +625,9 @@ STAGES: list[tuple[str, Callable[[Context], list[str]], tuple[str, ...]]] = [
     ("features", stage_features, ("features",)),
     ("processing", stage_processing, ("processing",)),
     ("index", stage_index, ("index", "scoring.k_max")),
-    ("evalsets", stage_evalsets, ("evalsets", ATTACK_SECTION)),
+    ("evalsets", stage_evalsets, ("evalsets", ATTACK_SECTION, EXTERNAL_SECTION)),
     ("neighbours", stage_neighbours, ("scoring.k_max",)),
+    ("thumbs", stage_thumbs, ("thumbs", "scoring.mode")),
     ("report", stage_report, ("scoring",)),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
@@ -417,36 +658,57 @@ def pending(ctx: Context) -> list[str]:
     return []
 
 
-def run_stages(ctx: Context, *, from_stage: str | None = None, on_stage: Callable[[str, float, bool], None] | None = None) -> dict[str, float]:
-    """Run every pending stage in order; return {stage: seconds} (0 for skipped ones)."""
+def run_stages(ctx: Context, *, from_stage: str | None = None,
+               on_stage: Callable[[str, float, bool], None] | None = None) -> dict[str, float]:
+    """Run every pending stage in order; return {stage: seconds} (0 for skipped ones).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) rank 0 runs every stage and the manifest; the other ranks join the
+    features stage (their share of the chunks) and then exit.
+    """
     ctx.keys = stage_keys(ctx.cfg)
-    if from_stage is not None:
-        again = STAGE_NAMES[STAGE_NAMES.index(from_stage):]
-        ctx.run.invalidate(again, item_keys={ctx.keys[s] for s in again})
-    removed = ctx.run.clean_tmp()
-    if removed:
-        log.info("removed %d leftover temporary files from a killed run", removed)
-    ctx.run.manifest["config"] = ctx.cfg
-    ctx.run.manifest.setdefault("summary", {}).update(
-        layers=ctx.layers(), modes=list(ctx.cfg["processing"]["modes"]), model=ctx.cfg["model"]["name"],
-        k_max=ctx.cfg["scoring"]["k_max"], defaults={k: ctx.cfg["scoring"][k] for k in ("k", "fn", "mode")})
-    ctx.run.manifest["versions"] = _versions()
-    ctx.run.save_manifest()
+    rank, world = _dist()
+    if rank == 0:
+        if from_stage is not None:
+            again = STAGE_NAMES[STAGE_NAMES.index(from_stage):]
+            ctx.run.invalidate(again, item_keys={ctx.keys[s] for s in again})
+        removed = ctx.run.clean_tmp()
+        if removed:
+            log.info("removed %d leftover temporary files from a killed run", removed)
+        ctx.run.manifest["config"] = ctx.cfg
+        ctx.run.manifest.setdefault("summary", {}).update(
+            layers=ctx.layers(), modes=list(ctx.cfg["processing"]["modes"]), model=ctx.cfg["model"]["name"],
+            k_max=ctx.cfg["scoring"]["k_max"], defaults={k: ctx.cfg["scoring"][k] for k in ("k", "fn", "mode")})
+        ctx.run.manifest["versions"] = _versions()
+        ctx.run.save_manifest()
+    _barrier()
     times: dict[str, float] = {}
     redo = False
     for name, fn, _ in STAGES:
+        sharded = world > 1 and STAGE_NAMES.index(name) <= STAGE_NAMES.index("features")
+        if sharded:
+            ctx.run._manifest = None  # rank 0 may have written it
         if not redo and ctx.run.stage_done(name, ctx.keys[name]):
             times[name] = 0.0
-            if on_stage:
+            if on_stage and rank == 0:
                 on_stage(name, ctx.run.manifest["stages"][name]["seconds"], True)
-            continue
-        redo = True  # everything after a recomputed stage is recomputed too
-        t0 = time.perf_counter()
-        files = fn(ctx)
-        times[name] = time.perf_counter() - t0
-        ctx.run.mark_stage(name, ctx.keys[name], files, times[name])
-        if on_stage:
-            on_stage(name, times[name], False)
+        else:
+            redo = True  # everything after a recomputed stage is recomputed too
+            if rank == 0 or name == "features":
+                t0 = time.perf_counter()
+                files = fn(ctx)
+                times[name] = time.perf_counter() - t0
+                if rank == 0:
+                    ctx.run.mark_stage(name, ctx.keys[name], files, times[name])
+                    if on_stage:
+                        on_stage(name, times[name], False)
+        if sharded:
+            _barrier()  # the other ranks wait for rank 0's stages up to the features
+            if name == "features":
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+                if rank != 0:
+                    break  # the rest is rank 0's
     return times
 
 

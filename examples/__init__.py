@@ -1,0 +1,1 @@
+"""Example user code for knnguard (see precompute/configs/custom-example.toml)."""
