@@ -68,6 +68,24 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+_MANIFEST_KEYS = {"files": dict, "stages": dict, "config": dict, "summary": dict, "versions": dict}
+
+
+def _check_manifest(p: Path, m: Any) -> None:
+    """Refuse a manifest with unknown keys or wrong types (before anything is loaded on its word)."""
+    if not isinstance(m, dict):
+        raise ArtefactError(f"{p}: manifest is not a JSON object")
+    for k, v in m.items():
+        if k not in _MANIFEST_KEYS:
+            raise ArtefactError(f"{p}: unknown manifest key {k!r}; refusing the run (was it edited by hand?)")
+        if not isinstance(v, _MANIFEST_KEYS[k]):
+            raise ArtefactError(f"{p}: manifest key {k!r} must be a {_MANIFEST_KEYS[k].__name__}")
+    for rel, e in m.get("files", {}).items():
+        if (not isinstance(e, dict) or not isinstance(e.get("sha256"), str) or not isinstance(e.get("size"), int)
+                or ".." in Path(rel).parts or Path(rel).is_absolute()):
+            raise ArtefactError(f"{p}: malformed manifest entry for {rel!r}")
+
+
 class RunDir:
     """One run folder: typed atomic writers, hash-checked readers and the manifest.
 
@@ -99,8 +117,7 @@ class RunDir:
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise ArtefactError(f"{p}: manifest is not valid JSON ({e}); delete the run folder "
                                         "and run precompute again") from e
-                if not isinstance(self._manifest, dict):
-                    raise ArtefactError(f"{p}: manifest is not a JSON object")
+                _check_manifest(p, self._manifest)
             else:
                 self._manifest = {}
             self._manifest.setdefault("files", {})

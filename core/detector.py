@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Largest k a request may ask for (bounded by the run's training-set size too).
 MAX_K = 10_000
+#: ``verify="auto"`` hashes every loaded file when the run's files total at most this many bytes.
+FULL_VERIFY_MAX_BYTES = 4 << 30
 #: Largest batch :meth:`Detector.score` takes in one call (split bigger inputs yourself).
 MAX_BATCH = 4096
 
@@ -125,15 +127,17 @@ class Detector:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, run: str | Path | RunDir, *, verify: str = "full", modes: list[str] | None = None) -> "Detector":
+    def load(cls, run: str | Path | RunDir, *, verify: str = "auto", modes: list[str] | None = None) -> "Detector":
         """Load a finished run.
 
         Parameters
         ----------
         run : path or RunDir
             The run folder (``data/runs/<name>``).
-        verify : {"full", "size", "none"}
-            Check each loaded file against the manifest's sha256 (``full``), only its size, or not at all.
+        verify : {"auto", "full", "size", "none"}
+            Check each loaded file against the manifest's sha256 (``full``), only its size, or not at all;
+            ``auto`` = full when the run's files total under :data:`FULL_VERIFY_MAX_BYTES`, else sizes only
+            (then check hashes on demand: ``python -m precompute --verify RUN_DIR``).
         modes : list of str, optional
             Processing modes to load now (default: the run's default mode; others load on first use).
 
@@ -152,8 +156,11 @@ class Detector:
         if m.get("stages", {}).get("neighbours", {}).get("status") != "done":
             raise IncompleteRun(f"run {run.path} is unfinished; finish it with "
                                 f"`python -m precompute --config <its config>` (name = {m.get('config', {}).get('name')!r})")
-        if verify not in ("full", "size", "none"):
-            raise ValueError("verify must be 'full', 'size' or 'none'")
+        if verify not in ("auto", "full", "size", "none"):
+            raise ValueError("verify must be 'auto', 'full', 'size' or 'none'")
+        if verify == "auto":
+            total = sum(f["size"] for f in m["files"].values())
+            verify = "full" if total <= FULL_VERIFY_MAX_BYTES else "size"
         t0 = time.perf_counter()
         full = verify == "full"
         base = ["model.pt", "classes.json", "train_labels.npy", "input.json"]

@@ -11,6 +11,7 @@ Finished stages are skipped (their inputs and file hashes are in ``manifest.json
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the stages that would run, then stop")
     p.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="recompute from this stage on")
     p.add_argument("--list-layers", metavar="CONFIG", help="print the model's tappable node names and exit")
+    p.add_argument("--verify", metavar="RUN_DIR", help="check every file of a run against its manifest's sha256 "
+                   "(full hashes; loading large runs checks sizes only) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -59,6 +62,25 @@ def _threads(n: int) -> None:
     faiss.omp_set_num_threads(n)
 
 
+def _verify(path: str) -> int:
+    from core.artefacts import ArtefactError, RunDir
+
+    run = RunDir(path)
+    if not run.exists():
+        print(f"error: {path} has no manifest.json", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        run.verify(full=True)
+    except ArtefactError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    n = len(run.manifest["files"])
+    size = sum(f["size"] for f in run.manifest["files"].values())
+    print(f"OK: {n} files, {size / 1e6:.1f} MB match their sha256 ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -66,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from precompute import config as cfgmod
 
+    if args.verify:
+        return _verify(args.verify)
     try:
         cfg = cfgmod.load(args.list_layers or args.config, args.overrides)
     except cfgmod.ConfigError as e:
@@ -115,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name:>10}] {'skipped (done, took ' + format(seconds, '.1f') + ' s)' if skipped else format(seconds, '.1f') + ' s'}",
               flush=True)
 
-    run_stages(ctx, from_stage=args.from_stage, on_stage=on_stage)
+    try:
+        run_stages(ctx, from_stage=args.from_stage, on_stage=on_stage)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: cannot write the run folder {run.path}: {e.strerror} ({e.filename or ''}). Files already "
+              "there are intact (every write is atomic); free space or fix permissions and run again to resume.",
+              file=sys.stderr)
+        return 1
     if rank != 0:
         return 0
     print(f"total {time.perf_counter() - t0:.1f} s; run folder {run.path}")

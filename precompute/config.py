@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class ConfigError(ValueError):
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",            # run folder name: <runs_dir>/<name>
+    "data_root": "data",      # every path in the config must lie under this folder (no ../, no outside paths)
     "runs_dir": "data/runs",  # where run folders live
     "seed": 0,                # one seed for everything (training, sampling, targets, attacks)
     "device": "auto",         # auto | cpu | cuda
@@ -132,8 +134,39 @@ def _merge(base: dict, over: dict, path: tuple[str, ...] = ()) -> None:
             base[key] = float(value) if isinstance(base[key], float) else value
 
 
+PATH_KEYS = (("runs_dir",), ("data", "root"), ("data", "train_dir"), ("data", "eval_dir"), ("data", "eval_csv"),
+             ("data", "class_names"), ("model", "state_dict"))
+
+
+def check_paths(cfg: dict) -> None:
+    """Refuse config paths that escape ``data_root``: any ``..`` component, or a path outside it.
+
+    The check is lexical (symlinks inside ``data_root`` may point elsewhere: that is how a user mounts a
+    large dataset), so a config cannot name an arbitrary file of the machine.
+    """
+    root = os.path.abspath(cfg["data_root"])
+    items = [(".".join(k), _get(cfg, k)) for k in PATH_KEYS]
+    items += [(f"external.{n}.dir", t["dir"]) for n, t in cfg[EXTERNAL_SECTION].items()]
+    for where, value in items:
+        if not value:
+            continue
+        if ".." in Path(value).parts:
+            raise ConfigError(f"'{where}' = {value!r}: '..' is not allowed in config paths")
+        full = os.path.abspath(value)
+        if os.path.commonpath([root, full]) != root:
+            raise ConfigError(f"'{where}' = {value!r} is outside data_root ({root}); put (or symlink) it under "
+                              "data_root, or set data_root")
+
+
+def _get(cfg: dict, keys: tuple[str, ...]):
+    for k in keys:
+        cfg = cfg[k]
+    return cfg
+
+
 def validate(cfg: dict) -> dict:
-    """Check choices, ranges and the attack tables; return ``cfg`` (raises :class:`ConfigError`)."""
+    """Check choices, ranges, paths and the attack tables; return ``cfg`` (raises :class:`ConfigError`)."""
+    check_paths(cfg)
     for path, choices in _CHOICES.items():
         v = cfg
         for p in path:

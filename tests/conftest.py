@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     runs = tmp_path_factory.mktemp("runs")
     rc = main(["--config", str(ROOT / "precompute/configs/fmnist.toml"), "--no-progress",
-               f"--set=runs_dir='{runs}'", *[f"--set={s}" for s in TINY]])
+               f"--set=runs_dir='{runs}'", f"--set=data_root='{runs}'", *[f"--set={s}" for s in TINY]])
     assert rc == 0
     return runs / "tiny"
 

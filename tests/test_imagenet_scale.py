@@ -38,8 +38,10 @@ def folder(tmp_path_factory):
     return root
 
 
-def _common(folder, runs, name):
-    return [f"--set=runs_dir='{runs}'", f"--set=name='{name}'", f"--set=data.train_dir='{folder / 'train'}'",
+def _common(folder, runs, name, *extra_paths):
+    root = os.path.commonpath([runs, folder, *extra_paths])  # every config path must lie under data_root
+    return [f"--set=runs_dir='{runs}'", f"--set=data_root='{root}'",
+            f"--set=name='{name}'", f"--set=data.train_dir='{folder / 'train'}'",
             f"--set=data.eval_dir='{folder / 'val'}'", "--set=data.eval_csv=''", "--set=model.weights='none'",
             "--set=model.num_classes=3", "--set=evalsets.n_authentic=8", "--set=evalsets.n_errors=8",
             "--set=evalsets.attacks=['fgsm']", "--set=evalsets.attack_batch=8", "--set=scoring.k_max=20",
@@ -103,7 +105,8 @@ def csv_set(folder, tmp_path_factory):
 
 
 def _custom_args(folder, runs, name, csv_root=None):
-    args = ["--config", str(CONFIGS / "custom-example.toml"), *_common(folder, runs, name),
+    args = ["--config", str(CONFIGS / "custom-example.toml"),
+            *_common(folder, runs, name, *([csv_root] if csv_root is not None else [])),
             "--set=model.state_dict=''", "--set=evalsets.attacks=['fgsm','ifgsm']", "--set=attacks.fgsm.eps=0.3",
             "--set=attacks.ifgsm.eps=0.3", "--set=attacks.ifgsm.step=0.05"]
     if csv_root is not None:
@@ -179,6 +182,10 @@ def test_list_layers(capsys):
 def test_shipped_configs_validate():
     for p in CONFIGS.glob("*.toml"):
         config.load(p)
+    for bad in ("data.train_dir='data/../../etc'", "data.eval_csv='/etc/passwd'", "runs_dir='/tmp/x'",
+                "model.state_dict='../model.pt'"):
+        with pytest.raises(config.ConfigError, match="not allowed|outside data_root"):
+            config.load(CONFIGS / "custom-example.toml", [bad])
     with pytest.raises(config.ConfigError, match="entry"):
         config.load(CONFIGS / "custom-example.toml", ["model.entry=''"])
 

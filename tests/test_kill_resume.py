@@ -26,7 +26,7 @@ def _strip_timings(obj):
 
 def _cmd(runs_dir):
     return [sys.executable, "-m", "precompute", "--config", str(ROOT / "precompute/configs/fmnist.toml"),
-            "--no-progress", f"--set=runs_dir='{runs_dir}'", *[f"--set={s}" for s in TINY]]
+            "--no-progress", f"--set=runs_dir='{runs_dir}'", f"--set=data_root='{runs_dir}'", *[f"--set={s}" for s in TINY]]
 
 
 def test_sigkill_at_random_moments_then_resume(tiny_run, tmp_path):

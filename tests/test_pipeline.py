@@ -13,7 +13,7 @@ from tests.conftest import ROOT, TINY
 def _cli(tiny_run, *extra):
     from precompute.__main__ import main
     return main(["--config", str(ROOT / "precompute/configs/fmnist.toml"), "--no-progress",
-                 f"--set=runs_dir='{tiny_run.parent}'", *[f"--set={s}" for s in TINY], *extra])
+                 f"--set=runs_dir='{tiny_run.parent}'", f"--set=data_root='{tiny_run.parent}'", *[f"--set={s}" for s in TINY], *extra])
 
 
 def test_run_is_complete_and_hashes_match(tiny_run):
