@@ -8,7 +8,7 @@ name       targeted  what
 fgsm       yes       fast gradient sign, one step of ``ifgsm`` (Goodfellow et al.)
 ifgsm      yes       iterative targeted FGSM (BIM), the paper's *iter_target_class*: ``pgd`` started at ``x``
 pgd        yes       L-inf projected gradient descent with random start (ART ``ProjectedGradientDescent``)
-cw         yes       Carlini & Wagner L2 (ART ``CarliniL2Method``)
+cw         yes       Carlini & Wagner L2, written here in torch (ART's was weak and slow, see ``CarliniL2``)
 deepfool   no        DeepFool (ART ``DeepFool``); ``target`` is ignored
 lbfgs      yes       box-constrained L-BFGS of the paper's eq. (1), written here with SciPy's L-BFGS-B
 =========  ========  ==========================================================================
@@ -183,7 +183,9 @@ def _attack_mode(model: torch.nn.Module) -> Iterator[None]:
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch and numpy's global RNG (ART draws PGD's random start from it); restore both afterwards."""
     np_state = np.random.get_state()
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -218,7 +220,9 @@ def _check_target(target: Any, n: int, n_classes: int, attack: str) -> np.ndarra
         raise TypeError(f"{attack}: target must hold integer class ids, got dtype {target.dtype}")
     target = target.astype(np.int64)
     if n and (target.min() < 0 or target.max() >= n_classes):
-        raise ValueError(f"{attack}: target class ids must lie in [0, {n_classes}), got [{target.min()}, {target.max()}]")
+        raise ValueError(
+            f"{attack}: target class ids must lie in [0, {n_classes}), got [{target.min()}, {target.max()}]"
+        )
     return target
 
 
@@ -312,12 +316,12 @@ class Attack(abc.ABC):
             if n == 0:
                 empty = np.zeros(0, dtype=np.int64)
                 return AttackResult(x.copy(), empty, np.zeros(0, dtype=bool), self.targeted, params)
-            original = _logits(model, x, device).argmax(1).astype(np.int64)
-            n_classes = int(_logits(model, x[:1], device).shape[1])
+            logits = _logits(model, x, device)
+            original, n_classes = logits.argmax(1).astype(np.int64), logits.shape[1]
             if target is not None:
                 target = _check_target(target, n, n_classes, self.name)
                 if (same := int((target == original).sum())):
-                    log.warning("%s: %d of %d targets equal the current prediction (trivial success)", self.name, same, n)
+                    log.warning("%s: %d of %d targets equal the prediction on x (trivial success)", self.name, same, n)
             with _seeded(seed, device):
                 x_adv = self.run(model, x, target, progress=progress)
             x_adv = np.asarray(x_adv, dtype=np.float32)
@@ -462,11 +466,22 @@ class FGSM(IFGSM):
 
 
 class CarliniL2(Attack):
-    """Targeted Carlini & Wagner L2 attack (ART ``CarliniL2Method``).
+    """Targeted Carlini & Wagner L2 attack, written in torch (Carlini & Wagner 2017, as in foolbox 3).
 
-    Adam on ``tanh``-space images minimising ``||δ||² + c · max(max_{i≠t} z_i − z_t, −confidence)``, with a
-    binary search over ``c`` starting at ``initial_const``. ART returns the input image where it fails.
-    ART's CW costs about 0.7 s per 28×28 image at its defaults on 2 cores, hence the small ``max_iter``.
+    Per image, in ``tanh`` space (``x' = (tanh(w) + 1) / 2`` stays in the box)::
+
+        minimise_w   ||x' − x||₂² + c · max(max_{i≠t} Z(x')_i − Z(x')_t + confidence, 0)
+
+    with Adam (``learning_rate``) for ``max_iter`` steps, then a binary search over ``c`` per image
+    (``binary_search_steps`` rounds, starting at ``initial_const``; ×10 while no success). Each iterate is
+    scored rounded to uint8, as the base class scores it, and the smallest-L2 success is kept; where none
+    succeeds the input image is returned.
+
+    Not ART's ``CarliniL2Method``: measured on a Fashion-MNIST CNN (84 % accuracy, 20 images, 60 steps in
+    all), ART's version succeeded on 0 % at its default ``initial_const=0.01`` and, tuned to 90 %, found
+    perturbations (L2 ≈ 3.9) larger than FGSM's, at ≈ 1.5 s per image: its step is plain gradient descent with
+    a halving/doubling line search (up to 10 extra forwards per step) and its binary search aliases
+    ``c_old = c_current`` (ART 1.20.1, ``carlini.py``), so the lower bound moves with the doubling.
     """
 
     name = "cw"
@@ -474,24 +489,71 @@ class CarliniL2(Attack):
     targeted = True
     spec = {
         "confidence": _Param(0.0, "float", 0.0, 50.0, "logit margin required over the runner-up class"),
-        "learning_rate": _Param(0.01, "float", 0.0001, 1.0, "Adam step size"),
-        "max_iter": _Param(20, "int", 1, 1000, "optimisation steps per binary-search step"),
-        "binary_search_steps": _Param(3, "int", 1, 20, "binary-search steps over the constant c"),
-        "initial_const": _Param(0.1, "float", 0.0001, 1000.0, "first value of the trade-off constant c (log scale)"),
+        "learning_rate": _Param(0.1, "float", 0.0001, 1.0, "Adam step size (in tanh space)"),
+        "max_iter": _Param(100, "int", 1, 1000, "Adam steps per binary-search round"),
+        "binary_search_steps": _Param(3, "int", 1, 20, "rounds of the binary search over c"),
+        "initial_const": _Param(1.0, "float", 0.001, 1000.0, "first value of the trade-off constant c (log scale)"),
     }
 
     def run(self, model, x, target, *, progress=False):
-        from art.attacks.evasion import CarliniL2Method
+        from tqdm.auto import tqdm
 
-        clf = _art_classifier(model, x)
+        device = _device(model)
+        out = x.copy()
         p = self.params
-        with _cuda_context(model):
-            attack = CarliniL2Method(
-                clf, confidence=p["confidence"], targeted=True, learning_rate=p["learning_rate"],
-                binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
-                initial_const=p["initial_const"], batch_size=_BATCH, verbose=progress,
-            )
-            return attack.generate(x, y=_one_hot(target, clf.nb_classes))
+        rounds = p["binary_search_steps"]
+        with tqdm(total=rounds * math.ceil(len(x) / _BATCH), desc="C&W L2", disable=not progress) as bar:
+            for s in range(0, len(x), _BATCH):
+                out[s : s + _BATCH] = self._batch(model, x[s : s + _BATCH], target[s : s + _BATCH], device, bar)
+        return out
+
+    def _batch(self, model, x: np.ndarray, target: np.ndarray, device: torch.device, bar: Any) -> np.ndarray:
+        """Attack one batch; shapes (B, C, H, W) and (B,) -> (B, C, H, W)."""
+        p = self.params
+        n = len(x)
+        xt = torch.from_numpy(x).to(device)
+        tt = torch.from_numpy(target).to(device)
+        w0 = torch.atanh((2 * xt - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        c = torch.full((n,), p["initial_const"], device=device)
+        lo = torch.zeros(n, device=device)
+        hi = torch.full((n,), math.inf, device=device)
+        best = xt.clone()
+        best_l2 = torch.full((n,), math.inf, device=device)
+
+        def margin(logits: torch.Tensor) -> torch.Tensor:
+            """max_{i≠t} Z_i − Z_t, shape (B,)."""
+            z_t = logits.gather(1, tt[:, None])[:, 0]
+            other = logits.scatter(1, tt[:, None], -math.inf).amax(1)
+            return other - z_t
+
+        for _ in range(p["binary_search_steps"]):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=p["learning_rate"])
+            hit = torch.zeros(n, dtype=torch.bool, device=device)
+            for _ in range(p["max_iter"]):
+                with torch.enable_grad():
+                    adv = (torch.tanh(w) + 1) / 2
+                    l2 = (adv - xt).pow(2).flatten(1).sum(1)
+                    f = (margin(model(adv)) + p["confidence"]).clamp(min=0)
+                    loss = (l2 + c * f).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                with torch.no_grad():  # score the iterate as it will be stored: rounded to uint8
+                    adv = adv.detach()
+                    q = torch.round(adv * 255) / 255
+                    logits_q = model(q)
+                    ok = (margin(logits_q) + p["confidence"] <= 0) & (logits_q.argmax(1) == tt)
+                    hit |= ok
+                    better = ok & (l2.detach() < best_l2)
+                    best[better] = adv[better]
+                    best_l2[better] = l2.detach()[better]
+                opt.step()
+            with torch.no_grad():  # per-image binary search over c
+                hi = torch.where(hit, torch.minimum(hi, c), hi)
+                lo = torch.where(hit, lo, torch.maximum(lo, c))
+                c = torch.where(torch.isinf(hi), c * 10, (lo + hi) / 2)
+            bar.update()
+        return best.cpu().numpy()
 
 
 class DeepFool(Attack):
@@ -499,7 +561,10 @@ class DeepFool(Attack):
 
     Linearises the classifier and steps to the nearest decision boundary among the ``candidates`` most
     likely classes, repeatedly; the final perturbation is scaled by ``1 + overshoot``. The boundary is
-    reached only just, so rounding to uint8 can undo it: the overshoot default leaves a margin.
+    reached only just, so rounding to uint8 can undo it: rounding noise has an L2 norm of about
+    ``0.3/255 · sqrt(C·H·W)`` (≈ 0.03 at 28×28), some 4 % of a typical DeepFool perturbation there (≈ 0.85), so
+    the default overshoot is 0.05 rather than the usual 0.02 (on Fashion-MNIST: 98 % vs 96 % success after
+    rounding, both 100 % before, at 1 % more L2).
     """
 
     name = "deepfool"
@@ -507,7 +572,7 @@ class DeepFool(Attack):
     targeted = False
     spec = {
         "max_iter": _Param(50, "int", 1, 500, "maximum linearisation steps"),
-        "overshoot": _Param(0.02, "float", 0.0, 1.0, "relative overshoot past the boundary"),
+        "overshoot": _Param(0.05, "float", 0.0, 1.0, "relative overshoot past the boundary"),
         "candidates": _Param(10, "int", 2, 1000, "most likely classes considered (capped at the class count)"),
     }
 
@@ -530,93 +595,120 @@ class DeepFool(Attack):
 class LBFGS(Attack):
     """Box-constrained L-BFGS, the paper's eq. (1) (Szegedy et al. 2014; Tabacof & Valle 2016).
 
-    Per image, with ``C > 0`` and the target class ``t``::
+    Per image, with a constant ``C > 0`` and the target class ``t``::
 
         minimise_η   ||η||₂ + C · CE(model(x + η), t)     subject to  0 <= x + η <= 1
 
-    (the paper's form: plain L2 norm, ``C`` on the loss, so a larger ``C`` pushes harder towards ``t``),
-    solved with ``scipy.optimize.minimize(method="L-BFGS-B")`` on float64 copies of torch's gradients.
-    ``C`` is chosen per image: a coarse grid ``c_start · c_factor^k`` (``k < grid_steps``) raised until the
-    attack succeeds, then ``binary_steps`` bisections (in log C) between the last failing and the first
-    succeeding value, looking for the smallest ``C`` that still succeeds. Success is judged on the image
-    rounded to uint8, as the base class scores it; the smallest-norm successful image is kept. A failed
-    image returns its try at the largest ``C``.
+    This is the paper's form (plain L2 norm, ``C`` on the loss: a larger ``C`` pushes harder towards ``t``
+    and gives a larger ``η``), solved with ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)`` on
+    float64 copies of torch's gradients; the box is the solver's bound constraint.
 
-    The objective is a sum of independent per-image terms, so images are optimised together (one L-BFGS-B
-    call over the concatenation of their ``η``, each with its own ``C``): the minimiser is the same as per
-    image, at a fraction of the Python overhead.
+    ``C`` is chosen per image, first by a coarse grid raised until the attack succeeds, then by
+    ``binary_steps`` bisections (in log C) between the largest failing and the smallest succeeding value,
+    looking for the smallest ``C`` that still succeeds; every solve starts from ``η = 0``. The grid is
+    scale-free: ``C`` is counted in units of ``C₀ = 1 / ||∇ₓ CE(model(x), t)||₂``, the value below which
+    ``η = 0`` is a stationary point of the objective (the gradient of ``C · CE`` cannot beat the unit-norm
+    (sub)gradient of ``||η||``), so no ``C <= C₀`` moves the image; the grid is ``C₀ · c_start · c_factor^k``
+    for ``k < grid_steps``. (On a Fashion-MNIST CNN, success began at about 3 C₀ and was near-certain by
+    5 C₀; a fixed grid such as 10^-2 … 10^3 wastes solves below C₀ and its scale depends on the model.)
+    Success is judged on the image rounded to uint8, as the base class scores it; the smallest-norm
+    success is kept. An image that never succeeds returns its try at the largest ``C``.
+
+    The objective is a sum of independent per-image terms, so the images of a batch are optimised together
+    (one L-BFGS-B call over the concatenation of their ``η``, each term with its own ``C``): the minimiser
+    is the per-image one, at a fraction of the per-call overhead (measured: 6x faster for 20 images).
+    Warm-starting the bisection from the best success so far was tried: no smaller norms, no fewer evaluations.
     """
 
     name = "lbfgs"
     title = "L-BFGS (box-constrained)"
     targeted = True
     spec = {
-        "c_start": _Param(0.01, "float", 1e-4, 1e4, "first C of the grid (weight of the loss; log scale)"),
-        "c_factor": _Param(10.0, "float", 1.5, 100.0, "ratio between successive grid values of C"),
-        "grid_steps": _Param(6, "int", 1, 12, "grid values of C tried at most (C up to c_start·c_factor^(n-1))"),
-        "binary_steps": _Param(4, "int", 0, 20, "bisections of C after the grid"),
-        "max_iter": _Param(40, "int", 1, 1000, "L-BFGS-B iterations per solve"),
+        "c_start": _Param(3.0, "float", 1.0, 1000.0, "first C of the grid, in units of C₀ = 1/||∇CE(x)||"),
+        "c_factor": _Param(4.0, "float", 1.5, 100.0, "ratio between successive grid values of C"),
+        "grid_steps": _Param(4, "int", 1, 12, "grid values of C tried at most"),
+        "binary_steps": _Param(3, "int", 0, 20, "bisections of C (log scale) after the grid"),
+        "max_iter": _Param(20, "int", 1, 1000, "L-BFGS-B iterations per solve"),
     }
-    _chunk: ClassVar[int] = 128  # images solved jointly at most
+    _chunk: ClassVar[int] = 256  # images solved jointly at most
 
     def run(self, model, x, target, *, progress=False):
         from tqdm.auto import tqdm
 
         p = self.params
         n = len(x)
-        best = x.copy()
-        best_norm = np.full(n, np.inf)
-        last = x.copy()
-        lo = np.full(n, p["c_start"] / p["c_factor"])  # largest C known (or assumed) to fail
-        hi = np.full(n, np.inf)  # smallest C known to succeed
-        c = np.full(n, p["c_start"])
         device = _device(model)
+        best = x.copy()  # smallest-norm success so far
+        best_norm = np.full(n, np.inf)
+        last = x.copy()  # latest try (returned where nothing succeeded)
+        c0 = self._c0(model, x, target, device)
+        lo = c0.copy()  # largest C known to fail (C₀: η = 0 is stationary)
+        hi = np.full(n, np.inf)  # smallest C known to succeed
+        c = c0 * p["c_start"]
 
         def attempt(idx: np.ndarray, c_idx: np.ndarray) -> np.ndarray:
-            """Solve for images ``idx`` with constants ``c_idx``; update best/last; return success (bool)."""
+            """Solve images ``idx`` with constants ``c_idx``; update best/last; return success, shape (len(idx),)."""
             ok = np.zeros(len(idx), dtype=bool)
             for s in range(0, len(idx), self._chunk):
                 sl = slice(s, s + self._chunk)
-                adv = self._solve(model, x[idx[sl]], target[idx[sl]], c_idx[sl], device)
-                pred = _logits(model, quantise(adv), device).argmax(1)
-                ok[sl] = pred == target[idx[sl]]
-                norms = np.sqrt(((adv - x[idx[sl]]) ** 2).reshape(len(adv), -1).sum(1))
-                last[idx[sl]] = adv
-                better = ok[sl] & (norms < best_norm[idx[sl]])
-                best[idx[sl][better]] = adv[better]
-                best_norm[idx[sl][better]] = norms[better]
+                i = idx[sl]
+                adv = self._solve(model, x[i], target[i], c_idx[sl], device)
+                ok[sl] = _logits(model, quantise(adv), device).argmax(1) == target[i]
+                norms = np.sqrt(((adv - x[i]) ** 2).reshape(len(adv), -1).sum(1))
+                last[i] = adv
+                better = ok[sl] & (norms < best_norm[i])
+                best[i[better]] = adv[better]
+                best_norm[i[better]] = norms[better]
             return ok
 
-        bar = tqdm(total=p["grid_steps"] + p["binary_steps"], desc="L-BFGS", disable=not progress)
-        for _ in range(p["grid_steps"]):  # coarse grid: raise C until each image succeeds
-            idx = np.flatnonzero(np.isinf(hi))
-            if not idx.size:
+        with tqdm(total=p["grid_steps"] + p["binary_steps"], desc="L-BFGS", disable=not progress) as bar:
+            for _ in range(p["grid_steps"]):  # coarse grid: raise C until each image succeeds
+                idx = np.flatnonzero(np.isinf(hi))
+                if idx.size:
+                    ok = attempt(idx, c[idx])
+                    hi[idx[ok]] = c[idx[ok]]
+                    lo[idx[~ok]] = c[idx[~ok]]
+                    c[idx[~ok]] *= p["c_factor"]
                 bar.update()
-                continue
-            ok = attempt(idx, c[idx])
-            hi[idx[ok]] = c[idx[ok]]
-            lo[idx[~ok]] = c[idx[~ok]]
-            c[idx[~ok]] *= p["c_factor"]
-            bar.update()
-            bar.set_postfix(success=int(np.isfinite(hi).sum()))
-        for _ in range(p["binary_steps"]):  # bisection in log C for the smallest succeeding C
-            idx = np.flatnonzero(np.isfinite(hi))
-            if not idx.size:
-                break
-            mid = np.sqrt(lo[idx] * hi[idx])
-            ok = attempt(idx, mid)
-            hi[idx[ok]] = mid[ok]
-            lo[idx[~ok]] = mid[~ok]
-            bar.update()
-        bar.close()
+                bar.set_postfix(success=int(np.isfinite(hi).sum()))
+            for _ in range(p["binary_steps"]):  # bisection in log C for the smallest succeeding C
+                idx = np.flatnonzero(np.isfinite(hi))
+                if idx.size:
+                    mid = np.sqrt(lo[idx] * hi[idx])
+                    ok = attempt(idx, mid)
+                    hi[idx[ok]] = mid[ok]
+                    lo[idx[~ok]] = mid[~ok]
+                bar.update()
         found = np.isfinite(best_norm)
-        log.debug("lbfgs: %d/%d found; median C %.3g", found.sum(), n, np.median(hi[found]) if found.any() else np.nan)
+        if found.any():
+            log.debug("lbfgs: %d/%d found; median C/C₀ %.3g", found.sum(), n, np.median((hi / c0)[found]))
         return np.where(found[:, None, None, None], best, last)
 
+    @staticmethod
+    def _c0(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, device: torch.device) -> np.ndarray:
+        """``C₀ = 1 / ||∇ₓ CE(model(x), t)||₂`` per image, shape (N,), float64, capped at 1e12."""
+        norms = []
+        for s in range(0, len(x), _BATCH):
+            xt = torch.from_numpy(x[s : s + _BATCH]).to(device).requires_grad_(True)
+            with torch.enable_grad():
+                ce = torch.nn.functional.cross_entropy(
+                    model(xt), torch.from_numpy(target[s : s + _BATCH]).to(device), reduction="sum"
+                )
+                (g,) = torch.autograd.grad(ce, xt)
+            norms.append(g.flatten(1).norm(dim=1).double().cpu().numpy())
+        with np.errstate(divide="ignore"):
+            c0 = 1.0 / np.concatenate(norms)
+        return np.minimum(c0, 1e12)  # a vanishing gradient: start huge, the grid will fail honestly
+
     def _solve(
-        self, model: torch.nn.Module, x: np.ndarray, target: np.ndarray, c: np.ndarray, device: torch.device
+        self,
+        model: torch.nn.Module,
+        x: np.ndarray,
+        target: np.ndarray,
+        c: np.ndarray,
+        device: torch.device,
     ) -> np.ndarray:
-        """One L-BFGS-B run of eq. (1) for a batch.
+        """One L-BFGS-B run of eq. (1) for a batch of images solved jointly.
 
         Parameters
         ----------
@@ -628,7 +720,7 @@ class LBFGS(Attack):
         Returns
         -------
         ndarray of float32, shape (B, C, H, W)
-            ``x + η`` at the solver's final point (inside the box).
+            ``x + η`` at the solver's final point, inside the box.
         """
         from scipy.optimize import Bounds, minimize
 
@@ -647,11 +739,26 @@ class LBFGS(Attack):
                 (grad,) = torch.autograd.grad(obj, e)
             return float(obj.detach()), grad.double().cpu().numpy().ravel()
 
-        res = minimize(
-            fun, np.zeros_like(x64), jac=True, method="L-BFGS-B", bounds=Bounds(-x64, 1.0 - x64),
-            options={"maxiter": self.params["max_iter"], "maxfun": 2 * self.params["max_iter"]},
-        )
+        with _one_blas_thread():
+            res = minimize(
+                fun, np.zeros_like(x64), jac=True, method="L-BFGS-B", bounds=Bounds(-x64, 1.0 - x64),
+                options={"maxiter": self.params["max_iter"], "maxfun": 2 * self.params["max_iter"]},
+            )
         return np.clip(x64 + res.x, 0.0, 1.0).reshape(shape).astype(np.float32)
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Limit BLAS to one thread around L-BFGS-B.
+
+    Its BLAS calls are level-1/2 on vectors of ~1e4-1e5 entries, too small to gain from threads; on a busy
+    2-core machine OpenBLAS's two spinning threads made the whole attack 3-4x slower (233 vs 924 ms/image on
+    Fashion-MNIST). ``threadpoolctl`` comes with scikit-learn; without it this is a no-op.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------------------------------------------
