@@ -136,13 +136,19 @@ def render_markdown(rep: dict) -> str:
          "| attack | best layer (DW-kNN) | processing | EER acc. % |", "|---|---|---|---|"]
     for a, v in rep["headline"]["best_layer_per_attack"].items():
         L.append(f"| {a} | {v['layer']} | {v['mode']} | {_pct(v['eer_acc'])} |")
-    L += ["", "## Evaluation sets", "", "| set | images | attempted | success rate | mean L2 | mean L∞ | seconds |",
-          "|---|---|---|---|---|---|---|"]
+    L += ["", "## Evaluation sets", "",
+          "Perturbation norms in [0, 1] pixel units, of the stored (uint8) images; success = the attack reached its "
+          "target (untargeted: changed the prediction) after rounding to uint8.", "",
+          "| set | images | attempted | success rate | mean L2 | mean L∞ | seconds | parameters |",
+          "|---|---|---|---|---|---|---|---|"]
     for s, v in rep["sets"].items():
         sr = _pct(v.get("success_rate")) + " %" if "success_rate" in v else ""
         l2 = f"{v['mean_l2']:.3f}" if v.get("mean_l2") is not None else ""
         li = f"{v['mean_linf']:.3f}" if v.get("mean_linf") is not None else ""
-        L.append(f"| {s} | {v['n']} | {v['attempted']} | {sr} | {l2} | {li} | {v.get('seconds', '')} |")
+        params = v.get("params") or {}
+        shown = ", ".join(f"{k}={p}" for k, p in params.items() if k not in ("attack", "seed", "targeted"))
+        secs = v.get("seconds")
+        L.append(f"| {s} | {v['n']} | {v['attempted']} | {sr} | {l2} | {li} | {'' if secs is None else secs} | {shown} |")
     L += ["", f"## Table 2 style: layer × processing × score (k = {rep['k']})", ""]
     L += _table(rep["rows"], attacks, ("layer", "mode", "fn"))
     L += ["", f"## Table 4 style: per layer, processing `{rep['best_mode']}`", ""]
