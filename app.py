@@ -1,0 +1,24 @@
+"""knnguard app: is the CNN's prediction trustworthy? kNN scores of its hidden-layer features (Carrara et al. 2018).
+
+    streamlit run app.py                                   # browses data/runs/*
+    KNNGUARD_RUNS_DIR=/somewhere streamlit run app.py      # browses /somewhere/*
+
+Only the page config, the navigation and the shared sidebar (run picker, detector settings) live here; each
+page is a file in app_pages/ (not `pages/`: a folder of that name next to app.py switches Streamlit
+to its legacy multipage mode for a first visit to a sub-page URL, which runs the page without app.py).
+"""
+import streamlit as st
+
+from app_pages import _common as ui
+
+st.set_page_config(page_title="knnguard", page_icon=":material/shield:", layout="wide")
+page = st.navigation([
+    st.Page(ui.PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="inspect", default=True),
+    st.Page(ui.PAGES["attack"], title="Attack", icon=":material/bolt:", url_path="attack"),
+    st.Page(ui.PAGES["threshold"], title="Threshold", icon=":material/tune:", url_path="threshold"),
+    st.Page(ui.PAGES["layers"], title="Layers", icon=":material/stacked_bar_chart:", url_path="layers"),
+    st.Page(ui.PAGES["failures"], title="Failure cases", icon=":material/report:", url_path="failures"),
+    st.Page(ui.PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
+])
+ui.sidebar()
+page.run()

@@ -1,0 +1,163 @@
+"""Attack: run an adversarial attack live on the current image (from Inspect) and see, layer by layer, whether
+the kNN scores of the new predicted class fall under the threshold (the detector notices) or not."""
+import time
+
+import numpy as np
+import streamlit as st
+
+from core.attacks import ATTACKS, available, param_spec, run_attack
+from core.data import to_float
+from app_pages import _common as ui
+
+run = ui.current_run()
+classes = ui.classes(run)
+layers = run.layers
+
+#: Interactive caps on iteration counts (the spec allows more; the precompute runs may use more).
+CAPS = {"steps": 100, "max_iter": 100, "binary_search_steps": 5, "grid_steps": 8, "binary_steps": 8,
+        "random_starts": 3, "candidates": 10}
+#: One line per attack for a student.
+ABOUT = {"fgsm": "One step of size eps against the gradient of the target class's loss (Goodfellow et al.).",
+         "ifgsm": "FGSM repeated in small steps, kept within eps of the original (the paper's iterative attack).",
+         "pgd": "Like iterative FGSM, but starting from a random point within eps (Madry et al.).",
+         "cw": "Carlini-Wagner L2: searches the smallest change that reaches the target with a margin; slow.",
+         "deepfool": "Steps to the nearest decision boundary: the smallest change that flips the class (untargeted).",
+         "lbfgs": "The paper's box-constrained L-BFGS: minimise the change plus C × target loss; slow."}
+#: Float parameters best chosen on a log scale.
+LOG_PARAMS = {"step", "learning_rate", "initial_const", "c_start"}
+
+st.title("Attack the image live")
+ui.how_to_read("How to read this: the attack nudges pixels to push the CNN to another class. Left bars are the "
+               "scores before, right bars after. A layer whose score falls under its threshold (✗) has noticed "
+               "the attack; one that stays ✓ was fooled too.")
+
+cur = ui.current_image(run)
+image = cur["image"]
+before = ui.inspect(run, image)
+pred0 = int(before.predicted[0])
+st.caption(f"Current image: {cur['source']} (choose another on the Inspect page) · predicted "
+           f"**{classes[pred0]}** · detector: {run.settings_text}")
+
+
+def _log_options(lo: float, hi: float, default: float) -> list[float]:
+    vals = {default}
+    for e in range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1):
+        for m in (1, 2, 5):
+            v = float(f"{m * 10.0 ** e:.6g}")
+            if lo <= v <= hi:
+                vals.add(v)
+    return sorted(vals)
+
+
+def _param_widget(where, attack: str, name: str, spec: dict):
+    key = f"atk_{attack}_{name}"
+    lo, hi, default = spec["min"], spec["max"], spec["default"]
+    if spec["type"] == "int":
+        hi = min(hi, CAPS.get(name, hi))
+        return where.slider(name, int(lo), int(hi), int(min(max(default, lo), hi)), step=1, key=key,
+                            help=spec["help"], persist_state="session")
+    if name in LOG_PARAMS and lo > 0:
+        return where.select_slider(name, _log_options(lo, hi, default), value=default, key=key, help=spec["help"],
+                                   format_func=lambda v: f"{v:g}", persist_state="session")
+    step = 10.0 ** np.floor(np.log10((hi - lo) / 200))
+    fmt = f"%.{max(0, int(-np.log10(step)))}f"
+    help_ = spec["help"] + (" — shown with /255 below." if name == "eps" else "")
+    return where.slider(name, float(lo), float(hi), float(default), step=float(step), format=fmt, key=key,
+                        help=help_, persist_state="session")
+
+
+c1, c2 = st.columns([1, 3])
+with c1:
+    name = st.selectbox("Attack", available(), key="atk_name", format_func=lambda a: ATTACKS[a].title,
+                        persist_state="session")
+    cls = ATTACKS[name]
+    st.caption(ABOUT.get(name, cls.title))
+    others = [c for c in range(len(classes)) if c != pred0]
+    if cls.targeted:
+        target = st.selectbox("Target class", ["random"] + others, key="atk_target",
+                              format_func=lambda c: "a random wrong class" if c == "random" else classes[c],
+                              persist_state="session")
+    else:
+        target = None
+        st.caption(f"{cls.title} is untargeted: it goes to the nearest other class.")
+    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="atk_seed", persist_state="session",
+                           help="Seeds the random target and the attack's random start.")
+with c2:
+    spec = param_spec(name)
+    pcols = st.columns(min(3, len(spec)) or 1)
+    params = {p: _param_widget(pcols[i % len(pcols)], name, p, sp) for i, (p, sp) in enumerate(spec.items())}
+    if "eps" in params:
+        st.caption(f"eps = {params['eps']:.3f} = {255 * params['eps']:.1f}/255 per pixel (L∞ budget)")
+    clicked = st.button(f"Run {cls.title}", key="atk_run", type="primary", icon=":material/bolt:")
+
+if target == "random":
+    rng = np.random.default_rng(int(seed))
+    target_cls = int(rng.choice(others))
+else:
+    target_cls = None if target is None else int(target)
+
+if clicked:
+    x = to_float(image[None])
+    slow = name in ("cw", "lbfgs", "deepfool")
+    with st.spinner(f"Running {cls.title}{' (this one takes a while)' if slow else ''}… "
+                    "(the first attack also loads the attack library, a few seconds)"):
+        t0 = time.perf_counter()
+        try:
+            res = run_attack(name, ui.detector(run).model, x,
+                             target=None if target_cls is None else np.array([target_cls]), seed=int(seed), **params)
+        except (ValueError, TypeError) as e:
+            st.error(f"The attack refused these settings: {e}")
+            st.stop()
+        seconds = time.perf_counter() - t0
+    adv = np.round(res.x_adv[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    st.session_state["atk_result"] = {"key": cur["key"], "adv": adv, "attack": name, "title": cls.title,
+                                      "target": target_cls, "success": bool(res.success[0]),
+                                      "params": res.params, "seconds": seconds}
+
+out = st.session_state.get("atk_result")
+if out is None or out["key"] != cur["key"]:
+    st.info("Set the parameters and press **Run** to attack the current image.", icon=":material/arrow_upward:")
+    st.stop()
+
+adv = out["adv"]
+after = ui.inspect(run, adv)
+pred1 = int(after.predicted[0])
+thresholds = ui.eer_thresholds(run)
+d = adv.astype(np.float64) - image.astype(np.float64)
+pert, amp = ui.perturbation(image, adv)
+
+st.divider()
+if out["target"] is None:
+    outcome = "succeeded: the class changed" if pred1 != pred0 else "failed: the class did not change"
+else:
+    outcome = (f"reached its target {classes[out['target']]}" if out["success"] else
+               f"did not reach its target {classes[out['target']]}")
+st.markdown(f"### {out['title']} {outcome}: {classes[pred0]} → {classes[pred1]}")
+st.caption(f"{out['seconds']:.2f} s · L∞ = {np.abs(d).max() / 255:.3f} ({np.abs(d).max():.0f}/255) · "
+           f"L2 = {np.linalg.norm(d / 255):.3f} · pixels changed: {(d != 0).mean():.0%}")
+
+b = {la: float(before.scores[la][0]) for la in layers}
+a = {la: float(after.scores[la][0]) for la in layers}
+noticed = [la for la in layers if a[la] < thresholds[la]]
+i1, i2, i3, msg = st.columns([1, 1, 1, 1.5], gap="medium")
+ui.show_image(image, f"original: {classes[pred0]} ({before.top5[0][1]:.0%})", size=200, where=i1)
+ui.show_image(adv, f"adversarial: {classes[pred1]} ({after.top5[0][1]:.0%})", size=200, where=i2)
+ui.show_image(pert, f"perturbation ×{amp:.0f}: grey = unchanged, light = raised, dark = lowered", size=200,
+              where=i3)
+with msg:
+    if pred1 == pred0:
+        st.info("The prediction did not change, so there is nothing to detect: raise eps or the iterations, or "
+                "pick another target.")
+    elif noticed:
+        st.success(f"**Detected**: {len(noticed)} of {len(layers)} layers reject the new prediction "
+                   f"({', '.join(noticed)}).", icon=":material/shield:")
+    else:
+        st.error("**Not detected**: every layer trusts the adversarial prediction.", icon=":material/gpp_bad:")
+    if st.button("Inspect the adversarial image", key="atk_to_inspect", icon=":material/search:"):
+        ui.set_current(adv, source=f"{out['title']} of {cur['source']}")
+        st.switch_page(ui.PAGES["inspect"])
+ui.legend()
+st.plotly_chart(ui.before_after_figure(layers, b, a, thresholds,
+                                       title=f"Score per layer: before ({classes[pred0]}, faded left bar) "
+                                             f"and after ({classes[pred1]}, right bar)"),
+                key="atk_chart")

@@ -1,0 +1,147 @@
+"""Inspect: one image's prediction, its kNN score at every layer against the threshold, and its nearest
+training images. The image comes from an evaluation set (by index or at random) or from an upload."""
+import numpy as np
+import streamlit as st
+
+from app_pages import _common as ui
+
+run = ui.current_run()
+data = ui.rundata(run)
+classes = ui.classes(run)
+sets = ui.ordered_sets(run)
+
+st.title("Inspect an image")
+ui.how_to_read("How to read this: the CNN predicts a class; each hidden layer then asks its k nearest training "
+               "images whether they agree. A high score (blue, ✓) means the neighbours agree: trust the "
+               "prediction. A score under that layer's threshold (orange, ✗) means: don't trust it.")
+
+cur = ui.current_image(run)
+# The widgets follow the current image when it was set elsewhere (Failure cases, Attack).
+if cur["set"] is not None:
+    st.session_state.setdefault("inspect_set", cur["set"])
+    st.session_state.setdefault("inspect_index", cur["index"])
+st.session_state.setdefault("inspect_source", "Evaluation set")
+st.session_state.setdefault("inspect_set", ui.first_set(run))
+st.session_state.setdefault("inspect_index", 0)
+
+
+def _from_set() -> None:
+    name = st.session_state["inspect_set"]
+    n = len(data.evalset(name)["images"])
+    st.session_state["inspect_index"] = int(min(st.session_state["inspect_index"], n - 1))
+    ui.set_current_from_set(run, name, st.session_state["inspect_index"])
+
+
+def _random() -> None:
+    name = st.session_state["inspect_set"]
+    st.session_state["inspect_index"] = int(np.random.default_rng().integers(len(data.evalset(name)["images"])))
+    ui.set_current_from_set(run, name, st.session_state["inspect_index"])
+
+
+def _uploaded() -> None:
+    f = st.session_state.get("inspect_upload")
+    if f is None:
+        st.session_state.pop("upload_error", None)
+        return
+    err = ui.handle_upload(run, f.getvalue(), invert=st.session_state.get("inspect_invert", False))
+    st.session_state["upload_error"] = err
+
+
+def _source() -> None:
+    """Back to the chosen evaluation image, or to the last upload."""
+    if st.session_state["inspect_source"] == "Evaluation set":
+        _from_set()
+    elif st.session_state.get("upload_array") is not None:
+        _invert()
+
+
+def _invert() -> None:
+    arr = st.session_state.get("upload_array")
+    if arr is not None:
+        inv = st.session_state.get("inspect_invert", False)
+        ui.set_current(255 - arr if inv else arr, source="your upload" + (" (inverted)" if inv else ""))
+
+
+src_col, pick_col = st.columns([1, 3])
+with src_col:
+    source = st.radio("Image source", ["Evaluation set", "Upload"], key="inspect_source", on_change=_source,
+                      persist_state="session")
+with pick_col:
+    if source == "Evaluation set":
+        if st.session_state["inspect_set"] not in sets:
+            st.session_state["inspect_set"] = sets[0]
+        c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+        name = c1.selectbox("Evaluation set", sets, key="inspect_set", format_func=lambda s: ui.set_label(run, s),
+                            on_change=_from_set, persist_state="session")
+        n = len(data.evalset(name)["images"])
+        st.session_state["inspect_index"] = int(min(st.session_state["inspect_index"], n - 1))
+        c2.number_input(f"Index (0–{n - 1})", 0, n - 1, step=1, key="inspect_index", on_change=_from_set,
+                        persist_state="session")
+        c3.button("Random", key="inspect_random", on_click=_random, icon=":material/casino:")
+    else:
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        c1.file_uploader("Upload a photo (PNG, JPEG, WebP, BMP, GIF, TIFF)", key="inspect_upload",
+                         on_change=_uploaded,
+                         help="Converted and resized to the model's input the way its transforms do; "
+                              "nothing is stored.")
+        if data.evalset(sets[0])["images"].shape[-1] == 1:  # grey model input (Fashion-MNIST)
+            c2.checkbox("Invert colours", key="inspect_invert", on_change=_invert, persist_state="session",
+                        help="Fashion-MNIST shows light clothes on a black background: invert a photo of a "
+                             "dark object on a light background to match.")
+        if st.session_state.get("upload_error"):
+            st.error(st.session_state["upload_error"], icon=":material/broken_image:")
+
+cur = ui.current_image(run)
+image = cur["image"]
+res = ui.inspect(run, image)
+pred = int(res.predicted[0])
+thresholds = ui.eer_thresholds(run)
+layers = run.layers
+scores = {la: float(res.scores[la][0]) for la in layers}
+
+img_col, pred_col, chart_col = st.columns([1.1, 1.2, 2.4])
+with img_col:
+    h, w, c = image.shape
+    true = cur["true"]
+    ui.show_image(image, f"{cur['source']} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'})"
+                  + (f"; true class: {classes[true]}" if true is not None else ""), size=224)
+with pred_col:
+    st.markdown(f"### Prediction: {classes[pred]}")
+    st.caption(f"{100 * res.top5[0][1]:.1f} % softmax probability"
+               + ("" if cur["true"] is None else (" · correct" if pred == cur["true"] else
+                                                   f" · wrong: it is a {classes[cur['true']]}")))
+    st.dataframe({"class": [classes[ci] for ci, _ in res.top5], "probability": [p for _, p in res.top5]},
+                 hide_index=True, key="inspect_top5",
+                 column_config={"probability": st.column_config.ProgressColumn("probability", format="percent",
+                                                                               min_value=0.0, max_value=1.0)})
+with chart_col:
+    ui.legend()
+    fig = ui.layer_scores_figure(layers, scores, thresholds, title=f"kNN score of '{classes[pred]}' per layer")
+    st.plotly_chart(fig, key="inspect_layers_chart")
+
+rep = ui.report(run) or {}
+best = rep.get("headline", {}).get("best", {}).get("layer", layers[-1])
+st.session_state.setdefault("inspect_layer", best if best in layers else layers[-1])
+layer = st.selectbox("Layer for the verdict and the neighbours", layers, key="inspect_layer",
+                     persist_state="session", help=f"The run's best layer overall is {best}.")
+s, t = scores[layer], thresholds[layer]
+msg = (f"**{ui.verdict(s, t)}** by layer `{layer}`: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
+       f"(that layer's EER threshold on the run's attacks).")
+(st.success if s >= t else st.error)(msg, icon=":material/check_circle:" if s >= t else ":material/cancel:")
+
+for title, nbs in (("Nearest training images", res.neighbours[layer]),
+                   (f"Nearest training images of the predicted class ({classes[pred]})",
+                    res.class_neighbours[layer])):
+    st.markdown(f"**{title}** at `{layer}` (d² = squared distance in the processed feature space; of the "
+                f"first {run.k} neighbours)")
+    if not len(nbs.ids):
+        st.caption(f"None among the {run.k} nearest neighbours: no training image of this class is close, so "
+                   "the score is 0.")
+        continue
+    caps = [f"{classes[int(lb)]} · d²={d:.3g}" for lb, d in zip(nbs.labels, nbs.distances)]
+    imgs = [ui.train_image(run, i) for i in nbs.ids]
+    if any(im is None for im in imgs):
+        st.dataframe({"training id": nbs.ids, "class": [classes[int(lb)] for lb in nbs.labels],
+                      "d²": nbs.distances}, hide_index=True)
+    else:
+        ui.image_grid(imgs, caps, size=96)

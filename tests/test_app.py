@@ -1,0 +1,279 @@
+"""The Streamlit app, page by page, with ``streamlit.testing.v1.AppTest`` on the tiny run of conftest.py.
+
+    .venv/bin/python -m pytest tests/test_app.py -q
+
+Each test asserts real content computed independently from the run folder (core.evaluation / core.metrics):
+the prediction text, one bar per layer, the ROC's AUC, confusion counts that follow the threshold slider.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+TIMEOUT = 120  # seconds per script run (the first one loads torch, the model and the indexes)
+PAGES = {"inspect": "app_pages/inspect_image.py", "attack": "app_pages/attack_live.py",
+         "threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
+         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """The app sets torch to one thread (its one-image path); give the rest of the session its setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _app(runs_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    return at
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture()
+def app(tiny_run, monkeypatch) -> AppTest:
+    """The app on the tiny run, first page (Inspect) rendered."""
+    return _ok(_app(tiny_run.parent, monkeypatch))
+
+
+@pytest.fixture(scope="module")
+def truth(tiny_run) -> dict:
+    """What the pages should show, computed from the run folder without the app."""
+    from core.evaluation import RunData
+
+    data = RunData(tiny_run, verify=False)
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    rep = json.loads((tiny_run / "report.json").read_text())
+    d = m["summary"]["defaults"]
+    attacks = [a for a in data.attack_sets if m["summary"]["sets"][a]["n"]]
+    return {"data": data, "manifest": m, "report": rep, "classes": json.loads((tiny_run / "classes.json").read_text()),
+            "layers": m["summary"]["layers"], "mode": d["mode"], "fn": d["fn"], "k": min(d["k"], m["summary"]["k_max"]),
+            "attacks": attacks, "best_layer": rep["headline"]["best"]["layer"]}
+
+
+def _markdown(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+def _plotly(at: AppTest, key_fragment: str) -> dict:
+    """The plotly figure (as JSON) of the chart whose element id contains ``key_fragment``."""
+    charts = [c for c in at.get("plotly_chart") if key_fragment in c.proto.id]
+    assert charts, f"no plotly chart with key {key_fragment!r}"
+    return json.loads(charts[0].proto.spec)
+
+
+def _bars(fig: dict) -> list[dict]:
+    return [t for t in fig["data"] if t["type"] == "bar"]
+
+
+def _png(size=(40, 30), color=(200, 200, 200)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- Inspect
+def test_inspect_shows_the_prediction_and_one_bar_per_layer(app, truth):
+    e = truth["data"].evalset("authentic")
+    assert f"### Prediction: {truth['classes'][int(e['predicted'][0])]}" in _markdown(app)
+    fig = _plotly(app, "inspect_layers_chart")
+    bars = _bars(fig)
+    assert sum(len(b["x"]) for b in bars) == len(truth["layers"])
+    assert sorted(x for b in bars for x in b["x"]) == sorted(truth["layers"])
+    # Not colour alone: each bar is marked ✓/✗ and its legend entry says it in words.
+    for b in bars:
+        assert b["name"] in ("✓ trusted", "✗ rejected")
+        assert all(t.endswith(b["name"][0]) for t in b["text"])
+    # Verdict of the chosen layer in words, and both rows of neighbours.
+    assert any("by layer" in m.value for m in [*app.success, *app.error])
+    assert sum("Nearest training images" in m for m in _markdown(app)) == 2
+
+
+def test_inspect_follows_the_index_widget(app, truth):
+    e = truth["data"].evalset("authentic")
+    i = min(5, len(e["predicted"]) - 1)
+    _ok(app.number_input(key="inspect_index").set_value(i).run())
+    assert f"### Prediction: {truth['classes'][int(e['predicted'][i])]}" in _markdown(app)
+    assert app.session_state["current"]["source"] == f"authentic #{i}"
+
+
+def test_upload_of_bad_bytes_shows_the_upload_error_and_the_page_keeps_working(app, truth):
+    from core.uploads import UploadError, read_upload
+
+    bad = b"this is not an image at all"
+    with pytest.raises(UploadError) as err:
+        read_upload(bad)
+    _ok(app.radio(key="inspect_source").set_value("Upload").run())
+    _ok(app.file_uploader(key="inspect_upload").set_value(("photo.png", bad, "image/png")).run())
+    assert str(err.value) in [e.value for e in app.error]
+    # Still a prediction on screen: the previous (authentic) image.
+    assert any(m.startswith("### Prediction: ") for m in _markdown(app))
+    # A good PNG then replaces the current image and clears the error.
+    _ok(app.file_uploader(key="inspect_upload").set_value(("photo.png", _png(), "image/png")).run())
+    assert str(err.value) not in [e.value for e in app.error]
+    assert app.session_state["current"]["source"] == "your upload"
+    img = app.session_state["current"]["image"]
+    assert img.shape == truth["data"].evalset("authentic")["images"].shape[1:] and img.dtype == np.uint8
+    assert any(m.startswith("### Prediction: ") for m in _markdown(app))
+
+
+# ------------------------------------------------------------------------------------------------ Attack
+def test_attack_fgsm_shows_before_after_scores_for_every_layer(app, truth):
+    _ok(app.switch_page(PAGES["attack"]).run())
+    assert app.selectbox(key="atk_name").value == "fgsm"
+    eps = app.slider(key="atk_fgsm_eps")
+    assert (eps.min, eps.max) == (0.001, 1.0)  # bounded by core.attacks.param_spec
+    _ok(eps.set_value(0.2).run())
+    _ok(app.button(key="atk_run").click().run())
+    heads = [m for m in _markdown(app) if m.startswith("### FGSM")]
+    assert heads and "→" in heads[0]
+    bars = _bars(_plotly(app, "atk_chart"))
+    assert len(bars) == 2 and all(len(b["x"]) == len(truth["layers"]) for b in bars)
+    adv = app.session_state["atk_result"]["adv"]
+    orig = app.session_state["current"]["image"]
+    assert np.abs(adv.astype(int) - orig.astype(int)).max() <= round(0.2 * 255) + 1
+
+
+# --------------------------------------------------------------------------------------------- Threshold
+def _threshold_scores(truth) -> tuple[np.ndarray, np.ndarray]:
+    data, layer = truth["data"], truth["best_layer"]
+    args = (layer, truth["mode"], truth["fn"], truth["k"])
+    pos = data.positives(*args)
+    neg = np.concatenate([data.scores(a, *args) for a in truth["attacks"]])
+    return pos, neg
+
+
+def _counts(at: AppTest) -> list[int]:
+    return at.table[0].value.to_numpy().ravel().tolist()
+
+
+def test_threshold_auc_equals_core_metrics(app, truth):
+    from core import metrics
+
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    assert app.selectbox(key="th_layer").value == truth["best_layer"]
+    assert app.multiselect(key="th_negatives").value == truth["attacks"]
+    pos, neg = _threshold_scores(truth)
+    r = metrics.roc(pos, neg)
+    auc = {m.label: m.value for m in app.metric}["AUC"]
+    assert auc == f"{r.auc:.4f}"
+    # The confusion counts are core.metrics.rates_at at the slider's threshold.
+    th = app.slider(key="th_threshold").value
+    at = metrics.rates_at(pos, neg, th)
+    assert _counts(app) == [at["tp"], at["fn"], at["fp"], at["tn"]]
+
+
+def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth):
+    from core import metrics
+
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    before = _counts(app)
+    _ok(app.slider(key="th_threshold").set_value(0.95).run())
+    after = _counts(app)
+    assert after != before
+    pos, neg = _threshold_scores(truth)
+    at = metrics.rates_at(pos, neg, 0.95)
+    assert after == [at["tp"], at["fn"], at["fp"], at["tn"]]
+    assert "0.950" in app.markdown[[i for i, m in enumerate(_markdown(app)) if "Operating point" in m][0]].value
+    _ok(app.button(key="th_jump_eer").click().run())
+    eer = round(float(np.clip(metrics.roc(pos, neg).eer_threshold, 0, 1)), 3)
+    assert app.slider(key="th_threshold").value == pytest.approx(eer)
+    assert _counts(app) == before  # the page opens at the EER threshold
+    # Counting authentic errors as negatives too changes the negatives' total.
+    _ok(app.checkbox(key="th_errors").check().run())
+    assert sum(_counts(app)[2:]) == len(neg) + len(truth["data"].evalset("errors")["predicted"])
+
+
+# ------------------------------------------------------------------------------------------------ Layers
+def test_layers_fig6_and_the_report_table(app, truth):
+    _ok(app.switch_page(PAGES["layers"]).run())
+    fig = _plotly(app, "layers_fig6")
+    lines = [t for t in fig["data"] if t["type"] == "scatter"]
+    assert len(lines) == 3 and all(list(t["x"]) == truth["layers"] for t in lines)
+    # Live values at the sidebar settings equal core.evaluation.detection_row.
+    from core.evaluation import detection_row
+
+    dw = next(t for t in lines if t["name"].startswith("DW-kNN"))
+    want = [100 * detection_row(truth["data"], la, truth["mode"], "dwknn", truth["k"])["aggr"]
+            for la in truth["layers"]]
+    assert np.allclose(dw["y"], want)
+    df = app.dataframe[0].value
+    assert len(df) == len(truth["report"]["rows"])
+    assert {"layer", "processing", "score", "Aggr."} <= set(df.columns)
+
+
+# ----------------------------------------------------------------------------------------- Failure cases
+def test_failure_cases_gallery_and_click_through_to_inspect(app, truth):
+    _ok(app.switch_page(PAGES["failures"]).run())
+    assert any(m.startswith("EER threshold at") for m in _markdown(app))
+    buttons = [b for b in app.button if b.key and b.key.startswith("fail_go_")]
+    assert buttons
+    name, idx = buttons[0].key[len("fail_go_"):].rsplit("_", 1)
+    e = truth["data"].evalset(name)
+    cls = truth["classes"]
+    card = f"actual **{cls[int(e['true'][int(idx)])]}**  \npredicted **{cls[int(e['predicted'][int(idx)])]}**"
+    assert any(m.startswith(card) for m in _markdown(app))
+    _ok(buttons[0].click().run())
+    assert app.session_state["current"]["source"] == f"{name} #{idx}"
+    assert f"### Prediction: {cls[int(e['predicted'][int(idx)])]}" in _markdown(app)
+    assert app.selectbox(key="inspect_set").value == name
+
+
+# --------------------------------------------------------------------------------------------------- Run
+def test_run_page_summarises_the_manifest(app, truth, tiny_run):
+    _ok(app.switch_page(PAGES["run"]).run())
+    model = json.loads((tiny_run / "model.json").read_text())
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Test accuracy"] == f"{model['test_accuracy']:.2%}"
+    sets = app.dataframe[0].value
+    assert sets["set"].tolist()[0] == "authentic"
+    want = {k: v["n"] for k, v in truth["manifest"]["summary"]["sets"].items()}
+    assert dict(zip(sets["set"], sets["images"])) == want
+    assert any("python -m precompute --config precompute/configs/fmnist.toml" in c.value for c in app.code)
+
+
+# ------------------------------------------------------------------------------------------ missing runs
+def test_no_run_shows_the_command_that_builds_one(tmp_path, monkeypatch):
+    (tmp_path / "fmnist").mkdir()  # an empty folder: no manifest
+    at = _ok(_app(tmp_path, monkeypatch))
+    assert any("No run found" in e.value for e in at.error)
+    assert [c.value for c in at.code] == ["python -m precompute --config precompute/configs/fmnist.toml"]
+    assert not at.get("plotly_chart")
+
+
+def test_unfinished_run_shows_the_command_that_finishes_it(tmp_path, monkeypatch):
+    run = tmp_path / "fmnist"
+    run.mkdir()
+    stages = {s: {"status": "done"} for s in ("data", "train", "features")}
+    (run / "manifest.json").write_text(json.dumps({"config": {"name": "fmnist"}, "stages": stages, "files": {}}))
+    at = _ok(_app(tmp_path, monkeypatch))
+    err = " ".join(e.value for e in at.error)
+    assert "not finished" in err and "neighbours" in err and "report" in err
+    assert any("python -m precompute --config precompute/configs/fmnist.toml" in c.value for c in at.code)
+
+
+def test_damaged_run_says_which_file_and_how_to_rebuild(tiny_run_copy, monkeypatch):
+    with open(tiny_run_copy / "model.pt", "ab") as f:
+        f.write(b"\0")  # size no longer matches the manifest
+    at = _ok(_app(tiny_run_copy.parent, monkeypatch))
+    err = " ".join(e.value for e in at.error)
+    assert "cannot be loaded" in err and "model.pt" in err
+    assert any(c.value.startswith("python -m precompute --config") for c in at.code)

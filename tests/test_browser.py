@@ -1,0 +1,71 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against `streamlit run app.py` on the tiny run.
+
+    .venv/bin/python -m pytest tests/test_browser.py -q
+
+Visits every page through the navigation, uploads a PNG, runs FGSM, moves the threshold slider with the keyboard
+and checks that the operating point follows; saves a full-page screenshot per page in docs/screenshots/tiny/
+(git-ignored: the committed docs/screenshots/*.png come from `scripts/screenshots.py` on a real run).
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+OUT = ROOT / "docs" / "screenshots" / "tiny"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's Chromium is missing: `sudo apt-get install -y chromium` (or `scripts/setup.sh --dev`); "
+           "Playwright's own browser download does not work offline")
+
+
+def _screenshots_module():
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
+    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _threshold(text: str) -> float:
+    return float(re.search(r"at threshold ([0-9.]+)", text).group(1))
+
+
+def test_every_page_in_a_real_browser(tiny_run):
+    shots = _screenshots_module()
+    with shots.serve(tiny_run.parent) as url, shots.browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        seen = shots.tour(page, url, OUT, attack="FGSM")
+
+    assert not seen.get("exceptions"), seen["exceptions"]
+    assert not errors, errors
+    # Inspect: a prediction for the evaluation image, then for the uploaded PNG, with every layer's verdict.
+    assert "Prediction:" in seen["inspect_evalset"] and "authentic #0" in seen["inspect_evalset"]
+    assert "your upload" in seen["inspect"] and "Prediction:" in seen["inspect"]
+    assert "as the model sees it" in seen["inspect"]
+    # Attack: FGSM ran and reported the prediction before -> after.
+    assert re.search(r"FGSM (reached|did not reach) its target .+: .+ → .+", seen["attack"])
+    assert "perturbation" in seen["attack"]
+    # Threshold: 40 presses of the right arrow moved the operating point by 40 steps of 0.001.
+    before, after = seen["operating_before"], seen["operating_after"]
+    assert before != after
+    assert _threshold(after) == pytest.approx(min(1.0, _threshold(before) + 0.040), abs=1e-9)
+    assert "AUC" in seen["threshold"]
+    assert "Every setting" in seen["layers"]
+    assert "EER threshold at" in seen["failure_cases"]
+    assert "Make another run" in seen["run"] and "Test accuracy" in seen["run"]
+
+    from PIL import Image
+
+    names = sorted(p.stem for p in seen["shots"])
+    assert names == sorted(["inspect", "attack", "threshold", "layers", "failure_cases", "run"])
+    for p in seen["shots"]:
+        with Image.open(p) as im:
+            assert im.width == shots.VIEWPORT["width"] and im.height >= 600, (p, im.size)
