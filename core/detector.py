@@ -38,6 +38,11 @@ MAX_K = 10_000
 FULL_VERIFY_MAX_BYTES = 4 << 30
 #: Largest batch :meth:`Detector.score` takes in one call (split bigger inputs yourself).
 MAX_BATCH = 4096
+#: Images of at most this many values (C·H·W) run their single-image forward pass on one torch thread: for a
+#: small CNN the pass is far shorter than waking a second OpenMP thread (``python -m benchmarks.inspect_latency``:
+#: 10 ms on one thread against 160 ms on two for Fashion-MNIST on a busy 2-core machine). Larger models keep
+#: every thread.
+SINGLE_THREAD_MAX_INPUT = 64 * 64 * 3
 
 
 class IncompleteRun(ArtefactError):
@@ -168,7 +173,12 @@ class Detector:
             run.verify(base, full=full)
         cfg = m["config"]
         model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})[0]
-        model.load_state_dict(run.load_torch("model.pt"))
+        try:
+            model.load_state_dict(run.load_torch("model.pt"))
+        except RuntimeError as e:  # shapes or keys differ: the run was made by other model code
+            raise ArtefactError(f"{run.path / 'model.pt'} does not fit the model {cfg['model']['name']!r} as the "
+                                f"code now builds it ({str(e).splitlines()[0]}); rebuild the run with "
+                                "`python -m precompute --config <its config> --from train`") from e
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -239,8 +249,16 @@ class Detector:
 
     # ------------------------------------------------------------------ scoring
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        with torch.no_grad():
-            logits, feats = self._extractor(torch.from_numpy(to_float(images)))
+        one = len(images) == 1 and images[0].size <= SINGLE_THREAD_MAX_INPUT
+        n_threads = torch.get_num_threads()  # OpenMP keeps the count per calling thread
+        if one and n_threads > 1:
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                logits, feats = self._extractor(torch.from_numpy(to_float(images)))
+        finally:
+            if one and n_threads > 1:
+                torch.set_num_threads(n_threads)
         probs = torch.softmax(logits.float(), 1).numpy()
         return probs, {k: v.numpy() for k, v in feats.items()}
 

@@ -54,8 +54,12 @@ class RunData:
 
     @property
     def set_names(self) -> list[str]:
-        """Evaluation sets in report order: authentic, noise, errors, then the attacks."""
-        return list(self.summary.get("sets", {}))
+        """Evaluation sets in report order: authentic, noise, errors, then the attacks as configured."""
+        present = list(self.summary.get("sets", {}))
+        cfg = self.config
+        order = ["authentic", "noise", "errors", *cfg.get("evalsets", {}).get("attacks", []),
+                 *cfg.get("external", {})]
+        return [s for s in order if s in present] + [s for s in present if s not in order]
 
     @property
     def attack_sets(self) -> list[str]:
