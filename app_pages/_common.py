@@ -575,3 +575,49 @@ def before_after_figure(layers: list[str], before: dict[str, float], after: dict
 def how_to_read(text: str) -> None:
     """The page's one-line guide for a student."""
     st.info(text, icon=":material/school:")
+
+
+# ------------------------------------------------------------------------------------------ bounded attacks
+#: Wall-time limit of one live attack (seconds; ``KNNGUARD_ATTACK_TIMEOUT_S`` overrides it). The attack runs on a
+#: worker thread; past the limit the page says so and carries on, and the late result is discarded.
+ATTACK_TIMEOUT_S = float(os.environ.get("KNNGUARD_ATTACK_TIMEOUT_S", "20"))
+#: At most this many attack threads at once in the process (abandoned ones included): a further request is
+#: refused with a message instead of piling up threads on a busy server.
+MAX_ATTACK_THREADS = 4
+_attack_slots = __import__("threading").BoundedSemaphore(MAX_ATTACK_THREADS)
+
+
+class AttackTimeout(Exception):
+    """The attack ran past :data:`ATTACK_TIMEOUT_S`."""
+
+
+class AttackBusy(Exception):
+    """Every attack slot is taken."""
+
+
+def run_bounded(fn, /, *args, timeout: float | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` on a worker thread, waiting at most ``timeout`` seconds (default
+    :data:`ATTACK_TIMEOUT_S`, read at call time).
+
+    Raises :class:`AttackTimeout` past the limit (the thread finishes on its own and its result is dropped) and
+    :class:`AttackBusy` when :data:`MAX_ATTACK_THREADS` attacks are already running. ``fn``'s own exceptions
+    propagate.
+    """
+    import concurrent.futures as cf
+
+    limit = ATTACK_TIMEOUT_S if timeout is None else float(timeout)
+    if not _attack_slots.acquire(blocking=False):
+        raise AttackBusy(f"{MAX_ATTACK_THREADS} attacks are already running on this server")
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnguard-attack")
+    try:
+        fut = pool.submit(fn, *args, **kwargs)
+    except BaseException:
+        _attack_slots.release()
+        pool.shutdown(wait=False)
+        raise
+    fut.add_done_callback(lambda _f: _attack_slots.release())
+    pool.shutdown(wait=False)  # the thread ends when fn returns; nothing waits for it
+    try:
+        return fut.result(timeout=limit)
+    except cf.TimeoutError:
+        raise AttackTimeout(f"stopped after {limit:g} s") from None

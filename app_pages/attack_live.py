@@ -14,6 +14,7 @@ classes = ui.classes(run)
 layers = run.layers
 
 #: Interactive caps on iteration counts (the spec allows more; the precompute runs may use more).
+#: Every run is also bounded in wall time: ``ui.run_bounded`` (``ui.ATTACK_TIMEOUT_S``, 20 s by default).
 CAPS = {"steps": 100, "max_iter": 100, "binary_search_steps": 5, "grid_steps": 8, "binary_steps": 8,
         "random_starts": 3, "candidates": 10}
 #: One line per attack for a student.
@@ -102,11 +103,21 @@ if clicked:
     with st.spinner(f"Running {cls.title}{' (this one takes a while)' if slow else ''}… "
                     "(the first attack also loads the attack library, a few seconds)"):
         t0 = time.perf_counter()
+        model = ui.detector(run).model
+        params = {p: (min(v, CAPS[p]) if p in CAPS else v) for p, v in params.items()}  # never past the caps
         try:
-            res = run_attack(name, ui.detector(run).model, x,
-                             target=None if target_cls is None else np.array([target_cls]), seed=int(seed), **params)
+            res = ui.run_bounded(run_attack, name, model, x,
+                                 target=None if target_cls is None else np.array([target_cls]), seed=int(seed),
+                                 **params)
         except (ValueError, TypeError) as e:
             st.error(f"The attack refused these settings: {e}")
+            st.stop()
+        except ui.AttackTimeout as e:
+            st.error(f"{cls.title} {e} (the limit of one live attack): lower the steps or iterations, or pick a "
+                     "faster attack, and run it again.", icon=":material/timer_off:")
+            st.stop()
+        except ui.AttackBusy as e:
+            st.error(f"Not started: {e}. Wait a few seconds and run it again.", icon=":material/hourglass_top:")
             st.stop()
         seconds = time.perf_counter() - t0
     adv = np.round(res.x_adv[0].transpose(1, 2, 0) * 255).astype(np.uint8)

@@ -1,0 +1,185 @@
+"""The app under bad input and slow work: the upload fuzz corpus through the Inspect page, and the live attack's
+time limit, with ``streamlit.testing.v1.AppTest`` on the tiny run.
+
+    .venv/bin/python -m pytest tests/test_app_uploads.py -q
+
+One AppTest instance takes every file in turn (as one user uploading file after file): for each, the page shows
+the prediction (a valid image) or exactly ``str(UploadError)`` of ``core.uploads.read_upload`` (a bad one), never
+an exception element, and a valid upload after a bad one still becomes the current image.
+"""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_uploads import CATEGORIES, corpus
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+TIMEOUT = 120
+#: Files per category of tests/test_uploads.py's corpus (only cases read with the default limits, as the app
+#: reads them), plus every named special case below: >= 60 files, every category.
+PER_CATEGORY = 10
+MUST = ("empty", "animated.gif", "animated.webp", "animated.png (APNG)", "png-16bit-grey", "cmyk.jpg",
+        "palette-transparent.png", "rgba.png", "exif-orientation-6.jpg", "1x1/PNG/RGB", "png-20000x20000",
+        "header-only-60000x60000", "ztxt-bomb-before-idat", "iccp-bomb", "gif-65535x65535-screen",
+        "photo.png (JPEG bytes)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _app(runs_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    return _ok(at.run())
+
+
+def _png(color=(200, 180, 160)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _selection() -> list:
+    cats = corpus()
+    chosen = []
+    for cat in CATEGORIES:
+        plain = [c for c in cats[cat] if not c.kwargs]
+        step = max(1, len(plain) // PER_CATEGORY)
+        chosen += plain[::step][:PER_CATEGORY]
+    names = {c.name for c in chosen}
+    by_name = {c.name: c for cs in cats.values() for c in cs if not c.kwargs}
+    chosen += [by_name[n] for n in MUST if n not in names]
+    return chosen
+
+
+def _predictions(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("### Prediction: ")]
+
+
+def test_upload_corpus_through_the_inspect_page(tiny_run, monkeypatch):
+    from core.uploads import UploadError, read_upload
+
+    cases = _selection()
+    assert len(cases) >= 60
+    at = _app(tiny_run.parent, monkeypatch)
+    _ok(at.radio(key="inspect_source").set_value("Upload").run())
+    t0 = time.perf_counter()
+    outcomes: dict[str, int] = {}
+    for i, case in enumerate(cases):
+        try:
+            read_upload(case.data)
+            want = None
+        except UploadError as e:
+            want = str(e)
+        before = at.session_state["current"]["key"]
+        # A distinct file name per upload: the widget sees a new file each time.
+        _ok(at.file_uploader(key="inspect_upload").set_value((f"{i}-upload.png", case.data, "image/png")).run())
+        errors = [e.value for e in at.error if "by layer" not in e.value]
+        assert len(_predictions(at)) == 1, case.name  # the page always shows a prediction
+        if want is None:
+            outcomes["ok"] = outcomes.get("ok", 0) + 1
+            assert not errors, (case.name, errors)
+            assert at.session_state["current"]["source"] == "your upload", case.name
+        else:
+            outcomes["refused"] = outcomes.get("refused", 0) + 1
+            assert errors == [want], (case.name, errors, want)
+            assert at.session_state["current"]["key"] == before, case.name  # the current image is kept
+            # ... and a valid upload right after still works.
+            png = _png(color=(i % 256, 100, 200))
+            _ok(at.file_uploader(key="inspect_upload").set_value((f"{i}-good.png", png, "image/png")).run())
+            assert not [e.value for e in at.error if "by layer" not in e.value], case.name
+            assert at.session_state["current"]["source"] == "your upload", case.name
+            assert len(_predictions(at)) == 1, case.name
+    print(f"\n{len(cases)} uploads through Inspect: {outcomes} in {time.perf_counter() - t0:.1f} s")
+    assert outcomes.get("ok") and outcomes.get("refused")
+
+
+def test_attack_past_its_time_limit_says_so_and_the_page_keeps_working(tiny_run, monkeypatch):
+    import core.attacks
+    from app_pages import _common as ui
+
+    real = core.attacks.run_attack
+    release = __import__("threading").Event()
+
+    def slow(*args, **kwargs):
+        release.wait(5)
+        return real(*args, **kwargs)
+
+    at = _app(tiny_run.parent, monkeypatch)
+    _ok(at.switch_page("app_pages/attack_live.py").run())
+    # Interactive caps on top of param_spec's bounds.
+    assert at.slider(key="atk_fgsm_eps").max == 1.0
+    monkeypatch.setattr(core.attacks, "run_attack", slow)
+    monkeypatch.setattr(ui, "ATTACK_TIMEOUT_S", 0.3)
+    t0 = time.perf_counter()
+    _ok(at.button(key="atk_run").click().run())
+    assert time.perf_counter() - t0 < 5
+    msgs = [e.value for e in at.error]
+    assert any("stopped after 0.3 s" in m and "lower the steps" in m for m in msgs), msgs
+    assert "atk_result" not in at.session_state
+    release.set()  # the abandoned attack finishes now; its result must not appear
+    time.sleep(1.0)
+    _ok(at.run())
+    assert "atk_result" not in at.session_state
+    assert not [m for m in at.markdown if m.value.startswith("### FGSM")]
+    # Back to a normal limit and the real attack: the page works.
+    monkeypatch.setattr(core.attacks, "run_attack", real)
+    monkeypatch.setattr(ui, "ATTACK_TIMEOUT_S", 60.0)
+    _ok(at.button(key="atk_run").click().run())
+    assert [m for m in at.markdown if m.value.startswith("### FGSM")]
+    assert not [e.value for e in at.error if "stopped after" in e.value]
+
+
+def test_iteration_sliders_are_capped_for_interactive_use(tiny_run, monkeypatch):
+    at = _app(tiny_run.parent, monkeypatch)
+    _ok(at.switch_page("app_pages/attack_live.py").run())
+    for name in ("ifgsm", "pgd", "cw"):
+        if name not in at.selectbox(key="atk_name").options:
+            continue
+        _ok(at.selectbox(key="atk_name").set_value(name).run())
+        for key in ("steps", "max_iter"):
+            sl = [s for s in at.slider if s.key == f"atk_{name}_{key}"]
+            if sl:
+                assert sl[0].max <= 200, (name, key, sl[0].max)
+
+
+def test_run_bounded_refuses_when_every_slot_is_taken(monkeypatch):
+    import threading
+
+    from app_pages import _common as ui
+
+    gate = threading.Event()
+    for _ in range(ui.MAX_ATTACK_THREADS):
+        with pytest.raises(ui.AttackTimeout):
+            ui.run_bounded(gate.wait, 5, timeout=0.01)
+    with pytest.raises(ui.AttackBusy):
+        ui.run_bounded(lambda: 1, timeout=1)
+    gate.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            assert ui.run_bounded(lambda: 7, timeout=1) == 7
+            break
+        except ui.AttackBusy:
+            time.sleep(0.05)
+    else:
+        pytest.fail("slots never freed")

@@ -1,0 +1,190 @@
+"""Load: 20 concurrent browser sessions against `streamlit run app.py` on the tiny run (Playwright's async API
+driving one Debian Chromium with 20 contexts), through Inspect, Threshold and Attack.
+
+    .venv/bin/python -m pytest tests/test_load.py -q -s        # or: -m load
+
+Each session picks its own evaluation image (index 1..20) and checks the prediction shown is that image's stored
+prediction, moves the threshold slider its own number of steps and checks the operating point shows its own value,
+then runs FGSM and checks the attack page names its own image: any cross-talk between sessions' state fails. Per
+action latency (action start -> expected text visible) p50/p95 is printed and written to
+benchmarks/results/load.json with the load average.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+SESSIONS = int(os.environ.get("KNNGUARD_LOAD_SESSIONS", "3"))  # real browsers: 20 contexts overload 2 cores; see test_load_sessions.py
+ACTION_TIMEOUT_MS = int(os.environ.get("KNNGUARD_LOAD_ACTION_TIMEOUT_MS", "60000"))
+OUT = ROOT / "benchmarks" / "results" / "load_browser.json"
+
+pytestmark = [
+    pytest.mark.load,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="Debian's Chromium is missing: `sudo apt-get install -y chromium` (or "
+                              "`scripts/setup.sh --dev`); Playwright's own browser download does not work offline"),
+]
+
+IDLE_JS = """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+      && !document.querySelector('[data-testid="stSkeleton"]')
+      && !document.querySelector('[data-stale="true"]')
+      && !document.querySelector('[data-testid="stSpinner"]')"""
+MAIN_HAS_JS = """(parts) => { const m = document.querySelector('[data-testid="stMain"]');
+      return m && parts.every(p => m.innerText.includes(p)); }"""
+
+
+def _shots():
+    pytest.importorskip("playwright.async_api", reason="pip install playwright (requirements-dev.txt)")
+    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+async def _idle(page) -> None:
+    await page.wait_for_function(IDLE_JS, timeout=ACTION_TIMEOUT_MS)
+
+
+async def _main_has(page, *parts: str) -> None:
+    await page.wait_for_function(MAIN_HAS_JS, arg=list(parts), timeout=ACTION_TIMEOUT_MS)
+
+
+async def _goto(page, title: str, path: str) -> None:
+    await page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+    await page.wait_for_url(f"**/{path}", timeout=ACTION_TIMEOUT_MS)
+    await _idle(page)
+
+
+async def _session(browser, shots, url: str, s: int, truth: dict, lat: dict, problems: list) -> None:
+    ctx = await browser.new_context(viewport=shots.VIEWPORT)
+    ctx.set_default_timeout(ACTION_TIMEOUT_MS)
+    page = await ctx.new_page()
+    page.on("pageerror", lambda e: problems.append(f"session {s}: page error {e}"))
+    try:
+        index = s + 1  # index 0 is every session's default image
+        want = truth["classes"][int(truth["predicted"][index])]
+        await page.goto(url + "/")
+        await _main_has(page, "Prediction:")
+        await _idle(page)
+
+        # Inspect: this session's own evaluation image.
+        box = page.locator(".st-key-inspect_index input").first
+        await box.fill(str(index))
+        t0 = time.perf_counter()
+        await box.press("Enter")
+        await _main_has(page, f"authentic #{index} ", "Prediction:")
+        await _idle(page)
+        lat["inspect"].append(time.perf_counter() - t0)
+        shown = await page.locator("h3").filter(has_text="Prediction:").first.inner_text()
+        if shown.strip() != f"Prediction: {want}":
+            problems.append(f"session {s}: image #{index} shows {shown.strip()!r}, stored prediction {want!r}")
+
+        # Threshold: this session's own number of steps.
+        await _goto(page, "Threshold", "threshold")
+        op = page.locator(".st-key-th_operating")
+        await op.wait_for()
+        before = float(re.search(r"at threshold ([0-9.]+)", await op.inner_text()).group(1))
+        steps = 3 + s
+        expected = min(1.0, round(before + 0.001 * steps, 3))
+        thumb = page.locator(".st-key-th_threshold input").first
+        await thumb.focus()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            await page.keyboard.press("ArrowRight")
+        await page.wait_for_function(
+            "t => { const e = document.querySelector('.st-key-th_operating'); return e && e.innerText.includes(t); }",
+            arg=f"at threshold {expected:.3f}", timeout=ACTION_TIMEOUT_MS)
+        await _idle(page)
+        lat["threshold"].append(time.perf_counter() - t0)
+        got = float(re.search(r"at threshold ([0-9.]+)", await op.inner_text()).group(1))
+        if got != pytest.approx(expected, abs=1e-9):
+            problems.append(f"session {s}: threshold shows {got}, expected {expected}")
+
+        # Attack: FGSM on this session's image.
+        await _goto(page, "Attack", "attack")
+        await _main_has(page, f"Current image: authentic #{index} ")
+        button = page.get_by_role("button", name="Run FGSM")
+        await button.wait_for()
+        t0 = time.perf_counter()
+        await button.click()
+        await page.locator("h3").filter(has_text="→").first.wait_for(timeout=ACTION_TIMEOUT_MS)
+        await _idle(page)
+        lat["attack"].append(time.perf_counter() - t0)
+        head = await page.locator("h3").filter(has_text="→").first.inner_text()
+        if not re.match(rf"FGSM .+: {re.escape(want)} → .+", head.strip()):
+            problems.append(f"session {s}: attack heading {head.strip()!r} does not start from {want!r}")
+        if f"Current image: authentic #{index} " not in await page.locator('[data-testid="stMain"]').inner_text():
+            problems.append(f"session {s}: attack page lost its image #{index}")
+        n = await page.locator('[data-testid="stException"]').count()
+        if n:
+            problems.append(f"session {s}: {n} exception element(s)")
+        errs = [t for t in await page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+                if "by layer" not in t and "Not detected" not in t]
+        if errs:
+            problems.append(f"session {s}: error messages {errs}")
+    except Exception as e:  # noqa: BLE001 - every failure is a finding of this session
+        problems.append(f"session {s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    finally:
+        await ctx.close()
+
+
+async def _drive(shots, url: str, truth: dict) -> tuple[dict, list]:
+    from playwright.async_api import async_playwright
+
+    lat: dict[str, list[float]] = {"inspect": [], "threshold": [], "attack": []}
+    problems: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=shots.CHROMIUM_ARGS)
+        try:
+            await asyncio.gather(*[_session(browser, shots, url, s, truth, lat, problems) for s in range(SESSIONS)])
+        finally:
+            await browser.close()
+    return lat, problems
+
+
+def _pct(xs: list[float]) -> dict:
+    a = np.asarray(xs) * 1000
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 1),
+            "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1)}
+
+
+def test_concurrent_browser_sessions(tiny_run):
+    shots = _shots()
+    from core.evaluation import RunData
+
+    e = RunData(tiny_run, verify=False).evalset("authentic")
+    truth = {"predicted": np.asarray(e["predicted"]),
+             "classes": json.loads((tiny_run / "classes.json").read_text())}
+    assert len(truth["predicted"]) > SESSIONS
+    t0 = time.perf_counter()
+    with shots.serve(tiny_run.parent) as url:
+        load_before = os.getloadavg()
+        lat, problems = asyncio.run(_drive(shots, url, truth))
+        load_after = os.getloadavg()
+    wall = time.perf_counter() - t0
+
+    assert not problems, "\n".join(problems)
+    assert all(len(v) == SESSIONS for v in lat.values()), {k: len(v) for k, v in lat.items()}
+    stats = {k: _pct(v) for k, v in lat.items()}
+    result = {"sessions": SESSIONS, "run": "tests/conftest.py tiny run", "browser": "Debian Chromium, 1 browser, "
+              f"{SESSIONS} contexts (Playwright async)", "cpus": os.cpu_count(),
+              "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+              "loadavg_1_5_15_after": [round(x, 2) for x in load_after], "wall_s": round(wall, 1),
+              "errors": 0, "cross_talk": 0, "latency": stats,
+              "command": ".venv/bin/python -m pytest tests/test_load.py -q -s"}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\n{SESSIONS} sessions in {wall:.1f} s, load average {load_after[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
+    for k, v in stats.items():
+        print(f"  {k:9s} p50 {v['p50_ms']:8.1f} ms  p95 {v['p95_ms']:8.1f} ms  max {v['max_ms']:8.1f} ms")
