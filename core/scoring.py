@@ -37,7 +37,8 @@ def weights(D: np.ndarray, fn: str) -> np.ndarray:
         return np.ones((nq, k))
     if fn == "wknn":
         return np.broadcast_to(1.0 / np.arange(1, k + 1), (nq, k)).copy()
-    return 1.0 / np.maximum(D.astype(np.float64), MIN_SQ_DIST)
+    w = np.maximum(D, MIN_SQ_DIST, dtype=np.float64)
+    return np.reciprocal(w, out=w)
 
 
 def score(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np.ndarray, *, k: int | None = None,
@@ -75,13 +76,36 @@ def score(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np.nd
     classes = np.asarray(classes).reshape(-1)
     if len(classes) != len(I):
         raise ValueError(f"{len(classes)} classes for {len(I)} queries")
-    valid = I >= 0
-    labels = np.asarray(train_labels)[np.where(valid, I, 0)]
-    w = weights(D, fn) * valid
-    total = w.sum(axis=1)
-    hit = (w * (labels == classes[:, None])).sum(axis=1)
+    nq = len(I)
+    valid = None if I.size == 0 or I.min() >= 0 else I >= 0  # None: every neighbour valid (exact search)
+    labels, classes = _compact(np.asarray(train_labels), classes)
+    match = labels[I if valid is None else np.where(valid, I, 0)] == classes[:, None]
+    if valid is not None:
+        match &= valid
+    if fn == "knn":
+        hit = np.count_nonzero(match, axis=1).astype(np.float64)
+        total = np.full(nq, float(k)) if valid is None else np.count_nonzero(valid, axis=1).astype(np.float64)
+    elif fn == "wknn":
+        w = 1.0 / np.arange(1, k + 1)
+        hit = match @ w
+        total = np.full(nq, w.sum()) if valid is None else valid @ w
+    else:
+        w = weights(D, fn)
+        if valid is not None:
+            w[~valid] = 0.0
+        hit = np.einsum("ij,ij->i", w, match)
+        total = w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, hit / total, np.nan)
+
+
+def _compact(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and classes as int16 when both fit (the (nq, k) gather and compare move 4× fewer bytes)."""
+    if labels.dtype.kind in "iu" and classes.dtype.kind in "iu" and len(labels) and len(classes):
+        lo, hi = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+        if lo <= min(labels.min(), classes.min()) and max(labels.max(), classes.max()) <= hi:
+            return labels.astype(np.int16), classes.astype(np.int16)
+    return labels, classes
 
 
 def class_scores(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, n_classes: int, *, k: int | None = None,

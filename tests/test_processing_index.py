@@ -72,3 +72,43 @@ def test_ivf_recall_and_auto():
     assert index.choose_kind(10) == "flat" and index.choose_kind(10 ** 7) == "ivf"
     with pytest.raises(ValueError, match="dims"):
         index.search(ivf, xq[:, :3], 5)
+
+
+@pytest.mark.parametrize("n,k", [(800, 100), (300, 300), (5000, 64)])
+def test_blocked_flat_path_matches_brute_force(n, k):
+    """Batched flat searches with a large k take the sgemm + partition path: same neighbours, ties tolerated."""
+    rng = np.random.default_rng(3)
+    xb = rng.integers(0, 4, size=(n, 8)).astype(np.float32)  # many exact ties at the k-th distance
+    xq = rng.integers(0, 4, size=(70, 8)).astype(np.float32)
+    idx = index.build(xb, kind="flat")
+    assert k >= index.BLOCKED_MIN_K and len(xq) > index.SINGLE_THREAD_MAX_NQ
+    D, I = index.search(idx, xq, k)
+    assert D.dtype == np.float32 and I.dtype == np.int64 and D.shape == I.shape == (70, min(k, n))
+    Db, Ib = brute(xb, xq, k)
+    np.testing.assert_allclose(D, Db, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(D, axis=1) >= 0)
+    for i in range(len(xq)):
+        assert len(set(I[i].tolist())) == k  # no id twice
+        strict = Db[i] < Db[i, -1]
+        assert set(Ib[i][strict]) <= set(I[i])
+        np.testing.assert_allclose(((xb[I[i]] - xq[i]) ** 2).sum(1), D[i], atol=1e-4)
+    # faiss's own search agrees on the distances
+    Df, _ = idx.search(xq, min(k, n))
+    np.testing.assert_allclose(D, Df, rtol=1e-5, atol=1e-4)
+
+
+def test_single_query_path_and_threads_restored():
+    import faiss
+
+    rng = np.random.default_rng(4)
+    xb = rng.normal(size=(3000, 16)).astype(np.float32)
+    xq = rng.normal(size=(5, 16)).astype(np.float32)
+    idx = index.build(xb, kind="flat")
+    before = faiss.omp_get_max_threads()
+    one = np.concatenate([index.search(idx, xq[i:i + 1], 200)[1] for i in range(len(xq))])
+    assert faiss.omp_get_max_threads() == before
+    D, I = index.search(idx, xq, 200)  # batched (blocked) path
+    assert (one == I).mean() > 0.99
+    with index.threads(1):
+        assert faiss.omp_get_max_threads() == 1
+    assert faiss.omp_get_max_threads() == before

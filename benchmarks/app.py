@@ -1,0 +1,212 @@
+"""App: server-side time of a threshold change and of a k change on the Threshold page.
+
+    python -m benchmarks.app                 # data/runs/fmnist, 10 changes of each
+    python -m benchmarks.app --changes 20
+
+Two measurements:
+
+* ``library``: the computation the page performs, without Streamlit: the stored neighbours' scores of every set
+  (``core.evaluation.RunData.scores``; a k change recomputes them, a threshold change finds them in
+  ``st.cache_data``), ``core.metrics.roc``, ``rates_at``, the score densities and the TPR/FPR-vs-threshold
+  curves at 501 thresholds (``curves``: one sort and ``searchsorted`` per set, as the page computes them;
+  ``curves_loop``: one pass per threshold, as the page first did, for comparison).
+* ``apptest``: ``streamlit.testing.v1.AppTest`` on ``app.py``, Threshold page selected, timing
+  ``slider.set_value(..).run()`` end to end (the whole script rerun: sidebar, page, charts serialised) for the
+  threshold slider and the sidebar's k slider, each change to a value not seen before (no cache hit).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _common as C
+
+log = logging.getLogger(__name__)
+
+TARGET_MS = 300.0
+PAGE = "app_pages/threshold.py"
+GRID = np.linspace(0, 1, 501)
+BINS = np.linspace(0, 1, 41)
+
+
+def _curves_loop(groups: list[np.ndarray]) -> list[list[float]]:
+    return [[(np.nan_to_num(sc) >= t).mean() for t in GRID] for sc in groups]
+
+
+def _curves_vectorized(groups: list[np.ndarray]) -> list[np.ndarray]:
+    out = []
+    for sc in groups:
+        s = np.sort(np.nan_to_num(sc))
+        out.append(1.0 - np.searchsorted(s, GRID, side="left") / max(len(s), 1))
+    return out
+
+
+def _page_compute(data, layer: str, mode: str, fn: str, k: int, negs: list[str], th: float,
+                  cache: dict | None) -> dict[str, float]:
+    """One rerun of the page's computation; ``cache`` holds the scores of a previous run (threshold change)."""
+    from core import metrics
+    from core.evaluation import POSITIVE_SETS
+
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if cache is None:
+        sets = [s for s in POSITIVE_SETS if s in data.set_names] + negs
+        cache = {s: data.scores(s, layer, mode, fn, k) for s in sets}
+    pos = np.concatenate([cache[s] for s in POSITIVE_SETS if s in cache])
+    neg = np.concatenate([cache[s] for s in negs])
+    t["scores"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics.roc(pos, neg)
+    t["roc"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metrics.rates_at(pos, neg, th)
+    t["rates_at"] = time.perf_counter() - t0
+    groups = [pos] + [cache[s] for s in negs]
+    t0 = time.perf_counter()
+    for sc in groups:
+        np.histogram(np.nan_to_num(sc), bins=BINS, density=True)
+    t["densities"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _curves_vectorized(groups)
+    t["curves"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _curves_loop(groups)
+    t["curves_loop"] = time.perf_counter() - t0
+    t["total"] = sum(v for key, v in t.items() if key != "curves_loop")
+    return t
+
+
+def library(run: str, *, changes: int) -> dict[str, Any]:
+    """Time ``changes`` threshold changes and ``changes`` k changes of the page's computation."""
+    from core.evaluation import RunData
+
+    data = RunData(run, verify=False)
+    d = data.summary["defaults"]
+    mode, fn, k0 = d["mode"], d["fn"], min(int(d["k"]), int(data.summary["k_max"]))
+    layer = _best_layer(data, run)
+    negs = [a for a in data.attack_sets if data.summary["sets"].get(a, {}).get("n", 0)]
+    for s in data.set_names:  # the stored neighbours are loaded once per session (st.cache_resource)
+        data.neighbours(s, layer, mode)
+        data.evalset(s)
+    base = _page_compute(data, layer, mode, fn, k0, negs, 0.5, None)
+    cache = {s: data.scores(s, layer, mode, fn, k0) for s in data.set_names}
+    th_runs = [_page_compute(data, layer, mode, fn, k0, negs, float(th), cache)
+               for th in np.linspace(0.1, 0.9, changes)]
+    ks = [max(1, k0 - 1 - i) for i in range(changes)]
+    k_runs = [_page_compute(data, layer, mode, fn, kk, negs, 0.5, None) for kk in ks]
+
+    def summ(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+        return {key: C.percentiles([r[key] for r in runs]) for key in runs[0]}
+
+    n = {s: int(len(data.evalset(s)["predicted"])) for s in data.set_names}
+    return {"layer": layer, "mode": mode, "fn": fn, "k": k0, "negatives": negs, "set_sizes": n,
+            "first": base, "threshold_change": summ(th_runs), "k_change": summ(k_runs)}
+
+
+def _best_layer(data, run: str) -> str:
+    import json
+
+    try:
+        return json.loads((Path(run) / "report.json").read_text())["headline"]["best"]["layer"]
+    except Exception:  # noqa: BLE001
+        return data.layers[-1]
+
+
+def apptest(run: str, *, changes: int, timeout: float = 300) -> dict[str, Any]:
+    """End-to-end reruns of the Threshold page with ``AppTest`` (None when the app or the page is absent)."""
+    from streamlit.testing.v1 import AppTest
+
+    app = C.ROOT / "app.py"
+    if not app.exists() or not (C.ROOT / PAGE).exists():
+        return {"skipped": f"{app} or {PAGE} not found"}
+    run_path = Path(run).resolve()
+    old = os.environ.get("KNNGUARD_RUNS_DIR")
+    os.environ["KNNGUARD_RUNS_DIR"] = str(run_path.parent)
+    try:
+        at = AppTest.from_file(str(app), default_timeout=timeout)
+        at.session_state["run"] = str(run_path)
+        t0 = time.perf_counter()
+        at.run()
+        first_app = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        at.switch_page(PAGE).run()
+        first_page = time.perf_counter() - t0
+        if at.exception:
+            return {"skipped": f"the page raised: {[e.value for e in at.exception]}"}
+        k0 = int(at.slider(key="det_k").value)
+        th_times, k_times = [], []
+        for th in np.linspace(0.11, 0.89, changes):
+            t0 = time.perf_counter()
+            at.slider(key="th_threshold").set_value(round(float(th), 3)).run()
+            th_times.append(time.perf_counter() - t0)
+        for i in range(changes):
+            t0 = time.perf_counter()
+            at.slider(key="det_k").set_value(max(1, k0 - 2 - i)).run()
+            k_times.append(time.perf_counter() - t0)
+        errors = [e.value for e in at.exception]
+        return {"first_run_s": first_app, "first_page_s": first_page, "threshold_change": C.percentiles(th_times),
+                "k_change": C.percentiles(k_times), "errors": errors}
+    finally:
+        if old is None:
+            os.environ.pop("KNNGUARD_RUNS_DIR", None)
+        else:
+            os.environ["KNNGUARD_RUNS_DIR"] = old
+
+
+def run(run: str = str(C.DEFAULT_RUN), *, changes: int = 10, with_apptest: bool = True, threads: int = 0,
+        out_dir: str | None = None) -> dict[str, Any]:
+    """Both measurements; print the table; write ``app.json``."""
+    nthreads = C.set_threads(threads)
+    mach = C.machine()
+    if not C.run_exists(run):
+        raise SystemExit(f"no finished run at {run}: build it with "
+                         "`python -m precompute --config precompute/configs/fmnist.toml`")
+    lib = library(run, changes=changes)
+    e2e = apptest(run, changes=changes) if with_apptest else {"skipped": "not asked"}
+    worst = max(lib["k_change"]["total"]["p50"], lib["threshold_change"]["total"]["p50"],
+                *(e2e[c]["p50"] for c in ("threshold_change", "k_change") if c in e2e))
+    result = {"benchmark": "app", "machine": mach,
+              "settings": {"run": str(run), "changes": changes, "page": PAGE, "threads": nthreads},
+              "library": lib, "apptest": e2e,
+              "targets": {"p50<300ms": worst < TARGET_MS}}
+    path = C.write_result("app", result, out_dir)
+    print(render(result))
+    print(f"-> {path}")
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    m, lib, e2e = result["machine"], result["library"], result["apptest"]
+    parts = ["scores", "roc", "rates_at", "densities", "curves", "total", "curves_loop"]
+    rows = []
+    for change in ("threshold_change", "k_change"):
+        rows.append({"change": change, **{p: lib[change][p]["p50"] for p in parts},
+                     "apptest_p50": e2e.get(change, {}).get("p50", float("nan")),
+                     "apptest_p95": e2e.get(change, {}).get("p95", float("nan"))})
+    head = (f"Threshold page, layer {lib['layer']} ({lib['mode']}, {lib['fn']}, k = {lib['k']}), sets "
+            f"{lib['set_sizes']} ({m['cores']} cores, load {m['loadavg']}); p50 ms over "
+            f"{result['settings']['changes']} changes")
+    out = [head, C.table(rows, ["change", *parts, "apptest_p50", "apptest_p95"])]
+    if "skipped" in e2e:
+        out.append(f"AppTest: skipped ({e2e['skipped']})")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--changes", type=int, default=10)
+    p.add_argument("--no-apptest", action="store_true", help="library timings only")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run(a.run, changes=3 if a.quick else a.changes, with_apptest=not a.no_apptest, threads=a.threads,
+        out_dir=a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""ImageNet scale: flat vs IVF vs HNSW on synthetic 1.28 M × 256 float32 features (build time, memory, query
+latency at k = 1000, recall@1000 against flat), and on the real run whether approximate search changes detection
+(EER accuracy with IVF / HNSW next to the exact index, for one layer).
+
+    python -m benchmarks.scale                          # 1.28 M × 256, IVF 1024 lists; HNSW on a 50 k subsample
+    python -m benchmarks.scale --n 500000 --hnsw-n 100000 --queries 50
+
+Synthetic features are shaped like a PCA-256 layer of an ImageNet run: 1000 class centres plus per-image
+noise with a decaying spectrum (i.i.d. Gaussians would be the worst case for any partitioning index). The
+flat ground truth is computed for a small query sample only (``--queries``), which bounds the time. Memory
+is the serialised size of the index (vectors, ids, inverted lists or graph). Flat single-query latency is also
+measured on prefixes of the database (``flat_latency``): what ``core.index.AUTO_IVF_MIN`` trades.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _common as C
+
+log = logging.getLogger(__name__)
+
+
+def _index_mb(index) -> float:
+    """Size of the index's data in MB (its serialised form: vectors, ids, lists or graph)."""
+    import faiss
+
+    return float(faiss.serialize_index(index).nbytes) / 2 ** 20
+
+
+def synthetic(n: int, d: int = 256, *, n_classes: int = 1000, centre_scale: float = 0.2,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered float32 features (n, d) and their class labels (n,), built in chunks (little scratch).
+
+    Class centres are ``centre_scale`` × N(0, 1) per dimension. At 1.28 M rows and 0.2, half of each point's
+    1000 exact neighbours share its class (classes overlap, as real features do); at 0.3 all of them do and IVF
+    cells capture whole classes (recall ≈ 1 at any nprobe), at 0.15 an eighth do."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, d), dtype=np.float32) * np.float32(centre_scale)
+    scale = (1.0 / np.sqrt(1.0 + np.arange(d) / 8.0)).astype(np.float32)  # decaying spectrum
+    x = np.empty((n, d), np.float32)
+    y = rng.integers(0, n_classes, n)
+    for s in range(0, n, 1 << 17):
+        e = min(n, s + (1 << 17))
+        x[s:e] = centres[y[s:e]] + rng.standard_normal((e - s, d), dtype=np.float32) * scale
+    return x, y
+
+
+def _recall(I: np.ndarray, Iref: np.ndarray) -> float:
+    return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / len(b) for a, b in zip(I, Iref)]))
+
+
+def _latency(index, xq: np.ndarray, k: int, nq: int) -> dict[str, float]:
+    """Per-query latency (one query per call, ms) over ``nq`` queries, and batched throughput (q/s)."""
+    from core import index as knn_index
+
+    lat = []
+    for i in range(nq):
+        t0 = time.perf_counter()
+        knn_index.search(index, xq[i:i + 1], k)
+        lat.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    knn_index.search(index, xq, k)
+    batch_qps = len(xq) / (time.perf_counter() - t0)
+    p = C.percentiles(lat)
+    return {"single_p50_ms": p["p50"], "single_p95_ms": p["p95"], "batch_qps": batch_qps}
+
+
+def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hnsw_n: int, nlists: tuple[int, ...],
+                   nprobes: tuple[int, ...], ef_search: int, seed: int,
+                   flat_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Flat / IVF (each nlist, nprobe sweep) / HNSW (on ``hnsw_n`` rows) on synthetic features."""
+    import faiss
+
+    from core import index as knn_index
+
+    t0 = time.perf_counter()
+    xb, y = synthetic(n + n_queries, d, seed=seed)
+    xq, xb, yq, y = xb[:n_queries].copy(), xb[n_queries:], y[:n_queries], y[n_queries:]
+    gen_s = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+
+    def build(kind: str, data: np.ndarray, **kw: Any):
+        t = time.perf_counter()
+        idx = knn_index.build(data, kind=kind, seed=seed, **kw)
+        return idx, time.perf_counter() - t, None
+
+    # exact: the ground truth, and flat's own figures
+    flat, t_flat, m_flat = build("flat", xb)
+    t = time.perf_counter()
+    D_gt, I_gt = knn_index.search(flat, xq, k)
+    gt_s = time.perf_counter() - t
+    agreement = float((y[I_gt] == yq[:, None]).mean())  # share of the exact k neighbours in the query's class
+    rows.append({"kind": "flat", "n": n, "params": "-", "build_s": t_flat, "memory_mb": _index_mb(flat),
+                 **_latency(flat, xq, k, n_single), "recall": 1.0})
+    del flat
+    flat_latency = []
+    for m in sorted({min(m, n) for m in flat_sizes}):
+        sub = faiss.IndexFlatL2(d)
+        sub.add(xb[:m])
+        flat_latency.append({"n": m, "d": d, **{key.replace("single_", ""): v
+                                                  for key, v in _latency(sub, xq, k, n_single).items()}})
+        del sub
+    for nlist in nlists:
+        ivf, t_ivf, m_ivf = build("ivf", xb, nlist=nlist)
+        for nprobe in nprobes:
+            ivf.nprobe = nprobe
+            _, I = knn_index.search(ivf, xq, k)
+            rows.append({"kind": "ivf", "n": n, "params": f"nlist={nlist} nprobe={nprobe}", "build_s": t_ivf,
+                         "memory_mb": _index_mb(ivf), **_latency(ivf, xq, k, n_single), "recall": _recall(I, I_gt),
+                         "found_k": float((I >= 0).sum(1).mean())})
+        del ivf
+    hnsw_n = min(hnsw_n, n)
+    sub = xb[:hnsw_n]
+    if hnsw_n < n:  # ground truth on the subsample
+        f2 = faiss.IndexFlatL2(d)
+        f2.add(sub)
+        _, I_sub = knn_index.search(f2, xq, k)
+        del f2
+    else:
+        I_sub = I_gt
+    hn, t_h, m_h = build("hnsw", sub, ef_search=ef_search)
+    _, I = knn_index.search(hn, xq, k)
+    rows.append({"kind": "hnsw", "n": hnsw_n, "params": f"M=32 efSearch={ef_search}", "build_s": t_h,
+                 "memory_mb": _index_mb(hn), **_latency(hn, xq, k, n_single), "recall": _recall(I, I_sub),
+                 "found_k": float((I >= 0).sum(1).mean())})
+    del hn
+    return {"n": n, "d": d, "n_queries": n_queries, "n_single": n_single, "hnsw_n": hnsw_n,
+            "generate_s": gen_s, "ground_truth_s": gt_s, "label_agreement": agreement, "rows": rows,
+            "flat_latency": flat_latency}
+
+
+# ----------------------------------------------------------------------------- approximate search on the run
+def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int, ...], ef_search: int,
+              seed: int) -> dict[str, Any]:
+    """EER accuracy (aggregated over attacks, and errors) with IVF / HNSW next to the stored exact neighbours."""
+    from core import index as knn_index
+    from core import processing
+    from core.detector import Detector
+    from core.evaluation import RunData, SetNeighbours, detection_row
+    from core.features import extract
+
+    det = Detector.load(run, verify="none")
+    mode, fn = det.defaults["mode"], fn or det.defaults["fn"]
+    k = int(det.defaults["k"])
+    if layer is None:  # the report's best layer when there is one
+        try:
+            layer = det.run.load_json("report.json")["headline"]["best"]["layer"]
+        except Exception:  # noqa: BLE001
+            layer = det.layers[-1]
+    params, _ = det._get(layer, mode)
+    xb = processing.apply(params, det.run.load_npy(f"features/{layer}.npy", mmap=True))
+    exact = RunData(run, verify=False)
+    feats = {}
+    for s in exact.set_names:
+        imgs = exact.evalset(s)["images"]
+        feats[s] = processing.apply(params, extract(det.model, [layer], imgs, batch_size=500)[1][layer]) \
+            if len(imgs) else np.empty((0, xb.shape[1]), np.float32)
+    k_max = det.k_max
+
+    class Approx(RunData):
+        def __init__(self, index):
+            super().__init__(run, verify=False)
+            self.index = index
+
+        def neighbours(self, name, layer_, mode_):
+            key = (name, layer_, mode_)
+            if key not in self._nb:
+                if len(feats[name]):
+                    D, I = knn_index.search(self.index, feats[name], k_max)
+                else:
+                    D, I = np.empty((0, k_max), np.float32), np.empty((0, k_max), np.int64)
+                self._nb[key] = SetNeighbours(I, D)
+            return self._nb[key]
+
+    def summary(data: RunData) -> dict[str, Any]:
+        row = detection_row(data, layer, mode, fn, k)
+        found = [float((nb.I[:, :k] >= 0).sum(1).mean()) for nb in data._nb.values() if len(nb.I)]
+        return {"aggr": row["aggr"], "errors": row.get("errors", {}).get("eer_acc"),
+                "attacks": {a: v["eer_acc"] for a, v in row["attacks"].items()},
+                "found_k": float(np.mean(found)) if found else float("nan")}
+
+    ref = summary(exact)
+    rows = [{"index": "flat (stored, exact)", "build_s": float("nan"), **_flat(ref)}]
+    n = len(xb)
+    nlist = max(1, int(4 * math.sqrt(n)))
+    t = time.perf_counter()
+    ivf = knn_index.build(xb, kind="ivf", nlist=nlist, seed=seed)
+    t_ivf = time.perf_counter() - t
+    for nprobe in nprobes:
+        ivf.nprobe = nprobe
+        t = time.perf_counter()
+        s = summary(Approx(ivf))
+        rows.append({"index": f"ivf nlist={nlist} nprobe={nprobe}", "build_s": t_ivf,
+                     "search_s": time.perf_counter() - t, **_flat(s), "delta_aggr": s["aggr"] - ref["aggr"]})
+    t = time.perf_counter()
+    hn = knn_index.build(xb, kind="hnsw", ef_search=ef_search, seed=seed)
+    t_h = time.perf_counter() - t
+    t = time.perf_counter()
+    s = summary(Approx(hn))
+    rows.append({"index": f"hnsw M=32 efSearch={ef_search}", "build_s": t_h, "search_s": time.perf_counter() - t,
+                 **_flat(s), "delta_aggr": s["aggr"] - ref["aggr"]})
+    return {"run": str(run), "layer": layer, "mode": mode, "fn": fn, "k": k, "n_train": n, "d": int(xb.shape[1]),
+            "n_eval": {s: int(len(f)) for s, f in feats.items()}, "rows": rows}
+
+
+def _flat(s: dict[str, Any]) -> dict[str, Any]:
+    return {"aggr_eer_acc": s["aggr"], "errors_eer_acc": s["errors"], "found_k": s["found_k"],
+            **{f"eer_{a}": v for a, v in s["attacks"].items()}}
+
+
+def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: int = 1000, n_queries: int = 100,
+        n_single: int = 20, hnsw_n: int = 50_000, nlists: tuple[int, ...] = (1024,),
+        nprobes: tuple[int, ...] = (16, 64, 256), real_nprobes: tuple[int, ...] = (16, 64, 256),
+        flat_sizes: tuple[int, ...] = (60_000, 200_000, 500_000),
+        ef_search: int = 1200, layer: str | None = None, threads: int = 0, seed: int = 0,
+        out_dir: str | None = None) -> dict[str, Any]:
+    """Both parts; print the tables; write ``scale.json``."""
+    from core import index as knn_index
+
+    nthreads = C.set_threads(threads)
+    mach = C.machine()
+    t0 = time.perf_counter()
+    syn = synthetic_part(n, d, k=k, n_queries=n_queries, n_single=n_single, hnsw_n=hnsw_n, nlists=nlists,
+                         nprobes=nprobes, ef_search=ef_search, seed=seed, flat_sizes=flat_sizes)
+    syn["seconds"] = time.perf_counter() - t0
+    real = None
+    if C.run_exists(run):
+        t0 = time.perf_counter()
+        real = real_part(run, layer=layer, fn=None, nprobes=real_nprobes, ef_search=ef_search, seed=seed)
+        real["seconds"] = time.perf_counter() - t0
+    result = {"benchmark": "scale", "machine": mach, "auto": _auto_note(syn, real, knn_index.AUTO_IVF_MIN),
+              "settings": {"n": n, "d": d, "k": k, "n_queries": n_queries, "hnsw_n": hnsw_n, "nlists": nlists,
+                           "nprobes": nprobes, "ef_search": ef_search, "threads": nthreads,
+                           "auto_ivf_min": knn_index.AUTO_IVF_MIN},
+              "synthetic": syn, "real": real,
+              "note": None if real else f"no finished run at {run}: real-run part skipped"}
+    path = C.write_result("scale", result, out_dir)
+    print(render(result))
+    print(f"-> {path}")
+    return result
+
+
+def _auto_note(syn: dict[str, Any], real: dict[str, Any] | None, auto_min: int) -> str:
+    """What the figures say about ``kind = "auto"`` (flat below ``AUTO_IVF_MIN`` rows, IVF above)."""
+    lat = {r["n"]: r["p50_ms"] for r in syn.get("flat_latency", [])}
+    flat = next(r for r in syn["rows"] if r["kind"] == "flat")
+    lat[flat["n"]] = flat["single_p50_ms"]
+    ivf = [r for r in syn["rows"] if r["kind"] == "ivf"]
+    parts = [f"auto = flat below {auto_min} rows. Flat single-query p50 at d={syn['d']}: "
+             + ", ".join(f"{n}: {v:.0f} ms" for n, v in sorted(lat.items()))]
+    if ivf:
+        parts.append(f"IVF at {syn['n']}: " + ", ".join(f"{r['params']}: {r['single_p50_ms']:.0f} ms, recall "
+                                                          f"{r['recall']:.2f}" for r in ivf))
+    if real:
+        rows = real["rows"]
+        parts.append(f"on the real run ({real['n_train']} rows), Aggr. EER accuracy exact {rows[0]['aggr_eer_acc']:.4f}, "
+                     + ", ".join(f"{r['index']}: {r['aggr_eer_acc']:.4f} ({r['found_k']:.0f} of k found)"
+                                 for r in rows[1:]))
+    return "; ".join(parts)
+
+
+def render(result: dict[str, Any]) -> str:
+    m, s = result["machine"], result["synthetic"]
+    lines = [f"Scale: synthetic {s['n']}×{s['d']} float32 (HNSW on {s['hnsw_n']} rows), k = "
+             f"{result['settings']['k']}, recall@k on {s['n_queries']} queries ({m['cores']} cores, load "
+             f"{m['loadavg']}); generation {s['generate_s']:.0f} s, flat ground truth {s['ground_truth_s']:.1f} s; "
+             f"{s['label_agreement']:.0%} of the exact neighbours share the query's class",
+             C.table(s["rows"], ["kind", "n", "params", "build_s", "memory_mb", "single_p50_ms", "single_p95_ms",
+                                 "batch_qps", "recall", "found_k"])]
+    if s.get("flat_latency"):
+        lines += ["flat single-query latency by database size:",
+                  C.table(s["flat_latency"], ["n", "d", "p50_ms", "p95_ms", "batch_qps"])]
+    r = result.get("real")
+    if r:
+        cols = ["index", "build_s", "search_s", "found_k", "aggr_eer_acc", "delta_aggr", "errors_eer_acc"]
+        cols += [c for c in r["rows"][0] if c.startswith("eer_")]
+        lines += [f"Real run {r['run']}: layer {r['layer']} ({r['mode']}, {r['n_train']}×{r['d']}), {r['fn']}, "
+                  f"k = {r['k']}; eval sets {r['n_eval']}", C.table(r["rows"], cols, floatfmt=".4g")]
+    elif result.get("note"):
+        lines.append(f"NOTE: {result['note']}")
+    lines.append(result.get("auto", ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1_280_000, help="synthetic database rows")
+    p.add_argument("--hnsw-n", type=int, default=50_000, help="rows of the HNSW subsample")
+    p.add_argument("--nlist", type=int, action="append", help="IVF lists (repeatable; default 1024)")
+    p.add_argument("--queries", type=int, default=100, help="queries with a flat ground truth")
+    p.add_argument("--layer", help="layer of the real-run part (default: the report's best)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if a.quick:
+        run(a.run, n=50_000, hnsw_n=10_000, n_queries=20, n_single=5, k=100, nlists=(128,), nprobes=(16, 64),
+            flat_sizes=(20_000,), threads=a.threads, out_dir=a.out, layer=a.layer)
+    else:
+        run(a.run, n=a.n, hnsw_n=a.hnsw_n, n_queries=a.queries, threads=a.threads, out_dir=a.out, layer=a.layer,
+            nlists=tuple(a.nlist or (1024,)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

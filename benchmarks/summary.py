@@ -1,0 +1,207 @@
+"""Write ``benchmarks/README.md`` from the latest result files (``benchmarks/results/*.json``): every figure in it
+comes from a JSON file that a benchmark command wrote.
+
+    python -m benchmarks.summary                 # -> benchmarks/README.md
+    python -m benchmarks.summary --print         # to stdout instead
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _common as C
+
+ORDER = ("knn_search", "inspect_latency", "precompute", "scale", "app")
+COMMANDS = {
+    "knn_search": "python -m benchmarks.knn_search",
+    "inspect_latency": "python -m benchmarks.inspect_latency",
+    "precompute": "python -m benchmarks.precompute --rerun neighbours --compare --train-steps 30",
+    "scale": "python -m benchmarks.scale",
+    "app": "python -m benchmarks.app",
+}
+
+
+def _f(v: Any, fmt: str = ".3g") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return format(v, ".0f") if abs(v) >= 1000 else format(v, fmt)
+    return str(v)
+
+
+def _md(rows: list[dict[str, Any]], cols: list[tuple[str, str]], fmt: str = ".3g") -> str:
+    """Markdown table of ``rows`` with ``cols`` = [(key, header)]."""
+    out = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    out += ["| " + " | ".join(_f(r.get(k), fmt) for k, _ in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _machine(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    v = m.get("versions", {})
+    return (f"{m['date']}, {m['cores']} cores ({m['cpu_model']}), load average {m['loadavg']} at the start and "
+            f"{m.get('loadavg_end')} at the end; numpy {v.get('numpy')}, faiss {v.get('faiss')}, "
+            f"torch {v.get('torch')}, scikit-learn {v.get('sklearn')}")
+
+
+def _targets(r: dict[str, Any]) -> str:
+    t = r.get("targets") or {}
+    return "Targets: " + ", ".join(f"{k}: {_f(v)}" for k, v in t.items()) if t else ""
+
+
+def knn_search(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    a = r["all_layers"]
+    lines = [f"{s['n_queries']} queries, k = {s['k']}, run `{s['run']}`" + (f" — NOTE: {r['note']}" if r.get("note") else ""),
+             "",
+             _md(r["rows"], [("layer", "layer"), ("n", "N"), ("d", "D"), ("qps_ours", "ours q/s"),
+                             ("qps_faiss", "faiss as is"), ("qps_numpy", "numpy"), ("qps_torch", "torch"),
+                             ("qps_sklearn", "sklearn"), ("ours_vs_sklearn", "× sklearn"),
+                             ("ours_vs_numpy", "× numpy"), ("ours_vs_faiss", "× faiss"),
+                             ("gflops_ours", "GFLOP/s"), ("gflops_matmul", "matmul GFLOP/s"),
+                             ("frac_of_matmul", "of matmul"), ("qps_select_only", "select-only q/s"),
+                             ("recall_ours_vs_sklearn", "recall vs sklearn")]),
+             "",
+             f"All layers: ours {a['qps']['ours']:.0f} q/s = {a['ours_vs_sklearn']:.2f}× scikit-learn, "
+             f"{a['ours_vs_numpy']:.2f}× numpy, {a['ours_vs_faiss']:.2f}× faiss as is. Square sgemm peak "
+             f"{max(r['peak_gflops'].values()):.1f} GFLOP/s.", "", _targets(r)]
+    return "\n".join(lines)
+
+
+def inspect_latency(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    stages = ["prepare", "forward", "processing", "search", "scoring"]
+    return "\n".join([
+        f"One image, {len(s['layers'])} layers (dims {s['dims']}), N = {s['n_train']}, k = {s['k']}, "
+        f"{s['calls']} calls per variant after warm-up; milliseconds.", "",
+        _md(r["rows"], [("variant", "variant"), ("p50_ms", "p50"), ("p95_ms", "p95"),
+                        *[(f"{x}_p50", f"{x} p50") for x in stages], ("vs_ours_p50", "p50 / ours")]),
+        "", _targets(r)])
+
+
+def precompute(r: dict[str, Any]) -> str:
+    b = r["run_built_with"]
+    lines = [f"Run `{r['settings']['run']}` as built (stage times from its manifest; built with "
+             f"{b['versions'].get('cpu_count', '?')} CPUs, device {b['device']}"
+             f"{'' if b['finished'] else ', UNFINISHED'}):", "",
+             _md([{**x, "share": f"{x['share']:.0%}"} for x in r["stages"]],
+                 [("stage", "stage"), ("seconds", "seconds"), ("share", "share"), ("why", "what")]), "",
+             f"Total {r['total_seconds']:.0f} s."]
+    if r.get("dominant"):
+        d = r["dominant"]
+        lines.append(f"Dominant: **{d['stage']}** ({d['share']:.0%}): {d['why']}.")
+    tp = r.get("train_probe") or {}
+    if "train_projection_s" in tp:
+        lines.append(f"Train probe here and now (load {r['machine']['loadavg']}): "
+                     f"{tp['step_s_median'] * 1e3:.0f} ms per step of {tp['batch_size']} images × "
+                     f"{tp['train_steps']} steps = {tp['train_projection_s']:.0f} s for the train stage; the run "
+                     f"would total {r['total_with_train_projection_s']:.0f} s with it.")
+    for v, t in (r.get("rerun") or {}).items():
+        lines.append(f"Re-run here from `{r['settings']['rerun_from']}`, {v}: "
+                     + ", ".join(f"{k} {x:.1f} s" for k, x in t.items()) + ".")
+    if r.get("rerun_skipped"):
+        lines.append(f"Re-run skipped: {r['rerun_skipped']}.")
+    if r.get("rerun_speedup"):
+        lines.append("Speed-up of ours over faiss as is: "
+                     + ", ".join(f"{k} {x:.2f}×" for k, x in r["rerun_speedup"].items()) + ".")
+    lines += ["", _targets(r)]
+    return "\n".join(lines)
+
+
+def scale(r: dict[str, Any]) -> str:
+    s = r["synthetic"]
+    lines = [f"Synthetic {s['n']} × {s['d']} float32 (clustered; HNSW on {s['hnsw_n']} rows), k = "
+             f"{r['settings']['k']}, recall@k against flat on {s['n_queries']} queries, single-query latency over "
+             f"{s['n_single']} queries; {s.get('label_agreement', float('nan')):.0%} of the exact neighbours share the "
+             "query's class:", "",
+             _md(s["rows"], [("kind", "index"), ("n", "N"), ("params", "parameters"), ("build_s", "build s"),
+                             ("memory_mb", "memory MB"), ("single_p50_ms", "1 query p50 ms"),
+                             ("single_p95_ms", "p95 ms"), ("batch_qps", "batched q/s"), ("recall", "recall@k"),
+                             ("found_k", "found of k")])]
+    if s.get("flat_latency"):
+        lines += ["", "Flat single-query latency by database size (what `AUTO_IVF_MIN` trades):", "",
+                  _md(s["flat_latency"], [("n", "N"), ("d", "D"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+                                                   ("batch_qps", "batched q/s")])]
+    real = r.get("real")
+    if real:
+        att = [c for c in real["rows"][0] if c.startswith("eer_")]
+        lines += ["", f"Real run `{real['run']}`, layer {real['layer']} ({real['mode']}, {real['n_train']} × "
+                      f"{real['d']}), {real['fn']}, k = {real['k']}: EER accuracy with approximate neighbours",
+                  "", _md(real["rows"], [("index", "index"), ("build_s", "build s"), ("search_s", "search s"),
+                                         ("found_k", "neighbours found"),
+                                         ("aggr_eer_acc", "Aggr. EER acc."), ("delta_aggr", "Δ vs exact"),
+                                         ("errors_eer_acc", "Errors"), *[(c, c[4:]) for c in att]], fmt=".4g")]
+    elif r.get("note"):
+        lines.append(f"\nNOTE: {r['note']}")
+    if r.get("auto"):
+        lines += ["", f"Automatic index choice: {r['auto']}"]
+    return "\n".join(lines)
+
+
+def app(r: dict[str, Any]) -> str:
+    lib, e2e = r["library"], r["apptest"]
+    parts = ["scores", "roc", "rates_at", "densities", "curves", "total", "curves_loop"]
+    rows = [{"change": c.replace("_", " "), **{p: lib[c][p]["p50"] for p in parts},
+             "e2e50": e2e.get(c, {}).get("p50"), "e2e95": e2e.get(c, {}).get("p95")}
+            for c in ("threshold_change", "k_change")]
+    lines = [f"Threshold page, layer {lib['layer']} ({lib['mode']}, {lib['fn']}, k = {lib['k']}), sets "
+             f"{lib['set_sizes']}; p50 milliseconds over {r['settings']['changes']} changes (library = the page's "
+             "computation without Streamlit, `total` its sum; `curves loop` = the TPR/FPR curves computed one "
+             "threshold at a time, as the page first did; AppTest = the whole script rerun):", "",
+             _md(rows, [("change", "change"), *[(p, p.replace("_", " ")) for p in parts],
+                        ("e2e50", "AppTest p50"), ("e2e95", "AppTest p95")])]
+    if "skipped" in e2e:
+        lines.append(f"\nAppTest skipped: {e2e['skipped']}")
+    lines += ["", _targets(r)]
+    return "\n".join(lines)
+
+
+TITLES = {"knn_search": "kNN search: ours vs scikit-learn vs numpy, and the matmul limit",
+          "inspect_latency": "One image, all layers (Detector.inspect)",
+          "precompute": "Precompute", "scale": "Scale: flat vs IVF vs HNSW", "app": "App: Threshold page"}
+
+
+def render(results: Path = C.RESULTS) -> str:
+    """The README text from the result files found in ``results``."""
+    out = ["# Benchmarks", "",
+           "Generated by `python -m benchmarks.summary` from `benchmarks/results/*.json` (do not edit by hand).", "",
+           "Run everything (under 15 minutes on 2 cores) and regenerate this file:", "", "```bash",
+           "python -m benchmarks            # all five, then this summary", "python -m benchmarks --quick    # smoke run, small sizes",
+           "```", "",
+           "Every comparison is measured in one process, interleaved, best or median of several rounds: these "
+           "machines are shared and noisy, so ratios are the figures to read; absolute times move with the load "
+           "average recorded beside each table.", ""]
+    for name in ORDER:
+        p = Path(results) / f"{name}.json"
+        if not p.exists():
+            out += [f"## {TITLES[name]}", "", f"`{COMMANDS[name]}` — no result yet.", ""]
+            continue
+        r = json.loads(p.read_text())
+        out += [f"## {TITLES[name]}", "", f"`{COMMANDS[name]}`", "", f"Machine: {_machine(r)}.", "",
+                globals()[name](r), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default=str(C.RESULTS))
+    p.add_argument("--out", default=str(C.ROOT / "benchmarks" / "README.md"))
+    p.add_argument("--print", action="store_true", help="print instead of writing the file")
+    a = p.parse_args(argv)
+    text = render(Path(a.results))
+    if a.print:
+        print(text)
+    else:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Smoke tests of the benchmarks at toy sizes on the tiny run: each runs and writes a JSON result of the documented
+shape. No timing is asserted (the figures are for ``python -m benchmarks``, not for the test suite)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _load(out, name: str) -> dict:
+    r = json.loads((out / f"{name}.json").read_text())
+    assert r["benchmark"] == name
+    m = r["machine"]
+    assert m["cores"] >= 1 and m["cpu_model"] and len(m["loadavg"]) == 3 and len(m["loadavg_end"]) == 3
+    assert {"numpy", "faiss", "torch"} <= set(m["versions"]) and m["date"]
+    return r
+
+
+def test_knn_search(tiny_run, tmp_path):
+    from benchmarks import knn_search
+
+    knn_search.run(str(tiny_run), n_queries=30, k=10, rounds=1, out_dir=str(tmp_path))
+    r = _load(tmp_path, "knn_search")
+    assert [row["layer"] for row in r["rows"]] == ["conv2", "fc1"]
+    for row in r["rows"]:
+        assert row["nq"] == 30 and row["k"] == 10
+        assert all(row[f"qps_{m}"] > 0 for m in ("ours", "faiss", "numpy", "torch", "sklearn"))
+        assert row["recall_ours_vs_sklearn"] > 0.95  # same neighbours up to ties
+        assert 0 < row["frac_of_matmul"] and row["gflops_matmul"] > 0
+    assert set(r["targets"]) == {"ours_vs_sklearn>=3", "frac_of_matmul>=0.5"}
+    assert r["note"] is None  # real features of the run, not the synthetic fallback
+
+
+def test_knn_search_synthetic_fallback(tmp_path):
+    from benchmarks import knn_search
+
+    knn_search.run(str(tmp_path / "no-run"), n_queries=8, k=5, rounds=1, n_synth=500, out_dir=str(tmp_path))
+    r = _load(tmp_path, "knn_search")
+    assert "synthetic" in r["note"] and len(r["rows"]) == len(knn_search.SYNTH_DIMS)
+
+
+def test_inspect_latency(tiny_run, tmp_path):
+    from benchmarks import inspect_latency
+
+    inspect_latency.run(str(tiny_run), calls=4, k=10, chunk=2, warmup=1, out_dir=str(tmp_path))
+    r = _load(tmp_path, "inspect_latency")
+    assert [row["variant"] for row in r["rows"]] == list(inspect_latency.VARIANTS)
+    for v in r["variants"].values():
+        assert set(v) == {"total", *inspect_latency.STAGES} and v["total"]["p50"] > 0
+    assert r["settings"]["layers"] == ["conv2", "fc1"] and r["settings"]["k"] == 10
+
+
+def test_inspect_variants_restore_the_library():
+    import torch
+
+    from benchmarks import inspect_latency
+    from core import detector
+    from core import index as knn_index
+
+    search, limit, threads = knn_index.search, detector.SINGLE_THREAD_MAX_INPUT, torch.get_num_threads()
+    for v in inspect_latency.VARIANTS:
+        with inspect_latency._variant(v):
+            pass
+    assert knn_index.search is search and detector.SINGLE_THREAD_MAX_INPUT == limit
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="unknown variant"):
+        with inspect_latency._variant("nope"):
+            pass
+
+
+def test_precompute(tiny_run, tmp_path):
+    from benchmarks import precompute
+
+    before = (tiny_run / "manifest.json").read_text()
+    precompute.run(str(tiny_run), rerun_from="report", compare=True, train_steps=2, out_dir=str(tmp_path))
+    r = _load(tmp_path, "precompute")
+    assert (tiny_run / "manifest.json").read_text() == before  # the re-run works on a copy
+    names = [s["stage"] for s in r["stages"]]
+    assert names[:2] == ["data", "train"] and "neighbours" in names
+    assert r["dominant"]["stage"] in names and r["run_built_with"]["finished"]
+    assert r["total_seconds"] == pytest.approx(sum(s["seconds"] for s in r["stages"]))
+    assert set(r["rerun"]) == {"ours", "faiss_as_is"} and "report" in r["rerun"]["ours"]
+    tp = r["train_probe"]
+    assert tp["steps"] == 2 and tp["train_projection_s"] == pytest.approx(tp["step_s_median"] * tp["train_steps"])
+
+
+def test_scale(tiny_run, tmp_path):
+    from benchmarks import scale
+
+    scale.run(str(tiny_run), n=3000, d=16, k=10, n_queries=5, n_single=2, hnsw_n=1000, nlists=(16,), nprobes=(4,),
+              real_nprobes=(4,), flat_sizes=(1000,), out_dir=str(tmp_path))
+    r = _load(tmp_path, "scale")
+    kinds = [row["kind"] for row in r["synthetic"]["rows"]]
+    assert kinds == ["flat", "ivf", "hnsw"]
+    assert all(0 <= row["recall"] <= 1 for row in r["synthetic"]["rows"])
+    assert r["synthetic"]["rows"][0]["recall"] == 1.0 and r["synthetic"]["flat_latency"][0]["n"] == 1000
+    real = r["real"]
+    assert real["layer"] in ("conv2", "fc1") and real["rows"][0]["index"].startswith("flat")
+    assert [row["index"].split()[0] for row in real["rows"]] == ["flat", "ivf", "hnsw"]
+    assert all(0 <= row["aggr_eer_acc"] <= 1 for row in real["rows"])
+
+
+def test_app_library(tiny_run, tmp_path):
+    from benchmarks import app
+
+    app.run(str(tiny_run), changes=2, with_apptest=False, out_dir=str(tmp_path))
+    r = _load(tmp_path, "app")
+    for change in ("threshold_change", "k_change"):
+        assert {"scores", "roc", "densities", "curves", "total"} <= set(r["library"][change])
+    assert r["apptest"] == {"skipped": "not asked"}
+
+
+def test_app_curves_vectorized_equal_the_page_loop():
+    import numpy as np
+
+    from benchmarks import app
+
+    rng = np.random.default_rng(0)
+    groups = [rng.random(50), np.r_[rng.random(20), [np.nan, 0.0, 1.0, 0.5]]]
+    for a, b in zip(app._curves_loop(groups), app._curves_vectorized(groups)):
+        np.testing.assert_allclose(a, b)
+
+
+def test_summary_renders_every_result(tiny_run, tmp_path):
+    from benchmarks import app, knn_search, summary
+
+    knn_search.run(str(tiny_run), n_queries=10, k=5, rounds=1, out_dir=str(tmp_path))
+    app.run(str(tiny_run), changes=1, with_apptest=False, out_dir=str(tmp_path))
+    text = summary.render(tmp_path)
+    assert "python -m benchmarks" in text and "× sklearn" in text and "Threshold page" in text
+    assert "no result yet" in text  # the benchmarks not run here
+
+
+def test_precompute_rerun_refuses_a_run_being_rebuilt(tiny_run_copy, tmp_path):
+    """A run whose earlier stages are not done (rebuilt meanwhile) is not re-run: that would redo them too."""
+    from benchmarks import precompute
+    from core.artefacts import RunDir
+
+    RunDir(tiny_run_copy).invalidate(["evalsets"])
+    with pytest.raises(RuntimeError, match="evalsets"):
+        precompute.rerun(tiny_run_copy, "neighbours")
+    r = precompute.run(str(tiny_run_copy), rerun_from="neighbours", out_dir=str(tmp_path))
+    assert "evalsets" in r["rerun_skipped"] and not r["run_built_with"]["finished"]
