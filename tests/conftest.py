@@ -22,6 +22,17 @@ def need_fmnist() -> None:
         pytest.skip("Fashion-MNIST idx files missing: run `apt-get install -y dataset-fashion-mnist`")
 
 
+def screenshots_module(api: str = "sync_api"):
+    """``scripts/screenshots.py`` as a module (its server and Chromium helpers), or skip without Playwright."""
+    import importlib.util
+
+    pytest.importorskip(f"playwright.{api}", reason="pip install playwright (requirements-dev.txt)")
+    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """Path of a finished tiny run (built once per session with the real CLI)."""

@@ -8,13 +8,12 @@ and checks that the operating point follows; saves a full-page screenshot per pa
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, screenshots_module
 
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = ROOT / "docs" / "screenshots" / "tiny"
@@ -26,11 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _screenshots_module():
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
-    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return screenshots_module("sync_api")
 
 
 def _threshold(text: str) -> float:

@@ -12,7 +12,6 @@ benchmarks/results/load.json with the load average.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, screenshots_module
 
 CHROMIUM = Path("/usr/bin/chromium")
 SESSIONS = int(os.environ.get("KNNGUARD_LOAD_SESSIONS", "3"))  # real browsers: 20 contexts overload 2 cores; see test_load_sessions.py
@@ -45,11 +44,7 @@ MAIN_HAS_JS = """(parts) => { const m = document.querySelector('[data-testid="st
 
 
 def _shots():
-    pytest.importorskip("playwright.async_api", reason="pip install playwright (requirements-dev.txt)")
-    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return screenshots_module("async_api")
 
 
 async def _idle(page) -> None:

@@ -19,7 +19,9 @@ CODE += [ROOT / "app.py"] if (ROOT / "app.py").exists() else []
 
 def test_no_pickle_loads_in_the_code_base():
     bad = []
-    pattern = re.compile(r"import pickle|allow_pickle\s*=\s*True|joblib\.load|\bpickle\.loads?\(|torch\.load\(")
+    # built from pieces so this line does not match itself
+    pattern = re.compile("|".join(["import " + "pickle", r"allow_pickle\s*=\s*True", r"joblib\.load",
+                                   r"\bpickle\.loads?\(", "torch" + r"\.load\("]))
     for p in CODE:
         for i, line in enumerate(p.read_text().splitlines(), 1):
             if pattern.search(line) and "weights_only=True" not in line:
