@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -581,8 +582,9 @@ def how_to_read(text: str) -> None:
 #: Wall-time limit of one live attack (seconds; ``KNNGUARD_ATTACK_TIMEOUT_S`` overrides it). The attack runs on a
 #: worker thread; past the limit the page says so and carries on, and the late result is discarded.
 ATTACK_TIMEOUT_S = float(os.environ.get("KNNGUARD_ATTACK_TIMEOUT_S", "20"))
-#: At most this many attack threads at once in the process (abandoned ones included): a further request is
-#: refused with a message instead of piling up threads on a busy server.
+#: At most this many attack threads at once in the process (abandoned ones included): a further request waits for
+#: a free one within its own time limit (a queue, so many users clicking at once all get their attack), and past
+#: the limit is refused with a message instead of piling up threads on a busy server.
 MAX_ATTACK_THREADS = 4
 _attack_slots = __import__("threading").BoundedSemaphore(MAX_ATTACK_THREADS)
 
@@ -596,18 +598,20 @@ class AttackBusy(Exception):
 
 
 def run_bounded(fn, /, *args, timeout: float | None = None, **kwargs):
-    """``fn(*args, **kwargs)`` on a worker thread, waiting at most ``timeout`` seconds (default
-    :data:`ATTACK_TIMEOUT_S`, read at call time).
+    """``fn(*args, **kwargs)`` on a worker thread, within ``timeout`` seconds in all (default
+    :data:`ATTACK_TIMEOUT_S`, read at call time), waiting for a free slot included.
 
-    Raises :class:`AttackTimeout` past the limit (the thread finishes on its own and its result is dropped) and
-    :class:`AttackBusy` when :data:`MAX_ATTACK_THREADS` attacks are already running. ``fn``'s own exceptions
-    propagate.
+    Raises :class:`AttackBusy` when no slot of :data:`MAX_ATTACK_THREADS` frees within the limit and
+    :class:`AttackTimeout` when ``fn`` runs past what is left of it (the thread finishes on its own and its result
+    is dropped). ``fn``'s own exceptions propagate.
     """
     import concurrent.futures as cf
 
     limit = ATTACK_TIMEOUT_S if timeout is None else float(timeout)
-    if not _attack_slots.acquire(blocking=False):
-        raise AttackBusy(f"{MAX_ATTACK_THREADS} attacks are already running on this server")
+    t0 = time.monotonic()
+    if not _attack_slots.acquire(timeout=limit):
+        raise AttackBusy(f"{MAX_ATTACK_THREADS} attacks kept every slot of this server busy for {limit:g} s")
+    left = max(0.0, limit - (time.monotonic() - t0))
     pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnguard-attack")
     try:
         fut = pool.submit(fn, *args, **kwargs)
@@ -618,6 +622,6 @@ def run_bounded(fn, /, *args, timeout: float | None = None, **kwargs):
     fut.add_done_callback(lambda _f: _attack_slots.release())
     pool.shutdown(wait=False)  # the thread ends when fn returns; nothing waits for it
     try:
-        return fut.result(timeout=limit)
+        return fut.result(timeout=left)
     except cf.TimeoutError:
         raise AttackTimeout(f"stopped after {limit:g} s") from None

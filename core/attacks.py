@@ -34,6 +34,7 @@ import abc
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,35 +165,48 @@ def _logits(model: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.n
 
 @contextlib.contextmanager
 def _attack_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put every module in eval mode and freeze the parameters; restore both exactly as found."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in grads:
+    """Put every module in eval mode and freeze the parameters; restore both exactly as found.
+
+    Only what differs is written: a model already in eval mode with frozen weights (as :class:`core.detector.
+    Detector` loads it) is not touched at all, so any number of threads may attack it at once.
+    """
+    modes = [(m, m.training) for m in model.modules() if m.training]
+    grads = [p for p in model.parameters() if p.requires_grad]
+    for m, _ in modes:
+        m.training = False
+    for p in grads:
         p.requires_grad_(False)  # input gradients only: no .grad side effects on the weights, and faster
     try:
         yield
     finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in grads:
-            p.requires_grad_(flag)
+        for m, _ in modes:
+            m.training = True
+        for p in grads:
+            p.requires_grad_(True)
+
+
+#: numpy's and torch's global RNGs are one per process: an attack that draws from them holds this lock from
+#: seeding to its last draw, so two users attacking at once cannot reseed each other (seed 0 gives the same
+#: images whatever else runs). Attacks that draw nothing (:meth:`Attack.draws_random` False) never take it.
+_GLOBAL_RNG_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch and numpy's global RNG (ART draws PGD's random start from it); restore both afterwards."""
-    np_state = np.random.get_state()
+    """Seed torch and numpy's global RNG (ART draws PGD's random start from it) under
+    :data:`_GLOBAL_RNG_LOCK`; restore both afterwards."""
     devices = []
     if device.type == "cuda":
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
+    with _GLOBAL_RNG_LOCK:
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            try:
+                yield
+            finally:
+                np.random.set_state(np_state)
 
 
 def _check_images(x: Any) -> np.ndarray:
@@ -262,6 +276,14 @@ class Attack(abc.ABC):
             k: p.check(k, self.name, params.get(k, p.default)) for k, p in self.spec.items()
         }
 
+    def draws_random(self) -> bool:
+        """Whether :meth:`run` draws from numpy's or torch's global RNG with these parameters.
+
+        True (the safe default for subclasses) seeds both with ``seed`` and serialises the run with every other
+        random attack of the process; deterministic attacks return False and run concurrently, unseeded.
+        """
+        return True
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
@@ -288,7 +310,8 @@ class Attack(abc.ABC):
         target : ndarray of int64, shape (N,), or None
             Target class per image; required by targeted attacks, ignored by untargeted ones.
         seed : int
-            Seeds torch and numpy's global RNG for the attack; both RNG states are restored afterwards.
+            Seeds torch and numpy's global RNG for an attack that draws from them (:meth:`draws_random`), under a
+            process-wide lock; both RNG states are restored afterwards. Deterministic attacks ignore it.
         progress : bool
             Show a tqdm progress bar.
 
@@ -322,7 +345,7 @@ class Attack(abc.ABC):
                 target = _check_target(target, n, n_classes, self.name)
                 if (same := int((target == original).sum())):
                     log.warning("%s: %d of %d targets equal the prediction on x (trivial success)", self.name, same, n)
-            with _seeded(seed, device):
+            with _seeded(seed, device) if self.draws_random() else contextlib.nullcontext():
                 x_adv = self.run(model, x, target, progress=progress)
             x_adv = np.asarray(x_adv, dtype=np.float32)
             if x_adv.shape != x.shape:
@@ -414,6 +437,9 @@ class PGD(Attack):
         """(eps, step, steps, random_starts) handed to ART's PGD; subclasses fix some of them."""
         return dict(self.params)
 
+    def draws_random(self) -> bool:
+        return self._schedule()["random_starts"] > 0
+
     def run(self, model, x, target, *, progress=False):
         from art.attacks.evasion import ProjectedGradientDescent
 
@@ -494,6 +520,9 @@ class CarliniL2(Attack):
         "binary_search_steps": _Param(3, "int", 1, 20, "rounds of the binary search over c"),
         "initial_const": _Param(1.0, "float", 0.001, 1000.0, "first value of the trade-off constant c (log scale)"),
     }
+
+    def draws_random(self) -> bool:
+        return False  # no random draw: deterministic given model and x
 
     def run(self, model, x, target, *, progress=False):
         from tqdm.auto import tqdm
@@ -576,6 +605,9 @@ class DeepFool(Attack):
         "candidates": _Param(10, "int", 2, 1000, "most likely classes considered (capped at the class count)"),
     }
 
+    def draws_random(self) -> bool:
+        return False  # no random draw: deterministic given model and x
+
     def run(self, model, x, target, *, progress=False):
         from art.attacks.evasion import DeepFool as ArtDeepFool
 
@@ -631,6 +663,9 @@ class LBFGS(Attack):
         "max_iter": _Param(20, "int", 1, 1000, "L-BFGS-B iterations per solve"),
     }
     _chunk: ClassVar[int] = 256  # images solved jointly at most
+
+    def draws_random(self) -> bool:
+        return False  # no random draw: deterministic given model and x
 
     def run(self, model, x, target, *, progress=False):
         from tqdm.auto import tqdm

@@ -12,6 +12,7 @@ a score under the threshold means "do not trust this prediction".
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -43,6 +44,39 @@ MAX_BATCH = 4096
 #: 10 ms on one thread against 160 ms on two for Fashion-MNIST on a busy 2-core machine). Larger models keep
 #: every thread.
 SINGLE_THREAD_MAX_INPUT = 64 * 64 * 3
+
+
+class _OneTorchThread:
+    """Context manager: torch on one thread while at least one caller is inside, then the count as found.
+
+    ``torch.set_num_threads`` is one setting for the whole process (a second Python thread reads the value the
+    first one set), so concurrent single-image passes must not each save and restore it: the first to enter
+    saves and lowers it, the last to leave restores it, under a lock. A batch scored meanwhile in another thread
+    runs on one thread too (slower, same result).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = 1
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = torch.get_num_threads()
+                if self._saved > 1:
+                    torch.set_num_threads(1)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0 and self._saved > 1:
+                torch.set_num_threads(self._saved)
+
+
+#: The process's one guard of torch's thread count (the count itself is process-global).
+_ONE_TORCH_THREAD = _OneTorchThread()
 
 
 class IncompleteRun(ArtefactError):
@@ -250,15 +284,8 @@ class Detector:
     # ------------------------------------------------------------------ scoring
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         one = len(images) == 1 and images[0].size <= SINGLE_THREAD_MAX_INPUT
-        n_threads = torch.get_num_threads()  # OpenMP keeps the count per calling thread
-        if one and n_threads > 1:
-            torch.set_num_threads(1)
-        try:
-            with torch.no_grad():
-                logits, feats = self._extractor(torch.from_numpy(to_float(images)))
-        finally:
-            if one and n_threads > 1:
-                torch.set_num_threads(n_threads)
+        with _ONE_TORCH_THREAD if one else contextlib.nullcontext(), torch.no_grad():
+            logits, feats = self._extractor(torch.from_numpy(to_float(images)))
         probs = torch.softmax(logits.float(), 1).numpy()
         return probs, {k: v.numpy() for k, v in feats.items()}
 

@@ -183,3 +183,19 @@ def test_run_bounded_refuses_when_every_slot_is_taken(monkeypatch):
             time.sleep(0.05)
     else:
         pytest.fail("slots never freed")
+
+
+def test_run_bounded_queues_for_a_slot_within_its_limit():
+    """With every slot busy, a request waits for the first to free instead of being refused at once."""
+    import threading
+
+    from app_pages import _common as ui
+
+    gate = threading.Event()
+    for _ in range(ui.MAX_ATTACK_THREADS):
+        with pytest.raises(ui.AttackTimeout):
+            ui.run_bounded(gate.wait, 5, timeout=0.01)
+    threading.Timer(0.3, gate.set).start()
+    t0 = time.monotonic()
+    assert ui.run_bounded(lambda: 7, timeout=10) == 7
+    assert 0.25 < time.monotonic() - t0 < 10

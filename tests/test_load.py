@@ -1,13 +1,17 @@
-"""Load: 20 concurrent browser sessions against `streamlit run app.py` on the tiny run (Playwright's async API
-driving one Debian Chromium with 20 contexts), through Inspect, Threshold and Attack.
+"""Load in real browsers: concurrent Chromium sessions against `streamlit run app.py` on the tiny run (Playwright's
+async API driving one Debian Chromium, one context per session), through Inspect, Threshold and Attack.
+
+Three sessions by default (``KNNGUARD_LOAD_SESSIONS``): each Chromium tab renders the React app, and 20 of them
+took 10 minutes of CI's two cores. The 20-session load test is tests/test_load_sessions.py (the same actions over
+Streamlit's websocket protocol, without the rendering).
 
     .venv/bin/python -m pytest tests/test_load.py -q -s        # or: -m load
 
-Each session picks its own evaluation image (index 1..20) and checks the prediction shown is that image's stored
+Each session picks its own evaluation image (index 1..N) and checks the prediction shown is that image's stored
 prediction, moves the threshold slider its own number of steps and checks the operating point shows its own value,
 then runs FGSM and checks the attack page names its own image: any cross-talk between sessions' state fails. Per
 action latency (action start -> expected text visible) p50/p95 is printed and written to
-benchmarks/results/load.json with the load average.
+benchmarks/results/load_browser.json with the load average.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import pytest
 from tests.conftest import ROOT, screenshots_module
 
 CHROMIUM = Path("/usr/bin/chromium")
-SESSIONS = int(os.environ.get("KNNGUARD_LOAD_SESSIONS", "3"))  # real browsers: 20 contexts overload 2 cores; see test_load_sessions.py
+SESSIONS = int(os.environ.get("KNNGUARD_LOAD_SESSIONS", "3"))
 ACTION_TIMEOUT_MS = int(os.environ.get("KNNGUARD_LOAD_ACTION_TIMEOUT_MS", "60000"))
 OUT = ROOT / "benchmarks" / "results" / "load_browser.json"
 
