@@ -9,7 +9,10 @@ each adversarial set is a negative set; ``errors`` (authentic, misclassified) is
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +22,18 @@ from core.artefacts import RunDir
 __all__ = ["POSITIVE_SETS", "ERRORS_SET", "RunData", "SetNeighbours", "detection_row", "detection_table"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def _read_only(arrays: _T) -> _T:
+    """Mark an array, or every array of a dict of them, read-only (in place) and return it: shared data that a
+    caller changes by mistake raises instead of changing what other users see."""
+    for a in arrays.values() if isinstance(arrays, dict) else [arrays]:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    return arrays
+
 
 POSITIVE_SETS = ("authentic", "noise")
 ERRORS_SET = "errors"
@@ -50,7 +65,18 @@ class RunData:
         self.config: dict = m.get("config", {})
         self._sets: dict[str, dict[str, np.ndarray]] = {}
         self._nb: dict[tuple[str, str, str], SetNeighbours] = {}
-        self.train_labels = self.run.load_npy("train_labels.npy", verify=verify)
+        self._lock = threading.RLock()  # one load per file however many threads ask at once
+        self.train_labels = _read_only(self.run.load_npy("train_labels.npy", verify=verify))
+
+    def _once(self, cache: dict, key: Any, load: Callable[[], Any]) -> Any:
+        """``cache[key]``, loaded by ``load()`` the first time under the lock (thread-safe, loaded once)."""
+        hit = cache.get(key)
+        if hit is None:
+            with self._lock:
+                hit = cache.get(key)
+                if hit is None:
+                    hit = cache[key] = load()
+        return hit
 
     @property
     def set_names(self) -> list[str]:
@@ -76,13 +102,11 @@ class RunData:
     def train_image(self, i: int) -> np.ndarray | None:
         """Training image ``i`` as uint8 (H, W, C): from ``train_images.npy`` when the run keeps the training
         images, else its stored JPEG thumbnail (``thumbs/bank.npz``); None if neither has it."""
-        if "train_images" not in self._sets:
-            self._sets["train_images"] = (
-                {"images": self.run.load_npy("train_images.npy", mmap=True)}
-                if self.run.is_recorded("train_images.npy") else
-                self.run.load_npz("thumbs/bank.npz", verify=self.verify) if self.run.is_recorded("thumbs/bank.npz")
-                else {})
-        store = self._sets["train_images"]
+        store = self._once(self._sets, "train_images", lambda: (
+            {"images": self.run.load_npy("train_images.npy", mmap=True)}
+            if self.run.is_recorded("train_images.npy") else
+            _read_only(self.run.load_npz("thumbs/bank.npz", verify=self.verify))
+            if self.run.is_recorded("thumbs/bank.npz") else {}))
         if "images" in store:
             return np.asarray(store["images"][i])
         if "ids" in store:
@@ -98,18 +122,20 @@ class RunData:
         return None
 
     def evalset(self, name: str) -> dict[str, np.ndarray]:
-        """Arrays of set ``name``: images uint8 (n, H, W, C), true, predicted, target, source (n,)."""
-        if name not in self._sets:
-            self._sets[name] = self.run.load_npz(f"evalsets/{name}.npz", verify=self.verify)
-        return self._sets[name]
+        """Arrays of set ``name``: images uint8 (n, H, W, C), true, predicted, target, source (n,).
+
+        Shared by every caller (the app's sessions) and read-only: copy an array before changing it.
+        """
+        return self._once(self._sets, name,
+                          lambda: _read_only(self.run.load_npz(f"evalsets/{name}.npz", verify=self.verify)))
 
     def neighbours(self, name: str, layer: str, mode: str) -> SetNeighbours:
         """Stored neighbours of set ``name`` for ``layer`` and processing ``mode``."""
-        key = (name, layer, mode)
-        if key not in self._nb:
-            z = self.run.load_npz(f"neighbours/{name}/{layer}-{mode}.npz", verify=self.verify)
-            self._nb[key] = SetNeighbours(z["I"], z["D"])
-        return self._nb[key]
+        def load() -> SetNeighbours:
+            z = _read_only(self.run.load_npz(f"neighbours/{name}/{layer}-{mode}.npz", verify=self.verify))
+            return SetNeighbours(z["I"], z["D"])
+
+        return self._once(self._nb, (name, layer, mode), load)
 
     def scores(self, name: str, layer: str, mode: str, fn: str, k: int) -> np.ndarray:
         """kNN scores (n,) of the predicted class for every image of set ``name``."""

@@ -120,3 +120,14 @@ def test_attack_restores_a_training_model_exactly():
     x = np.full((2, 1, 4, 4), 0.5, np.float32)
     run_attack("fgsm", model, x, target=np.array([0, 1]), eps=0.1)
     assert _same_state(before, _model_state(model))
+
+
+def test_run_data_loads_each_file_once_and_shares_it_read_only(tiny_run):
+    """Sessions asking for the same set at once get the one shared copy, which nobody can change in place."""
+    data = RunData(tiny_run, verify=True)
+    sets = _together(lambda: data.evalset("authentic"), [() for _ in range(THREADS)])
+    nbs = _together(lambda: data.neighbours("authentic", data.layers[0], data.modes[0]), [() for _ in range(THREADS)])
+    assert all(s is sets[0] for s in sets) and all(n is nbs[0] for n in nbs)
+    for arr in (sets[0]["images"], sets[0]["predicted"], nbs[0].I, nbs[0].D, data.train_labels):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = arr[0]
