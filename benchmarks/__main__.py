@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process, then write benchmarks/README.md from the results.
 
-    python -m benchmarks                          # all, on data/runs/fmnist (about 10-15 minutes on 2 cores)
+    python -m benchmarks                          # all, on data/runs/fmnist (about 15 minutes on 2 cores)
     python -m benchmarks --quick                  # smoke run: small sizes, figures not comparable
     python -m benchmarks --only knn_search,app    # a subset
     python -m benchmarks --run data/runs/other    # another run
@@ -24,6 +24,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("precompute", ["--rerun", "neighbours", "--compare", "--train-steps", "30"]),
     ("scale", []),
     ("app", []),
+    ("load", []),
 ]
 
 

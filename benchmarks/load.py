@@ -3,6 +3,7 @@
     python -m benchmarks.load                         # 20 sessions on data/runs/fmnist
     python -m benchmarks.load --sessions 40 --rounds 3
     python -m benchmarks.load --run /tmp/runs/tiny    # any finished run
+    python -m benchmarks.load --post-script-gc        # Streamlit's default full GC after each rerun (before)
 
 Each session is a browser-like client of Streamlit's own server on loopback (:mod:`benchmarks.st_client`: the
 page and health check over HTTP, then the app's websocket protocol, as the frontend speaks it). All sessions do
@@ -27,12 +28,15 @@ tiny test run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import logging
+import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +165,22 @@ async def drive(url: str, sessions: int, truth: dict, *, rounds: int = 1,
     return lat, problems
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block (nothing when ``value`` is None), as found after."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
 async def _cold_open(url: str, timeout: float) -> float:
     """Seconds of the first session's first page on a fresh server (detector loading included)."""
     async with Session.open(url, timeout=timeout) as ses:
@@ -169,13 +189,18 @@ async def _cold_open(url: str, timeout: float) -> float:
         return ses.last.seconds
 
 
-def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float = 120) -> dict[str, Any]:
-    """Serve ``run``'s folder, drive it, and return the result (latencies in ms, problems, load average)."""
+def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float = 120,
+            post_script_gc: bool = False) -> dict[str, Any]:
+    """Serve ``run``'s folder, drive it, and return the result (latencies in ms, problems, load average).
+
+    ``post_script_gc`` serves with Streamlit's default ``runner.postScriptGC = true`` (a full garbage collection
+    after every script run), which ``.streamlit/config.toml`` turns off: the before/after of that setting.
+    """
     run = Path(run).resolve()
     truth = truth_of(run)
     serve = _serve()
     t0 = time.perf_counter()
-    with serve(run.parent) as url:
+    with _env("STREAMLIT_RUNNER_POST_SCRIPT_GC", "true" if post_script_gc else None), serve(run.parent) as url:
         cold = asyncio.run(_cold_open(url, timeout))  # one user first: the server loads the model and indexes
         load_before = C.loadavg()
         t1 = time.perf_counter()
@@ -183,7 +208,7 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
         drive_s = time.perf_counter() - t1
         load_after = C.loadavg()
     return {
-        "sessions": sessions, "rounds": rounds, "run": str(run),
+        "sessions": sessions, "rounds": rounds, "run": str(run), "post_script_gc": post_script_gc,
         "client": "benchmarks/st_client.py: Streamlit's websocket protocol, one connection per session, "
                   "all sessions in step (barrier per action)",
         "server": "streamlit run app.py on 127.0.0.1 (scripts/screenshots.py serve)",
@@ -208,15 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=20, help="concurrent sessions (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="inspect/threshold/attack rounds per session (default 2)")
     p.add_argument("--timeout", type=float, default=120, help="seconds one action may take (default 120)")
+    p.add_argument("--post-script-gc", action="store_true",
+                   help="serve with Streamlit's default full gc.collect after every rerun (the setting before)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not C.run_exists(a.run):
         p.error(f"{a.run} is not a finished run: build it with `python -m precompute` first")
     if a.quick:
         a.sessions, a.rounds = min(a.sessions, 4), 1
-    result = measure(a.run, a.sessions, rounds=a.rounds, timeout=a.timeout)
+    result = measure(a.run, a.sessions, rounds=a.rounds, timeout=a.timeout, post_script_gc=a.post_script_gc)
     result["command"] = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = C.write_result("load", result, a.out)
+    path = C.write_result("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
     print(report(result))
     for line in result["problems"]:
         print("  problem:", line)
