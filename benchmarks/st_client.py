@@ -39,7 +39,8 @@ _NO_TEXT = {"plotly_chart", "vega_lite_chart", "dataframe", "arrow_data_frame", 
 
 
 class ProtocolError(RuntimeError):
-    """The server answered something a browser could not go on from (compile error, page not found, closed)."""
+    """The server answered something a browser could not go on from (the app failed to compile, page not
+    found); a dropped connection raises ``websockets``' own ``ConnectionClosed``."""
 
 
 @dataclass
@@ -52,7 +53,7 @@ class RunResult:
         Each element of the run at its delta path; a later delta at the same path replaces an earlier one, as in
         the browser. :meth:`fields` gives one as a dict.
     blocks : dict tuple -> dict
-        The layout blocks (containers, columns) by delta path, with their ``key`` where the app gave one.
+        The layout blocks (containers, columns) by delta path; a keyed container's ``id`` ends with its key.
     seconds : float
         From sending the request to the last ``script_finished``.
     """

@@ -170,16 +170,16 @@ def _attack_mode(model: torch.nn.Module) -> Iterator[None]:
     Only what differs is written: a model already in eval mode with frozen weights (as :class:`core.detector.
     Detector` loads it) is not touched at all, so any number of threads may attack it at once.
     """
-    modes = [(m, m.training) for m in model.modules() if m.training]
+    training = [m for m in model.modules() if m.training]
     grads = [p for p in model.parameters() if p.requires_grad]
-    for m, _ in modes:
+    for m in training:
         m.training = False
     for p in grads:
         p.requires_grad_(False)  # input gradients only: no .grad side effects on the weights, and faster
     try:
         yield
     finally:
-        for m, _ in modes:
+        for m in training:
             m.training = True
         for p in grads:
             p.requires_grad_(True)
