@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -175,26 +176,10 @@ def run(run: str = str(C.DEFAULT_RUN), *, changes: int = 10, with_apptest: bool 
               "library": lib, "apptest": e2e,
               "targets": {"p50<300ms": worst < TARGET_MS}}
     path = C.write_result("app", result, out_dir)
-    print(render(result))
+    print(section("app", result))  # the README's renderer: one per result
     print(f"-> {path}")
     return result
 
-
-def render(result: dict[str, Any]) -> str:
-    m, lib, e2e = result["machine"], result["library"], result["apptest"]
-    parts = ["scores", "roc", "rates_at", "densities", "curves", "total", "curves_loop"]
-    rows = []
-    for change in ("threshold_change", "k_change"):
-        rows.append({"change": change, **{p: lib[change][p]["p50"] for p in parts},
-                     "apptest_p50": e2e.get(change, {}).get("p50", float("nan")),
-                     "apptest_p95": e2e.get(change, {}).get("p95", float("nan"))})
-    head = (f"Threshold page, layer {lib['layer']} ({lib['mode']}, {lib['fn']}, k = {lib['k']}), sets "
-            f"{lib['set_sizes']} ({m['cores']} cores, load {m['loadavg']}); p50 ms over "
-            f"{result['settings']['changes']} changes")
-    out = [head, C.table(rows, ["change", *parts, "apptest_p50", "apptest_p95"])]
-    if "skipped" in e2e:
-        out.append(f"AppTest: skipped ({e2e['skipped']})")
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,10 @@ def run(run: str = str(C.DEFAULT_RUN), *, calls: int = 200, k: int = 1000, varia
               "targets": {"p50<50ms": summ["ours"]["total"]["p50"] < 50,
                           "p50<20ms (aim)": summ["ours"]["total"]["p50"] < 20}}
     path = C.write_result("inspect_latency", result, out_dir)
-    print(render(result))
+    print(section("inspect_latency", result))  # the README's renderer: one per result
     print(f"-> {path}")
     return result
 
-
-def render(result: dict[str, Any]) -> str:
-    m, s = result["machine"], result["settings"]
-    head = (f"Detector.inspect, one image, {len(s['layers'])} layers {s['dims']}, k = {s['k']}, N = {s['n_train']}, "
-            f"{s['calls']} calls per variant ({m['cores']} cores, {m['cpu_model']}, load {m['loadavg']}); ms")
-    return head + "\n" + C.table(result["rows"], ["variant", "p50_ms", "p95_ms", *[f"{st}_p50" for st in STAGES],
-                                                  "vs_ours_p50"])
 
 
 def main(argv: list[str] | None = None) -> int:

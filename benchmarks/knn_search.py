@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -170,30 +171,10 @@ def run(run: str = str(C.DEFAULT_RUN), *, n_queries: int = 1000, k: int = 1000, 
                           "every layer >=3x sklearn": min(r["ours_vs_sklearn"] for r in rows) >= 3,
                           "every layer >=50% of matmul": min(r["frac_of_matmul"] for r in rows) >= 0.5}}
     path = C.write_result("knn_search", result, out_dir)
-    print(render(result))
+    print(section("knn_search", result))  # the README's renderer: one per result
     print(f"-> {path}")
     return result
 
-
-def render(result: dict[str, Any]) -> str:
-    """The result as text tables."""
-    m = result["machine"]
-    lines = [f"kNN search, {result['settings']['n_queries']} queries, k = {result['settings']['k']} "
-             f"({m['cores']} cores, {m['cpu_model']}, load {m['loadavg']})"]
-    if result.get("note"):
-        lines.append(f"NOTE: {result['note']}")
-    lines.append(C.table(result["rows"], ["layer", "n", "d", "qps_ours", "qps_faiss", "qps_numpy", "qps_torch",
-                                          "qps_sklearn", "ours_vs_sklearn", "ours_vs_numpy", "ours_vs_faiss",
-                                          "recall_ours_vs_sklearn"]))
-    lines.append("Distance to the limit (GFLOP/s = 2·N·D per query; matmul = xq @ xb.T of the same shape; "
-                 "select-only = top-k of a precomputed distance block):")
-    lines.append(C.table(result["rows"], ["layer", "d", "gflops_ours", "gflops_matmul", "frac_of_matmul",
-                                          "qps_matmul_only", "qps_select_only"]))
-    a = result["all_layers"]
-    lines.append(f"all layers: ours {a['qps']['ours']:.0f} q/s, {a['ours_vs_sklearn']:.2f}× sklearn, "
-                 f"{a['ours_vs_numpy']:.2f}× numpy, {a['ours_vs_faiss']:.2f}× faiss as is; square sgemm peak "
-                 f"{max(result['peak_gflops'].values()):.1f} GFLOP/s")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ import numpy as np
 
 from benchmarks import _common as C
 from benchmarks.st_client import Session
+from benchmarks.summary import section
 
 log = logging.getLogger("benchmarks.load")
 
@@ -220,14 +221,6 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
     }
 
 
-def report(result: dict[str, Any]) -> str:
-    rows = [{"action": a, "n": v["n"], "p50 ms": v["p50"], "p95 ms": v["p95"], "max ms": v["max"]}
-            for a, v in result["latency_ms"].items()]
-    head = (f"{result['sessions']} concurrent sessions x {result['rounds']} round(s) in {result['drive_s']} s, "
-            f"{result['errors']} problem(s); load average {result['loadavg_after'][0]} (1 min)")
-    return head + "\n" + C.table(rows, floatfmt=".1f")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=20, help="concurrent sessions (default 20)")
@@ -244,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(a.run, a.sessions, rounds=a.rounds, timeout=a.timeout, post_script_gc=a.post_script_gc)
     result["command"] = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
     path = C.write_result("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
-    print(report(result))
-    for line in result["problems"]:
-        print("  problem:", line)
+    print(section("load_post_script_gc" if a.post_script_gc else "load", result))
     print(f"wrote {path}")
     return 1 if result["problems"] else 0
 

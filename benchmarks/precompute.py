@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -203,35 +204,10 @@ def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, compare
             a, b = result["rerun"]["ours"], result["rerun"]["faiss_as_is"]
             result["rerun_speedup"] = {k: b[k] / a[k] for k in a if k in b and min(a[k], b[k]) >= 0.5}
     path = C.write_result("precompute", result, out_dir)
-    print(render(result))
+    print(section("precompute", result))  # the README's renderer: one per result
     print(f"-> {path}")
     return result
 
-
-def render(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    built = result["run_built_with"]
-    lines = [f"Precompute stages of {result['settings']['run']} (built with {built['versions'].get('cpu_count', '?')} "
-             f"CPUs, device {built['device']}; {'finished' if built['finished'] else 'UNFINISHED'})",
-             C.table(result["stages"], ["stage", "seconds", "share", "why"]),
-             f"total {result['total_seconds']:.0f} s (target < {TARGET_S:.0f} s, aim {AIM_S:.0f} s)"]
-    if result.get("dominant"):
-        d = result["dominant"]
-        lines.append(f"dominant: {d['stage']} ({d['share']:.0%}): {d['why']}")
-    tp = result.get("train_probe") or {}
-    if "train_projection_s" in tp:
-        lines.append(f"train probe here (load {m['loadavg']}): {tp['step_s_median'] * 1e3:.0f} ms per step of "
-                     f"{tp['batch_size']} images × {tp['train_steps']} steps = {tp['train_projection_s']:.0f} s "
-                     f"(run total with it: {result['total_with_train_projection_s']:.0f} s)")
-    for v, t in result.get("rerun", {}).items():
-        lines.append(f"re-run here ({m['cores']} cores, load {m['loadavg']}), {v}: "
-                     + ", ".join(f"{k} {s:.1f} s" for k, s in t.items()))
-    if result.get("rerun_skipped"):
-        lines.append(f"re-run skipped: {result['rerun_skipped']}")
-    if result.get("rerun_speedup"):
-        lines.append("speed-up of ours over faiss as is: "
-                     + ", ".join(f"{k} {s:.2f}×" for k, s in result["rerun_speedup"].items()))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: i
               "synthetic": syn, "real": real,
               "note": None if real else f"no finished run at {run}: real-run part skipped"}
     path = C.write_result("scale", result, out_dir)
-    print(render(result))
+    print(section("scale", result))  # the README's renderer: one per result
     print(f"-> {path}")
     return result
 
@@ -264,28 +264,6 @@ def _auto_note(syn: dict[str, Any], real: dict[str, Any] | None, auto_min: int) 
                                  for r in rows[1:]))
     return "; ".join(parts)
 
-
-def render(result: dict[str, Any]) -> str:
-    m, s = result["machine"], result["synthetic"]
-    lines = [f"Scale: synthetic {s['n']}×{s['d']} float32 (HNSW on {s['hnsw_n']} rows), k = "
-             f"{result['settings']['k']}, recall@k on {s['n_queries']} queries ({m['cores']} cores, load "
-             f"{m['loadavg']}); generation {s['generate_s']:.0f} s, flat ground truth {s['ground_truth_s']:.1f} s; "
-             f"{s['label_agreement']:.0%} of the exact neighbours share the query's class",
-             C.table(s["rows"], ["kind", "n", "params", "build_s", "memory_mb", "single_p50_ms", "single_p95_ms",
-                                 "batch_qps", "recall", "found_k"])]
-    if s.get("flat_latency"):
-        lines += ["flat single-query latency by database size:",
-                  C.table(s["flat_latency"], ["n", "d", "p50_ms", "p95_ms", "batch_qps"])]
-    r = result.get("real")
-    if r:
-        cols = ["index", "build_s", "search_s", "found_k", "aggr_eer_acc", "delta_aggr", "errors_eer_acc"]
-        cols += [c for c in r["rows"][0] if c.startswith("eer_")]
-        lines += [f"Real run {r['run']}: layer {r['layer']} ({r['mode']}, {r['n_train']}×{r['d']}), {r['fn']}, "
-                  f"k = {r['k']}; eval sets {r['n_eval']}", C.table(r["rows"], cols, floatfmt=".4g")]
-    elif result.get("note"):
-        lines.append(f"NOTE: {result['note']}")
-    lines.append(result.get("auto", ""))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import os
 import pytest
 
 from benchmarks import load
+from benchmarks.summary import section
 
 SESSIONS = int(os.environ.get("KNNGUARD_LOAD_CLIENTS", "20"))
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.load
 
 def test_concurrent_sessions_no_error_no_cross_talk(tiny_run):
     result = load.measure(tiny_run, SESSIONS, rounds=1, timeout=120)
-    print("\n" + load.report(result))
+    print("\n" + section("load", result))
     assert not result["problems"], "\n".join(result["problems"])
     lat = result["latency_ms"]
     assert {a: lat[a]["n"] for a in load.ACTIONS} == {"open": SESSIONS, "inspect": SESSIONS, "page": 2 * SESSIONS,
