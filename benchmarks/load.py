@@ -28,15 +28,12 @@ tiny test run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,20 +163,15 @@ async def drive(url: str, sessions: int, truth: dict, *, rounds: int = 1,
     return lat, problems
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """``os.environ[name] = value`` inside the block (nothing when ``value`` is None), as found after."""
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
+def _rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (``/proc``; NaN where there is none)."""
     try:
-        yield
-    finally:
-        if value is not None:
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
 
 
 async def _cold_open(url: str, timeout: float) -> float:
@@ -201,13 +193,17 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
     truth = truth_of(run)
     serve = _serve()
     t0 = time.perf_counter()
-    with _env("STREAMLIT_RUNNER_POST_SCRIPT_GC", "true" if post_script_gc else None), serve(run.parent) as url:
+    pids: list[int] = []
+    env = {"STREAMLIT_RUNNER_POST_SCRIPT_GC": "true"} if post_script_gc else None
+    with serve(run.parent, env=env, pids=pids) as url:
         cold = asyncio.run(_cold_open(url, timeout))  # one user first: the server loads the model and indexes
+        rss_before = _rss_mb(pids[0])
         load_before = C.loadavg()
         t1 = time.perf_counter()
         lat, problems = asyncio.run(drive(url, sessions, truth, rounds=rounds, timeout=timeout))
         drive_s = time.perf_counter() - t1
         load_after = C.loadavg()
+        rss_after = _rss_mb(pids[0])
     return {
         "sessions": sessions, "rounds": rounds, "run": str(run), "post_script_gc": post_script_gc,
         "client": "benchmarks/st_client.py: Streamlit's websocket protocol, one connection per session, "
@@ -215,6 +211,7 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
         "server": "streamlit run app.py on 127.0.0.1 (scripts/screenshots.py serve)",
         "wall_s": round(time.perf_counter() - t0, 1), "drive_s": round(drive_s, 1), "cold_open_s": round(cold, 2),
         "loadavg_before": load_before, "loadavg_after": load_after,
+        "server_rss_mb": {"after_first_page": rss_before, "after_sessions": rss_after},
         "problems": problems, "errors": len(problems),
         "latency_ms": {a: {"n": len(v), **{k: round(x, 1) for k, x in C.percentiles(v).items()},
                            "max": round(1e3 * max(v), 1) if v else float("nan")} for a, v in lat.items()},

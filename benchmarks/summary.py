@@ -172,6 +172,10 @@ def load(r: dict[str, Any]) -> str:
              f"indexes loaded): {r['cold_open_s']} s; then all sessions in step (one barrier per action); "
              "latency = request sent to the server's `script_finished`, in ms:", "",
              _md(rows, [("action", "action"), ("n", "n"), ("p50", "p50"), ("p95", "p95"), ("max", "max")])]
+    if "server_rss_mb" in r:
+        m = r["server_rss_mb"]
+        lines += ["", f"Server memory (RSS): {m['after_first_page']} MiB after the first page, "
+                      f"{m['after_sessions']} MiB after the sessions."]
     lines += [f"- problem: {p}" for p in r["problems"]]
     return "\n".join(lines)
 

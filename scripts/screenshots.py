@@ -41,16 +41,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: float = 90) -> Iterator[str]:
-    """Run ``streamlit run app.py`` on a free loopback port with ``KNNGUARD_RUNS_DIR=runs_dir``; yield its URL;
-    stop it on exit."""
+def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: float = 90,
+          env: dict[str, str] | None = None, pids: list[int] | None = None) -> Iterator[str]:
+    """Run ``streamlit run app.py`` on a free loopback port with ``KNNGUARD_RUNS_DIR=runs_dir`` (and ``env`` added
+    to the environment); yield its URL; stop it on exit. The server's process id is appended to ``pids``."""
     port = port or free_port()
-    env = dict(os.environ, KNNGUARD_RUNS_DIR=str(runs_dir), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env = dict(os.environ, KNNGUARD_RUNS_DIR=str(runs_dir), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               **(env or {}))
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([str(ROOT / ".venv/bin/streamlit"), "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.fileWatcherType", "none"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if pids is not None:
+        pids.append(proc.pid)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -137,6 +137,7 @@ def test_load_cli_writes_a_result_the_summary_renders(tiny_run, tmp_path):
     assert load.main(["--run", str(tiny_run), "--sessions", "2", "--rounds", "1", "--out", str(tmp_path)]) == 0
     r = _load(tmp_path, "load")
     assert r["sessions"] == 2 and r["errors"] == 0 and r["latency_ms"]["attack"]["n"] == 2
+    assert 100 < r["server_rss_mb"]["after_first_page"] <= r["server_rss_mb"]["after_sessions"] + 50
     text = summary.render(tmp_path)
     assert "2 concurrent sessions x 1 round(s)" in text and "| attack | 2 |" in text
 
