@@ -583,9 +583,12 @@ def how_to_read(text: str) -> None:
 #: worker thread; past the limit the page says so and carries on, and the late result is discarded.
 ATTACK_TIMEOUT_S = float(os.environ.get("KNNGUARD_ATTACK_TIMEOUT_S", "20"))
 #: At most this many attack threads at once in the process (abandoned ones included): a further request waits for
-#: a free one within its own time limit (a queue, so many users clicking at once all get their attack), and past
-#: the limit is refused with a message instead of piling up threads on a busy server.
+#: a free one (a queue, so many users clicking at once all get their attack), and past :data:`QUEUE_SHARE` of its
+#: limit is refused with a message instead of piling up threads on a busy server.
 MAX_ATTACK_THREADS = 4
+#: A request waits for a slot at most this share of its time limit (then :class:`AttackBusy`), so an attack that
+#: gets one has at least the rest to run: one started with seconds to go would time out and hold the slot anyway.
+QUEUE_SHARE = 0.5
 _attack_slots = __import__("threading").BoundedSemaphore(MAX_ATTACK_THREADS)
 
 
@@ -601,16 +604,17 @@ def run_bounded(fn, /, *args, timeout: float | None = None, **kwargs):
     """``fn(*args, **kwargs)`` on a worker thread, within ``timeout`` seconds in all (default
     :data:`ATTACK_TIMEOUT_S`, read at call time), waiting for a free slot included.
 
-    Raises :class:`AttackBusy` when no slot of :data:`MAX_ATTACK_THREADS` frees within the limit and
-    :class:`AttackTimeout` when ``fn`` runs past what is left of it (the thread finishes on its own and its result
-    is dropped). ``fn``'s own exceptions propagate.
+    Raises :class:`AttackBusy` when no slot of :data:`MAX_ATTACK_THREADS` frees within :data:`QUEUE_SHARE` of the
+    limit and :class:`AttackTimeout` when ``fn`` runs past what is left of it (the thread finishes on its own and
+    its result is dropped). ``fn``'s own exceptions propagate.
     """
     import concurrent.futures as cf
 
     limit = ATTACK_TIMEOUT_S if timeout is None else float(timeout)
     t0 = time.monotonic()
-    if not _attack_slots.acquire(timeout=limit):
-        raise AttackBusy(f"{MAX_ATTACK_THREADS} attacks kept every slot of this server busy for {limit:g} s")
+    wait = limit * QUEUE_SHARE
+    if not _attack_slots.acquire(blocking=False) and not _attack_slots.acquire(timeout=wait):
+        raise AttackBusy(f"{MAX_ATTACK_THREADS} attacks kept every slot of this server busy for {wait:g} s")
     left = max(0.0, limit - (time.monotonic() - t0))
     pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnguard-attack")
     try:

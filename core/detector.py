@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,37 +47,23 @@ MAX_BATCH = 4096
 SINGLE_THREAD_MAX_INPUT = 64 * 64 * 3
 
 
-class _OneTorchThread:
-    """Context manager: torch on one thread while at least one caller is inside, then the count as found.
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread inside the block, in the calling thread; its count as found afterwards.
 
-    ``torch.set_num_threads`` is one setting for the whole process (a second Python thread reads the value the
-    first one set), so concurrent single-image passes must not each save and restore it: the first to enter
-    saves and lowers it, the last to leave restores it, under a lock. A batch scored meanwhile in another thread
-    runs on one thread too (slower, same result).
+    With torch's OpenMP backend a thread that has used torch keeps its own count, so the save and restore are
+    the caller's own and concurrent callers do not undo each other. ``torch.set_num_threads`` also sets the
+    count that threads starting meanwhile (and the main thread) begin with: one that starts during the block
+    may run on one thread (slower, same result).
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._inside = 0
-        self._saved = 1
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._inside == 0:
-                self._saved = torch.get_num_threads()
-                if self._saved > 1:
-                    torch.set_num_threads(1)
-            self._inside += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._inside -= 1
-            if self._inside == 0 and self._saved > 1:
-                torch.set_num_threads(self._saved)
-
-
-#: The process's one guard of torch's thread count (the count itself is process-global).
-_ONE_TORCH_THREAD = _OneTorchThread()
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
 class IncompleteRun(ArtefactError):
@@ -284,7 +271,7 @@ class Detector:
     # ------------------------------------------------------------------ scoring
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         one = len(images) == 1 and images[0].size <= SINGLE_THREAD_MAX_INPUT
-        with _ONE_TORCH_THREAD if one else contextlib.nullcontext(), torch.no_grad():
+        with _one_torch_thread() if one else contextlib.nullcontext(), torch.no_grad():
             logits, feats = self._extractor(torch.from_numpy(to_float(images)))
         probs = torch.softmax(logits.float(), 1).numpy()
         return probs, {k: v.numpy() for k, v in feats.items()}
