@@ -15,8 +15,8 @@ answer is checked against what that session asked for:
    its stored prediction;
 3. **page** to Threshold, then **threshold**: move the slider its own number of steps; the operating-point box
    must show that session's threshold;
-4. **page** to Attack: the page must still hold the session's image; **attack**: run FGSM on it; the result must
-   start from that image's prediction.
+4. **page** to Attack: the page must still hold the session's image; **attack**: run FGSM on it with the
+   session's own eps; the result must start from that image's prediction and show that eps as its L∞ (±1/255).
 
 One session opens the app first (``cold_open_s``: the server loads the model and indexes); then all start.
 Any exception or error box, a wrong image, threshold or prediction (cross-talk between sessions' state) is a
@@ -28,7 +28,6 @@ tiny test run.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import re
@@ -57,14 +56,6 @@ def truth_of(run: str | Path) -> dict[str, Any]:
     e = RunData(run, verify=False).evalset("authentic")
     return {"predicted": [int(p) for p in np.asarray(e["predicted"])],
             "classes": json.loads((Path(run) / "classes.json").read_text())}
-
-
-def _serve():
-    """``scripts/screenshots.py``'s ``serve`` (the app on a free loopback port)."""
-    spec = importlib.util.spec_from_file_location("knnguard_screenshots", C.ROOT / "scripts" / "screenshots.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.serve
 
 
 class _Check:
@@ -131,11 +122,17 @@ async def _session(url: str, s: int, n: int, rounds: int, truth: dict, gate: asy
                 chk.expect(f"Current image: authentic #{index} " in run.text(),
                            f"attack page lost image #{index}")
                 await gate.wait()
-                run = await ses.rerun(ses.click("atk_run"), timeout=timeout)
+                eps_255 = 8 + 3 * s  # this session's own budget (x/255): its result must show it
+                run = await ses.rerun(ses.set_slider("atk_fgsm_eps", round(eps_255 / 255, 3)), ses.click("atk_run"),
+                                      timeout=timeout)
                 chk.run("attack", run, lat)
-                heads = re.findall(r"^#+ (FGSM[^\n]*→[^\n]*)$", run.text(), re.M)
+                text = run.text()
+                heads = re.findall(r"^#+ (FGSM[^\n]*→[^\n]*)$", text, re.M)
                 chk.expect(len(heads) == 1 and re.match(rf"FGSM .+: {re.escape(want)} → .+", heads[0]) is not None,
                            f"attack result {heads} does not start from image #{index}'s {want!r}")
+                linf = [int(x) for x in re.findall(r"L∞ = [0-9.]+ \(([0-9]+)/255\)", text)]
+                chk.expect(len(linf) == 1 and abs(linf[0] - eps_255) <= 1,
+                           f"attack result has L∞ {linf}/255, this session asked for eps {eps_255}/255")
     except asyncio.BrokenBarrierError:
         chk.fail("stopped: another session failed first")
     except Exception as e:  # noqa: BLE001 - every failure is a finding of this session
@@ -191,7 +188,7 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
     """
     run = Path(run).resolve()
     truth = truth_of(run)
-    serve = _serve()
+    serve = C.screenshots_module().serve
     t0 = time.perf_counter()
     pids: list[int] = []
     env = {"STREAMLIT_RUNNER_POST_SCRIPT_GC": "true"} if post_script_gc else None
@@ -213,8 +210,8 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
         "loadavg_before": load_before, "loadavg_after": load_after,
         "server_rss_mb": {"after_first_page": rss_before, "after_sessions": rss_after},
         "problems": problems, "errors": len(problems),
-        "latency_ms": {a: {"n": len(v), **{k: round(x, 1) for k, x in C.percentiles(v).items()},
-                           "max": round(1e3 * max(v), 1) if v else float("nan")} for a, v in lat.items()},
+        "latency_ms": {a: {"n": len(v), **({k: round(x, 1) for k, x in C.percentiles(v).items()} if v else {}),
+                           **({"max": round(1e3 * max(v), 1)} if v else {})} for a, v in lat.items()},
     }
 
 
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.sessions, a.rounds = min(a.sessions, 4), 1
     result = measure(a.run, a.sessions, rounds=a.rounds, timeout=a.timeout, post_script_gc=a.post_script_gc)
-    result["command"] = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = " ".join(["python -m benchmarks.load", *(argv if argv is not None else sys.argv[1:])])
     path = C.write_result("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
     print(section("load_post_script_gc" if a.post_script_gc else "load", result))
     print(f"wrote {path}")

@@ -194,7 +194,8 @@ def section(name: str, r: dict[str, Any]) -> str:
     """One result as its README section (Markdown: title, command, machine, tables). A result not yet written
     (no ``machine`` block) was measured here and now: this machine's block is used."""
     r = r if "machine" in r else {**r, "machine": {**C.machine(), "loadavg_end": C.loadavg()}}
-    return "\n".join([f"## {TITLES[name]}", "", f"`{COMMANDS[name]}`", "", f"Machine: {_machine(r)}.", "",
+    return "\n".join([f"## {TITLES[name]}", "", f"`{r.get('command') or COMMANDS[name]}`", "",
+                      f"Machine: {_machine(r)}.", "",
                       globals()[name](r)])
 
 

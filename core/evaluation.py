@@ -65,7 +65,7 @@ class RunData:
         self.config: dict = m.get("config", {})
         self._sets: dict[str, dict[str, np.ndarray]] = {}
         self._nb: dict[tuple[str, str, str], SetNeighbours] = {}
-        self._lock = threading.RLock()  # one load per file however many threads ask at once
+        self._lock = threading.Lock()  # one load per file however many threads ask at once
         self.train_labels = _read_only(self.run.load_npy("train_labels.npy", verify=verify))
 
     def _once(self, cache: dict, key: Any, load: Callable[[], Any]) -> Any:

@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny real run of the pipeline (a few hundred Fashion-MNIST images, 2 layers, 2 attacks)."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -24,13 +23,10 @@ def need_fmnist() -> None:
 
 def screenshots_module(api: str = "sync_api"):
     """``scripts/screenshots.py`` as a module (its server and Chromium helpers), or skip without Playwright."""
-    import importlib.util
+    from benchmarks import _common
 
     pytest.importorskip(f"playwright.{api}", reason="pip install playwright (requirements-dev.txt)")
-    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _common.screenshots_module()
 
 
 @pytest.fixture(scope="session")

@@ -31,11 +31,39 @@ def test_concurrent_sessions_no_error_no_cross_talk(tiny_run):
                                                       "threshold": SESSIONS, "attack": SESSIONS}
 
 
-def test_a_wrong_answer_is_caught(tiny_run, monkeypatch):
-    """The checks can fail: with every stored prediction shifted by one class, each session reports it."""
+def test_a_wrong_prediction_is_caught(tiny_run, monkeypatch):
+    """The checks can fail: with every stored prediction shifted by one class, each session reports it, on the
+    Inspect page and in the attack result."""
     truth = load.truth_of(tiny_run)
     n = len(truth["classes"])
     shifted = {**truth, "predicted": [(p + 1) % n for p in truth["predicted"]]}
     monkeypatch.setattr(load, "truth_of", lambda run: shifted)
     result = load.measure(tiny_run, 2, rounds=1, timeout=120)
-    assert sum("prediction" in p for p in result["problems"]) == 2, result["problems"]
+    assert sum("inspect: image #" in p and "prediction" in p for p in result["problems"]) == 2, result["problems"]
+    assert sum("attack: attack result" in p for p in result["problems"]) == 2, result["problems"]
+
+
+def test_a_session_served_someone_elses_state_is_caught(tiny_run, monkeypatch):
+    """Each session's requests are changed on the way out (another image, threshold and eps than it checks
+    for), as cross-talk would change them: every check of every session reports it."""
+    from benchmarks.st_client import Session
+
+    set_int, set_slider = Session.set_int, Session.set_slider
+    monkeypatch.setattr(Session, "set_int", lambda self, key, v: set_int(self, key, v + 1))
+    monkeypatch.setattr(Session, "set_slider",
+                        lambda self, key, v: set_slider(self, key, v + (0.002 if key == "th_threshold" else 3 / 255)))
+    result = load.measure(tiny_run, 2, rounds=1, timeout=120)
+    found = result["problems"]
+    for what in ("the page shows another", "threshold shows", "attack page lost image", "L∞"):
+        assert sum(what in p for p in found) == 2, (what, found)
+
+
+def test_streamlit_config_turns_off_the_full_gc_after_each_rerun():
+    """The setting the load figures rest on (README, Reliability): Streamlit's default runs gc.collect(2) after
+    every script run, ~400 ms with torch and ART loaded (`python -m benchmarks.load --post-script-gc`)."""
+    import tomllib
+
+    from benchmarks._common import ROOT
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["runner"]["postScriptGC"] is False

@@ -55,21 +55,23 @@ def test_every_recorded_file_flipped_is_caught_by_name(tiny_run_copy):
     rd = RunDir(tiny_run_copy)
     files = sorted(rd.manifest["files"])
     assert len(files) > 20, files  # the whole run, not a sample
+    caught = []
     for rel in files:
         p = tiny_run_copy / rel
         good = p.read_bytes()
-        if not good:
-            continue
+        assert good, f"{rel} is empty: nothing to flip"
         bad = bytearray(good)
         bad[len(bad) // 3] ^= 0x10
         p.write_bytes(bytes(bad))
         try:
             with pytest.raises(ArtefactError, match=re.escape(rel)):
                 RunDir(tiny_run_copy).verify()
+            caught.append(rel)
         finally:
             p.write_bytes(good)
     RunDir(tiny_run_copy).verify()  # restored: clean again
-    print(f"\n{len(files)} of {len(files)} recorded files caught when flipped")
+    assert caught == files
+    print(f"\n{len(caught)} of {len(files)} recorded files caught when flipped")
 
 
 def test_size_only_verification_catches_truncation(tiny_run_copy):
