@@ -168,7 +168,9 @@ def _attack_mode(model: torch.nn.Module) -> Iterator[None]:
     """Put every module in eval mode and freeze the parameters; restore both exactly as found.
 
     Only what differs is written: a model already in eval mode with frozen weights (as :class:`core.detector.
-    Detector` loads it) is not touched at all, so any number of threads may attack it at once.
+    Detector` loads it) keeps every flag as it is (ART re-sets eval mode, the same value), so any number of
+    threads may attack it at once. A model in training mode is switched and restored per call: do not attack
+    one from two threads at once.
     """
     training = [m for m in model.modules() if m.training]
     grads = [p for p in model.parameters() if p.requires_grad]
@@ -304,7 +306,8 @@ class Attack(abc.ABC):
         ----------
         model : torch.nn.Module
             Takes float32 ``(N, C, H, W)`` in ``[0, 1]`` and returns logits ``(N, n_classes)``. It is put in
-            eval mode with frozen weights during the attack; both are restored afterwards.
+            eval mode with frozen weights during the attack; both are restored afterwards. Several threads may
+            attack one model at once only when it is already in eval mode with frozen weights.
         x : ndarray of float32, shape (N, C, H, W)
             Images in ``[0, 1]``.
         target : ndarray of int64, shape (N,), or None
