@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ROOT", "RESULTS", "DEFAULT_RUN", "screenshots_module", "machine", "set_threads", "timeit", "percentiles", "table",
-           "write_result", "parser", "loadavg", "Timer"]
+__all__ = ["ROOT", "RESULTS", "DEFAULT_RUN", "screenshots_module", "machine", "set_threads", "timeit", "percentiles",
+           "table", "write_result", "publish", "parser", "loadavg", "Timer"]
 
 log = logging.getLogger("benchmarks")
 
@@ -177,6 +177,17 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
         return None  # strict JSON
     return o
+
+
+def publish(name: str, result: dict[str, Any], out_dir: str | Path | None = None) -> Path:
+    """Write ``result`` (:func:`write_result`) and print it as its README section (``summary.section``, the one
+    renderer of each result) with the file's path."""
+    from benchmarks.summary import section
+
+    path = write_result(name, result, out_dir)
+    print(section(name, result))
+    print(f"-> {path}")
+    return path
 
 
 def write_result(name: str, result: dict[str, Any], out_dir: str | Path | None = None) -> Path:

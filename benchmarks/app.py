@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +174,8 @@ def run(run: str = str(C.DEFAULT_RUN), *, changes: int = 10, with_apptest: bool 
               "settings": {"run": str(run), "changes": changes, "page": PAGE, "threads": nthreads},
               "library": lib, "apptest": e2e,
               "targets": {"p50<300ms": worst < TARGET_MS}}
-    path = C.write_result("app", result, out_dir)
-    print(section("app", result))  # the README's renderer: one per result
-    print(f"-> {path}")
+    C.publish("app", result, out_dir)
     return result
-
 
 
 def main(argv: list[str] | None = None) -> int:

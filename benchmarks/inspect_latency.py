@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +112,8 @@ def run(run: str = str(C.DEFAULT_RUN), *, calls: int = 200, k: int = 1000, varia
               "load_seconds": load_s, "variants": summ, "rows": rows, "p50_vs_ours": speedup,
               "targets": {"p50<50ms": summ["ours"]["total"]["p50"] < 50,
                           "p50<20ms (aim)": summ["ours"]["total"]["p50"] < 20}}
-    path = C.write_result("inspect_latency", result, out_dir)
-    print(section("inspect_latency", result))  # the README's renderer: one per result
-    print(f"-> {path}")
+    C.publish("inspect_latency", result, out_dir)
     return result
-
 
 
 def main(argv: list[str] | None = None) -> int:

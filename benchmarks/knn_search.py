@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +169,8 @@ def run(run: str = str(C.DEFAULT_RUN), *, n_queries: int = 1000, k: int = 1000, 
               "targets": {"all layers >=3x sklearn": total["ours"] / total["sklearn"] >= 3,
                           "every layer >=3x sklearn": min(r["ours_vs_sklearn"] for r in rows) >= 3,
                           "every layer >=50% of matmul": min(r["frac_of_matmul"] for r in rows) >= 0.5}}
-    path = C.write_result("knn_search", result, out_dir)
-    print(section("knn_search", result))  # the README's renderer: one per result
-    print(f"-> {path}")
+    C.publish("knn_search", result, out_dir)
     return result
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,6 @@ import numpy as np
 
 from benchmarks import _common as C
 from benchmarks.st_client import Session
-from benchmarks.summary import section
 
 log = logging.getLogger("benchmarks.load")
 
@@ -230,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         a.sessions, a.rounds = min(a.sessions, 4), 1
     result = measure(a.run, a.sessions, rounds=a.rounds, timeout=a.timeout, post_script_gc=a.post_script_gc)
     result["command"] = " ".join(["python -m benchmarks.load", *(argv if argv is not None else sys.argv[1:])])
-    path = C.write_result("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
-    print(section("load_post_script_gc" if a.post_script_gc else "load", result))
-    print(f"wrote {path}")
+    C.publish("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
     return 1 if result["problems"] else 0
 
 

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +202,8 @@ def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, compare
         if compare and len(result["rerun"]) == 2:
             a, b = result["rerun"]["ours"], result["rerun"]["faiss_as_is"]
             result["rerun_speedup"] = {k: b[k] / a[k] for k in a if k in b and min(a[k], b[k]) >= 0.5}
-    path = C.write_result("precompute", result, out_dir)
-    print(section("precompute", result))  # the README's renderer: one per result
-    print(f"-> {path}")
+    C.publish("precompute", result, out_dir)
     return result
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks.summary import section
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +239,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: i
                            "auto_ivf_min": knn_index.AUTO_IVF_MIN},
               "synthetic": syn, "real": real,
               "note": None if real else f"no finished run at {run}: real-run part skipped"}
-    path = C.write_result("scale", result, out_dir)
-    print(section("scale", result))  # the README's renderer: one per result
-    print(f"-> {path}")
+    C.publish("scale", result, out_dir)
     return result
 
 
@@ -263,7 +260,6 @@ def _auto_note(syn: dict[str, Any], real: dict[str, Any] | None, auto_min: int) 
                      + ", ".join(f"{r['index']}: {r['aggr_eer_acc']:.4f} ({r['found_k']:.0f} of k found)"
                                  for r in rows[1:]))
     return "; ".join(parts)
-
 
 
 def main(argv: list[str] | None = None) -> int:
