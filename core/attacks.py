@@ -189,7 +189,8 @@ def _attack_mode(model: torch.nn.Module) -> Iterator[None]:
 
 #: numpy's and torch's global RNGs are one per process: an attack that draws from them holds this lock from
 #: seeding to its last draw, so two users attacking at once cannot reseed each other (seed 0 gives the same
-#: images whatever else runs). Attacks that draw nothing (:meth:`Attack.draws_random` False) never take it.
+#: images whatever else runs). Attacks that draw nothing (:meth:`Attack.draws_random` False) never take it. In the
+#: app a random attack waits for it inside its attack slot and time limit, so two PGD clicks run one after the other.
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 
