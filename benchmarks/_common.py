@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ROOT", "RESULTS", "DEFAULT_RUN", "screenshots_module", "machine", "set_threads", "timeit", "percentiles",
+__all__ = ["ROOT", "RESULTS", "DEFAULT_RUN", "machine", "set_threads", "timeit", "percentiles",
            "table", "write_result", "publish", "parser", "loadavg", "Timer"]
 
 log = logging.getLogger("benchmarks")
@@ -30,16 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 #: The default run every benchmark reads (``--run`` overrides).
 DEFAULT_RUN = ROOT / "data" / "runs" / "fmnist"
-
-
-def screenshots_module():
-    """``scripts/screenshots.py`` as a module: the app server (``serve``) and the Chromium helpers."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("knnguard_screenshots", ROOT / "scripts" / "screenshots.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def loadavg() -> list[float]:

@@ -5,7 +5,7 @@
     python -m benchmarks.load --run /tmp/runs/tiny    # any finished run
     python -m benchmarks.load --post-script-gc        # Streamlit's default full GC after each rerun (before)
 
-Each session is a browser-like client of Streamlit's own server on loopback (:mod:`benchmarks.st_client`: the
+Each session is a browser-like client of Streamlit's own server on loopback (:mod:`tools.st_client`: the
 page and health check over HTTP, then the app's websocket protocol, as the frontend speaks it). All sessions do
 each action at the same moment (a barrier), each with its own evaluation image, threshold and attack, and every
 answer is checked against what that session asked for:
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
-from benchmarks.st_client import Session
+from tools.app_server import serve
+from tools.st_client import Session
 
 log = logging.getLogger("benchmarks.load")
 
@@ -187,7 +188,6 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
     """
     run = Path(run).resolve()
     truth = truth_of(run)
-    serve = C.screenshots_module().serve
     t0 = time.perf_counter()
     pids: list[int] = []
     env = {"STREAMLIT_RUNNER_POST_SCRIPT_GC": "true"} if post_script_gc else None
@@ -202,9 +202,9 @@ def measure(run: str | Path, sessions: int, *, rounds: int = 1, timeout: float =
         rss_after = _rss_mb(pids[0])
     return {
         "sessions": sessions, "rounds": rounds, "run": str(run), "post_script_gc": post_script_gc,
-        "client": "benchmarks/st_client.py: Streamlit's websocket protocol, one connection per session, "
+        "client": "tools/st_client.py: Streamlit's websocket protocol, one connection per session, "
                   "all sessions in step (barrier per action)",
-        "server": "streamlit run app.py on 127.0.0.1 (scripts/screenshots.py serve)",
+        "server": "streamlit run app.py on 127.0.0.1 (tools/app_server.py)",
         "wall_s": round(time.perf_counter() - t0, 1), "drive_s": round(drive_s, 1), "cold_open_s": round(cold, 2),
         "loadavg_before": load_before, "loadavg_after": load_after,
         "server_rss_mb": {"after_first_page": rss_before, "after_sessions": rss_after},

@@ -21,14 +21,6 @@ def need_fmnist() -> None:
         pytest.skip("Fashion-MNIST idx files missing: run `apt-get install -y dataset-fashion-mnist`")
 
 
-def screenshots_module(api: str = "sync_api"):
-    """``scripts/screenshots.py`` as a module (its server and Chromium helpers), or skip without Playwright."""
-    from benchmarks import _common
-
-    pytest.importorskip(f"playwright.{api}", reason="pip install playwright (requirements-dev.txt)")
-    return _common.screenshots_module()
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """Path of a finished tiny run (built once per session with the real CLI)."""

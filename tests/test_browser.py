@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, screenshots_module
+from tests.conftest import ROOT
+from tools.app_server import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = ROOT / "docs" / "screenshots" / "tiny"
+
+pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
+from tools import browser  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -24,20 +28,15 @@ pytestmark = pytest.mark.skipif(
            "Playwright's own browser download does not work offline")
 
 
-def _screenshots_module():
-    return screenshots_module("sync_api")
-
-
 def _threshold(text: str) -> float:
     return float(re.search(r"at threshold ([0-9.]+)", text).group(1))
 
 
 def test_every_page_in_a_real_browser(tiny_run):
-    shots = _screenshots_module()
-    with shots.serve(tiny_run.parent) as url, shots.browser_page() as page:
+    with serve(tiny_run.parent) as url, browser.browser_page() as page:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        seen = shots.tour(page, url, OUT, attack="FGSM")
+        seen = browser.tour(page, url, OUT, attack="FGSM")
 
     assert not seen.get("exceptions"), seen["exceptions"]
     assert not errors, errors
@@ -63,4 +62,4 @@ def test_every_page_in_a_real_browser(tiny_run):
     assert names == sorted(["inspect", "attack", "threshold", "layers", "failure_cases", "run"])
     for p in seen["shots"]:
         with Image.open(p) as im:
-            assert im.width == shots.VIEWPORT["width"] and im.height >= 600, (p, im.size)
+            assert im.width == browser.VIEWPORT["width"] and im.height >= 600, (p, im.size)

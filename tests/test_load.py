@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, screenshots_module
+from tools.app_server import serve
+
+pytest.importorskip("playwright.async_api", reason="pip install playwright (requirements-dev.txt)")
+from tools import browser  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 SESSIONS = int(os.environ.get("KNNGUARD_LOAD_SESSIONS", "3"))
@@ -49,10 +52,6 @@ MAIN_HAS_JS = """(parts) => { const m = document.querySelector('[data-testid="st
       return m && parts.every(p => m.innerText.includes(p)); }"""
 
 
-def _shots():
-    return screenshots_module("async_api")
-
-
 async def _idle(page) -> None:
     await page.wait_for_function(IDLE_JS, timeout=ACTION_TIMEOUT_MS)
 
@@ -67,8 +66,8 @@ async def _goto(page, title: str, path: str) -> None:
     await _idle(page)
 
 
-async def _session(browser, shots, url: str, s: int, truth: dict, lat: dict, problems: list) -> None:
-    ctx = await browser.new_context(viewport=shots.VIEWPORT)
+async def _session(chromium, url: str, s: int, truth: dict, lat: dict, problems: list) -> None:
+    ctx = await chromium.new_context(viewport=browser.VIEWPORT)
     ctx.set_default_timeout(ACTION_TIMEOUT_MS)
     page = await ctx.new_page()
     page.on("pageerror", lambda e: problems.append(f"session {s}: page error {e}"))
@@ -140,17 +139,17 @@ async def _session(browser, shots, url: str, s: int, truth: dict, lat: dict, pro
         await ctx.close()
 
 
-async def _drive(shots, url: str, truth: dict) -> tuple[dict, list]:
+async def _drive(url: str, truth: dict) -> tuple[dict, list]:
     from playwright.async_api import async_playwright
 
     lat: dict[str, list[float]] = {"inspect": [], "threshold": [], "attack": []}
     problems: list[str] = []
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=shots.CHROMIUM_ARGS)
+        chromium = await p.chromium.launch(executable_path=str(CHROMIUM), args=browser.CHROMIUM_ARGS)
         try:
-            await asyncio.gather(*[_session(browser, shots, url, s, truth, lat, problems) for s in range(SESSIONS)])
+            await asyncio.gather(*[_session(chromium, url, s, truth, lat, problems) for s in range(SESSIONS)])
         finally:
-            await browser.close()
+            await chromium.close()
     return lat, problems
 
 
@@ -161,7 +160,6 @@ def _pct(xs: list[float]) -> dict:
 
 
 def test_concurrent_browser_sessions(tiny_run, tmp_path):
-    shots = _shots()
     from core.evaluation import RunData
 
     e = RunData(tiny_run, verify=False).evalset("authentic")
@@ -169,9 +167,9 @@ def test_concurrent_browser_sessions(tiny_run, tmp_path):
              "classes": json.loads((tiny_run / "classes.json").read_text())}
     assert len(truth["predicted"]) > SESSIONS
     t0 = time.perf_counter()
-    with shots.serve(tiny_run.parent) as url:
+    with serve(tiny_run.parent) as url:
         load_before = os.getloadavg()
-        lat, problems = asyncio.run(_drive(shots, url, truth))
+        lat, problems = asyncio.run(_drive(url, truth))
         load_after = os.getloadavg()
     wall = time.perf_counter() - t0
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest tests/test_load_sessions.py -q -s        # or: -m load
 
-The sessions are browser-like clients of Streamlit's own server on loopback (benchmarks/st_client.py: the app's
+The sessions are browser-like clients of Streamlit's own server on loopback (tools/st_client.py: the app's
 websocket protocol, one connection per session), all doing each action at the same moment, each with its own
 image, threshold and attack; benchmarks/load.py checks every answer against what that session asked for (any
 error box, exception or cross-talk fails). ``KNNGUARD_LOAD_CLIENTS`` changes the count. The same sessions in
@@ -46,7 +46,7 @@ def test_a_wrong_prediction_is_caught(tiny_run, monkeypatch):
 def test_a_session_served_someone_elses_state_is_caught(tiny_run, monkeypatch):
     """Each session's requests are changed on the way out (another image, threshold and eps than it checks
     for), as cross-talk would change them: every check of every session reports it."""
-    from benchmarks.st_client import Session
+    from tools.st_client import Session
 
     set_int, set_slider = Session.set_int, Session.set_slider
     monkeypatch.setattr(Session, "set_int", lambda self, key, v: set_int(self, key, v + 1))

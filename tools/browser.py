@@ -1,0 +1,195 @@
+"""Chromium (Debian's, driven by Playwright) on the served app: wait for a rerun to be drawn, navigate, take
+full-page screenshots, and a tour of every page that records what each shows.
+
+Needs ``apt-get install -y chromium`` (Playwright's own browser download does not work offline) and the
+``playwright`` package (requirements-dev.txt); both are imported only when a browser is opened.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "VIEWPORT", "URLS", "browser_page", "wait_idle", "goto", "main_text",
+           "shoot", "png_bytes", "choose", "tour"]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1400, "height": 1000}
+#: page title in the navigation -> its url path (app.py)
+URLS = {"Inspect": "", "Attack": "attack", "Threshold": "threshold", "Layers": "layers",
+        "Failure cases": "failures", "Run": "run"}
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator:
+    """A Playwright page in Debian's Chromium, viewport 1400×1000."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(90_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_idle(page, timeout: float = 90) -> None:
+    """Wait until the script run is over and drawn: the app reports it is not running, no skeleton or stale
+    element is left, and every image has loaded."""
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+              && !document.querySelector('[data-testid="stSkeleton"]')
+              && !document.querySelector('[data-stale="true"]')
+              && !document.querySelector('[data-testid="stSpinner"]')
+              && [...document.images].every(i => i.complete)""", timeout=timeout * 1000)
+    page.wait_for_timeout(500)  # plotly's first draw
+
+
+def goto(page, title: str) -> None:
+    """Click the navigation link ``title`` (keeps the session, unlike a new URL)."""
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+    page.wait_for_url(f"**/{URLS[title]}", timeout=60_000)
+    wait_idle(page)
+
+
+def main_text(page) -> str:
+    return page.locator('[data-testid="stMain"]').inner_text()
+
+
+def shoot(page, out: Path, name: str) -> Path:
+    """Screenshot of the whole page: Streamlit scrolls inside its main container, so the viewport is made as tall
+    as the content for the shot (the sidebar then spans it too), then put back."""
+    wait_idle(page)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    height = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+        '[data-testid=stMain], [data-testid=stAppViewContainer], [data-testid=stMainBlockContainer]')]
+        .map(e => e.scrollHeight))""")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], int(height) + 40)})
+    page.wait_for_timeout(600)
+    wait_idle(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(VIEWPORT)
+    return path
+
+
+def png_bytes(size=(90, 60)) -> bytes:
+    """A small RGB PNG (a light shirt-like shape on black), made with PIL."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    d.polygon([(w * .3, h * .1), (w * .7, h * .1), (w * .9, h * .35), (w * .75, h * .45), (w * .72, h * .9),
+               (w * .28, h * .9), (w * .25, h * .45), (w * .1, h * .35)], fill=(210, 200, 190))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _no_exception(page, seen: dict, name: str) -> None:
+    n = page.locator('[data-testid="stException"]').count()
+    if n:
+        box = page.locator('[data-testid="stException"]').first.inner_text()
+        seen.setdefault("exceptions", []).append(f"{name}: {box}")
+
+
+def choose(page, key: str, option: str) -> bool:
+    """Pick ``option`` in the selectbox with widget key ``key``; False (selection unchanged) if it has none."""
+    page.locator(f".st-key-{key} [data-baseweb=select], .st-key-{key} input").first.click()
+    opt = page.get_by_role("option", name=option, exact=True)
+    try:
+        opt.first.wait_for(timeout=5_000)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError: no such option
+        page.keyboard.press("Escape")
+        return False
+    opt.first.click()
+    wait_idle(page)
+    return True
+
+
+def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None = None,
+         attack_evalset_image: bool = False) -> dict:
+    """Visit every page, upload a PNG, run an attack, move the threshold; save a full-page screenshot per page.
+
+    Returns what was seen: each page's main text, the operating-point text before and after the slider moved,
+    the screenshot paths, and any Streamlit exception box ("exceptions"). ``attack_evalset_image`` switches
+    Inspect back to the first evaluation image before attacking (nicer docs pictures than the synthetic upload).
+    """
+    seen: dict = {"shots": []}
+    page.goto(url + "/")  # Inspect is the default page
+    page.get_by_text("Prediction:").first.wait_for()
+    wait_idle(page)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+    seen["inspect_evalset"] = main_text(page)
+    page.locator('[data-testid="stRadio"] label').filter(has_text="Upload").click()
+    wait_idle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        files=[{"name": "shirt.png", "mimeType": "image/png", "buffer": png_bytes()}])
+    page.get_by_text("your upload").first.wait_for()
+    wait_idle(page)
+    seen["inspect"] = main_text(page)
+    _no_exception(page, seen, "inspect")
+    seen["shots"].append(shoot(page, out, "inspect"))
+    if attack_evalset_image:
+        page.reload()
+        page.locator('[data-testid="stRadio"] label').filter(has_text="Evaluation set").click()
+        wait_idle(page)
+
+    goto(page, "Attack")
+    if attack != "FGSM":
+        choose(page, "atk_name", attack)
+    if target:
+        choose(page, "atk_target", target)
+    button = page.get_by_role("button", name=f"Run {attack}")
+    button.wait_for()
+    button.click()
+    page.locator("h3").filter(has_text="→").first.wait_for(timeout=180_000)
+    wait_idle(page)
+    page.locator(".st-key-atk_chart .main-svg").first.wait_for()
+    seen["attack"] = main_text(page)
+    _no_exception(page, seen, "attack")
+    seen["shots"].append(shoot(page, out, "attack"))
+
+    goto(page, "Threshold")
+    op = page.locator(".st-key-th_operating")
+    op.wait_for()
+    page.locator(".st-key-th_roc .main-svg").first.wait_for()
+    seen["operating_before"] = op.inner_text()
+    thumb = page.locator(".st-key-th_threshold input").first  # the slider thumb's focusable input
+    thumb.focus()
+    for _ in range(40):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("t => document.querySelector('.st-key-th_operating').innerText !== t",
+                           arg=seen["operating_before"], timeout=60_000)
+    wait_idle(page)
+    seen["operating_after"] = op.inner_text()
+    seen["threshold"] = main_text(page)
+    _no_exception(page, seen, "threshold")
+    seen["shots"].append(shoot(page, out, "threshold"))
+
+    goto(page, "Layers")
+    page.get_by_text("Every setting").wait_for()
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    page.locator(".st-key-layers_fig6 .main-svg").first.wait_for()
+    seen["layers"] = main_text(page)
+    _no_exception(page, seen, "layers")
+    seen["shots"].append(shoot(page, out, "layers"))
+
+    goto(page, "Failure cases")
+    page.get_by_text("EER threshold at").wait_for()
+    seen["failure_cases"] = main_text(page)
+    _no_exception(page, seen, "failure_cases")
+    seen["shots"].append(shoot(page, out, "failure_cases"))
+
+    goto(page, "Run")
+    page.get_by_text("Make another run").wait_for()
+    seen["run"] = main_text(page)
+    _no_exception(page, seen, "run")
+    seen["shots"].append(shoot(page, out, "run"))
+    return seen
