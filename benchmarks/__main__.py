@@ -16,14 +16,16 @@ import sys
 import time
 
 from benchmarks import _common as C
+from benchmarks import summary
 
 #: (module, extra arguments of the full run)
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("knn_search", []),
     ("inspect_latency", []),
-    ("precompute", ["--rerun", "neighbours", "--compare", "--train-steps", "30"]),
+    ("precompute", ["--rerun", "neighbours", "--train-steps", "30"]),
     ("scale", []),
     ("app", []),
+    ("app_latency", []),
     ("load", []),
 ]
 
@@ -56,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + ", ".join(f"{n} {t:.0f} s" for n, t in times.items())
           + f"; total {time.perf_counter() - t_all:.0f} s")
     if not a.no_summary and not a.quick:
-        from benchmarks import summary
-
         summary.main(["--results", a.out])
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

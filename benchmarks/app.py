@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import publish
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, changes: int = 10, with_apptest: bool 
               "settings": {"run": str(run), "changes": changes, "page": PAGE, "threads": nthreads},
               "library": lib, "apptest": e2e,
               "targets": {"p50<300ms": worst < TARGET_MS}}
-    C.publish("app", result, out_dir)
+    publish("app", result, out_dir)
     return result
 
 

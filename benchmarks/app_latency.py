@@ -4,11 +4,10 @@ image's inspect (Inspect page), as whole Streamlit script reruns after warm-up (
     python -m benchmarks.app_latency                    # data/runs/fmnist, 30 reruns each
     python -m benchmarks.app_latency --run /tmp/apprun/fmnist --reruns 50
 
-Targets (issue 3, 2 CPU cores): a threshold change under 300 ms, an upload's inspect under 100 ms. Measured with
-``streamlit.testing.v1.AppTest``, which runs the script in this process exactly as the server would (widgets,
-caches, page code, element serialisation); the browser's network and rendering time are not included. Each
-upload is a new random PNG, so the inspect is never a cache hit; each threshold is new, so the page's scoring,
-ROC, densities and confusion counts are all recomputed (the stored-neighbour scores are cached, as in the app).
+Targets on 2 CPU cores: a threshold change under 300 ms, an upload's inspect under 100 ms. ``AppTest`` runs the
+script in this process as the server would (widgets, caches, pages, element serialisation; no network, no
+browser rendering). Each upload is a new random PNG and each threshold a new value, so nothing is a cache hit
+except the stored neighbours' scores, as in the app.
 """
 from __future__ import annotations
 
@@ -16,13 +15,18 @@ import io
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import publish
 
 log = logging.getLogger(__name__)
+
+TARGETS_MS = {"threshold_change": 300, "upload_inspect": 100}
 
 
 def _png(rng: np.random.Generator) -> bytes:
@@ -33,62 +37,51 @@ def _png(rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def _timed(at, action) -> float:
-    t0 = time.perf_counter()
-    action()
-    dt = time.perf_counter() - t0
-    if at.exception:
-        raise RuntimeError(f"the app raised: {at.exception[0].value}")
-    return dt
+def _times(at, change: Callable[[int], Any], n: int, warmup: int) -> list[float]:
+    """Seconds of ``change(i).run()`` for i < warmup + n, warm-up ones left out; raises if the app raised."""
+    out = []
+    for i in range(warmup + n):
+        t0 = time.perf_counter()
+        change(i).run()
+        dt = time.perf_counter() - t0
+        if at.exception:
+            raise RuntimeError(f"the app raised: {at.exception[0].value}")
+        if i >= warmup:
+            out.append(dt)
+    return out
 
 
-def run(run_dir: str | Path, *, reruns: int = 30, warmup: int = 3, threads: int = 0, out_dir=None) -> dict:
+def run(run: str | Path = str(C.DEFAULT_RUN), *, reruns: int = 30, warmup: int = 3, threads: int = 0,
+        out_dir: str | None = None) -> dict[str, Any]:
+    """Time both paths; write and print ``app_latency.json``."""
     from streamlit.testing.v1 import AppTest
 
-    run_dir = Path(run_dir).resolve()
-    if not C.run_exists(run_dir):
-        raise SystemExit(f"no finished run in {run_dir}; build it with "
-                         "`python -m precompute --config precompute/configs/fmnist.toml`")
-    if threads:
-        C.set_threads(threads)
-    os.environ["KNNGUARD_RUNS_DIR"] = str(run_dir.parent)
+    run = Path(run).resolve()
+    C.require_run(run)
+    nthreads = C.set_threads(threads)
+    mach = C.machine()
+    os.environ["KNNGUARD_RUNS_DIR"] = str(run.parent)
     at = AppTest.from_file(str(C.ROOT / "app.py"), default_timeout=300)
-    at.session_state["run"] = str(run_dir)
-    with C.Timer() as cold:
-        at.run()  # loads torch, the model and the indexes: reported, not part of the figures
+    at.session_state["run"] = str(run)
+    t0 = time.perf_counter()
+    at.run()  # imports, model and indexes: reported apart
+    cold = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-
-    # Upload path: Inspect page, a new PNG each rerun.
     at.radio(key="inspect_source").set_value("Upload").run()
-    up = []
-    for i in range(warmup + reruns):
-        dt = _timed(at, lambda: at.file_uploader(key="inspect_upload").set_value(
-            (f"u{i}.png", _png(rng), "image/png")).run())
-        if i >= warmup:
-            up.append(dt)
-    assert at.session_state["current"]["source"] == "your upload"
-
-    # Threshold path: a new threshold each rerun.
+    upload = _times(at, lambda i: at.file_uploader(key="inspect_upload").set_value(
+        (f"u{i}.png", _png(rng), "image/png")), reruns, warmup)
+    if at.session_state["current"]["source"] != "your upload":
+        raise RuntimeError("the Inspect page does not show the upload")
     at.switch_page("app_pages/threshold.py").run()
-    th = []
     values = rng.uniform(0.05, 0.95, warmup + reruns).round(3)
-    for i, v in enumerate(values):
-        dt = _timed(at, lambda: at.slider(key="th_threshold").set_value(float(v)).run())
-        if i >= warmup:
-            th.append(dt)
-
-    result = {"settings": {"run": str(run_dir), "reruns": reruns, "warmup": warmup,
-                           "defaults": at.session_state["det_mode"] + "/" + at.session_state["det_fn"]
-                           + f"/k={at.session_state['det_k']}"},
-              "cold_first_run_s": cold.s,
-              "threshold_change_ms": C.percentiles(th), "upload_inspect_ms": C.percentiles(up),
-              "targets_ms": {"threshold_change": 300, "upload_inspect": 100}}
-    rows = [{"path": "threshold change (Threshold page rerun)", **result["threshold_change_ms"], "target": 300},
-            {"path": "upload -> inspect (Inspect page rerun)", **result["upload_inspect_ms"], "target": 100}]
-    print(C.table(rows, ["path", "p50", "p95", "min", "target"], floatfmt=".1f"))
-    print(f"cold first run (imports, model, indexes): {cold.s:.1f} s")
-    path = C.write_result("app_latency", result, out_dir)
-    print(f"wrote {path}")
+    threshold = _times(at, lambda i: at.slider(key="th_threshold").set_value(float(values[i])), reruns, warmup)
+    s = at.session_state
+    result = {"machine": mach, "command": "python -m benchmarks.app_latency",
+              "settings": {"run": str(run), "reruns": reruns, "warmup": warmup, "threads": nthreads,
+                           "defaults": f"{s['det_mode']}/{s['det_fn']}/k={s['det_k']}"},
+              "cold_first_run_s": cold, "threshold_change_ms": C.percentiles(threshold),
+              "upload_inspect_ms": C.percentiles(upload), "targets_ms": TARGETS_MS}
+    publish("app_latency", result, out_dir)
     return result
 
 

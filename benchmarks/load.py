@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import publish
 from tools.app_server import serve
 from tools.st_client import Session
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         a.sessions, a.rounds = min(a.sessions, 4), 1
     result = measure(a.run, a.sessions, rounds=a.rounds, timeout=a.timeout, post_script_gc=a.post_script_gc)
     result["command"] = " ".join(["python -m benchmarks.load", *(argv if argv is not None else sys.argv[1:])])
-    C.publish("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
+    publish("load_post_script_gc" if a.post_script_gc else "load", result, a.out)
     return 1 if result["problems"] else 0
 
 

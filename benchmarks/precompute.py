@@ -3,13 +3,10 @@ optionally re-run the tail of the pipeline on a copy of the run to time it here 
 
     python -m benchmarks.precompute                                # read data/runs/fmnist/manifest.json
     python -m benchmarks.precompute --rerun neighbours             # + re-run neighbours..report on a copy
-    python -m benchmarks.precompute --rerun neighbours --compare   # + the same with faiss as is (before)
     python -m benchmarks.precompute --train-steps 30               # + time 30 training steps, project the stage
 
 The manifest's times are those of the machine that built the run (its ``versions.cpu_count`` is recorded);
-the re-run is timed on this one, on a temporary copy (the run itself is not touched). ``--compare`` re-runs
-twice in one process, once with ``core.index.search`` and once with faiss's own ``index.search`` in its place.
-``--train-steps`` times training steps of the run's model here and now, to tell a slow machine (or a loaded one,
+the re-run is timed on this one, on a temporary copy (the run itself is not touched). ``--train-steps`` times training steps of the run's model here and now, to tell a slow machine (or a loaded one,
 as when the run was built) from a slow stage.
 """
 from __future__ import annotations
@@ -18,13 +15,13 @@ import logging
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import publish
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +58,6 @@ def _why(name: str, m: dict) -> str:
     if name == "report":
         return "scores and ROC for every (layer, mode, fn) and the k sweep"
     return ""
-
-
-@contextmanager
-def _faiss_as_is():
-    from core import index as knn_index
-
-    orig = knn_index.search
-
-    def plain(index, xq, k):
-        return index.search(np.ascontiguousarray(xq, np.float32), min(int(k), index.ntotal))
-
-    knn_index.search = plain
-    try:
-        yield
-    finally:
-        knn_index.search = orig
 
 
 def probe_train(run: str | Path, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
@@ -121,7 +102,7 @@ def probe_train(run: str | Path, *, steps: int = 20, warmup: int = 3) -> dict[st
             "threads": torch.get_num_threads()}
 
 
-def rerun(run: str | Path, from_stage: str, *, variant: str = "ours", progress: bool = False) -> dict[str, float]:
+def rerun(run: str | Path, from_stage: str, *, progress: bool = False) -> dict[str, float]:
     """Copy ``run`` to a temporary folder, re-run it from ``from_stage`` on; return {stage: seconds}."""
     import torch
 
@@ -141,18 +122,13 @@ def rerun(run: str | Path, from_stage: str, *, variant: str = "ours", progress: 
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.get("device") != "cpu" else "cpu")
         ctx = Context(cfg=cfg, run=copy, device=device, progress=progress)
         t0 = time.perf_counter()
-        if variant == "faiss_as_is":
-            with _faiss_as_is():
-                times = run_stages(ctx, from_stage=from_stage)
-        else:
-            times = run_stages(ctx, from_stage=from_stage)
-        times = {k: float(v) for k, v in times.items() if v}
+        times = {k: float(v) for k, v in run_stages(ctx, from_stage=from_stage).items() if v}
         times["total"] = time.perf_counter() - t0
         return times
 
 
-def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, compare: bool = False, threads: int = 0,
-        train_steps: int = 0, out_dir: str | None = None) -> dict[str, Any]:
+def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, threads: int = 0, train_steps: int = 0,
+        out_dir: str | None = None) -> dict[str, Any]:
     """Read the stage times; optionally re-run; print the table; write ``precompute.json``."""
     from core.artefacts import RunDir
 
@@ -175,8 +151,8 @@ def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, compare
     dom = max(rows, key=lambda x: x["seconds"]) if rows else None
     finished = all(stages.get(name, {}).get("status") == "done" for name in STAGE_NAMES)
     result: dict[str, Any] = {
-        "benchmark": "precompute", "machine": mach,
-        "settings": {"run": str(run), "threads": nthreads, "rerun_from": rerun_from, "compare": compare},
+        "machine": mach,
+        "settings": {"run": str(run), "threads": nthreads, "rerun_from": rerun_from},
         "run_built_with": {"versions": m.get("versions", {}), "device": m.get("config", {}).get("device"),
                            "finished": finished},
         "stages": rows, "total_seconds": total, "dominant": dom and {"stage": dom["stage"], "seconds": dom["seconds"],
@@ -190,32 +166,24 @@ def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, compare
             result["total_with_train_projection_s"] = total - next(
                 (x["seconds"] for x in rows if x["stage"] == "train"), 0.0) + tp["train_projection_s"]
     if rerun_from:
-        variants = ["ours", "faiss_as_is"] if compare else ["ours"]
-        result["rerun"] = {}
+        log.info("re-running %s from %s", run, rerun_from)
         try:
-            for v in variants:
-                log.info("re-running %s from %s (%s)", run, rerun_from, v)
-                result["rerun"][v] = rerun(run, rerun_from, variant=v)
+            result["rerun"] = rerun(run, rerun_from)
         except RuntimeError as e:
             result["rerun_skipped"] = str(e)
             log.warning("re-run skipped: %s", e)
-        if compare and len(result["rerun"]) == 2:
-            a, b = result["rerun"]["ours"], result["rerun"]["faiss_as_is"]
-            result["rerun_speedup"] = {k: b[k] / a[k] for k in a if k in b and min(a[k], b[k]) >= 0.5}
-    C.publish("precompute", result, out_dir)
+    publish("precompute", result, out_dir)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n\n")[0])
     p.add_argument("--rerun", metavar="STAGE", help="re-run this stage and the ones after it on a copy of the run")
-    p.add_argument("--compare", action="store_true", help="re-run twice: ours and faiss as is")
     p.add_argument("--train-steps", type=int, default=0, metavar="N",
                    help="time N training steps here and project the train stage (0 = no probe)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run(a.run, rerun_from=a.rerun, compare=a.compare, threads=a.threads, train_steps=a.train_steps,
-        out_dir=a.out)
+    run(a.run, rerun_from=a.rerun, threads=a.threads, train_steps=a.train_steps, out_dir=a.out)
     return 0
 
 

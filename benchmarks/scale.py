@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _common as C
+from benchmarks.summary import publish
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,10 @@ def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hns
     def build(kind: str, data: np.ndarray, **kw: Any):
         t = time.perf_counter()
         idx = knn_index.build(data, kind=kind, seed=seed, **kw)
-        return idx, time.perf_counter() - t, None
+        return idx, time.perf_counter() - t
 
     # exact: the ground truth, and flat's own figures
-    flat, t_flat, m_flat = build("flat", xb)
+    flat, t_flat = build("flat", xb)
     t = time.perf_counter()
     D_gt, I_gt = knn_index.search(flat, xq, k)
     gt_s = time.perf_counter() - t
@@ -106,7 +107,7 @@ def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hns
                                                   for key, v in _latency(sub, xq, k, n_single).items()}})
         del sub
     for nlist in nlists:
-        ivf, t_ivf, m_ivf = build("ivf", xb, nlist=nlist)
+        ivf, t_ivf = build("ivf", xb, nlist=nlist)
         for nprobe in nprobes:
             ivf.nprobe = nprobe
             _, I = knn_index.search(ivf, xq, k)
@@ -123,7 +124,7 @@ def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hns
         del f2
     else:
         I_sub = I_gt
-    hn, t_h, m_h = build("hnsw", sub, ef_search=ef_search)
+    hn, t_h = build("hnsw", sub, ef_search=ef_search)
     _, I = knn_index.search(hn, xq, k)
     rows.append({"kind": "hnsw", "n": hnsw_n, "params": f"M=32 efSearch={ef_search}", "build_s": t_h,
                  "memory_mb": _index_mb(hn), **_latency(hn, xq, k, n_single), "recall": _recall(I, I_sub),
@@ -233,13 +234,13 @@ def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: i
         t0 = time.perf_counter()
         real = real_part(run, layer=layer, fn=None, nprobes=real_nprobes, ef_search=ef_search, seed=seed)
         real["seconds"] = time.perf_counter() - t0
-    result = {"benchmark": "scale", "machine": mach, "auto": _auto_note(syn, real, knn_index.AUTO_IVF_MIN),
+    result = {"machine": mach, "auto": _auto_note(syn, real, knn_index.AUTO_IVF_MIN),
               "settings": {"n": n, "d": d, "k": k, "n_queries": n_queries, "hnsw_n": hnsw_n, "nlists": nlists,
                            "nprobes": nprobes, "ef_search": ef_search, "threads": nthreads,
                            "auto_ivf_min": knn_index.AUTO_IVF_MIN},
               "synthetic": syn, "real": real,
               "note": None if real else f"no finished run at {run}: real-run part skipped"}
-    C.publish("scale", result, out_dir)
+    publish("scale", result, out_dir)
     return result
 
 

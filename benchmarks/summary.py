@@ -1,6 +1,5 @@
-"""Write ``benchmarks/README.md`` from the latest result files (``benchmarks/results/*.json``): every figure in it
-comes from a JSON file that a benchmark command wrote. The one renderer of each result: a benchmark prints its
-own result with :func:`section` too.
+"""Render benchmark results: :func:`section` is the one rendering of each result, :func:`publish` writes a result
+and prints it, and the command below writes ``benchmarks/README.md`` from ``benchmarks/results/*.json``.
 
     python -m benchmarks.summary                 # -> benchmarks/README.md
     python -m benchmarks.summary --print         # to stdout instead
@@ -14,13 +13,14 @@ from typing import Any
 
 from benchmarks import _common as C
 
-ORDER = ("knn_search", "inspect_latency", "precompute", "scale", "app", "load", "load_post_script_gc")
+ORDER = ("knn_search", "inspect_latency", "precompute", "scale", "app", "app_latency", "load", "load_post_script_gc")
 COMMANDS = {
     "knn_search": "python -m benchmarks.knn_search",
     "inspect_latency": "python -m benchmarks.inspect_latency",
-    "precompute": "python -m benchmarks.precompute --rerun neighbours --compare --train-steps 30",
+    "precompute": "python -m benchmarks.precompute --rerun neighbours --train-steps 30",
     "scale": "python -m benchmarks.scale",
     "app": "python -m benchmarks.app",
+    "app_latency": "python -m benchmarks.app_latency",
     "load": "python -m benchmarks.load",
     "load_post_script_gc": "python -m benchmarks.load --post-script-gc",
 }
@@ -64,15 +64,14 @@ def knn_search(r: dict[str, Any]) -> str:
     lines = [f"{s['n_queries']} queries, k = {s['k']}, run `{s['run']}`" + (f" — NOTE: {r['note']}" if r.get("note") else ""),
              "",
              _md(r["rows"], [("layer", "layer"), ("n", "N"), ("d", "D"), ("qps_ours", "ours q/s"),
-                             ("qps_faiss", "faiss as is"), ("qps_numpy", "numpy"), ("qps_torch", "torch"),
-                             ("qps_sklearn", "sklearn"), ("ours_vs_sklearn", "× sklearn"),
-                             ("ours_vs_numpy", "× numpy"), ("ours_vs_faiss", "× faiss"),
+                             ("qps_faiss", "faiss as is"), ("qps_sklearn", "sklearn"),
+                             ("ours_vs_sklearn", "× sklearn"), ("ours_vs_faiss", "× faiss"),
                              ("gflops_ours", "GFLOP/s"), ("gflops_matmul", "matmul GFLOP/s"),
                              ("frac_of_matmul", "of matmul"), ("qps_select_only", "select-only q/s"),
                              ("recall_ours_vs_sklearn", "recall vs sklearn")]),
              "",
              f"All layers: ours {a['qps']['ours']:.0f} q/s = {a['ours_vs_sklearn']:.2f}× scikit-learn, "
-             f"{a['ours_vs_numpy']:.2f}× numpy, {a['ours_vs_faiss']:.2f}× faiss as is. Square sgemm peak "
+             f"{a['ours_vs_faiss']:.2f}× faiss as is. Square sgemm peak "
              f"{max(r['peak_gflops'].values()):.1f} GFLOP/s.", "", _targets(r)]
     return "\n".join(lines)
 
@@ -82,9 +81,9 @@ def inspect_latency(r: dict[str, Any]) -> str:
     stages = ["prepare", "forward", "processing", "search", "scoring"]
     return "\n".join([
         f"One image, {len(s['layers'])} layers (dims {s['dims']}), N = {s['n_train']}, k = {s['k']}, "
-        f"{s['calls']} calls per variant after warm-up; milliseconds.", "",
+        f"{s['calls']} calls after warm-up; milliseconds.", "",
         _md(r["rows"], [("variant", "variant"), ("p50_ms", "p50"), ("p95_ms", "p95"),
-                        *[(f"{x}_p50", f"{x} p50") for x in stages], ("vs_ours_p50", "p50 / ours")]),
+                        *[(f"{x}_p50", f"{x} p50") for x in stages]]),
         "", _targets(r)])
 
 
@@ -105,14 +104,11 @@ def precompute(r: dict[str, Any]) -> str:
                      f"{tp['step_s_median'] * 1e3:.0f} ms per step of {tp['batch_size']} images × "
                      f"{tp['train_steps']} steps = {tp['train_projection_s']:.0f} s for the train stage; the run "
                      f"would total {r['total_with_train_projection_s']:.0f} s with it.")
-    for v, t in (r.get("rerun") or {}).items():
-        lines.append(f"Re-run here from `{r['settings']['rerun_from']}`, {v}: "
-                     + ", ".join(f"{k} {x:.1f} s" for k, x in t.items()) + ".")
+    if r.get("rerun"):
+        lines.append(f"Re-run here from `{r['settings']['rerun_from']}`: "
+                     + ", ".join(f"{k} {x:.1f} s" for k, x in r["rerun"].items()) + ".")
     if r.get("rerun_skipped"):
         lines.append(f"Re-run skipped: {r['rerun_skipped']}.")
-    if r.get("rerun_speedup"):
-        lines.append("Speed-up of ours over faiss as is: "
-                     + ", ".join(f"{k} {x:.2f}×" for k, x in r["rerun_speedup"].items()) + ".")
     lines += ["", _targets(r)]
     return "\n".join(lines)
 
@@ -165,6 +161,18 @@ def app(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def app_latency(r: dict[str, Any]) -> str:
+    t = r["targets_ms"]
+    rows = [{"path": "threshold change (Threshold page rerun)", **r["threshold_change_ms"],
+             "target": t["threshold_change"]},
+            {"path": "upload -> inspect (Inspect page rerun)", **r["upload_inspect_ms"], "target": t["upload_inspect"]}]
+    return "\n".join([f"Whole-script reruns (AppTest) after {r['settings']['warmup']} warm-up ones, "
+                      f"{r['settings']['reruns']} each, defaults {r['settings']['defaults']}; milliseconds:", "",
+                      _md(rows, [("path", "path"), ("p50", "p50"), ("p95", "p95"), ("min", "min"),
+                                 ("target", "target")]), "",
+                      f"Cold first run (imports, model, indexes): {r['cold_first_run_s']:.1f} s."])
+
+
 def load(r: dict[str, Any]) -> str:
     rows = [{"action": a, **v} for a, v in r["latency_ms"].items()]
     lines = [f"{r['sessions']} concurrent sessions x {r['rounds']} round(s) in {r['drive_s']} s, {r['errors']} "
@@ -183,9 +191,10 @@ def load(r: dict[str, Any]) -> str:
 load_post_script_gc = load
 
 
-TITLES = {"knn_search": "kNN search: ours vs scikit-learn vs numpy, and the matmul limit",
+TITLES = {"knn_search": "kNN search: ours vs scikit-learn and faiss, and the matmul limit",
           "inspect_latency": "One image, all layers (Detector.inspect)",
           "precompute": "Precompute", "scale": "Scale: flat vs IVF vs HNSW", "app": "App: Threshold page",
+          "app_latency": "App: a threshold change and an upload's inspect, whole reruns",
           "load": "Load: concurrent app sessions (Streamlit's server, websocket clients)",
           "load_post_script_gc": "Load, with Streamlit's default full gc.collect after every rerun (before the fix)"}
 
@@ -194,9 +203,21 @@ def section(name: str, r: dict[str, Any]) -> str:
     """One result as its README section (Markdown: title, command, machine, tables). A result not yet written
     (no ``machine`` block) was measured here and now: this machine's block is used."""
     r = r if "machine" in r else {**r, "machine": {**C.machine(), "loadavg_end": C.loadavg()}}
-    return "\n".join([f"## {TITLES[name]}", "", f"`{r.get('command') or COMMANDS[name]}`", "",
-                      f"Machine: {_machine(r)}.", "",
-                      globals()[name](r)])
+    out = [f"## {TITLES[name]}", "", f"`{r.get('command') or COMMANDS[name]}`", "", f"Machine: {_machine(r)}.", "",
+           globals()[name](r)]
+    if b := r.get("before"):
+        out += ["", f"Recorded before, by code since removed ({b['code']}, `{b['command']}`, {b['date']}): "
+                f"{b['what']}",
+                "", _md(b["rows"], [(k, k.replace("_", " ")) for k in b["rows"][0]])]
+    return "\n".join(out)
+
+
+def publish(name: str, result: dict[str, Any], out_dir: str | Path | None = None) -> Path:
+    """Write ``result`` (:func:`benchmarks._common.write_result`), print its :func:`section` and the file's path."""
+    path = C.write_result(name, result, out_dir)
+    print(section(name, json.loads(path.read_text())))
+    print(f"-> {path}")
+    return path
 
 
 def render(results: Path = C.RESULTS) -> str:
@@ -208,7 +229,8 @@ def render(results: Path = C.RESULTS) -> str:
            "```", "",
            "Every comparison is measured in one process, interleaved, best or median of several rounds: these "
            "machines are shared and noisy, so ratios are the figures to read; absolute times move with the load "
-           "average recorded beside each table.", ""]
+           "average recorded beside each table. Figures of comparison code since removed (the code a change "
+           "replaced) stay as recorded, under \"Recorded before\" (the result file's `before` block).", ""]
     for name in ORDER:
         p = Path(results) / f"{name}.json"
         if not p.exists():
