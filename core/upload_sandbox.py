@@ -128,18 +128,19 @@ class _Worker:
         finally:
             sel.close()
 
-    def _read(self, sel: selectors.BaseSelector, n: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
+    def _read(self, sel: selectors.BaseSelector, n: int, deadline: float) -> bytes | bytearray:
+        buf = bytearray(n)
+        view, pos = memoryview(buf), 0
+        while pos < n:
             self._wait(sel, deadline)
             try:
-                chunk = os.read(self.rfd, min(n - len(buf), 1 << 22))
+                got = os.readv(self.rfd, [view[pos:]])
             except BlockingIOError:
                 continue
-            if not chunk:
+            if not got:
                 raise self._dead()
-            buf += chunk
-        return bytes(buf)
+            pos += got
+        return bytes(buf) if n < 4096 else buf
 
     def _dead(self) -> _Died:
         try:
