@@ -33,6 +33,12 @@ Policy, one line per case (the ``reason`` codes are listed in :data:`UPLOAD_REAS
 - ``"unsupported_mode"``: a pixel mode with no RGB/L conversion here. Every mode Pillow 13 defines
   (``PIL.Image.MODES``) is mapped below, so this guards against modes added later.
 - ``"too_small"``: an opened image reporting a zero width or height (a guard: see ``"truncated"``).
+- ``"too_slow"``: a JPEG with more than ``MAX_JPEG_SCANS`` scans, or a decode stopped by the worker's
+  CPU-time or wall-clock limit (:mod:`core.upload_sandbox`).
+- ``"decoder_failed"``: the decode worker died any other way (e.g. a native out-of-memory abort).
+
+Decoding runs in a worker process bounded in CPU time, address space and wall-clock time
+(:mod:`core.upload_sandbox`); :func:`decode_in_process` is the unbounded decode it runs.
 
 Pixel modes, as decoded by Pillow -> as returned:
 
