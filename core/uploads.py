@@ -33,6 +33,12 @@ Policy, one line per case (the ``reason`` codes are listed in :data:`UPLOAD_REAS
 - ``"unsupported_mode"``: a pixel mode with no RGB/L conversion here. Every mode Pillow 13 defines
   (``PIL.Image.MODES``) is mapped below, so this guards against modes added later.
 - ``"too_small"``: an opened image reporting a zero width or height (a guard: see ``"truncated"``).
+- ``"too_slow"``: a JPEG with more than ``MAX_JPEG_SCANS`` scans, or a decode stopped by the worker's
+  CPU-time or wall-clock limit (:mod:`core.upload_sandbox`).
+- ``"decoder_failed"``: the decode worker died any other way (e.g. a native out-of-memory abort).
+
+Decoding runs in a worker process bounded in CPU time, address space and wall-clock time
+(:mod:`core.upload_sandbox`); :func:`decode_in_process` is the unbounded decode it runs.
 
 Pixel modes, as decoded by Pillow -> as returned:
 
@@ -82,13 +88,15 @@ __all__ = [
     "UPLOAD_REASONS",
     "UploadError",
     "image_to_array",
+    "decode_in_process",
     "read_upload",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAX_PIXELS: int = 40_000_000
-"""Default cap on ``width * height`` declared by the header, checked before decoding."""
+MAX_PIXELS: int = 4096 * 4096
+"""Default cap on ``width * height`` declared by the header, checked before decoding (16.8 MP: a 12 MP
+phone photo fits; the models need at most 342 pixels a side)."""
 
 MAX_BYTES: int = 25 * 1024 * 1024
 """Default cap on the size of the uploaded file in bytes."""
@@ -106,9 +114,20 @@ UPLOAD_REASONS: frozenset[str] = frozenset(
         "decompression_bomb",
         "unsupported_mode",
         "too_small",
+        "too_slow",
+        "decoder_failed",
     }
 )
 """Every value :attr:`UploadError.reason` can take."""
+
+MAX_JPEG_SCANS: int = 100
+"""Most SOS markers a JPEG may hold (each scan is a pass over the whole image)."""
+
+EXACT_RESIZE_PIXELS: int = 1 << 22
+"""Largest intermediate (resized, uncropped) image :func:`image_to_array` makes; beyond it only the crop is
+resampled."""
+
+NO_MEMORY_MESSAGE = "There is not enough memory to decode this image; try a smaller one."
 
 _FORMATS_TEXT = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 
@@ -228,20 +247,53 @@ def read_upload(
             "too_large",
             f"The file is {len(data) / 2**20:.1f} MiB; uploads are limited to {max_bytes / 2**20:.1f} MiB.",
         )
+    from core import upload_sandbox
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = _open_and_load(data, max_pixels=max_pixels)
+    mode, size, pixels = upload_sandbox.decode(data, max_pixels=max_pixels)
+    del data
+    try:
+        return Image.frombytes(mode, size, pixels)
+    except MemoryError:
+        raise UploadError("too_large", NO_MEMORY_MESSAGE) from None
+
+
+def decode_in_process(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode in this process, without time or memory bounds: what a worker of :func:`read_upload` runs.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file, non-empty.
+    max_pixels : int, default MAX_PIXELS
+        Largest ``width * height`` accepted.
+
+    Returns
+    -------
+    PIL.Image.Image
+        As :func:`read_upload`.
+
+    Raises
+    ------
+    UploadError
+        As :func:`read_upload`, except ``"too_slow"`` and ``"decoder_failed"``.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                upright = _exif_transpose(img)
+                img = _open_and_load(data, max_pixels=max_pixels)
+                try:
+                    upright = _exif_transpose(img)
+                finally:
+                    img.close()
             finally:
-                img.close()
-        finally:
-            for w in caught:
-                logger.debug("Pillow warned while reading an upload: %s: %s", w.category.__name__, w.message)
-    return _to_rgb_or_l(upright)
+                for w in caught:
+                    logger.debug("Pillow warned while reading an upload: %s: %s", w.category.__name__, w.message)
+        return _to_rgb_or_l(upright)
+    except MemoryError as exc:
+        logger.debug("upload: out of memory while decoding: %r", exc)
+        raise UploadError("too_large", NO_MEMORY_MESSAGE) from None
 
 
 def image_to_array(
@@ -256,7 +308,10 @@ def image_to_array(
     image is scaled by the one factor that makes it just cover ``size``; for a square target ``(S, S)``
     that is ``Resize(S) + CenterCrop(S)``. Crop offsets are rounded as torchvision does. Downscaling uses
     ``LANCZOS`` (antialiased, as Pillow's resize always is), upscaling ``BICUBIC``; an image already of
-    the resized size is not resampled.
+    the resized size is not resampled. When the resized image would exceed :data:`EXACT_RESIZE_PIXELS`
+    (an extreme aspect ratio), only the source box under the crop is resampled, with the same filter and
+    scale: values then differ from resize-then-crop by at most 1 (floating-point rounding), and time and
+    memory stay bounded by the output size.
 
     Parameters
     ----------
@@ -314,12 +369,18 @@ def image_to_array(
         else:
             scale = out_h / h
             new_w, new_h = max(out_w, int(out_h * w / h)), out_h
-    if (new_w, new_h) != (w, h):
-        resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
-        img = img.resize((new_w, new_h), resample)
     # torchvision's CenterCrop rounding.
     top = int(round((new_h - out_h) / 2.0))
     left = int(round((new_w - out_w) / 2.0))
+    if (new_w, new_h) != (w, h):
+        resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
+        if new_w * new_h > EXACT_RESIZE_PIXELS:
+            # Resample only the source box that maps onto the crop (same filter and scale).
+            box = (left * w / new_w, top * h / new_h, (left + out_w) * w / new_w, (top + out_h) * h / new_h)
+            img = img.resize((out_w, out_h), resample, box=box)
+            new_w, new_h = out_w, out_h
+        else:
+            img = img.resize((new_w, new_h), resample)
     if (new_w, new_h) != (out_w, out_h):
         img = img.crop((left, top, left + out_w, top + out_h))
 
@@ -430,6 +491,14 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> ImageFile.ImageFile:
 
     fmt = img.format or sniffed or "image"
     try:
+        if fmt in ("JPEG", "MPO"):
+            scans = data.count(b"\xff\xda")  # SOS markers: 0xFF is always escaped in coded data
+            if scans > MAX_JPEG_SCANS:
+                raise UploadError(
+                    "too_slow",
+                    f"The JPEG file has {scans} scans (an ordinary progressive JPEG has about 10; at most "
+                    f"{MAX_JPEG_SCANS} are accepted), so decoding it would take too long. Re-save it and try again.",
+                )
         w, h = img.size
         if w < 1 or h < 1:
             raise UploadError("too_small", f"The image is {w}×{h} pixels; it must be at least 1×1.")

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from core.upload_sandbox import DECODE_WALL_SECONDS
 from core.uploads import (
     ACCEPTED_FORMATS,
     MAX_BYTES,
@@ -46,7 +47,7 @@ SEED = 20261125
 KNOWN_REASONS = frozenset(
     {
         "empty", "not_an_image", "truncated", "animated",
-        "too_large", "decompression_bomb", "unsupported_mode", "too_small",
+        "too_large", "decompression_bomb", "unsupported_mode", "too_small", "too_slow", "decoder_failed",
     }
 )
 OK = "ok"
@@ -438,6 +439,17 @@ def cases_special() -> list[Case]:
         Case("gif-65535x65535-screen", gif_with_screen(65535, 65535), exp("too_large")),
     ]
 
+    # Bounded decoding: extreme aspect ratios, small files of many pixels, CPU bombs.
+    cases += [
+        Case("png-1x1000000", huge_png(1, 1_000_000), exp(OK, "too_slow")),
+        Case("png-1x39999999", huge_png(1, 39_999_999), exp("too_large")),
+        Case("webp-16383x2441-rgba", webp_lossless_blank(16383, 2441), exp("too_large")),
+        Case("tiff-float32-6000x6000", float_tiff(6000, 6000), exp("too_large")),
+        Case("gif-6000x6000-screen", gif_with_screen(6000, 6000), exp("too_large")),
+        Case("jpeg-300-scans", jpeg_repeated_scans(300), exp("too_slow")),
+        Case("jpeg-24MB-0xFF-fill", jpeg_ff_fill(FF_FILL), exp("too_slow")),
+    ]
+
     # Metadata decompression bombs (small file, multi-megabyte zTXt / iCCP).
     tiny = zlib.compress(b"\x00\x00")
     ztxt = png_chunk(b"zTXt", b"k\x00\x00" + zlib_bomb())
@@ -475,6 +487,83 @@ def gif_with_screen(w: int, h: int) -> bytes:
     data = bytearray(encode(Image.new("P", (4, 4)), "GIF"))
     data[6:10] = struct.pack("<HH", w, h)
     return bytes(data)
+
+
+def jpeg_segments(data: bytes) -> list[bytes]:
+    """Split a JPEG into its segments: SOI, each marker segment (a scan with its entropy-coded data), EOI."""
+    out, pos = [data[:2]], 2
+    while pos < len(data):
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            out.append(data[pos : pos + 2])
+            break
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        end = pos + 2 + length
+        if marker == 0xDA:  # entropy-coded data runs to the next marker other than stuffing / RSTn
+            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+@functools.cache
+def jpeg_repeated_scans(scans: int, side: int = 2048) -> bytes:
+    """A flat grey progressive JPEG whose last scan (a few bytes of data) is repeated ``scans`` times."""
+    segs = jpeg_segments(encode(Image.new("L", (side, side), 128), "JPEG", progressive=True))
+    assert segs[-2][:2] == b"\xff\xda" and segs[-1] == b"\xff\xd9"
+    return b"".join(segs[:-1]) + segs[-2] * scans + segs[-1]
+
+
+@functools.cache
+def jpeg_ff_fill(n: int) -> bytes:
+    """A small valid JPEG with ``n`` 0xFF fill bytes before its EOI marker."""
+    data = encode(gradient(64, 64), "JPEG")
+    return data[:-2] + b"\xff" * n + data[-2:]
+
+
+@functools.cache
+def jpeg_many_markers(n: int) -> bytes:
+    """A small valid JPEG with ``n`` empty COM segments after SOI."""
+    data = encode(gradient(16, 16), "JPEG")
+    return data[:2] + b"\xff\xfe\x00\x02" * n + data[2:]
+
+
+@functools.cache
+def png_many_chunks(n: int) -> bytes:
+    """A 1x1 PNG with ``n`` small tEXt chunks (distinct keys) before its IDAT."""
+    text = b"".join(png_chunk(b"tEXt", b"k%d\x00v" % i) for i in range(n))
+    return craft_png(1, 1, bit_depth=8, color_type=0, idat=zlib.compress(b"\x00\x00"), before=text)
+
+
+@functools.cache
+def webp_lossless_blank(w: int, h: int) -> bytes:
+    """A lossless transparent WebP of ``w`` x ``h`` (1 to 16384 a side): a small file of any size."""
+    data = bytearray(encode(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "WEBP", lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F
+    (bits,) = struct.unpack_from("<I", data, 21)
+    bits = (bits & ~((1 << 28) - 1)) | (w - 1) | ((h - 1) << 14)
+    struct.pack_into("<I", data, 21, bits)
+    return bytes(data)
+
+
+@functools.cache
+def float_tiff(w: int, h: int) -> bytes:
+    """A complete deflate-compressed 32-bit float greyscale TIFF of ``w`` x ``h`` zeros, built in blocks."""
+    comp = zlib.compressobj(9)
+    block = b"\x00" * (4 * w * 256)
+    parts = [comp.compress(block) for _ in range(h // 256)]
+    parts += [comp.compress(b"\x00" * (4 * w * (h % 256))), comp.flush()]
+    strip = b"".join(parts)
+    tags = [  # tag, type (3 SHORT, 4 LONG), value
+        (256, 4, w), (257, 4, h), (258, 3, 32), (259, 3, 8), (262, 3, 1), (273, 4, 8),
+        (277, 3, 1), (278, 4, h), (279, 4, len(strip)), (339, 3, 3),
+    ]
+    ifd = struct.pack("<H", len(tags))
+    for tag, typ, value in tags:
+        ifd += struct.pack("<HHI", tag, typ, 1) + struct.pack("<HH" if typ == 3 else "<I", *((value, 0) if typ == 3 else (value,)))
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8 + len(strip)) + strip + ifd
 
 
 def cases_mutated() -> list[Case]:
@@ -561,6 +650,8 @@ def _audit_hook(event: str, args: tuple) -> None:
         return
     if event == "open":
         path, mode, flags = args
+        if isinstance(path, int):  # wrapping a descriptor (a decode worker's pipe): nothing is opened
+            return
         if isinstance(mode, str):
             writes = any(c in mode for c in "wax+")
         else:  # os.open: no mode string, only flags
@@ -874,7 +965,7 @@ def test_bytes_like_inputs_and_bad_arguments() -> None:
     for bad in ({"max_pixels": 0}, {"max_bytes": -1}, {"max_pixels": 1.5}, {"max_bytes": True}):
         with pytest.raises(ValueError):
             read_upload(data, **bad)
-    assert MAX_PIXELS == 40_000_000 and MAX_BYTES == 25 * 1024 * 1024
+    assert MAX_PIXELS == 4096 * 4096 and MAX_BYTES == 25 * 1024 * 1024
     with pytest.raises(ValueError):
         UploadError("no-such-reason", "x")
 
@@ -982,3 +1073,170 @@ def test_image_to_array_resize_edge_cases() -> None:
 def test_image_to_array_rejects_bad_arguments(bad: dict) -> None:
     with pytest.raises(ValueError):
         image_to_array(gradient(4, 4), **bad)
+
+
+# ------------------------------------------------------------------------- bounded decoding (bombs)
+
+LIMITED_READ = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from core.uploads import UploadError, image_to_array, read_upload
+limit = int(sys.argv[2])
+data = sys.stdin.buffer.read()
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+t0, c0 = time.perf_counter(), cpu(resource.RUSAGE_SELF)
+try:
+    img = read_upload(data)
+    out = "ok"
+    if sys.argv[3] == "array":
+        assert image_to_array(img, size=(299, 299), channels=3, resize=342).shape == (299, 299, 3)
+        assert image_to_array(img, size=(28, 28), channels=1).shape == (28, 28, 1)
+except UploadError as e:
+    out = e.reason
+except MemoryError:
+    out = "MemoryError"
+seconds, mine = time.perf_counter() - t0, cpu(resource.RUSAGE_SELF) - c0
+try:
+    from core import upload_sandbox
+    upload_sandbox.shutdown()  # reaps the workers, so their CPU time is counted below
+except ImportError:
+    pass
+print(json.dumps({"outcome": out, "seconds": seconds, "cpu": mine + cpu(resource.RUSAGE_CHILDREN)}))
+"""
+
+
+def limited_read(data: bytes, *, memory: int = 1 << 30, array: bool = False, timeout: float = 300) -> tuple[str, float]:
+    """Read ``data`` in a fresh interpreter whose address space is limited to ``memory`` bytes (the decode
+    worker inherits the limit): ``(outcome, cpu_seconds)``. Wall-clock time is checked against the worker's
+    limit; CPU time (reader and its workers, start-up included) is what the bounds below assert, as it does
+    not depend on how loaded the machine is."""
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    warm = "read_upload(" + repr(encode(gradient(4, 4), "PNG")) + ")\n"
+    code = LIMITED_READ.replace("t0 = time.perf_counter()", warm + "t0 = time.perf_counter()")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), str(memory), "array" if array else "read"],
+        input=data, capture_output=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    res = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert res["seconds"] < DECODE_WALL_SECONDS + 3, res
+    return res["outcome"], res["cpu"]
+
+
+BOUND_S = 5.0  # CPU seconds: the worker's limit (2-3 s) plus the start-up of two workers
+# Sizes of the CPU bombs: each took over 8 s in-process before the decode was bounded.
+FF_FILL = 24 << 20
+COM_MARKERS = 6_000_000
+TEXT_CHUNKS = 1_000_000
+
+
+ARRAY_OF_BLANK = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from PIL import Image
+from core.uploads import image_to_array
+img = Image.new("L", (int(sys.argv[2]), int(sys.argv[3])), 77)
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+t0 = time.process_time()
+try:
+    a = image_to_array(img, size=(299, 299), channels=3, resize=342)
+    b = image_to_array(img, size=(28, 28), channels=1)
+    out = "ok" if a.shape == (299, 299, 3) and b.shape == (28, 28, 1) and a.min() == b.max() == 77 else "wrong"
+except MemoryError:
+    out = "MemoryError"
+print(json.dumps({"outcome": out, "cpu": time.process_time() - t0}))
+"""
+
+
+@pytest.mark.parametrize("size", [(1, 4_000_000), (4_000_000, 1), (3, 5_000_000)])
+def test_extreme_aspect_ratio_is_cropped_before_resizing(size: tuple[int, int]) -> None:
+    """Finding 7: a 1xN image was resized (short side up) before the crop: gigabytes, MemoryError."""
+    import json
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", ARRAY_OF_BLANK, str(ROOT), *map(str, size)],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    res = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert res["outcome"] == "ok" and res["cpu"] < 3.0, res
+
+
+def test_image_to_array_time_and_memory_follow_the_output_size() -> None:
+    img = Image.new("L", (1, 1_000_000), 77)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        arr = image_to_array(img, size=(299, 299), channels=3, resize=342)
+        elapsed = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert arr.shape == (299, 299, 3) and int(arr.min()) == int(arr.max()) == 77
+    assert elapsed < 3.0 and peak < 20 * 2**20, (elapsed, peak)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("1x39999999 PNG", lambda: huge_png(1, 39_999_999), "too_large"),
+        ("WebP 16383x2441 RGBA", lambda: webp_lossless_blank(16383, 2441), "too_large"),
+        ("float32 TIFF 6000x6000", lambda: float_tiff(6000, 6000), "too_large"),
+        ("GIF 6000x6000 screen", lambda: gif_with_screen(6000, 6000), "too_large"),
+        ("WebP 4096x4096 RGBA", lambda: webp_lossless_blank(4096, 4096), "ok"),
+        ("float32 TIFF 4096x4096", lambda: float_tiff(4096, 4096), "ok"),
+    ],
+)
+def test_small_files_of_many_pixels_stay_within_a_gigabyte(name: str, make: Callable[[], bytes], reason: str) -> None:
+    """Finding 9: small files that decode to hundreds of megabytes; under a 1 GiB limit, MemoryError escaped."""
+    data = make()
+    assert len(data) < 200_000, len(data)
+    outcome, seconds = limited_read(data)
+    assert outcome == reason and seconds < BOUND_S, (name, outcome, seconds)
+
+
+def test_memory_error_while_converting_is_too_large() -> None:
+    """MemoryError anywhere in the read (here: the RGBA -> RGB compositing) is reported as ``"too_large"``."""
+    import core.uploads as uploads
+
+    data = encode(gradient(64, 64, "RGBA"), "PNG")
+    real = uploads._flatten
+
+    def no_memory(img: Image.Image) -> Image.Image:
+        raise MemoryError
+
+    try:
+        uploads._flatten = no_memory
+        with pytest.raises(UploadError) as info:
+            uploads.decode_in_process(data)
+    finally:
+        uploads._flatten = real
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("progressive JPEG, a scan repeated 300 times", lambda: jpeg_repeated_scans(300)),
+        ("JPEG with 0xFF fill", lambda: jpeg_ff_fill(FF_FILL)),
+        ("JPEG with many COM markers", lambda: jpeg_many_markers(COM_MARKERS)),
+        ("PNG with many tEXt chunks", lambda: png_many_chunks(TEXT_CHUNKS)),
+    ],
+)
+def test_cpu_bombs_are_stopped_within_seconds(name: str, make: Callable[[], bytes]) -> None:
+    """Finding 8: files that each held a core for many seconds are refused as ``"too_slow"``."""
+    outcome, seconds = limited_read(make())
+    assert outcome == "too_slow" and seconds < BOUND_S, (name, outcome, seconds)
+
+
+def test_a_stopped_worker_is_replaced() -> None:
+    assert reason_of(jpeg_many_markers(COM_MARKERS)) == "too_slow"
+    assert read_upload(encode(gradient(5, 4), "PNG")).size == (5, 4)
