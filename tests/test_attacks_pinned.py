@@ -15,11 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from core.attacks import ATTACKS, available, param_spec, run_attack
+from core.attacks import ATTACKS, available, param_spec, quantise, run_attack, to_uint8
+from core.data import to_float
 
 _LINF_EPS = {"default": 0.1, "type": "float", "min": 0.001, "max": 1.0,
              "help": "L-inf budget: max |x_adv - x| per pixel (in [0, 1] units)"}
-_STEP = {"default": 0.01, "type": "float", "min": 0.0001, "max": 1.0, "help": "step size per iteration (in [0, 1] units)"}
+_STEP = {"default": 0.01, "type": "float", "min": 0.0001, "max": 1.0,
+         "help": "step size per iteration (in [0, 1] units)"}
 
 #: name -> (title, targeted, draws_random() at defaults, param_spec(name)), as recorded from the old module.
 REGISTRY = {
@@ -41,7 +43,8 @@ REGISTRY = {
                        "help": "logit margin required over the runner-up class"},
         "learning_rate": {"default": 0.1, "type": "float", "min": 0.0001, "max": 1.0,
                           "help": "Adam step size (in tanh space)"},
-        "max_iter": {"default": 100, "type": "int", "min": 1, "max": 1000, "help": "Adam steps per binary-search round"},
+        "max_iter": {"default": 100, "type": "int", "min": 1, "max": 1000,
+                     "help": "Adam steps per binary-search round"},
         "binary_search_steps": {"default": 3, "type": "int", "min": 1, "max": 20,
                                 "help": "rounds of the binary search over c"},
         "initial_const": {"default": 1.0, "type": "float", "min": 0.001, "max": 1000.0,
@@ -110,3 +113,28 @@ def test_output_is_bit_identical(name):
     r = run_attack(name, model, x, target=target, seed=3)
     digest = hashlib.sha256(r.x_adv.tobytes() + r.predicted.tobytes() + r.success.tobytes()).hexdigest()
     assert (digest, r.success.astype(int).tolist()) == (SHA256[name], SUCCESS[name])
+
+
+def _hard_pixels() -> np.ndarray:
+    """float32 (N, 3, 4, 5) in [0, 1]: every k/255, every tie (k + 0.5)/255, their float32 neighbours, noise."""
+    k = np.arange(256, dtype=np.float64)
+    v = np.concatenate([k / 255, (k[:-1] + 0.5) / 255]).astype(np.float32)
+    v = np.concatenate([v, np.nextafter(v, np.float32(0)), np.nextafter(v, np.float32(1))])
+    v = np.concatenate([v, np.random.default_rng(0).uniform(0, 1, 60 * 40).astype(np.float32)])
+    v = np.clip(v, 0, 1)
+    return np.resize(v, (-(-len(v) // 60), 3, 4, 5))
+
+
+def test_one_quantiser_matches_the_three_old_roundings():
+    """``to_uint8`` / ``quantise`` reproduce, bit for bit, the roundings they replace (old code inlined here)."""
+    x = _hard_pixels()
+    old_quantise = (np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255) / 255.0).astype(np.float32)
+    old_stages = np.clip(np.rint(np.asarray(x) * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+    stored = to_uint8(x)
+    assert stored.dtype == np.uint8 and stored.flags.c_contiguous
+    np.testing.assert_array_equal(stored, old_stages)
+    for i in range(len(x)):  # app_pages/attack_live.py showed one image at a time
+        old_live = np.round(x[i].transpose(1, 2, 0) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(to_uint8(x[i : i + 1])[0], old_live)
+    assert quantise(x).tobytes() == old_quantise.tobytes()
+    assert to_float(stored).tobytes() == quantise(x).tobytes()  # what is stored is what was scored
