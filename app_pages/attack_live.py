@@ -5,7 +5,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from core.attacks import ATTACKS, available, param_spec, run_attack
+from core.attacks import ATTACKS, available, param_spec, run_attack, to_uint8
 from core.data import to_float
 from app_pages import _common as ui
 
@@ -120,7 +120,7 @@ if clicked:
             st.error(f"Not started: {e}. Wait a few seconds and run it again.", icon=":material/hourglass_top:")
             st.stop()
         seconds = time.perf_counter() - t0
-    adv = np.round(res.x_adv[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    adv = to_uint8(res.x_adv)[0]
     st.session_state["atk_result"] = {"key": cur["key"], "adv": adv, "attack": name, "title": cls.title,
                                       "target": target_cls, "success": bool(res.success[0]),
                                       "params": res.params, "seconds": seconds}

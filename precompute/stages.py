@@ -180,11 +180,6 @@ def _predict(model: torch.nn.Module, images: np.ndarray, device: torch.device, b
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def _quantize(x: np.ndarray) -> np.ndarray:
-    """float (n, C, H, W) in [0, 1] -> uint8 (n, H, W, C)."""
-    return np.clip(np.rint(np.asarray(x) * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
-
-
 # =================================================================== stages
 def stage_data(ctx: Context) -> list[str]:
     """Training labels (and images when they fit: neighbour thumbnails), class names, set sizes."""
@@ -500,7 +495,7 @@ def stage_evalsets(ctx: Context) -> list[str]:
             for s in range(0, n, bs):
                 r = attacks.run_attack(name, ctx.model(), x[s:s + bs], target=target[s:s + bs], seed=seed + s,
                                        progress=ctx.progress, **table)
-                advs.append(_quantize(r.x_adv))
+                advs.append(attacks.to_uint8(r.x_adv))
                 preds.append(r.predicted)
                 succ.append(r.success)
                 log.info("%s: %d/%d", name, min(s + bs, n), n)
