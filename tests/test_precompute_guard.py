@@ -1,24 +1,182 @@
-"""Precompute refuses out-of-range configs before any work; the Detector type- and range-checks k."""
+"""Precompute writes only its own run folders, one process at a time, and refuses out-of-range configs."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.artefacts import RunDir
+from core.artefacts import RunDir, atomic_path
 from precompute import config
 from precompute.__main__ import main
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, need_fmnist
 
 FMNIST_TOML = str(ROOT / "precompute/configs/fmnist.toml")
 SHIPPED = sorted((ROOT / "precompute/configs").glob("*.toml"))
+LOCK = ".knnguard.lock"  # the lock file in a run folder
 
 
 def _args(runs: Path, *extra: str) -> list[str]:
     return ["--config", FMNIST_TOML, "--no-progress", f"--set=runs_dir='{runs}'", f"--set=data_root='{runs}'",
             *[f"--set={s}" for s in TINY], *extra]
+
+
+def _tree_hash(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (and the folders, as empty entries)."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(folder, d), root) + "/"] = ""
+        for f in files:
+            p = os.path.join(folder, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+# ------------------------------------------------------------------ 10: only its own folders and files
+def _user_folder(runs: Path) -> Path:
+    user = runs / "tiny"
+    (user / "sub").mkdir(parents=True)
+    (user / "report.md").write_text("my own report\n")
+    (user / "classes.json").write_text('["mine"]\n')
+    (user / "draft.tmp").write_text("unsaved work\n")
+    (user / "sub" / "notes.txt.tmp").write_text("more unsaved work\n")
+    return user
+
+
+@pytest.mark.parametrize("extra", [[], ["--dry-run"]])
+def test_existing_user_folder_is_refused_and_untouched(tmp_path, capsys, extra):
+    need_fmnist()
+    user = _user_folder(tmp_path)
+    before = _tree_hash(user)
+    assert main(_args(tmp_path, *extra)) == 2
+    assert "not a knnguard run" in capsys.readouterr().err
+    assert _tree_hash(user) == before  # nothing deleted, overwritten or added (no lock file either)
+
+
+def test_foreign_manifest_is_refused(tmp_path, capsys):
+    need_fmnist()
+    user = tmp_path / "tiny"
+    user.mkdir()
+    (user / "manifest.json").write_text('{"name": "my package", "version": 3}')
+    before = _tree_hash(user)
+    assert main(_args(tmp_path)) == 2
+    assert "not a knnguard manifest" in capsys.readouterr().err
+    assert _tree_hash(user) == before
+
+
+def test_check_owned_accepts_new_empty_and_own_runs(tmp_path):
+    from precompute import runlock
+
+    runlock.check_owned(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    runlock.check_owned(tmp_path / "empty")
+    run = RunDir(tmp_path / "run")
+    run.save_json("a.json", {"x": 1})
+    runlock.check_owned(run.path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(runlock.NotARun, match="not a folder"):
+        runlock.check_owned(tmp_path / "file")
+
+
+def test_clean_tmp_removes_only_its_own_temporary_names(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.save_json("a.json", {"x": 1})
+    user = [run.path / "draft.tmp", run.path / "sub" / "x.npy.tmp", run.path / ".hidden.tmp"]
+    for p in user:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("user data")
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        from core.artefacts import atomic_path
+        with atomic_path({str(run.path / "sub" / "b.npy")!r}) as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)], cwd=ROOT)
+    assert killed.returncode == -signal.SIGKILL
+    left = run.leftovers()
+    assert len(left) == 1 and left[0].parent == run.path / "sub" and left[0].name.startswith(".b.npy.knnguard-")
+    assert run.clean_tmp() == 1
+    assert run.leftovers() == [] and all(p.read_text() == "user data" for p in user)
+
+
+# ------------------------------------------------------------------ 11: one precompute per run
+_HOLDER = textwrap.dedent("""
+    import fcntl, json, os, socket, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2024-01-02T03:04:05"}).encode())
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_second_precompute_is_refused_naming_the_holder(tmp_path, capsys):
+    need_fmnist()
+    run = tmp_path / "tiny"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run / LOCK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(_args(tmp_path)) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started 2024-01-02T03:04:05" in err
+        assert sorted(os.listdir(run)) == [LOCK]  # no work started
+        assert main(_args(tmp_path, "--dry-run")) == 0  # a dry run reads only: no lock needed
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_two_real_precomputes_one_refused_then_lock_freed_by_kill(tmp_path):
+    need_fmnist()
+    runs = tmp_path / "runs"
+    # the first: a full-size run (minutes of work), killed once the second has been turned away
+    first = subprocess.Popen([sys.executable, "-m", "precompute", "--config", FMNIST_TOML, "--no-progress",
+                              f"--set=runs_dir='{runs}'", f"--set=data_root='{runs}'", "--set=threads=1"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = runs / "fmnist" / LOCK
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+            assert first.poll() is None, "the first precompute stopped early"
+            time.sleep(0.1)
+        assert json.loads(lock.read_text())["pid"] == first.pid
+        second = subprocess.run([sys.executable, "-m", "precompute", "--config", FMNIST_TOML, "--no-progress",
+                                 f"--set=runs_dir='{runs}'", f"--set=data_root='{runs}'", "--set=seed=1"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first precompute finished before the second started"
+        assert second.returncode != 0
+        assert f"pid {first.pid} on host {socket.gethostname()}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    from precompute import runlock
+
+    with runlock.hold(runs / "fmnist"):  # the kernel dropped the dead holder's lock: no stale lock
+        pass
+
+
+def test_hold_is_exclusive_and_released(tmp_path):
+    from precompute import runlock
+
+    with runlock.hold(tmp_path / "r") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(runlock.RunBusy, match=f"pid {os.getpid()}"):
+            with runlock.hold(tmp_path / "r"):
+                pass
+    with runlock.hold(tmp_path / "r"):
+        pass
 
 
 # ------------------------------------------------------------------ 12: ranges before any work
