@@ -3,7 +3,8 @@
 Every key has a default in :data:`DEFAULTS` (with a comment in the shipped TOML files). A config file
 overrides some of them; ``--set section.key=value`` overrides after that (the value is parsed as TOML, so
 ``--set evalsets.n_authentic=200`` is an int and ``--set model.weights='"none"'`` or ``model.weights=none``
-a string). Anything not in the schema, or of the wrong type, is an error before any work starts.
+a string). Anything not in the schema, of the wrong type or outside its range (:data:`RANGES`) is an error
+before any work starts.
 """
 from __future__ import annotations
 
