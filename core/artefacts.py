@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TMP_SUFFIX = ".tmp"
+#: Temporary names made by :func:`atomic_path`: ``.<final name>.knnguard-<pid>-<random>.tmp``.
+TMP_NAME = re.compile(r"\..+\.knnguard-\d+-[A-Za-z0-9_]+\.tmp")
 
 
 class ArtefactError(RuntimeError):
@@ -51,11 +54,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
 
-    The temporary name ends in ``.tmp`` and is removed on error, so readers never see a partial file.
+    The temporary name matches :data:`TMP_NAME` (``.<name>.knnguard-<pid>-<random>.tmp``) and is removed on
+    error, so readers never see a partial file and cleaning never touches a file it did not make.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=TMP_SUFFIX, dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.knnguard-{os.getpid()}-", suffix=TMP_SUFFIX,
+                               dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -323,11 +328,18 @@ class RunDir:
             raise ArtefactError(f"{p}: unreadable faiss index ({e})") from e
 
     def leftovers(self) -> list[Path]:
-        """Temporary files left by a killed writer (never read; removed by :meth:`clean_tmp`)."""
-        return sorted(self.path.rglob("*" + TMP_SUFFIX)) if self.path.exists() else []
+        """Temporary files left by a killed :func:`atomic_path` writer (names matching :data:`TMP_NAME`).
+
+        Symlinked folders are not followed, and a symlink is never a leftover.
+        """
+        found = []
+        for folder, _, names in os.walk(self.path):
+            found += [Path(folder, n) for n in names
+                      if TMP_NAME.fullmatch(n) and not os.path.islink(os.path.join(folder, n))]
+        return sorted(found)
 
     def clean_tmp(self) -> int:
-        """Remove leftover temporary files; return how many."""
+        """Remove :meth:`leftovers` (call only while holding the run's lock); return how many."""
         tmps = self.leftovers()
         for t in tmps:
             t.unlink(missing_ok=True)

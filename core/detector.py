@@ -260,10 +260,14 @@ class Detector:
     def _settings(self, mode: str | None, fn: str | None, k: int | None) -> tuple[str, str, int]:
         mode = mode or self.defaults["mode"]
         fn = fn or self.defaults["fn"]
-        k = int(k or self.defaults["k"])
+        if k is None:
+            k = self.defaults["k"]
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
+        k = int(k)
         if fn not in scoring.SCORE_FNS:
             raise ValueError(f"unknown score function {fn!r}; use one of {list(scoring.SCORE_FNS)}")
-        limit = min(MAX_K, len(self.train_labels))
+        limit = min(MAX_K, len(self.train_labels), self.k_max)
         if not 1 <= k <= limit:
             raise ValueError(f"k must be in [1, {limit}], got {k}")
         return mode, fn, k
@@ -287,6 +291,13 @@ class Detector:
             Processing, score function and k (default: the run's).
         layers : list of str, optional
             Subset of the tapped layers.
+
+        Raises
+        ------
+        TypeError
+            ``k`` is not an int (a bool, float or str).
+        ValueError
+            ``k`` is outside ``[1, k_max]``, or ``fn`` is unknown.
         """
         mode, fn, k = self._settings(mode, fn, k)
         images = self.prepare(batch)

@@ -11,6 +11,7 @@ Finished stages are skipped (their inputs and file hashes are in ``manifest.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -82,7 +83,12 @@ def _verify(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (the run's lock, when taken, is released on return)."""
+    with contextlib.ExitStack() as held:
+        return _main(argv, held)
+
+
+def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -109,9 +115,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from core.artefacts import RunDir
+    from precompute import runlock
     from precompute.stages import Context, pending, run_stages
 
     run = RunDir(os.path.join(cfg["runs_dir"], cfg["name"]))
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        runlock.check_owned(run.path)
+        if not args.dry_run and rank == 0:  # torchrun: rank 0 holds the lock for every rank
+            held.enter_context(runlock.hold(run.path))
+    except (runlock.NotARun, runlock.RunBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot lock the run folder {run.path}: {e.strerror} ({e.filename or ''})", file=sys.stderr)
+        return 1
     old = run.manifest.get("config") if run.exists() else None
     if old and old.get("model", {}).get("name") != cfg["model"]["name"]:
         print(f"error: {run.path} holds a run of model {old['model']['name']!r}, not {cfg['model']['name']!r}; "
@@ -127,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _threads(cfg["threads"])
     try:
-        ctx.sources()  # a missing dataset fails here, before any work
+        train, _, _ = ctx.sources()  # a missing dataset fails here, before any work
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg["scoring"]["k_max"] > len(train):
+        print(f"error: 'scoring.k_max' = {cfg['scoring']['k_max']} is more than the {len(train)} training images; "
+              f"fix: --set scoring.k_max={len(train)}", file=sys.stderr)
+        return 2
 
     t0 = time.perf_counter()
-    rank = int(os.environ.get("RANK", "0"))
 
     def on_stage(name: str, seconds: float, skipped: bool) -> None:
         print(f"[{name:>10}] {'skipped (done, took ' + format(seconds, '.1f') + ' s)' if skipped else format(seconds, '.1f') + ' s'}",

@@ -3,20 +3,23 @@
 Every key has a default in :data:`DEFAULTS` (with a comment in the shipped TOML files). A config file
 overrides some of them; ``--set section.key=value`` overrides after that (the value is parsed as TOML, so
 ``--set evalsets.n_authentic=200`` is an int and ``--set model.weights='"none"'`` or ``model.weights=none``
-a string). Anything not in the schema, or of the wrong type, is an error before any work starts.
+a string). Anything not in the schema, of the wrong type or outside its range (:data:`RANGES`) is an error
+before any work starts.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import math
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "DEFAULTS", "load", "apply_override", "validate", "stage_hash", "ATTACK_SECTION",
-           "EXTERNAL_SECTION"]
+__all__ = ["ConfigError", "DEFAULTS", "RANGES", "Range", "MAX_K", "load", "apply_override", "validate",
+           "stage_hash", "ATTACK_SECTION", "EXTERNAL_SECTION"]
 
 ATTACK_SECTION = "attacks"
 EXTERNAL_SECTION = "external"
@@ -99,6 +102,59 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+#: Largest ``scoring.k_max`` (the Detector's own cap on k).
+MAX_K = 10_000
+
+
+@dataclass(frozen=True)
+class Range:
+    """Closed range ``[lo, hi]`` of a numeric key (of each element for a list key).
+
+    A bound given as a string is the value of that config key. ``lo_open`` excludes ``lo``.
+    """
+
+    lo: float | str
+    hi: float | str
+    integer: bool = True
+    lo_open: bool = False
+
+
+_INT32 = 2 ** 31 - 1
+
+#: Allowed range of every numeric config key (attack tables: ``n`` here, the rest from ``core.attacks``).
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2 ** 32 - 2),
+    "threads": Range(0, 1024),
+    "data.csv_label_offset": Range(0, 1),
+    "data.n_train": Range(0, _INT32),
+    "data.n_test": Range(0, _INT32),
+    "model.num_classes": Range(0, 100_000),
+    "model.image_size": Range(0, 4096),
+    "model.resize": Range(0, 8192),
+    "model.input_size": Range(1, 8192),
+    "model.mean": Range(0.0, 1.0, integer=False),
+    "model.std": Range(0.0, 1.0, integer=False, lo_open=True),
+    "model.epochs": Range(1, 1000),
+    "model.batch_size": Range(1, 65536),
+    "model.lr": Range(0.0, 10.0, integer=False, lo_open=True),
+    "model.weight_decay": Range(0.0, 1.0, integer=False),
+    "features.batch_size": Range(1, 65536),
+    "features.chunk": Range(1, _INT32),
+    "features.workers": Range(0, 256),
+    "processing.pca_dim": Range(1, 65536),
+    "index.nprobe": Range(1, 65536),
+    "evalsets.n_authentic": Range(1, 10_000_000),
+    "evalsets.n_errors": Range(0, 10_000_000),
+    "evalsets.noise_eps": Range(0.0, 1.0, integer=False, lo_open=True),
+    "evalsets.attack_batch": Range(1, 65536),
+    "thumbs.size": Range(8, 1024),
+    "thumbs.per_layer": Range(1, 1000),
+    "scoring.k_max": Range(1, MAX_K),
+    "scoring.k": Range(1, "scoring.k_max"),
+    "scoring.k_sweep": Range(1, "scoring.k_max"),
+}
+ATTACK_N = Range(1, 10_000_000)
+
 _CHOICES = {("device",): ("auto", "cpu", "cuda"), ("data", "dataset"): ("fashion-mnist", "imagefolder"),
             ("index", "kind"): ("auto", "flat", "ivf", "hnsw"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
             ("scoring", "mode"): ("none", "l2", "pca")}
@@ -130,7 +186,12 @@ def _merge(base: dict, over: dict, path: tuple[str, ...] = ()) -> None:
             _merge(base[key], value, path + (key,))
         else:
             if not _type_ok(base[key], value):
-                raise ConfigError(f"'{where}' must be {type(base[key]).__name__}, got {value!r}")
+                hint = ""
+                if where in RANGES:
+                    r = RANGES[where]
+                    hint = (f"; allowed: {_allowed(r, r.lo, r.hi)}; fix: --set {where}="
+                            f"{_toml(_get(DEFAULTS, tuple(where.split('.'))))}")
+                raise ConfigError(f"'{where}' must be {type(base[key]).__name__}, got {value!r}{hint}")
             base[key] = float(value) if isinstance(base[key], float) else value
 
 
@@ -158,6 +219,54 @@ def check_paths(cfg: dict) -> None:
                               "data_root, or set data_root")
 
 
+def _in_range(value: Any, r: Range, lo: float, hi: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if r.integer and not isinstance(value, int):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (lo < value if r.lo_open else lo <= value) and value <= hi
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value).replace(", ", ",")
+
+
+def _allowed(r: Range, lo: float | str, hi: float | str) -> str:
+    return f"{'integers' if r.integer else 'finite numbers'} in {'(' if r.lo_open else '['}{lo}, {hi}]"
+
+
+def _check_value(where: str, value: Any, r: Range, lo: float, hi: float, default: Any,
+                 bounds: str = "") -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` (each element of a list) lies in ``r``."""
+    allowed = _allowed(r, lo, hi) + bounds
+    if isinstance(value, list):
+        bad = [v for v in value if not _in_range(v, r, lo, hi)]
+        if not bad:
+            return
+        fix = [v for v in value if _in_range(v, r, lo, hi)] or [hi]
+        raise ConfigError(f"'{where}' = {_toml(value)}: {bad[0]!r} is out of range; allowed: {allowed}; "
+                          f"fix: --set {where}={_toml(fix)}")
+    if _in_range(value, r, lo, hi):
+        return
+    fix = default if _in_range(default, r, lo, hi) else hi
+    raise ConfigError(f"'{where}' = {value!r} is out of range; allowed: {allowed}; fix: --set {where}={_toml(fix)}")
+
+
+def check_ranges(cfg: dict) -> None:
+    """Refuse any numeric value outside :data:`RANGES` (NaN, inf, floats for integer keys, negative sizes...)."""
+    for dotted, r in RANGES.items():
+        keys = tuple(dotted.split("."))
+        lo, hi = (_get(cfg, tuple(b.split("."))) if isinstance(b, str) else b for b in (r.lo, r.hi))
+        bounds = "".join(f" ({b} = {_get(cfg, tuple(b.split('.')))})" for b in (r.lo, r.hi) if isinstance(b, str))
+        _check_value(dotted, _get(cfg, keys), r, lo, hi, _get(DEFAULTS, keys), bounds)
+    n_train, k_max = cfg["data"]["n_train"], cfg["scoring"]["k_max"]
+    if n_train and k_max > n_train:
+        raise ConfigError(f"'scoring.k_max' = {k_max} is more than data.n_train = {n_train} training images; "
+                          f"fix: --set scoring.k_max={n_train}")
+
+
 def _get(cfg: dict, keys: tuple[str, ...]):
     for k in keys:
         cfg = cfg[k]
@@ -165,7 +274,8 @@ def _get(cfg: dict, keys: tuple[str, ...]):
 
 
 def validate(cfg: dict) -> dict:
-    """Check choices, ranges, paths and the attack tables; return ``cfg`` (raises :class:`ConfigError`)."""
+    """Check ranges, choices, paths and the attack tables; return ``cfg`` (raises :class:`ConfigError`)."""
+    check_ranges(cfg)
     check_paths(cfg)
     for path, choices in _CHOICES.items():
         v = cfg
@@ -180,14 +290,6 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"processing.modes: unknown mode {m!r}")
     if cfg["scoring"]["mode"] not in cfg["processing"]["modes"]:
         raise ConfigError(f"scoring.mode {cfg['scoring']['mode']!r} is not in processing.modes")
-    sc = cfg["scoring"]
-    if not 1 <= sc["k"] <= sc["k_max"]:
-        raise ConfigError(f"scoring.k must be in [1, k_max={sc['k_max']}], got {sc['k']}")
-    if any(not 1 <= k <= sc["k_max"] for k in sc["k_sweep"]):
-        raise ConfigError(f"scoring.k_sweep values must be in [1, k_max={sc['k_max']}]")
-    for key in ("n_authentic", "attack_batch"):
-        if cfg["evalsets"][key] < 1:
-            raise ConfigError(f"evalsets.{key} must be >= 1")
     for name, table in cfg[EXTERNAL_SECTION].items():
         if set(table) != {"dir"} or not isinstance(table["dir"], str):
             raise ConfigError(f"[external.{name}] must have exactly one key: dir = \"folder of <ImageId>.png\"")
@@ -219,11 +321,13 @@ def validate(cfg: dict) -> dict:
         spec = _attacks.param_spec(name)
         for key, value in table.items():
             if key == "n":
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise ConfigError(f"attacks.{name}.n must be a positive int, got {value!r}")
+                _check_value(f"{ATTACK_SECTION}.{name}.n", value, ATTACK_N, ATTACK_N.lo, ATTACK_N.hi, 1000)
                 continue
             if key not in spec:
                 raise ConfigError(f"attacks.{name}.{key}: unknown parameter; valid: {sorted(spec)} and n")
+            p = spec[key]
+            _check_value(f"{ATTACK_SECTION}.{name}.{key}", value, Range(p["min"], p["max"], p["type"] == "int"),
+                         p["min"], p["max"], p["default"])
     return cfg
 
 
