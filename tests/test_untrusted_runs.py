@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from core.artefacts import ArtefactError, RunDir
-from core.detector import Detector, NeedsEntryPoint
+from core.detector import Detector
+from core.entrypoints import NeedsEntryPoint
 from core.zoo import FashionCNN
 from tests.conftest import ROOT
 
@@ -46,7 +47,8 @@ def _payload(run: Path) -> Path:
 
 
 _CHILD = """import sys
-from core.detector import Detector, NeedsEntryPoint
+from core.detector import Detector
+from core.entrypoints import NeedsEntryPoint
 try:
     Detector.load(sys.argv[1])
 except NeedsEntryPoint as e:
