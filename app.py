@@ -7,11 +7,15 @@ Only the page config, the navigation and the shared sidebar (run picker, detecto
 page is a file in app_pages/ (not `pages/`: a folder of that name next to app.py switches Streamlit
 to its legacy multipage mode for a first visit to a sub-page URL, which runs the page without app.py).
 """
+from pathlib import Path
+
 import streamlit as st
 
 from app_pages import _common as ui
 
-st.set_page_config(page_title="knnguard", page_icon=":material/shield:", layout="wide")
+# A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+st.set_page_config(page_title="knnguard", page_icon=str(FAVICON), layout="wide")
 page = st.navigation([
     st.Page(ui.PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="inspect", default=True),
     st.Page(ui.PAGES["attack"], title="Attack", icon=":material/bolt:", url_path="attack"),

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from app_pages._text import md, plotly_text  # noqa: F401  (pages use ui.md / ui.plotly_text)
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The command that builds the default run (shown whenever a run is missing or unfinished).
 BUILD_COMMAND = "python -m precompute --config precompute/configs/fmnist.toml"
@@ -96,9 +98,12 @@ def _run_label(path: str) -> str:
         m = _manifest(path, _stamp(path))
     except (OSError, ValueError):
         return f"{Path(path).name} (unreadable manifest)"
+    from core.entrypoints import needs_entry
+
     todo = unfinished_stages(m)
     model = m.get("summary", {}).get("model") or m.get("config", {}).get("model", {}).get("name", "?")
-    return f"{Path(path).name} · {model}" + (" · unfinished" if todo else "")
+    return (f"{Path(path).name} · {model}" + (" · unfinished" if todo else "")
+            + (" · custom model: needs its entry point" if needs_entry(m) else ""))
 
 
 def _reset_run_state() -> None:
@@ -117,7 +122,7 @@ def sidebar() -> None:
     runs = [str(p) for p in list_runs(root)]
     with st.sidebar:
         if not runs:
-            st.error(f"No run found in `{root}`.")
+            st.error(f"No run found in {md(root)}.")
             st.markdown("Build the default run (a few minutes on a laptop CPU), then reload this page:")
             st.code(BUILD_COMMAND, language="bash")
             st.stop()
@@ -125,7 +130,7 @@ def sidebar() -> None:
             st.session_state["run"] = runs[0]
         st.selectbox("Run", runs, key="run", format_func=_run_label, on_change=_reset_run_state,
                      persist_state="session",
-                     help=f"Precomputed runs found in {root} (set KNNGUARD_RUNS_DIR to look elsewhere).")
+                     help=f"Precomputed runs found in {md(root)} (set KNNGUARD_RUNS_DIR to look elsewhere).")
         path = st.session_state["run"]
         try:
             m = _manifest(path, _stamp(path))
@@ -135,9 +140,15 @@ def sidebar() -> None:
             err = ""
         todo = unfinished_stages(m)
         if todo or err:
-            st.error(f"Run `{Path(path).name}` is not finished (missing: {', '.join(todo) or err}).")
+            st.error(f"Run {md(Path(path).name)} is not finished (missing: {md(', '.join(todo) or err)}).")
             st.markdown("Build or resume it with:")
             st.code(resume_command(m), language="bash")
+            st.stop()
+        from core.entrypoints import needs_entry
+
+        why = needs_entry(m, where=f"Run {Path(path).name}")
+        if why:  # a run never supplies code: list it, do not open it
+            st.warning(md(why), icon=":material/block:")
             st.stop()
         s = m["summary"]
         d = s["defaults"]
@@ -151,7 +162,7 @@ def sidebar() -> None:
         st.selectbox("Score function", list(FN_NAMES), key="det_fn", format_func=FN_NAMES.get, persist_state="session",
                      help="How the k neighbours vote for the predicted class (paper Table 1).")
         st.slider("k (neighbours that vote)", 1, int(s["k_max"]), key="det_k", persist_state="session",
-                  help=f"Up to the {s['k_max']} neighbours stored per evaluation image. The paper uses k = 1000.")
+                  help=f"Up to the {int(s['k_max'])} neighbours stored per evaluation image. The paper uses k = 1000.")
         st.caption("A prediction is **trusted** when the kNN score of its class is at least the threshold.")
 
 
@@ -180,7 +191,8 @@ class Run:
 
     @property
     def settings_text(self) -> str:
-        return f"{MODE_NAMES.get(self.mode, self.mode)}, {FN_NAMES.get(self.fn, self.fn)}, k = {self.k}"
+        """The settings as Markdown (run-provided names escaped)."""
+        return f"{MODE_NAMES.get(self.mode) or md(self.mode)}, {FN_NAMES.get(self.fn) or md(self.fn)}, k = {self.k}"
 
 
 def current_run() -> Run:
@@ -214,7 +226,7 @@ def _detector(path: str, stamp: int):
 
 def _refuse(run: Run, err: Exception) -> None:
     """A run whose files fail their checks: say which and how to rebuild, then stop the page."""
-    st.error(f"Run `{Path(run.path).name}` cannot be loaded: {err}")
+    st.error(f"Run {md(Path(run.path).name)} cannot be loaded: {md(err)}")
     st.markdown("Rebuild it with:")
     st.code(resume_command(run.manifest), language="bash")
     st.stop()
@@ -464,7 +476,7 @@ def upscale(image: np.ndarray, size: int = 224) -> np.ndarray:
 
 
 def show_image(image: np.ndarray, caption: str | None = None, *, size: int = 224, where=st) -> None:
-    """Show an image at a readable size (nearest-neighbour upscaling) with a caption."""
+    """Show an image at a readable size (nearest-neighbour upscaling) with a caption (Markdown: escape run text)."""
     where.image(upscale(image, size), caption=caption, width=size)
 
 
@@ -478,7 +490,8 @@ def perturbation(original: np.ndarray, adversarial: np.ndarray) -> tuple[np.ndar
 
 
 def image_grid(images: list[np.ndarray], captions: list[str], *, size: int = 96, where=st) -> None:
-    """Images side by side (wrapping), each with its caption: one element, so one message per rerun."""
+    """Images side by side (wrapping), each with its caption (Markdown: escape run text): one element, so one
+    message per rerun."""
     if images:
         where.image([upscale(im, size) for im in images], caption=captions, width=size)
 
@@ -533,26 +546,27 @@ def vband(x0: float, x1: float, color: str, label: str, *, left: bool) -> tuple[
 
 
 def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
-    return dict(type="scatter", x=layers, y=[thresholds[la] for la in layers], mode="markers", name="threshold",
+    return dict(type="scatter", x=[plotly_text(la) for la in layers], y=[thresholds[la] for la in layers], mode="markers", name="threshold",
                 marker=dict(symbol="line-ew-open", size=60, color="#222", line=dict(width=3, color="#222")),
                 hovertemplate="%{x}: threshold %{y:.3f}<extra></extra>")
 
 
 def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str):
     """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict, with each
-    layer's threshold as a black tick."""
+    layer's threshold as a black tick. Layer names are escaped here; ``title`` is plotly text (escape run text)."""
     data = []
     for ok, color, word, pattern in ((True, TRUSTED_COLOR, TRUSTED, ""), (False, REJECTED_COLOR, REJECTED, "/")):
         xs = [la for la in layers if (scores[la] >= thresholds[la]) == ok]
         if xs:
-            data.append(dict(type="bar", x=xs, y=[scores[la] for la in xs], name=word,
+            data.append(dict(type="bar", x=[plotly_text(la) for la in xs], y=[scores[la] for la in xs], name=word,
                              marker=dict(color=color, pattern=dict(shape=pattern)),
                              text=[f"{scores[la]:.2f} {word[0]}" for la in xs], textposition="outside",
                              textfont=dict(size=14), cliponaxis=False,
                              hovertemplate="%{x}: score %{y:.3f} (" + word + ")<extra></extra>"))
     data.append(_threshold_trace(layers, thresholds))
     return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
-                  xaxis=dict(categoryorder="array", categoryarray=layers), yaxis=dict(range=[0, 1.15]))
+                  xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
+                  yaxis=dict(range=[0, 1.15]))
 
 
 def before_after_figure(layers: list[str], before: dict[str, float], after: dict[str, float],
@@ -561,7 +575,7 @@ def before_after_figure(layers: list[str], before: dict[str, float], after: dict
     data = []
     for name, sc, opacity in (("before attack (left bar)", before, 0.55), ("after attack (right bar)", after, 1.0)):
         ok = [sc[la] >= thresholds[la] for la in layers]
-        data.append(dict(type="bar", x=layers, y=[sc[la] for la in layers], name=name,
+        data.append(dict(type="bar", x=[plotly_text(la) for la in layers], y=[sc[la] for la in layers], name=name,
                          marker=dict(color=[TRUSTED_COLOR if o else REJECTED_COLOR for o in ok], opacity=opacity,
                                      pattern=dict(shape=["" if o else "/" for o in ok])),
                          text=[f"{sc[la]:.2f}{'✓' if o else '✗'}" for la, o in zip(layers, ok)],
@@ -569,8 +583,8 @@ def before_after_figure(layers: list[str], before: dict[str, float], after: dict
                          hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"))
     data.append(_threshold_trace(layers, thresholds))
     return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
-                  xaxis=dict(categoryorder="array", categoryarray=layers), yaxis=dict(range=[0, 1.15]),
-                  barmode="group", showlegend=False)
+                  xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
+                  yaxis=dict(range=[0, 1.15]), barmode="group", showlegend=False)
 
 
 def how_to_read(text: str) -> None:

@@ -36,8 +36,8 @@ cur = ui.current_image(run)
 image = cur["image"]
 before = ui.inspect(run, image)
 pred0 = int(before.predicted[0])
-st.caption(f"Current image: {cur['source']} (choose another on the Inspect page) · predicted "
-           f"**{classes[pred0]}** · detector: {run.settings_text}")
+st.caption(f"Current image: {ui.md(cur['source'])} (choose another on the Inspect page) · predicted "
+           f"**{ui.md(classes[pred0])}** · detector: {run.settings_text}")
 
 
 def _log_options(lo: float, hi: float, default: float) -> list[float]:
@@ -141,9 +141,9 @@ st.divider()
 if out["target"] is None:
     outcome = "succeeded: the class changed" if pred1 != pred0 else "failed: the class did not change"
 else:
-    outcome = (f"reached its target {classes[out['target']]}" if out["success"] else
-               f"did not reach its target {classes[out['target']]}")
-st.markdown(f"### {out['title']} {outcome}: {classes[pred0]} → {classes[pred1]}")
+    outcome = (f"reached its target {ui.md(classes[out['target']])}" if out["success"] else
+               f"did not reach its target {ui.md(classes[out['target']])}")
+st.markdown(f"### {out['title']} {outcome}: {ui.md(classes[pred0])} → {ui.md(classes[pred1])}")
 st.caption(f"{out['seconds']:.2f} s · L∞ = {np.abs(d).max() / 255:.3f} ({np.abs(d).max():.0f}/255) · "
            f"L2 = {np.linalg.norm(d / 255):.3f} · pixels changed: {(d != 0).mean():.0%}")
 
@@ -151,8 +151,8 @@ b = {la: float(before.scores[la][0]) for la in layers}
 a = {la: float(after.scores[la][0]) for la in layers}
 noticed = [la for la in layers if a[la] < thresholds[la]]
 i1, i2, i3, msg = st.columns([1, 1, 1, 1.5], gap="medium")
-ui.show_image(image, f"original: {classes[pred0]} ({before.top5[0][1]:.0%})", size=200, where=i1)
-ui.show_image(adv, f"adversarial: {classes[pred1]} ({after.top5[0][1]:.0%})", size=200, where=i2)
+ui.show_image(image, f"original: {ui.md(classes[pred0])} ({before.top5[0][1]:.0%})", size=200, where=i1)
+ui.show_image(adv, f"adversarial: {ui.md(classes[pred1])} ({after.top5[0][1]:.0%})", size=200, where=i2)
 ui.show_image(pert, f"perturbation ×{amp:.0f}: grey = unchanged, light = raised, dark = lowered", size=200,
               where=i3)
 with msg:
@@ -161,7 +161,7 @@ with msg:
                 "pick another target.")
     elif noticed:
         st.success(f"**Detected**: {len(noticed)} of {len(layers)} layers reject the new prediction "
-                   f"({', '.join(noticed)}).", icon=":material/shield:")
+                   f"({ui.md(', '.join(noticed))}).", icon=":material/shield:")
     else:
         st.error("**Not detected**: every layer trusts the adversarial prediction.", icon=":material/gpp_bad:")
     if st.button("Inspect the adversarial image", key="atk_to_inspect", icon=":material/search:"):
@@ -169,6 +169,6 @@ with msg:
         st.switch_page(ui.PAGES["inspect"])
 ui.legend()
 st.plotly_chart(ui.before_after_figure(layers, b, a, thresholds,
-                                       title=f"Score per layer: before ({classes[pred0]}, faded left bar) "
-                                             f"and after ({classes[pred1]}, right bar)"),
+                                       title=f"Score per layer: before ({ui.plotly_text(classes[pred0])}, faded "
+                                             f"left bar) and after ({ui.plotly_text(classes[pred1])}, right bar)"),
                 key="atk_chart")

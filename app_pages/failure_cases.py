@@ -40,7 +40,7 @@ items = [(a, i, float(s)) for a, sc in per_set.items() for i, s in enumerate(np.
 caught = sorted((x for x in items if x[2] < th), key=lambda x: x[2])[:n_show]
 missed = sorted((x for x in items if x[2] >= th), key=lambda x: -x[2])[:n_show]
 n_caught = sum(1 for x in items if x[2] < th)
-st.markdown(f"EER threshold at `{layer}` on {', '.join(chosen)}: **{th:.3f}** ({run.settings_text}) — "
+st.markdown(f"EER threshold at {ui.md(layer)} on {ui.md(', '.join(chosen))}: **{th:.3f}** ({run.settings_text}) — "
             f"caught {n_caught} of {len(items)} adversarial images, missed {len(items) - n_caught}.")
 
 
@@ -55,16 +55,16 @@ def _card(name: str, idx: int, score: float, kind: str) -> None:
     true, pred = int(e["true"][idx]), int(e["predicted"][idx])
     with st.container(border=True):
         a, b, c = st.columns([1, 1, 1.25], vertical_alignment="center")
-        ui.show_image(e["images"][idx], f"{name} #{idx}", size=104, where=a)
+        ui.show_image(e["images"][idx], f"{ui.md(name)} #{idx}", size=104, where=a)
         nn = _nearest_of_class(name, idx, pred)
         nn_img = None if nn is None else ui.train_image(run, nn[0])
         if nn is None:
-            b.caption(f"No training {classes[pred]} among its {run.k_max} stored nearest neighbours.")
+            b.caption(f"No training {ui.md(classes[pred])} among its {run.k_max} stored nearest neighbours.")
         elif nn_img is not None:
-            ui.show_image(nn_img, f"nearest {classes[pred]} (d²={nn[1]:.3g})", size=104, where=b)
+            ui.show_image(nn_img, f"nearest {ui.md(classes[pred])} (d²={nn[1]:.3g})", size=104, where=b)
         else:
-            b.caption(f"nearest {classes[pred]}: training id {nn[0]} (d²={nn[1]:.3g})")
-        c.markdown(f"actual **{classes[true]}**  \npredicted **{classes[pred]}**  \nscore **{score:.3f}**  \n"
+            b.caption(f"nearest {ui.md(classes[pred])}: training id {nn[0]} (d²={nn[1]:.3g})")
+        c.markdown(f"actual **{ui.md(classes[true])}**  \npredicted **{ui.md(classes[pred])}**  \nscore **{score:.3f}**  \n"
                    f":{'orange' if score < th else 'blue'}[**{ui.REJECTED if score < th else ui.TRUSTED}**] "
                    f"({kind})")
         if c.button("Inspect", key=f"fail_go_{name}_{idx}", icon=":material/search:"):

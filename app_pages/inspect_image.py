@@ -103,42 +103,42 @@ img_col, pred_col, chart_col = st.columns([1.1, 1.2, 2.4])
 with img_col:
     h, w, c = image.shape
     true = cur["true"]
-    ui.show_image(image, f"{cur['source']} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'})"
-                  + (f"; true class: {classes[true]}" if true is not None else ""), size=224)
+    ui.show_image(image, f"{ui.md(cur['source'])} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'})"
+                  + (f"; true class: {ui.md(classes[true])}" if true is not None else ""), size=224)
 with pred_col:
-    st.markdown(f"### Prediction: {classes[pred]}")
+    st.markdown(f"### Prediction: {ui.md(classes[pred])}")
     st.caption(f"{100 * res.top5[0][1]:.1f} % softmax probability"
                + ("" if cur["true"] is None else (" · correct" if pred == cur["true"] else
-                                                   f" · wrong: it is a {classes[cur['true']]}")))
+                                                   f" · wrong: it is a {ui.md(classes[cur['true']])}")))
     st.dataframe({"class": [classes[ci] for ci, _ in res.top5], "probability": [p for _, p in res.top5]},
                  hide_index=True, key="inspect_top5",
                  column_config={"probability": st.column_config.ProgressColumn("probability", format="percent",
                                                                                min_value=0.0, max_value=1.0)})
 with chart_col:
     ui.legend()
-    fig = ui.layer_scores_figure(layers, scores, thresholds, title=f"kNN score of '{classes[pred]}' per layer")
+    fig = ui.layer_scores_figure(layers, scores, thresholds, title=f"kNN score of '{ui.plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
 
 rep = ui.report(run) or {}
 best = rep.get("headline", {}).get("best", {}).get("layer", layers[-1])
 st.session_state.setdefault("inspect_layer", best if best in layers else layers[-1])
 layer = st.selectbox("Layer for the verdict and the neighbours", layers, key="inspect_layer",
-                     persist_state="session", help=f"The run's best layer overall is {best}.")
+                     persist_state="session", help=f"The run's best layer overall is {ui.md(best)}.")
 s, t = scores[layer], thresholds[layer]
-msg = (f"**{ui.verdict(s, t)}** by layer `{layer}`: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
+msg = (f"**{ui.verdict(s, t)}** by layer {ui.md(layer)}: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
        f"(that layer's EER threshold on the run's attacks).")
 (st.success if s >= t else st.error)(msg, icon=":material/check_circle:" if s >= t else ":material/cancel:")
 
 for title, nbs in (("Nearest training images", res.neighbours[layer]),
-                   (f"Nearest training images of the predicted class ({classes[pred]})",
+                   (f"Nearest training images of the predicted class ({ui.md(classes[pred])})",
                     res.class_neighbours[layer])):
-    st.markdown(f"**{title}** at `{layer}` (d² = squared distance in the processed feature space; of the "
+    st.markdown(f"**{title}** at {ui.md(layer)} (d² = squared distance in the processed feature space; of the "
                 f"first {run.k} neighbours)")
     if not len(nbs.ids):
         st.caption(f"None among the {run.k} nearest neighbours: no training image of this class is close, so "
                    "the score is 0.")
         continue
-    caps = [f"{classes[int(lb)]} · d²={d:.3g}" for lb, d in zip(nbs.labels, nbs.distances)]
+    caps = [f"{ui.md(classes[int(lb)])} · d²={d:.3g}" for lb, d in zip(nbs.labels, nbs.distances)]
     imgs = [ui.train_image(run, i) for i in nbs.ids]
     if any(im is None for im in imgs):
         st.dataframe({"training id": nbs.ids, "class": [classes[int(lb)] for lb in nbs.labels],

@@ -14,29 +14,31 @@ s = run.summary
 model = ui.model_info(run)
 rep = ui.report(run) or {}
 
-st.title(f"Run `{cfg['name']}`")
+st.title(f"Run {ui.md(cfg['name'])}")
 ui.how_to_read("How to read this: everything the app shows was computed once by the precompute pipeline; this "
                "page says on what data, with which model and attacks, and how long each stage took.")
 
 acc = model.get("test_accuracy")
 c = st.columns(4)
-c[0].metric("Dataset", cfg["data"]["dataset"])
-c[1].metric("Model", s.get("model", cfg["model"]["name"]))
+c[0].metric("Dataset", ui.md(cfg["data"]["dataset"]))
+c[1].metric("Model", ui.md(s.get("model", cfg["model"]["name"])))
 c[2].metric("Test accuracy", "–" if acc is None else f"{acc:.2%}",
-            help=f"on {model.get('n_test', '?')} test images; trained on {model.get('n_train', '?')}")
-c[3].metric("Neighbours stored (K_max)", s["k_max"])
+            help=f"on {ui.md(model.get('n_test', '?'))} test images; trained on {ui.md(model.get('n_train', '?'))}")
+c[3].metric("Neighbours stored (K_max)", ui.md(s["k_max"]))
 if model.get("warning"):
-    st.warning(model["warning"])
-st.markdown(f"**Layers tapped** (input → output): {', '.join(f'`{la}`' for la in s['layers'])}  \n"
-            f"**Processing modes**: {', '.join(ui.MODE_NAMES.get(x, x) for x in s['modes'])}  \n"
-            f"**Defaults**: {ui.MODE_NAMES.get(s['defaults']['mode'])}, {ui.FN_NAMES.get(s['defaults']['fn'])}, "
-            f"k = {s['defaults']['k']}  \n"
+    st.warning(ui.md(model["warning"]))
+d = s["defaults"]
+st.markdown(f"**Layers tapped** (input → output): {', '.join(ui.md(la) for la in s['layers'])}  \n"
+            f"**Processing modes**: {', '.join(ui.MODE_NAMES.get(x) or ui.md(x) for x in s['modes'])}  \n"
+            f"**Defaults**: {ui.MODE_NAMES.get(d['mode']) or ui.md(d['mode'])}, "
+            f"{ui.FN_NAMES.get(d['fn']) or ui.md(d['fn'])}, k = {ui.md(d['k'])}  \n"
             f"**Trained here**: {'yes' if model.get('trained_here') else 'no (pretrained weights)'}"
             + (f", {len(model['losses'])} epochs" if model.get("losses") else ""))
 if rep.get("headline"):
     b = rep["headline"]["best"]
-    st.markdown(f"**Best setting** (report, k = {rep['k']}): layer `{b['layer']}`, {ui.MODE_NAMES.get(b['mode'])}, "
-                f"{ui.FN_NAMES.get(b['fn'])}: aggregated EER accuracy **{b['aggr']:.1%}**")
+    st.markdown(f"**Best setting** (report, k = {ui.md(rep['k'])}): layer {ui.md(b['layer'])}, "
+                f"{ui.MODE_NAMES.get(b['mode']) or ui.md(b['mode'])}, {ui.FN_NAMES.get(b['fn']) or ui.md(b['fn'])}: "
+                f"aggregated EER accuracy **{b['aggr']:.1%}**")
 
 st.subheader("Evaluation sets")
 
@@ -48,7 +50,7 @@ def _params(p) -> str:
             import ast
 
             p = ast.literal_eval(p)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return p
     if not isinstance(p, dict):
         return "" if p is None else str(p)
@@ -73,7 +75,8 @@ st.caption("Adversarial sets keep only successful attacks (targeted: the predict
 if rep.get("findings"):
     st.subheader("The paper's findings on this run")
     for f in rep["findings"]:
-        st.markdown(f"- **{'Holds' if f['holds'] else 'Does not hold'}**: {f['claim']}. {f['evidence']}.")
+        st.markdown(f"- **{'Holds' if f['holds'] else 'Does not hold'}**: {ui.md(f['claim'])}. "
+                    f"{ui.md(f['evidence'])}.")
 
 left, right = st.columns(2)
 with left:

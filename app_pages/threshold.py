@@ -76,7 +76,7 @@ m[4].metric("FPR (negatives missed)", f"{at['fpr']:.1%}")
 
 conf = pd.DataFrame({"trusted (score ≥ threshold)": [at["tp"], at["fp"]],
                      "rejected (score < threshold)": [at["fn"], at["tn"]]},
-                    index=[f"authentic ({len(pos)})", f"negatives ({len(neg)}: {', '.join(negs)})"])
+                    index=[f"authentic ({len(pos)})", f"negatives ({len(neg)}: {ui.md(', '.join(negs))})"])
 left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
@@ -88,13 +88,14 @@ with left:
            dict(type="scatter", x=[at["fpr"]], y=[at["tpr"]], mode="markers+text", name="operating point",
                 text=[f"threshold {th:.3f}"], textposition="bottom right",
                 marker=dict(symbol="x", size=14, color="#c53030"))]
-    st.plotly_chart(ui.figure(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
+    st.plotly_chart(ui.figure(roc, title=f"ROC at {ui.plotly_text(layer)}", ytitle="TPR: share of authentic trusted",
                               xtitle="FPR: share of negatives trusted", height=420,
                               xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02])), key="th_roc")
 
 groups = [("authentic + noise (positives)", pos, ui.TRUSTED_COLOR)]
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
-groups += [(f"{s} (adversarial)" if s != "errors" else "errors (misclassified)", ui.set_scores(run, s, layer),
+groups += [(f"{ui.plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
+            ui.set_scores(run, s, layer),
             palette[i % len(palette)]) for i, s in enumerate(negs)]
 with right:
     bins = np.linspace(0, 1, 41)

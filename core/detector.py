@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import entrypoints
 from core import index as knn_index
 from core import processing, scoring, zoo
 from core.artefacts import ArtefactError, RunDir
+from core.entrypoints import NeedsEntryPoint
 from core.data import to_float
 from core.features import FeatureExtractor
 
-__all__ = ["Detector", "Scores", "Inspection", "NeighbourList", "IncompleteRun"]
+__all__ = ["Detector", "Scores", "Inspection", "NeighbourList", "IncompleteRun", "NeedsEntryPoint"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,43 @@ def _one_torch_thread() -> Iterator[None]:
 
 class IncompleteRun(ArtefactError):
     """The run folder is missing or unfinished; the message gives the command that builds it."""
+
+
+def _recorded_config(run: RunDir) -> dict:
+    """The run's recorded config, checked by the precompute CLI's validator (defaults filled in).
+
+    Raises
+    ------
+    ArtefactError
+        The recorded config is not one the CLI accepts (the message names the manifest).
+    """
+    from precompute.config import ConfigError, validate_recorded
+
+    try:
+        return validate_recorded(run.manifest.get("config"))
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise ArtefactError(f"{run.path / 'manifest.json'}: the recorded config is invalid ({e}); refusing the "
+                            "run") from e
+
+
+def _model_builder(run: RunDir, model_cfg: dict,
+                   entry: str | Callable[[], torch.nn.Module] | None) -> Callable[[], torch.nn.Module] | None:
+    """The builder of a custom-model run, from the caller or the operator's allow-list (never from the run).
+
+    Returns None for a zoo model. Raises :class:`NeedsEntryPoint` for a custom model nobody supplied, and
+    ``ValueError`` for an ``entry`` given with a zoo model or one that cannot be imported.
+    """
+    if not entrypoints.is_custom(model_cfg):
+        if entry is not None:
+            raise ValueError(f"run {run.path} uses the zoo model {model_cfg.get('name')!r}; entry applies to "
+                             "custom models only")
+        return None
+    if entry is None:
+        why = entrypoints.needs_entry(run.manifest, where=f"run {run.path}")
+        if why:
+            raise NeedsEntryPoint(why)
+        entry = model_cfg["entry"]  # on the operator's allow-list
+    return entry if callable(entry) else entrypoints.load(entry)
 
 
 @dataclass
@@ -153,8 +192,12 @@ class Detector:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, run: str | Path | RunDir, *, verify: str = "auto", modes: list[str] | None = None) -> "Detector":
+    def load(cls, run: str | Path | RunDir, *, verify: str = "auto", modes: list[str] | None = None,
+             entry: str | Callable[[], torch.nn.Module] | None = None) -> "Detector":
         """Load a finished run.
+
+        The run supplies data only: the builder of a custom model comes from ``entry`` or the operator's
+        allow-list (``$KNNGUARD_ALLOWED_ENTRIES``, see :mod:`core.entrypoints`), never from the manifest.
 
         Parameters
         ----------
@@ -166,13 +209,17 @@ class Detector:
             (then check hashes on demand: ``python -m precompute --verify RUN_DIR``).
         modes : list of str, optional
             Processing modes to load now (default: the run's default mode; others load on first use).
+        entry : str or callable, optional, keyword-only
+            Custom-model runs: the builder returning the bare ``nn.Module``, or its ``"package.module:fn"``.
 
         Raises
         ------
         IncompleteRun
             No run there, or its precompute has not finished.
+        NeedsEntryPoint
+            A custom-model run and no ``entry`` given or allowed.
         ArtefactError
-            A file was changed, truncated or replaced (the message names it).
+            A file was changed, truncated or replaced, or the recorded config is invalid (the message names it).
         """
         run = run if isinstance(run, RunDir) else RunDir(run)
         if not run.exists():
@@ -184,6 +231,8 @@ class Detector:
                                 f"`python -m precompute --config <its config>` (name = {m.get('config', {}).get('name')!r})")
         if verify not in ("auto", "full", "size", "none"):
             raise ValueError("verify must be 'auto', 'full', 'size' or 'none'")
+        cfg = _recorded_config(run)
+        builder = _model_builder(run, cfg["model"], entry)
         if verify == "auto":
             total = sum(f["size"] for f in m["files"].values())
             verify = "full" if total <= FULL_VERIFY_MAX_BYTES else "size"
@@ -192,8 +241,7 @@ class Detector:
         base = ["model.pt", "classes.json", "train_labels.npy", "input.json"]
         if verify != "none":
             run.verify(base, full=full)
-        cfg = m["config"]
-        model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})[0]
+        model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""}, builder=builder)[0]
         try:
             model.load_state_dict(run.load_torch("model.pt"))
         except RuntimeError as e:  # shapes or keys differ: the run was made by other model code

@@ -227,27 +227,19 @@ class InputSpec:
 def load_entry_point(spec: str) -> Callable[..., nn.Module]:
     """Import ``"package.module:function"`` (a user's model builder) and return the function.
 
+    Only for a spec from the caller or a config file the user passed; never for one read from a run.
+
     Raises
     ------
     ValueError
         Malformed spec, missing module or attribute (the message says which).
     """
-    import importlib
+    from core import entrypoints
 
-    if spec.count(":") != 1:
-        raise ValueError(f"model entry point must look like 'package.module:build_fn', got {spec!r}")
-    mod_name, fn_name = spec.split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {mod_name!r} for model entry point {spec!r}: {e}") from e
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise ValueError(f"{mod_name!r} has no callable {fn_name!r} (model entry point {spec!r})")
-    return fn
+    return entrypoints.load(spec)
 
 
-def from_config(m: dict) -> tuple[Classifier, InputSpec]:
+def from_config(m: dict, *, builder: str | Callable[[], nn.Module] | None = None) -> tuple[Classifier, InputSpec]:
     """Build the model a config's ``[model]`` table describes (weights from the local cache or a state dict).
 
     Parameters
@@ -255,6 +247,9 @@ def from_config(m: dict) -> tuple[Classifier, InputSpec]:
     m : dict
         ``name`` (a zoo name or ``"custom"``), ``weights``, ``num_classes``, ``image_size``, ``resize``, and for
         custom models ``entry``, ``state_dict``, ``input_size``, ``mean``, ``std``.
+    builder : str or callable, optional, keyword-only
+        Custom models: the builder (or its ``"package.module:fn"``) to call instead of ``m["entry"]``. Pass it
+        whenever ``m`` comes from a run rather than from the user's own config file.
 
     Returns
     -------
@@ -263,12 +258,14 @@ def from_config(m: dict) -> tuple[Classifier, InputSpec]:
     """
     weights = None if m.get("weights", "none") == "none" else m["weights"]
     if m["name"] == "custom":
-        if not m.get("entry") or not m.get("input_size"):
+        source = builder if builder is not None else m.get("entry")
+        if not source or not m.get("input_size"):
             raise ValueError("a custom model needs model.entry ('package.module:build_fn') and model.input_size "
                              "([C, H, W])")
-        net = load_entry_point(m["entry"])()
+        build_fn = source if callable(source) else load_entry_point(source)
+        net = build_fn()
         if not isinstance(net, nn.Module):
-            raise ValueError(f"{m['entry']} returned {type(net).__name__}, not a torch.nn.Module")
+            raise ValueError(f"{source} returned {type(net).__name__}, not a torch.nn.Module")
         if m.get("state_dict"):
             sd = torch.load(m["state_dict"], map_location="cpu", weights_only=True)
             net.load_state_dict(sd)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "DEFAULTS", "RANGES", "Range", "MAX_K", "load", "apply_override", "validate",
-           "stage_hash", "ATTACK_SECTION", "EXTERNAL_SECTION"]
+           "validate_recorded", "stage_hash", "ATTACK_SECTION", "EXTERNAL_SECTION"]
 
 ATTACK_SECTION = "attacks"
 EXTERNAL_SECTION = "external"
@@ -369,6 +369,21 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> dict:
             raise ConfigError(f"{p}: not valid TOML ({e})") from e
     for o in overrides:
         apply_override(cfg, o)
+    return validate(cfg)
+
+
+def validate_recorded(recorded: Any) -> dict:
+    """A config read back from a run's manifest, checked as :func:`load` checks a file: defaults ← ``recorded``.
+
+    Raises
+    ------
+    ConfigError
+        Not a table, unknown key, wrong type or invalid value.
+    """
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"the recorded config must be a table, got {type(recorded).__name__}")
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, recorded)
     return validate(cfg)
 
 

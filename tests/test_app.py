@@ -18,6 +18,8 @@ from tests.conftest import ROOT
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from app_pages._text import md  # noqa: E402  (run text reaches the page escaped)
+
 TIMEOUT = 120  # seconds per script run (the first one loads torch, the model and the indexes)
 PAGES = {"inspect": "app_pages/inspect_image.py", "attack": "app_pages/attack_live.py",
          "threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
@@ -93,7 +95,7 @@ def _png(size=(40, 30), color=(200, 200, 200)) -> bytes:
 # ----------------------------------------------------------------------------------------------- Inspect
 def test_inspect_shows_the_prediction_and_one_bar_per_layer(app, truth):
     e = truth["data"].evalset("authentic")
-    assert f"### Prediction: {truth['classes'][int(e['predicted'][0])]}" in _markdown(app)
+    assert f"### Prediction: {md(truth['classes'][int(e['predicted'][0])])}" in _markdown(app)
     fig = _plotly(app, "inspect_layers_chart")
     bars = _bars(fig)
     assert sum(len(b["x"]) for b in bars) == len(truth["layers"])
@@ -111,7 +113,7 @@ def test_inspect_follows_the_index_widget(app, truth):
     e = truth["data"].evalset("authentic")
     i = min(5, len(e["predicted"]) - 1)
     _ok(app.number_input(key="inspect_index").set_value(i).run())
-    assert f"### Prediction: {truth['classes'][int(e['predicted'][i])]}" in _markdown(app)
+    assert f"### Prediction: {md(truth['classes'][int(e['predicted'][i])])}" in _markdown(app)
     assert app.session_state["current"]["source"] == f"authentic #{i}"
 
 
@@ -229,11 +231,11 @@ def test_failure_cases_gallery_and_click_through_to_inspect(app, truth):
     name, idx = buttons[0].key[len("fail_go_"):].rsplit("_", 1)
     e = truth["data"].evalset(name)
     cls = truth["classes"]
-    card = f"actual **{cls[int(e['true'][int(idx)])]}**  \npredicted **{cls[int(e['predicted'][int(idx)])]}**"
+    card = f"actual **{md(cls[int(e['true'][int(idx)])])}**  \npredicted **{md(cls[int(e['predicted'][int(idx)])])}**"
     assert any(m.startswith(card) for m in _markdown(app))
     _ok(buttons[0].click().run())
     assert app.session_state["current"]["source"] == f"{name} #{idx}"
-    assert f"### Prediction: {cls[int(e['predicted'][int(idx)])]}" in _markdown(app)
+    assert f"### Prediction: {md(cls[int(e['predicted'][int(idx)])])}" in _markdown(app)
     assert app.selectbox(key="inspect_set").value == name
 
 
@@ -275,5 +277,5 @@ def test_damaged_run_says_which_file_and_how_to_rebuild(tiny_run_copy, monkeypat
         f.write(b"\0")  # size no longer matches the manifest
     at = _ok(_app(tiny_run_copy.parent, monkeypatch))
     err = " ".join(e.value for e in at.error)
-    assert "cannot be loaded" in err and "model.pt" in err
+    assert "cannot be loaded" in err and md("model.pt") in err
     assert any(c.value.startswith("python -m precompute --config") for c in at.code)
