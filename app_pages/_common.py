@@ -261,7 +261,9 @@ def _train_images(path: str, stamp: int) -> np.ndarray | None:
     from core.artefacts import RunDir
 
     rd = RunDir(path)
-    return rd.load_npy("train_images.npy", mmap=True, verify=True) if "train_images.npy" in rd.manifest["files"] else None
+    if "train_images.npy" not in rd.manifest["files"]:
+        return None
+    return rd.load_npy("train_images.npy", mmap=True, verify=True)
 
 
 def train_image(run: Run, i: int) -> np.ndarray | None:

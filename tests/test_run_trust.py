@@ -2,6 +2,7 @@
 files hash-checked, bounded ``.npy`` headers, and the optional HMAC signature of the manifest."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -46,14 +47,22 @@ LOAD = ("from core.detector import Detector\nfrom core.artefacts import Artefact
 
 
 def _make_special(p: Path, kind: str, outside: Path) -> None:
+    """Replace a run file by a FIFO or a link to /dev/zero (its manifest entry rewritten to match their size, 0,
+    as a writer of the run can), or by a link to an identical copy outside the run."""
+    data = p.read_bytes()
     p.unlink()
+    if kind == "outside":
+        outside.write_bytes(data)
+        p.symlink_to(outside)
+        return
     if kind == "fifo":
         os.mkfifo(p)
-    elif kind == "devzero":
+    else:
         p.symlink_to("/dev/zero")
-    else:  # a symlink to a valid JSON file outside the run
-        outside.write_text(json.dumps(["x"] * 10))
-        p.symlink_to(outside)
+    mp = p.parent / "manifest.json"
+    m = json.loads(mp.read_text())
+    m["files"][p.name].update(size=0, sha256=hashlib.sha256(b"").hexdigest())
+    mp.write_text(json.dumps(m, indent=1, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------ finding 3: special files
@@ -190,7 +199,7 @@ def _rewrite_with_hash(run: Path, rel: str, data: bytes) -> None:
     """What a writer with access to the run can do: change a file and its manifest entry together."""
     (run / rel).write_bytes(data)
     m = json.loads((run / "manifest.json").read_text())
-    m["files"][rel].update(sha256=__import__("hashlib").sha256(data).hexdigest(), size=len(data))
+    m["files"][rel].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     (run / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
 
 
