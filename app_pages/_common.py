@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -72,7 +71,10 @@ def _stamp(path: str) -> int:
 
 @st.cache_data(show_spinner=False)
 def _manifest(path: str, stamp: int) -> dict:
-    return json.loads((Path(path) / "manifest.json").read_text())
+    """The run's manifest through :class:`core.artefacts.RunDir` (regular file, checked keys, signature)."""
+    from core.artefacts import RunDir
+
+    return RunDir(path).manifest
 
 
 def unfinished_stages(manifest: dict) -> list[str]:
@@ -96,7 +98,7 @@ def resume_command(manifest: dict) -> str:
 def _run_label(path: str) -> str:
     try:
         m = _manifest(path, _stamp(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):
         return f"{Path(path).name} (unreadable manifest)"
     from core.entrypoints import needs_entry
 
@@ -134,7 +136,7 @@ def sidebar() -> None:
         path = st.session_state["run"]
         try:
             m = _manifest(path, _stamp(path))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: core.artefacts.ArtefactError
             m, err = {}, str(e)
         else:
             err = ""
@@ -271,7 +273,9 @@ def _train_images(path: str, stamp: int) -> np.ndarray | None:
     from core.artefacts import RunDir
 
     rd = RunDir(path)
-    return rd.load_npy("train_images.npy", mmap=True) if rd.is_recorded("train_images.npy") else None
+    if "train_images.npy" not in rd.manifest["files"]:
+        return None
+    return rd.load_npy("train_images.npy", mmap=True, verify=True)
 
 
 def train_image(run: Run, i: int) -> np.ndarray | None:
@@ -285,28 +289,30 @@ def train_image(run: Run, i: int) -> np.ndarray | None:
 
 
 @st.cache_data(show_spinner=False)
-def _classes(path: str, stamp: int) -> list[str]:
-    return json.loads((Path(path) / "classes.json").read_text())
+def _json(path: str, stamp: int, name: str) -> Any:
+    """A JSON file of the run, hash-checked against the manifest; None when the manifest does not record it."""
+    from core.artefacts import RunDir
+
+    rd = RunDir(path)
+    return rd.load_json(name) if name in rd.manifest["files"] else None
 
 
 def classes(run: Run) -> list[str]:
-    return _classes(run.path, run.stamp)
-
-
-@st.cache_data(show_spinner=False)
-def _json(path: str, stamp: int, name: str) -> Any:
-    p = Path(path) / name
-    return json.loads(p.read_text()) if p.exists() else None
+    """``classes.json`` of the run (the page stops on a damaged file)."""
+    with _guard(run):
+        return _json(run.path, run.stamp, "classes.json")
 
 
 def report(run: Run) -> dict:
-    """``report.json`` of the run."""
-    return _json(run.path, run.stamp, "report.json")
+    """``report.json`` of the run (the page stops on a damaged file)."""
+    with _guard(run):
+        return _json(run.path, run.stamp, "report.json")
 
 
 def model_info(run: Run) -> dict:
-    """``model.json`` of the run (empty dict when absent)."""
-    return _json(run.path, run.stamp, "model.json") or {}
+    """``model.json`` of the run (empty dict when absent; the page stops on a damaged file)."""
+    with _guard(run):
+        return _json(run.path, run.stamp, "model.json") or {}
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -5,6 +5,11 @@ temporary file in the same folder and is renamed into place, so a killed process
 under a real name. Every finished file is recorded in ``manifest.json`` with its size and sha256; loading
 checks them and names the bad file. Nothing is ever loaded with pickle.
 
+Every read goes through one path: the file must be recorded, be a regular file reached without a symbolic link
+below the run folder, and have its recorded size (so a FIFO, a device or a link to a file elsewhere is refused
+before it is opened, and nothing is read past the recorded size). JSON files are always hash-checked; other files
+when ``verify`` asks. An optional HMAC signature of the manifest (:mod:`core.signing`) authenticates the whole.
+
 Example
 -------
 >>> run = RunDir("data/runs/fmnist")                      # doctest: +SKIP
@@ -16,18 +21,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["ArtefactError", "RunDir", "sha256_file", "atomic_path", "MANIFEST"]
+from core import signing
+
+__all__ = ["ArtefactError", "RunDir", "sha256_file", "open_regular", "atomic_path", "MANIFEST"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,8 @@ MANIFEST = "manifest.json"
 TMP_SUFFIX = ".tmp"
 #: Temporary names made by :func:`atomic_path`: ``.<final name>.knnguard-<pid>-<random>.tmp``.
 TMP_NAME = re.compile(r"\..+\.knnguard-\d+-[A-Za-z0-9_]+\.tmp")
+#: Largest ``manifest.json`` (and ``manifest.sig``) read, in bytes.
+MANIFEST_MAX_BYTES = 64 << 20
 
 
 class ArtefactError(RuntimeError):
@@ -43,11 +54,84 @@ class ArtefactError(RuntimeError):
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        return _sha256_of(f, chunk=chunk)
+
+
+def _sha256_of(f: BinaryIO, limit: int | None = None, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of an open file from its position, reading at most ``limit`` bytes."""
+    h = hashlib.sha256()
+    left = math.inf if limit is None else limit
+    while left > 0 and (block := f.read(int(min(chunk, left)))):
+        h.update(block)
+        left -= len(block)
     return h.hexdigest()
+
+
+def open_regular(root: Path, rel: str) -> BinaryIO:
+    """Open ``root/rel`` for reading only if it is a regular file reached without a symbolic link below ``root``.
+
+    Each component is checked with ``lstat`` before anything is opened (a FIFO or device is never opened), then the
+    file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and must still be the inode that was checked.
+
+    Raises
+    ------
+    ArtefactError
+        ``rel`` leaves ``root``, is missing, is or passes through a symbolic link, or is not a regular file.
+    """
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        raise ArtefactError(f"{root / rel}: path leaves the run folder")
+    cur = Path(root)
+    for i, part in enumerate(parts):
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            raise ArtefactError(f"{cur}: missing; run `python -m precompute --config <config>` to build it") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ArtefactError(f"{cur}: is a symbolic link; every run file must be a regular file inside the run "
+                                "folder (refusing it)")
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            raise ArtefactError(f"{cur}: not a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtefactError(f"{cur}: not a regular file (a FIFO, device or folder); refusing it")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(cur, flags)
+    fst = os.fstat(fd)
+    if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise ArtefactError(f"{cur}: replaced while being opened; refusing it")
+    return os.fdopen(fd, "rb")
+
+
+def _fd_path(f: BinaryIO) -> str | None:
+    """A path that opens the very file ``f`` has open (Linux ``/proc/self/fd``), or None elsewhere."""
+    p = f"/proc/self/fd/{f.fileno()}"
+    return p if os.path.exists(p) else None
+
+
+def _npy_header(f: BinaryIO, size: int, p: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of an open ``.npy`` whose data must fill the file's ``size``."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise ArtefactError(f"{p}: unreadable .npy header ({e})") from e
+    if dtype.hasobject:
+        raise ArtefactError(f"{p}: object arrays are not allowed in artefacts")
+    offset = f.tell()
+    want = math.prod(shape) * dtype.itemsize
+    if want != size - offset:
+        raise ArtefactError(f"{p}: the .npy header declares {want} bytes of data ({dtype} {shape}) but the file "
+                            f"holds {size - offset}; refusing it")
+    return shape, fortran, dtype, offset
 
 
 @contextmanager
@@ -106,38 +190,124 @@ class RunDir:
     place, so a file that is present but unrecorded is simply recomputed.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, require_signature: bool | None = None):
         self.path = Path(path)
+        self.require_signature = require_signature
         self._manifest: dict[str, Any] | None = None
+        self._manifest_raw: bytes | None = None
 
     # ------------------------------------------------------------------ manifest
     @property
     def manifest(self) -> dict[str, Any]:
-        """The manifest as a dict (loaded lazily; empty skeleton for a new run)."""
+        """The manifest as a dict (loaded lazily; empty skeleton for a new run; signature checked as
+        :meth:`check_signature` says)."""
         if self._manifest is None:
-            p = self.path / MANIFEST
-            if p.exists():
-                try:
-                    self._manifest = json.loads(p.read_text())
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ArtefactError(f"{p}: manifest is not valid JSON ({e}); delete the run folder "
-                                        "and run precompute again") from e
-                _check_manifest(p, self._manifest)
+            if self.exists():
+                self._manifest_raw, m = self._read_manifest()
+                self.check_signature(require=self.require_signature)
+                self._manifest = m
             else:
                 self._manifest = {}
             self._manifest.setdefault("files", {})
             self._manifest.setdefault("stages", {})
         return self._manifest
 
+    def _read_manifest(self) -> tuple[bytes, dict[str, Any]]:
+        """(exact bytes, checked dict) of ``manifest.json``, its signature not looked at."""
+        p = self.path / MANIFEST
+        with open_regular(self.path, MANIFEST) as f:
+            raw = f.read(MANIFEST_MAX_BYTES + 1)
+        if len(raw) > MANIFEST_MAX_BYTES:
+            raise ArtefactError(f"{p}: manifest is over {MANIFEST_MAX_BYTES} bytes; refusing it")
+        try:
+            m = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtefactError(f"{p}: manifest is not valid JSON ({e}); delete the run folder "
+                                "and run precompute again") from e
+        _check_manifest(p, m)
+        return raw, m
+
     def exists(self) -> bool:
         """Whether the folder has a manifest."""
-        return (self.path / MANIFEST).exists()
+        return os.path.lexists(self.path / MANIFEST)
 
     def save_manifest(self) -> None:
-        """Write the manifest atomically."""
+        """Write the manifest atomically (a signature of the previous manifest is removed: sign again)."""
         text = json.dumps(self.manifest, indent=1, sort_keys=True)
+        sig = self.path / signing.SIGNATURE
+        if os.path.lexists(sig):
+            log.info("%s: manifest changed, signature removed (sign again with `python -m precompute --sign`)", sig)
+            sig.unlink()
         with atomic_path(self.path / MANIFEST) as tmp:
             tmp.write_text(text)
+        self._manifest_raw = text.encode()
+
+    # ------------------------------------------------------------------ signature
+    def check_signature(self, *, require: bool | None = None) -> str:
+        """Check ``manifest.sig`` against the manifest as read, with the key of :func:`core.signing.load_key`.
+
+        Parameters
+        ----------
+        require : bool, optional
+            Refuse a run without a checkable signature (default: ``$KNNGUARD_REQUIRE_SIGNATURE``).
+
+        Returns
+        -------
+        str
+            ``"verified"``, ``"unsigned"`` (no signature, none required) or ``"unchecked"`` (signed, no key).
+
+        Raises
+        ------
+        ArtefactError
+            The signature does not match, or one is required and absent or uncheckable.
+        """
+        if self._manifest_raw is None:
+            self.manifest
+            if self._manifest_raw is None:
+                raise ArtefactError(f"{self.path / MANIFEST}: missing; no run to check")
+        require = signing.required() if require is None else require
+        sp = self.path / signing.SIGNATURE
+        try:
+            key = signing.load_key()
+        except signing.SigningKeyError as e:
+            raise ArtefactError(str(e)) from e
+        if not os.path.lexists(sp):
+            if require:
+                raise ArtefactError(f"{sp}: missing and a signed manifest is required; sign the run with "
+                                    f"`python -m precompute --sign {self.path}`")
+            return "unsigned"
+        with open_regular(self.path, signing.SIGNATURE) as f:
+            sig = f.read(1024).decode("ascii", "replace")
+        if key is None:
+            if require:
+                raise ArtefactError(f"{sp}: a signed manifest is required but there is no key at "
+                                    f"{signing.key_path()} to check it")
+            log.warning("%s: not checked (no signing key at %s)", sp, signing.key_path())
+            return "unchecked"
+        if not signing.matches(key, self._manifest_raw, sig):
+            raise ArtefactError(f"{sp}: signature does not match manifest.json (edited after signing, or signed "
+                                "with another key); refusing the run")
+        return "verified"
+
+    def sign(self) -> Path:
+        """Hash-check every recorded file, then write ``manifest.sig`` for the manifest on disk (creating the
+        key if missing). Returns the key's path.
+
+        Raises
+        ------
+        ArtefactError
+            No manifest, or a file fails its check (nothing is signed).
+        """
+        if not self.exists():
+            raise ArtefactError(f"{self.path / MANIFEST}: missing; nothing to sign")
+        raw, m = self._read_manifest()
+        m.setdefault("files", {})
+        self._manifest, self._manifest_raw = m, raw
+        self.verify(full=True)
+        key, path = signing.create_key()
+        with atomic_path(self.path / signing.SIGNATURE) as tmp:
+            tmp.write_text(signing.sign(key, raw))
+        return path
 
     def record(self, rel: str, key: str | None = None) -> None:
         """Hash a file already in place and record it (with the input ``key`` that made it) in the manifest."""
@@ -157,12 +327,13 @@ class RunDir:
             del files[rel]
 
     def is_recorded(self, rel: str, *, verify: bool = False) -> bool:
-        """Whether ``rel`` is in the manifest and on disk with the recorded size (and hash if ``verify``)."""
-        entry = self.manifest["files"].get(rel)
-        p = self.path / rel
-        if entry is None or not p.exists() or p.stat().st_size != entry["size"]:
+        """Whether ``rel`` is in the manifest and on disk as a regular file with the recorded size (and hash if
+        ``verify``)."""
+        try:
+            self.verify([rel], full=verify)
+        except ArtefactError:
             return False
-        return not verify or sha256_file(p) == entry["sha256"]
+        return True
 
     def stage_done(self, stage: str, key: str) -> bool:
         """Whether ``stage`` finished with the same input key and all its files are intact (sizes)."""
@@ -199,19 +370,36 @@ class RunDir:
         """
         files = self.manifest["files"]
         for rel in rels if rels is not None else sorted(files):
-            entry = files.get(rel)
-            p = self.path / rel
-            if entry is None:
-                raise ArtefactError(f"{p}: not recorded in the manifest; run precompute again")
-            if not p.exists():
-                raise ArtefactError(f"{p}: missing; run precompute again")
-            if p.stat().st_size != entry["size"]:
-                raise ArtefactError(f"{p}: size {p.stat().st_size} != recorded {entry['size']} "
-                                    "(truncated or replaced); run precompute again with --from the stage "
-                                    "that writes it")
-            if full and sha256_file(p) != entry["sha256"]:
-                raise ArtefactError(f"{p}: sha256 differs from the manifest (file changed after the run); "
-                                    "refusing to load it")
+            with self._open(rel) as f:
+                if full:
+                    self._hash_check(rel, f)
+
+    def _open(self, rel: str) -> BinaryIO:
+        """``rel`` opened by :func:`open_regular` after its manifest entry and size are checked."""
+        entry = self.manifest["files"].get(rel)
+        p = self.path / rel
+        if entry is None:
+            raise ArtefactError(f"{p}: not recorded in the manifest; run precompute again")
+        f = open_regular(self.path, rel)
+        size = os.fstat(f.fileno()).st_size
+        if size != entry["size"]:
+            f.close()
+            raise ArtefactError(f"{p}: size {size} != recorded {entry['size']} "
+                                "(truncated or replaced); run precompute again with --from the stage "
+                                "that writes it")
+        return f
+
+    def _hash_check(self, rel: str, f: BinaryIO, data: bytes | None = None) -> None:
+        """Compare the sha256 of ``data`` (or of ``f`` up to its recorded size, then rewound) with the manifest."""
+        entry = self.manifest["files"][rel]
+        if data is not None:
+            digest = hashlib.sha256(data).hexdigest()
+        else:
+            digest = _sha256_of(f, entry["size"])
+            f.seek(0)
+        if digest != entry["sha256"]:
+            raise ArtefactError(f"{self.path / rel}: sha256 differs from the manifest (file changed after the "
+                                "run); refusing to load it")
 
     # ------------------------------------------------------------------ writers
     def _write(self, rel: str, writer: Callable[[Path], None], key: str | None = None) -> Path:
@@ -274,36 +462,52 @@ class RunDir:
         return self._write(rel, writer, key)
 
     # ------------------------------------------------------------------ readers
-    def _checked(self, rel: str, verify: bool = False) -> Path:
-        p = self.path / rel
-        if not p.exists():
-            raise ArtefactError(f"{p}: missing; run `python -m precompute --config <config>` to build it")
-        if verify:
-            self.verify([rel])
-        return p
+    @contextmanager
+    def _reading(self, rel: str, verify: bool = False) -> Iterator[BinaryIO]:
+        """``rel`` open for reading through :meth:`_open`, hash-checked first if ``verify``."""
+        with self._open(rel) as f:
+            if verify:
+                self._hash_check(rel, f)
+            yield f
 
     def load_npy(self, rel: str, *, mmap: bool = False, verify: bool = False) -> np.ndarray:
-        """Load a ``.npy`` without pickle (memory-mapped if ``mmap``)."""
-        p = self._checked(rel, verify)
-        try:
-            return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ArtefactError(f"{p}: unreadable ({e})") from e
+        """Load a ``.npy`` without pickle (memory-mapped read-only if ``mmap``).
+
+        Raises
+        ------
+        ArtefactError
+            Also when the header's shape and dtype do not fill the file exactly.
+        """
+        p = self.path / rel
+        with self._reading(rel, verify) as f:
+            shape, fortran, dtype, offset = _npy_header(f, os.fstat(f.fileno()).st_size, p)
+            try:
+                if mmap:
+                    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                     order="F" if fortran else "C")
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError, MemoryError) as e:
+                raise ArtefactError(f"{p}: unreadable ({type(e).__name__}: {e})") from e
 
     def load_npz(self, rel: str, *, verify: bool = False) -> dict[str, np.ndarray]:
         """Load every array of a ``.npz`` into a dict, without pickle."""
-        p = self._checked(rel, verify)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, KeyError) as e:
-            raise ArtefactError(f"{p}: unreadable ({e})") from e
+        p = self.path / rel
+        with self._reading(rel, verify) as f:
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            except (ValueError, OSError, EOFError, KeyError, MemoryError) as e:
+                raise ArtefactError(f"{p}: unreadable ({type(e).__name__}: {e})") from e
 
-    def load_json(self, rel: str, *, verify: bool = False) -> Any:
-        """Load a JSON file."""
-        p = self._checked(rel, verify)
+    def load_json(self, rel: str) -> Any:
+        """Load a JSON file, always hash-checked."""
+        p = self.path / rel
+        with self._reading(rel) as f:
+            raw = f.read(self.manifest["files"][rel]["size"])
+            self._hash_check(rel, f, raw)
         try:
-            return json.loads(p.read_text())
+            return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtefactError(f"{p}: not valid JSON ({e})") from e
 
@@ -311,21 +515,23 @@ class RunDir:
         """Load a ``state_dict`` with ``weights_only=True`` (no code execution)."""
         import torch
 
-        p = self._checked(rel, verify)
-        try:
-            return torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for a corrupt file; all mean the same to a user
-            raise ArtefactError(f"{p}: unreadable state_dict ({type(e).__name__}: {e})") from e
+        p = self.path / rel
+        with self._reading(rel, verify) as f:
+            try:
+                return torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises many types for a corrupt file; all mean the same to a user
+                raise ArtefactError(f"{p}: unreadable state_dict ({type(e).__name__}: {e})") from e
 
     def load_faiss(self, rel: str, *, verify: bool = False) -> Any:
         """Load a faiss index."""
         import faiss
 
-        p = self._checked(rel, verify)
-        try:
-            return faiss.read_index(str(p))
-        except RuntimeError as e:
-            raise ArtefactError(f"{p}: unreadable faiss index ({e})") from e
+        p = self.path / rel
+        with self._reading(rel, verify) as f:
+            try:
+                return faiss.read_index(_fd_path(f) or str(p))
+            except RuntimeError as e:
+                raise ArtefactError(f"{p}: unreadable faiss index ({e})") from e
 
     def leftovers(self) -> list[Path]:
         """Temporary files left by a killed :func:`atomic_path` writer (names matching :data:`TMP_NAME`).

@@ -193,7 +193,8 @@ class Detector:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, run: str | Path | RunDir, *, verify: str = "auto", modes: list[str] | None = None,
-             entry: str | Callable[[], torch.nn.Module] | None = None) -> "Detector":
+             entry: str | Callable[[], torch.nn.Module] | None = None,
+             require_signature: bool | None = None) -> "Detector":
         """Load a finished run.
 
         The run supplies data only: the builder of a custom model comes from ``entry`` or the operator's
@@ -211,6 +212,9 @@ class Detector:
             Processing modes to load now (default: the run's default mode; others load on first use).
         entry : str or callable, optional, keyword-only
             Custom-model runs: the builder returning the bare ``nn.Module``, or its ``"package.module:fn"``.
+        require_signature : bool, optional
+            Refuse a run whose manifest has no valid signature (default: ``$KNNGUARD_REQUIRE_SIGNATURE``); a
+            present signature is always checked when a key is there (:mod:`core.signing`).
 
         Raises
         ------
@@ -219,13 +223,17 @@ class Detector:
         NeedsEntryPoint
             A custom-model run and no ``entry`` given or allowed.
         ArtefactError
-            A file was changed, truncated or replaced, or the recorded config is invalid (the message names it).
+            A file was changed, truncated, replaced or is not a regular file inside the run, the manifest's
+            signature is wrong or required and missing, or the recorded config is invalid (the message
+            names it).
         """
-        run = run if isinstance(run, RunDir) else RunDir(run)
+        run = run if isinstance(run, RunDir) else RunDir(run, require_signature=require_signature)
         if not run.exists():
             raise IncompleteRun(f"no run in {run.path}; build it with "
                                 "`python -m precompute --config precompute/configs/<config>.toml`")
         m = run.manifest
+        if require_signature:
+            run.check_signature(require=True)
         if m.get("stages", {}).get("neighbours", {}).get("status") != "done":
             raise IncompleteRun(f"run {run.path} is unfinished; finish it with "
                                 f"`python -m precompute --config <its config>` (name = {m.get('config', {}).get('name')!r})")
@@ -239,6 +247,7 @@ class Detector:
         t0 = time.perf_counter()
         full = verify == "full"
         base = ["model.pt", "classes.json", "train_labels.npy", "input.json"]
+        base += ["train_images.npy"] if "train_images.npy" in m["files"] else []  # memory-mapped: checked here once
         if verify != "none":
             run.verify(base, full=full)
         model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""}, builder=builder)[0]
@@ -277,8 +286,9 @@ class Detector:
         return self._params[key], self._indexes[key]
 
     def train_images(self) -> np.ndarray | None:
-        """Training images uint8 (N, H, W, C) when the run stores them (small datasets), else None."""
-        if self._train_images is None and self.run.is_recorded("train_images.npy"):
+        """Training images uint8 (N, H, W, C) when the run stores them (small datasets), else None (read-only
+        memory map, checked by :meth:`load` as its ``verify`` said)."""
+        if self._train_images is None and "train_images.npy" in self.run.manifest["files"]:
             self._train_images = self.run.load_npy("train_images.npy", mmap=True)
         return self._train_images
 

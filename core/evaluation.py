@@ -103,7 +103,7 @@ class RunData:
         """Training image ``i`` as uint8 (H, W, C): from ``train_images.npy`` when the run keeps the training
         images, else its stored JPEG thumbnail (``thumbs/bank.npz``); None if neither has it."""
         store = self._once(self._sets, "train_images", lambda: (
-            {"images": self.run.load_npy("train_images.npy", mmap=True)}
+            {"images": self.run.load_npy("train_images.npy", mmap=True, verify=self.verify)}
             if self.run.is_recorded("train_images.npy") else
             _read_only(self.run.load_npz("thumbs/bank.npz", verify=self.verify))
             if self.run.is_recorded("thumbs/bank.npz") else {}))

@@ -5,6 +5,7 @@
     python -m precompute --config ... --from evalsets                      # recompute from a stage on
     python -m precompute --config ... --set evalsets.n_authentic=200       # override a value (type-checked)
     python -m precompute --list-layers precompute/configs/fmnist.toml      # tappable node names
+    python -m precompute --sign data/runs/fmnist                           # HMAC-sign the manifest (core.signing)
 
 Finished stages are skipped (their inputs and file hashes are in ``manifest.json``); a killed run resumes.
 """
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list-layers", metavar="CONFIG", help="print the model's tappable node names and exit")
     p.add_argument("--verify", metavar="RUN_DIR", help="check every file of a run against its manifest's sha256 "
                    "(full hashes; loading large runs checks sizes only) and exit")
+    p.add_argument("--sign", metavar="RUN_DIR", help="hash-check every file of a run, then write manifest.sig, an "
+                   "HMAC-SHA256 of its manifest with the key $KNNGUARD_SIGNING_KEY or "
+                   "~/.config/knnguard/signing.key (created, mode 0600, if missing), and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -73,12 +77,28 @@ def _verify(path: str) -> int:
     t0 = time.perf_counter()
     try:
         run.verify(full=True)
+        sig = run.check_signature()
     except ArtefactError as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     n = len(run.manifest["files"])
     size = sum(f["size"] for f in run.manifest["files"].values())
-    print(f"OK: {n} files, {size / 1e6:.1f} MB match their sha256 ({time.perf_counter() - t0:.1f} s)")
+    print(f"OK: {n} files, {size / 1e6:.1f} MB match their sha256 ({time.perf_counter() - t0:.1f} s); "
+          f"signature: {sig}")
+    return 0
+
+
+def _sign(path: str) -> int:
+    from core.artefacts import ArtefactError, RunDir
+    from core.signing import SIGNATURE, SigningKeyError
+
+    run = RunDir(path)
+    try:
+        key = run.sign()
+    except (ArtefactError, SigningKeyError) as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    print(f"signed: {run.path / SIGNATURE} (key {key}; keep it outside the run and private)")
     return 0
 
 
@@ -96,6 +116,8 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
 
     if args.verify:
         return _verify(args.verify)
+    if args.sign:
+        return _sign(args.sign)
     try:
         cfg = cfgmod.load(args.list_layers or args.config, args.overrides)
     except cfgmod.ConfigError as e:

@@ -1,0 +1,274 @@
+"""Run-folder trust: special files and symbolic links refused before they are read, memory-mapped and displayed
+files hash-checked, bounded ``.npy`` headers, and the optional HMAC signature of the manifest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.artefacts import ArtefactError, RunDir
+from tests.conftest import ROOT
+
+#: A refusal must come this fast; a hang (FIFO, /dev/zero) is killed at the deadline and fails the test.
+DEADLINE_S = 60
+#: Address-space cap of the child process (torch needs ~4 GiB of it), so reading /dev/zero cannot eat the machine.
+CHILD_MEMORY = 4 << 30
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+
+
+def _child(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -c code`` in the repository with a deadline and a memory cap; a hang fails the test."""
+    try:
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              timeout=DEADLINE_S, preexec_fn=_limit_memory, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung for {DEADLINE_S} s: {code}")
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return _child(f"import sys; from precompute.__main__ import main; sys.exit(main({list(args)!r}))", env)
+
+
+LOAD = ("from core.detector import Detector\nfrom core.artefacts import ArtefactError\n"
+        "try:\n    Detector.load({path!r}, verify={verify!r})\nexcept ArtefactError as e:\n    print('REFUSED', e)\n"
+        "else:\n    print('LOADED')\n")
+
+
+def _make_special(p: Path, kind: str, outside: Path) -> None:
+    """Replace a run file by a FIFO or a link to /dev/zero (its manifest entry rewritten to match their size, 0,
+    as a writer of the run can), or by a link to an identical copy outside the run."""
+    data = p.read_bytes()
+    p.unlink()
+    if kind == "outside":
+        outside.write_bytes(data)
+        p.symlink_to(outside)
+        return
+    if kind == "fifo":
+        os.mkfifo(p)
+    else:
+        p.symlink_to("/dev/zero")
+    mp = p.parent / "manifest.json"
+    m = json.loads(mp.read_text())
+    m["files"][p.name].update(size=0, sha256=hashlib.sha256(b"").hexdigest())
+    mp.write_text(json.dumps(m, indent=1, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------ finding 3: special files
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "outside"])
+@pytest.mark.parametrize("verify", ["full", "none"])
+def test_special_or_linked_classes_json_refused_by_load(tiny_run_copy, tmp_path, kind, verify):
+    _make_special(tiny_run_copy / "classes.json", kind, tmp_path / "elsewhere.json")
+    t0 = time.perf_counter()
+    out = _child(LOAD.format(path=str(tiny_run_copy), verify=verify))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("REFUSED") and "classes.json" in out.stdout, out.stdout
+    assert re.search("symbolic link|not a regular file", out.stdout), out.stdout
+    print(f"\n{kind}, verify={verify}: refused in {time.perf_counter() - t0:.1f} s (child process, torch import "
+          "included)")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "outside"])
+def test_special_or_linked_file_refused_by_verify_cli(tiny_run_copy, tmp_path, kind):
+    _make_special(tiny_run_copy / "classes.json", kind, tmp_path / "elsewhere.json")
+    out = _cli("--verify", str(tiny_run_copy))
+    assert out.returncode == 1 and "classes.json" in out.stderr, (out.stdout, out.stderr[-2000:])
+
+
+def test_symlinked_folder_component_refused(tiny_run_copy, tmp_path):
+    """A link anywhere below the run folder (here the ``index`` folder) is refused, not only a linked file."""
+    (tiny_run_copy / "index").rename(tmp_path / "index-elsewhere")
+    (tiny_run_copy / "index").symlink_to(tmp_path / "index-elsewhere")
+    with pytest.raises(ArtefactError, match="index: is a symbolic link"):
+        RunDir(tiny_run_copy).verify()
+
+
+def test_symlinked_manifest_refused(tiny_run_copy, tmp_path):
+    (tiny_run_copy / "manifest.json").rename(tmp_path / "manifest.json")
+    (tiny_run_copy / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    with pytest.raises(ArtefactError, match="manifest.json: is a symbolic link"):
+        RunDir(tiny_run_copy).manifest
+
+
+# ------------------------------------------------------------------------ finding 4: files shown, files mapped
+def _flip(p: Path, at: float = 0.5) -> None:
+    raw = bytearray(p.read_bytes())
+    raw[int(len(raw) * at)] ^= 0x01
+    p.write_bytes(bytes(raw))
+
+
+def test_flipped_train_image_refused_by_full_load(tiny_run_copy):
+    from core.detector import Detector
+
+    assert "train_images.npy" in RunDir(tiny_run_copy).manifest["files"]
+    _flip(tiny_run_copy / "train_images.npy", at=0.9)  # in the pixels, past the header
+    with pytest.raises(ArtefactError, match="train_images.npy: sha256"):
+        Detector.load(tiny_run_copy, verify="full")
+    Detector.load(tiny_run_copy, verify="size")  # sizes only: loads (the documented trade)
+
+
+def test_flipped_train_image_refused_by_run_data(tiny_run_copy):
+    from core.evaluation import RunData
+
+    _flip(tiny_run_copy / "train_images.npy", at=0.9)
+    with pytest.raises(ArtefactError, match="train_images.npy: sha256"):
+        RunData(tiny_run_copy, verify=True).train_image(0)
+
+
+def _tamper_json(p: Path, edit) -> None:
+    """Rewrite a JSON file with ``edit`` applied; the manifest keeps the old hash (an edit, not a rebuild)."""
+    obj = json.loads(p.read_text())
+    edit(obj)
+    p.write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+@pytest.mark.parametrize("name, edit", [
+    ("model.json", lambda o: o.update(test_accuracy=0.9999)),
+    ("report.json", lambda o: o.update(run="edited")),
+    ("classes.json", lambda o: o.__setitem__(0, "EDITED")),
+])
+def test_tampered_displayed_json_refused_by_the_app_loader(tiny_run_copy, name, edit):
+    from app_pages import _common
+
+    _tamper_json(tiny_run_copy / name, edit)
+    stamp = _common._stamp(str(tiny_run_copy))
+    with pytest.raises(ArtefactError, match=re.escape(name) + ": (sha256|size)"):
+        _common._json(str(tiny_run_copy), stamp, name)
+
+
+def test_tampered_model_json_refused_by_the_run_page(tiny_run_copy, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    _tamper_json(tiny_run_copy / "model.json", lambda o: o.update(test_accuracy=0.9999))
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run_copy.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/run_info.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    err = " ".join(e.value for e in at.error)
+    assert "cannot be loaded" in err and "model.json" in err
+    assert "99.99%" not in [m.value for m in at.metric]
+
+
+# ---------------------------------------------------------------------------------- finding 5: npy headers
+def _huge_header(p: Path) -> None:
+    """Rewrite the .npy header to declare 745 GiB of data, keeping the file's size (same header length)."""
+    raw = p.read_bytes()
+    hlen = int.from_bytes(raw[8:10], "little")
+    header = raw[10:10 + hlen].decode("latin1")
+    new = re.sub(r"'shape': \([^)]*\)", "'shape': (100000000000,)", header)
+    new = new.rstrip().ljust(hlen - 1) + "\n"
+    assert len(new) == hlen
+    p.write_bytes(raw[:10] + new.encode("latin1") + raw[10 + hlen:])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_npy_header_larger_than_the_file_refused_naming_it(tiny_run_copy, mmap):
+    _huge_header(tiny_run_copy / "train_labels.npy")
+    with pytest.raises(ArtefactError, match=r"train_labels.npy: the .npy header declares 800000000000 bytes"):
+        RunDir(tiny_run_copy).load_npy("train_labels.npy", mmap=mmap)
+
+
+def test_npy_header_refused_on_a_plain_run(tmp_path):
+    run = RunDir(tmp_path)
+    run.save_npy("a.npy", np.arange(12, dtype=np.int64).reshape(3, 4))
+    assert run.load_npy("a.npy").shape == (3, 4)
+    assert run.load_npy("a.npy", mmap=True)[2, 3] == 11
+    with open(tmp_path / "a.npy", "r+b") as f:  # header says (3, 5): 8 bytes more than the file holds
+        raw = f.read().replace(b"(3, 4)", b"(3, 5)")
+        f.seek(0)
+        f.write(raw)
+    with pytest.raises(ArtefactError, match=r"a.npy: the .npy header declares 120 bytes"):
+        run.load_npy("a.npy")
+
+
+# ------------------------------------------------------------------------------------- finding 2: signature
+def _rewrite_with_hash(run: Path, rel: str, data: bytes) -> None:
+    """What a writer with access to the run can do: change a file and its manifest entry together."""
+    (run / rel).write_bytes(data)
+    m = json.loads((run / "manifest.json").read_text())
+    m["files"][rel].update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    (run / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
+
+
+@pytest.fixture()
+def key_env(tmp_path, monkeypatch) -> Path:
+    key = tmp_path / "keys" / "signing.key"
+    monkeypatch.setenv("KNNGUARD_SIGNING_KEY", str(key))
+    monkeypatch.delenv("KNNGUARD_REQUIRE_SIGNATURE", raising=False)
+    return key
+
+
+def test_rewritten_file_and_hash_loads_without_key_but_is_refused_when_required(tiny_run_copy, key_env, monkeypatch):
+    from core.detector import Detector
+
+    monkeypatch.delenv("KNNGUARD_SIGNING_KEY")
+    monkeypatch.setenv("HOME", str(key_env.parent))  # no default key either
+    _rewrite_with_hash(tiny_run_copy, "classes.json", json.dumps(["forged"] * 10).encode())
+    det = Detector.load(tiny_run_copy, verify="full")  # sha256 alone cannot tell a writer from the builder
+    assert det.classes[0] == "forged"
+    with pytest.raises(ArtefactError, match="manifest.sig: missing and a signed manifest is required"):
+        Detector.load(tiny_run_copy, verify="full", require_signature=True)
+    monkeypatch.setenv("KNNGUARD_REQUIRE_SIGNATURE", "1")
+    with pytest.raises(ArtefactError, match="manifest.sig: missing"):
+        Detector.load(tiny_run_copy)
+    out = _cli("--verify", str(tiny_run_copy), env={"KNNGUARD_REQUIRE_SIGNATURE": "1", "HOME": str(key_env.parent)})
+    assert out.returncode == 1 and "manifest.sig: missing" in out.stderr
+
+
+def test_sign_then_load_verifies_and_a_rewrite_after_signing_is_refused(tiny_run_copy, key_env, monkeypatch):
+    from core.detector import Detector
+
+    out = _cli("--sign", str(tiny_run_copy), env={"KNNGUARD_SIGNING_KEY": str(key_env)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert key_env.is_file() and key_env.stat().st_mode & 0o777 == 0o600
+    assert (tiny_run_copy / "manifest.sig").read_text().startswith("hmac-sha256 ")
+    assert RunDir(tiny_run_copy).check_signature(require=True) == "verified"
+    Detector.load(tiny_run_copy, verify="full", require_signature=True)
+    out = _cli("--verify", str(tiny_run_copy), env={"KNNGUARD_SIGNING_KEY": str(key_env)})
+    assert out.returncode == 0 and "signature: verified" in out.stdout, (out.stdout, out.stderr[-2000:])
+
+    _rewrite_with_hash(tiny_run_copy, "classes.json", json.dumps(["forged"] * 10).encode())
+    with pytest.raises(ArtefactError, match="manifest.sig: signature does not match"):
+        Detector.load(tiny_run_copy, verify="full")  # checked whenever a key is there, required or not
+    monkeypatch.setenv("HOME", str(key_env.parent))
+    monkeypatch.delenv("KNNGUARD_SIGNING_KEY")  # no key: a signed run still loads, unchecked, unless required
+    assert RunDir(tiny_run_copy).check_signature() == "unchecked"
+    with pytest.raises(ArtefactError, match="no key"):
+        RunDir(tiny_run_copy).check_signature(require=True)
+
+
+def test_signature_from_another_key_refused(tiny_run_copy, key_env, monkeypatch):
+    RunDir(tiny_run_copy).sign()
+    key_env.write_text(os.urandom(32).hex() + "\n")
+    with pytest.raises(ArtefactError, match="signature does not match"):
+        RunDir(tiny_run_copy).manifest
+
+
+def test_sign_refuses_a_damaged_run(tiny_run_copy, key_env):
+    _flip(tiny_run_copy / "model.pt")
+    with pytest.raises(ArtefactError, match="model.pt: sha256"):
+        RunDir(tiny_run_copy).sign()
+    assert not (tiny_run_copy / "manifest.sig").exists()
+
+
+def test_rewriting_the_manifest_drops_the_signature(tmp_path, key_env):
+    run = RunDir(tmp_path / "r")
+    run.save_json("a.json", [1])
+    run.sign()
+    assert RunDir(tmp_path / "r").check_signature(require=True) == "verified"
+    run.save_json("b.json", [2])  # precompute rewriting its manifest: the old signature no longer applies
+    assert not (tmp_path / "r" / "manifest.sig").exists()
+    assert RunDir(tmp_path / "r").check_signature() == "unsigned"
