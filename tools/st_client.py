@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import asyncio
+import re
 import contextlib
 import time
 import urllib.request
@@ -36,6 +37,10 @@ _DONE = {"FINISHED_SUCCESSFULLY", "FINISHED_FRAGMENT_RUN_SUCCESSFULLY"}
 _NO_TEXT = {"plotly_chart", "vega_lite_chart", "dataframe", "arrow_data_frame", "table", "deck_gl_json_chart",
             "graphviz_chart", "audio", "video", "html", "iframe", "echarts_chart", "bidi_component",
             "component_instance"}
+
+
+#: A Markdown backslash escape of one ASCII punctuation character.
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 
 
 class ProtocolError(RuntimeError):
@@ -82,9 +87,11 @@ class RunResult:
         return []
 
     def text(self, *, under: tuple = ()) -> str:
-        """All strings of the elements (bodies, labels, captions) under a delta path prefix, in path order."""
+        """All strings of the elements (bodies, labels, captions) under a delta path prefix, in path order, with
+        Markdown's backslash escapes of punctuation removed (the text a reader sees: the app escapes run text)."""
         keep = sorted(p for p in self.elements if p[: len(under)] == under)
-        return "\n".join(s for p in keep for s in self._element_strings(*self.elements[p]))
+        raw = "\n".join(s for p in keep for s in self._element_strings(*self.elements[p]))
+        return _MD_ESCAPE.sub(r"\1", raw)
 
     def path_of_block(self, key: str) -> tuple:
         """Delta path of the container the app created with ``key=key`` (``st.container(key=...)``)."""
