@@ -73,7 +73,8 @@ DEFAULTS: dict[str, Any] = {
         "workers": 0,          # image-decoding worker processes for image folders
     },
     "processing": {
-        "modes": ["none", "l2", "pca"],  # none | l2 | pca (PCA + whitening)
+        "modes": ["none", "l2", "pca"],  # none | l2 | pca (PCA + whitening) | pca_nw (the authors': PCA above
+                                         # pca_dim dims, no whitening; nothing at or below)
         "pca_dim": 256,                  # PCA output dims (capped by the layer's dims)
     },
     "index": {
@@ -83,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
     "evalsets": {
         "n_authentic": 1000,  # correctly classified test images (positives; also the attacks' sources)
         "n_errors": 1000,     # misclassified test images kept (authentic errors), at most
-        "noise_eps": 0.1,     # random noise: uniform in [-eps, eps] added to authentic images (kept if still right)
+        "noise_eps": 0.1,     # random noise of size eps added to authentic images (kept if still right)
+        "noise": "uniform",   # uniform: U(-eps, eps) per pixel; sign: eps * sign(N(0, 1)) (the authors' code)
         "attacks": ["fgsm", "ifgsm", "pgd", "cw", "deepfool", "lbfgs"],  # adversarial sets to make
         "attack_batch": 250,  # images per attack call
     },
@@ -92,6 +94,13 @@ DEFAULTS: dict[str, Any] = {
     "thumbs": {
         "size": 64,           # neighbour thumbnails stored for runs whose training images are not kept
         "per_layer": 4,       # nearest (overall and of the predicted class) kept per image and layer
+    },
+    "evaluation": {
+        "protocol": "paper",       # paper: positives = authentic + noise, thresholds at a target TPR on validation;
+                                   # authors: positives = authentic only, one pooled threshold nearest FNR = FPR
+        "validation_share": 0.5,   # share of source test images whose sets choose layer, settings and threshold
+        "target_tpr": 0.95,        # the operating point keeps this share of validation positives
+        "n_boot": 1000,            # bootstrap resamples (over source images) for the 95 % intervals
     },
     "scoring": {
         "k_max": 1000,                        # neighbours stored per evaluation image
@@ -147,6 +156,9 @@ RANGES: dict[str, Range] = {
     "evalsets.n_errors": Range(0, 10_000_000),
     "evalsets.noise_eps": Range(0.0, 1.0, integer=False, lo_open=True),
     "evalsets.attack_batch": Range(1, 65536),
+    "evaluation.validation_share": Range(0.0, 1.0, integer=False, lo_open=True),
+    "evaluation.target_tpr": Range(0.0, 1.0, integer=False, lo_open=True),
+    "evaluation.n_boot": Range(100, 100_000),
     "thumbs.size": Range(8, 1024),
     "thumbs.per_layer": Range(1, 1000),
     "scoring.k_max": Range(1, MAX_K),
@@ -157,7 +169,8 @@ ATTACK_N = Range(1, 10_000_000)
 
 _CHOICES = {("device",): ("auto", "cpu", "cuda"), ("data", "dataset"): ("fashion-mnist", "imagefolder"),
             ("index", "kind"): ("auto", "flat", "ivf", "hnsw"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
-            ("scoring", "mode"): ("none", "l2", "pca")}
+            ("scoring", "mode"): ("none", "l2", "pca", "pca_nw"), ("evalsets", "noise"): ("uniform", "sign"),
+            ("evaluation", "protocol"): ("paper", "authors")}
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -285,9 +298,14 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"'{'.'.join(path)}' must be one of {choices}, got {v!r}")
     if not cfg["name"] or "/" in cfg["name"] or cfg["name"].startswith("."):
         raise ConfigError(f"'name' must be a plain folder name, got {cfg['name']!r}")
+    from core.processing import MODES
+
     for m in cfg["processing"]["modes"]:
-        if m not in ("none", "l2", "pca"):
-            raise ConfigError(f"processing.modes: unknown mode {m!r}")
+        if m not in MODES:
+            raise ConfigError(f"processing.modes: unknown mode {m!r}; use one of {MODES}")
+    if cfg["evaluation"]["validation_share"] >= 1:
+        raise ConfigError("'evaluation.validation_share' must be under 1 (the rest is the test split); "
+                          "fix: --set evaluation.validation_share=0.5")
     if cfg["scoring"]["mode"] not in cfg["processing"]["modes"]:
         raise ConfigError(f"scoring.mode {cfg['scoring']['mode']!r} is not in processing.modes")
     for name, table in cfg[EXTERNAL_SECTION].items():

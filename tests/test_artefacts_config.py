@@ -66,6 +66,12 @@ def test_config_defaults_and_overrides():
     ("attacks.nope.n=1", "unknown attack"),
     ("name=../evil", "plain folder name"),
     ("nokey", "key=value"),
+    ("evaluation.validation_share=1.0", "must be under 1"),
+    ("evaluation.validation_share=0", "validation_share"),
+    ("evaluation.target_tpr=1.5", "target_tpr"),
+    ("evaluation.protocol=oracle", "must be one of"),
+    ("evalsets.noise=gauss", "must be one of"),
+    ("processing.modes=['zca']", "unknown mode"),
 ])
 def test_config_errors(override, match):
     with pytest.raises(config.ConfigError, match=match):

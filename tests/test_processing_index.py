@@ -35,6 +35,28 @@ def test_pca_whitening_drops_dead_units(feats):
         np.testing.assert_allclose(processing.apply(dict(z), feats), y)
 
 
+def test_authors_pca_no_whitening_above_dim_only(feats):
+    """pca_nw: nothing at or below ``dim`` dims; above, PCA to ``dim`` without whitening (distances kept)."""
+    low = processing.fit(feats, "pca_nw", dim=40)
+    np.testing.assert_array_equal(processing.apply(low, feats), feats)
+    assert processing.describe(low, 40) == "none (40 dims, no PCA at or below that)"
+    p = processing.fit(feats, "pca_nw", dim=8)
+    y = processing.apply(p, feats)
+    assert y.shape == (500, 8) and processing.describe(p, 40) == "PCA-8 (no whitening)"
+    full = processing.apply(processing.fit(feats, "pca_nw", dim=39), feats)  # 30 live dims: a rotation
+    d = lambda a: np.linalg.norm(a[:50, None] - a[None, :50], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(d(full), d(feats), rtol=1e-3, atol=1e-3)
+
+
+def test_describe_names_what_is_done(feats):
+    assert processing.describe(processing.fit(feats, "l2"), 40) == "L2-normalised"
+    assert processing.describe(processing.fit(feats, "none"), 40) == "none (raw features)"
+    assert processing.describe(processing.fit(feats, "pca", dim=256), 40).endswith("+ whitening")  # dead dropped
+    live = np.random.default_rng(1).normal(size=(300, 12)).astype(np.float32)
+    assert processing.describe(processing.fit(live, "pca", dim=256), 12) == "whitening (full rank)"
+    assert processing.describe(processing.fit(live, "pca", dim=5), 12) == "PCA-5 + whitening"
+
+
 def test_bad_mode(feats):
     with pytest.raises(ValueError, match="unknown processing"):
         processing.fit(feats, "zca")
