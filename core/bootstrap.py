@@ -83,7 +83,7 @@ class SourceBootstrap:
         if n == 0:
             raise ValueError("no source images to resample")
         self.n_boot, self.seed = int(n_boot), int(seed)
-        idx = np.random.default_rng(seed).integers(0, n, size=(self.n_boot, n))
+        idx = np.random.default_rng(seed).integers(0, n, size=(self.n_boot, n), dtype=np.int64)
         flat = (idx + (np.arange(self.n_boot) * n)[:, None]).ravel()
         drawn = np.bincount(flat, minlength=self.n_boot * n).reshape(self.n_boot, n)
         self.counts = np.vstack([np.ones((1, n)), drawn]).astype(np.float32)
@@ -115,6 +115,15 @@ class SourceBootstrap:
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.where(d > 0, n / d, np.nan)
         return Estimate(float(r[0]), r[1:])
+
+    def ratios(self, num: ArrayLike, den: ArrayLike) -> list[Estimate]:
+        """:meth:`ratio` of several pairs at once, ``num`` and ``den`` (n_sources, V): one pass over the counts."""
+        nd = self.counts @ np.hstack([np.asarray(num, np.float32), np.asarray(den, np.float32)])
+        v = np.asarray(num).shape[1]
+        n, d = nd[:, :v].astype(np.float64), nd[:, v:].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(d > 0, n / d, np.nan)
+        return [Estimate(float(r[0, i]), r[1:, i]) for i in range(v)]
 
     def rate(self, flags: ArrayLike, source: ArrayLike) -> Estimate:
         """Share of items flagged, ``flags`` bool (n,) with their ``source`` (n,)."""

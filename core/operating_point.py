@@ -179,12 +179,19 @@ def measure(bs: SourceBootstrap, threshold: float, pos: ArrayLike, pos_source: A
         ``{"tpr": Estimate, "attacks": {name: {"detection_rate": Estimate, "guarded_success": Estimate}}}``;
         detection rate = share of the set rejected, guarded success = (fooled and trusted) / attempts.
     """
-    out: dict = {"tpr": bs.rate(_scores(pos) >= threshold, pos_source), "attacks": {}}
-    for name, a in attacks.items():
+    nums, dens = [], []
+    p = _scores(pos)
+    nums.append(bs.per_source(p >= threshold, pos_source))
+    dens.append(bs.per_source(np.ones(len(p)), pos_source))
+    for a in attacks.values():
         s = _scores(a.scores)
-        trusted_fooled = bs.per_source((s >= threshold) & np.asarray(a.fooled, bool), a.source)
-        out["attacks"][name] = {"detection_rate": bs.rate(s < threshold, a.source),
-                                "guarded_success": bs.ratio(trusted_fooled, a.attempts)}
+        nums += [bs.per_source(s < threshold, a.source),
+                 bs.per_source((s >= threshold) & np.asarray(a.fooled, bool), a.source)]
+        dens += [bs.per_source(np.ones(len(s)), a.source), np.asarray(a.attempts, dtype=np.float64)]
+    est = bs.ratios(np.stack(nums, axis=1), np.stack(dens, axis=1))
+    out: dict = {"tpr": est[0], "attacks": {}}
+    for i, name in enumerate(attacks):
+        out["attacks"][name] = {"detection_rate": est[1 + 2 * i], "guarded_success": est[2 + 2 * i]}
     return out
 
 
