@@ -7,9 +7,11 @@ neighbours (paper eq. (2), Table 1). faiss returns squared L2 distances, so DW-k
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-__all__ = ["SCORE_FNS", "weights", "score", "class_scores"]
+__all__ = ["SCORE_FNS", "weights", "score", "score_ks", "class_scores"]
 
 #: Score functions: name -> description as in the paper's Table 1.
 SCORE_FNS = {"knn": "kNN (w=1)", "wknn": "W-kNN (w=1/i)", "dwknn": "DW-kNN (w=1/d²)"}
@@ -65,38 +67,101 @@ def score(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np.nd
         Scores in [0, 1]; higher means the neighbours agree with ``classes`` (trust the prediction).
         NaN for a query with no valid neighbour.
     """
+    K = np.shape(I)[1] if np.ndim(I) == 2 else 0
+    return score_ks(I, D, train_labels, classes, [K if k is None else k], fn=fn)[0]
+
+
+def score_ks(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np.ndarray, ks: Sequence[int], *,
+             fn: str = "dwknn") -> np.ndarray:
+    """:func:`score` at several k at once, from one pass along the neighbour axis.
+
+    Neighbour terms are summed one after another in neighbour order, so row ``j`` equals
+    ``score(..., k=ks[j], fn=fn)`` exactly.
+
+    Parameters
+    ----------
+    I, D, train_labels, classes, fn
+        As for :func:`score`.
+    ks : sequence of int
+        Each in [1, K], any order, repeats allowed.
+
+    Returns
+    -------
+    s : float64 ndarray (len(ks), nq)
+    """
     I, D = np.asarray(I), np.asarray(D)
     if I.shape != D.shape or I.ndim != 2:
         raise ValueError(f"I and D must have the same 2-D shape, got {I.shape} and {D.shape}")
-    K = I.shape[1]
-    k = K if k is None else int(k)
-    if not 1 <= k <= K:
-        raise ValueError(f"k must be in [1, {K}] (the stored neighbours), got {k}")
-    I, D = I[:, :k], D[:, :k]
+    if fn not in SCORE_FNS:
+        raise ValueError(f"unknown score function {fn!r}; use one of {list(SCORE_FNS)}")
+    nq, K = I.shape
+    ks = np.asarray([int(k) for k in ks], dtype=np.int64)
+    if len(ks) and not ((ks >= 1) & (ks <= K)).all():
+        raise ValueError(f"k must be in [1, {K}] (the stored neighbours), got {ks.tolist()}")
     classes = np.asarray(classes).reshape(-1)
-    if len(classes) != len(I):
-        raise ValueError(f"{len(classes)} classes for {len(I)} queries")
-    nq = len(I)
-    valid = None if I.size == 0 or I.min() >= 0 else I >= 0  # None: every neighbour valid (exact search)
+    if len(classes) != nq:
+        raise ValueError(f"{len(classes)} classes for {nq} queries")
+    out = np.empty((len(ks), nq))
+    if len(ks) == 0:
+        return out
+    uk, inv = np.unique(ks, return_inverse=True)
+    kmax = int(uk[-1])
+    Ik = I[:, :kmax]
+    valid = None if Ik.size == 0 or Ik.min() >= 0 else np.ascontiguousarray((Ik >= 0).T)  # None: all valid
     labels, classes = _compact(np.asarray(train_labels), classes)
-    match = labels[I if valid is None else np.where(valid, I, 0)] == classes[:, None]
+    match = np.take(labels, Ik.T if valid is None else np.where(valid, Ik.T, 0)) == classes  # (kmax, nq)
     if valid is not None:
         match &= valid
     if fn == "knn":
-        hit = np.count_nonzero(match, axis=1).astype(np.float64)
-        total = np.full(nq, float(k)) if valid is None else np.count_nonzero(valid, axis=1).astype(np.float64)
+        hit = _prefix_counts(match, uk)
+        total = np.broadcast_to(uk[:, None], hit.shape).astype(np.float64) if valid is None else \
+            _prefix_counts(valid, uk)
     elif fn == "wknn":
-        w = 1.0 / np.arange(1, k + 1)
-        hit = match @ w
-        total = np.full(nq, w.sum()) if valid is None else valid @ w
+        w = 1.0 / np.arange(1, kmax + 1)
+        hit = _prefix_sums(np.multiply(match, w[:, None]), uk)
+        total = (np.broadcast_to(np.cumsum(w)[uk - 1][:, None], hit.shape) if valid is None
+                 else _prefix_sums(np.multiply(valid, w[:, None]), uk))
     else:
-        w = weights(D, fn)
+        w = np.array(D[:, :kmax].T, dtype=np.float64, order="C")  # a copy: changed in place
+        np.maximum(w, MIN_SQ_DIST, out=w)
+        np.reciprocal(w, out=w)
         if valid is not None:
-            w[~valid] = 0.0
-        hit = np.einsum("ij,ij->i", w, match)
-        total = w.sum(axis=1)
+            w *= valid
+        hit = _prefix_sums(np.multiply(match, w), uk)
+        total = _prefix_sums(w, uk)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, hit / total, np.nan)
+        s = np.where(total > 0, hit / total, np.nan)
+    return s[inv.ravel()]
+
+
+def _prefix_sums(W: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """Sums of the first ``k`` rows of ``W`` (K, n) for ascending unique ``ks`` -> float64 (len(ks), n).
+
+    Each sum adds rows in order (``sum(axis=0)`` of a C-ordered block), starting from the previous prefix put
+    in place of the row just before the block, so every prefix is the plain left-to-right sum.
+    """
+    n = W.shape[1]
+    if n == 1:  # a single column would be summed pairwise along the rows: keep two columns
+        W = np.hstack([W, np.zeros_like(W)])
+    out = np.empty((len(ks), W.shape[1]))
+    prev = 0
+    for j, k in enumerate(ks):
+        if prev == 0:
+            out[j] = W[:k].sum(axis=0)
+        else:
+            row = W[prev - 1].copy()
+            W[prev - 1] = out[j - 1]
+            out[j] = W[prev - 1:k].sum(axis=0)
+            W[prev - 1] = row
+        prev = int(k)
+    return out[:, :n]
+
+
+def _prefix_counts(M: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """True counts in the first ``k`` rows of bool ``M`` (K, n) for ascending unique ``ks`` -> float64 (len(ks), n)."""
+    edges = np.r_[0, ks]
+    blocks = np.stack([np.count_nonzero(M[a:b], axis=0) for a, b in zip(edges[:-1], edges[1:])])
+    return np.cumsum(blocks, axis=0).astype(np.float64)
 
 
 def _compact(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

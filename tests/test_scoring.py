@@ -75,3 +75,73 @@ def test_score_with_labels_beyond_int16():
     I = np.array([[0, 1, 2]])
     labels = np.array([70000, 5, 70000])
     assert scoring.score(I, np.ones((1, 3)), labels, np.array([70000]), fn="knn")[0] == pytest.approx(2 / 3)
+
+
+def _case(rng, nq, K, missing, ties):
+    labels = rng.integers(0, 4, 300)
+    I = rng.integers(0, 300, (nq, K))
+    D = np.sort(rng.random((nq, K)), 1)
+    if ties:
+        D = np.round(D, 1)
+        D[::3, :4] = 0.0  # exact duplicates: clamped distances
+    if missing and nq:
+        I[::2, -3:] = -1
+        I[0] = -1  # no valid neighbour: NaN
+    return I, D, labels, rng.integers(0, 4, nq)
+
+
+@pytest.mark.parametrize("fn", ["knn", "wknn", "dwknn"])
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("nq", [1, 2, 57])
+def test_score_ks_equals_score_at_each_k_exactly(fn, missing, nq):
+    rng = np.random.default_rng(nq)
+    I, D, labels, cls = _case(rng, nq, 120, missing, ties=True)
+    ks = [120, 7, 1, 50, 7, 119, 2]
+    got = scoring.score_ks(I, D, labels, cls, ks, fn=fn)
+    assert got.shape == (len(ks), nq)
+    for j, k in enumerate(ks):
+        ref = scoring.score(I, D, labels, cls, k=k, fn=fn)
+        np.testing.assert_array_equal(got[j], ref)  # bit-equal, NaN where score() gives NaN
+    if missing:
+        assert np.isnan(got[:, 0]).all()
+
+
+def test_score_is_the_left_to_right_sum():
+    """score() adds neighbour terms in order (the rule score_ks shares), also for a single query."""
+    rng = np.random.default_rng(5)
+    labels = np.zeros(10, int)
+    I = np.zeros((1, 200), int)
+    D = rng.random((1, 200)) * 10.0 ** rng.integers(-6, 6, (1, 200))
+    hit = 0.0
+    for d in D[0]:
+        hit += 1.0 / max(d, scoring.MIN_SQ_DIST)
+    # every neighbour matches: the score is hit / total with hit == total summed the same way
+    assert scoring.score(I, D, labels, np.array([0]), fn="dwknn")[0] == 1.0
+    w = np.maximum(D[0], scoring.MIN_SQ_DIST) ** -1.0
+    half = np.where(np.arange(200) % 2 == 0, w, 0.0)
+    seq_hit, seq_tot = 0.0, 0.0
+    for a, b in zip(half, w):
+        seq_hit += a
+        seq_tot += b
+    labels2 = np.array([0, 1])
+    I2 = (np.arange(200) % 2)[None, :]
+    assert scoring.score(I2, D, labels2, np.array([0]), fn="dwknn")[0] == seq_hit / seq_tot
+
+
+def test_score_ks_rejects_bad_k():
+    with pytest.raises(ValueError):
+        scoring.score_ks(np.zeros((1, 3), int), np.ones((1, 3)), LABELS, np.array([0]), [1, 4])
+    assert scoring.score_ks(np.zeros((2, 3), int), np.ones((2, 3)), LABELS, np.array([0, 1]), []).shape == (0, 2)
+
+
+@pytest.mark.parametrize("nq", [1, 4])
+def test_score_leaves_inputs_unchanged(nq):
+    D = np.zeros((nq, 3))
+    I = np.zeros((nq, 3), int)
+    scoring.score_ks(I, D, LABELS, np.zeros(nq, int), [1, 3], fn="dwknn")
+    assert (D == 0).all()
+
+
+def test_out_of_range_neighbour_id_raises():
+    with pytest.raises(IndexError):
+        scoring.score(np.array([[0, 99]]), np.ones((1, 2)), LABELS, np.array([0]), fn="knn")
