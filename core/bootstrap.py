@@ -23,8 +23,9 @@ __all__ = ["Estimate", "SourceBootstrap"]
 
 log = logging.getLogger(__name__)
 
-#: Rows of the count matrix processed at once by :meth:`SourceBootstrap.roc_many` (bounds its memory).
-ROC_CHUNK = 128
+#: Cells (rows x score bins) of the count matrix processed at once by :meth:`SourceBootstrap.roc_many` (bounds
+#: its memory); at least 16 rows.
+ROC_CHUNK_CELLS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,10 @@ class SourceBootstrap:
         R = len(self.counts)
         acc = {k: np.empty(R) for k in negs}
         auc = {k: np.empty(R) for k in negs}
-        for r0 in range(0, R, ROC_CHUNK):
-            C = self.counts[r0:r0 + ROC_CHUNK]
+        width = max([Ap.shape[1], *(A.shape[1] for A, _, _ in negs.values())])
+        chunk = max(16, ROC_CHUNK_CELLS // max(width, 1))
+        for r0 in range(0, R, chunk):
+            C = self.counts[r0:r0 + chunk]
             tp = _cumulative(C, Ap)  # (r, m_pos + 1), column 0 = nothing
             for k, (A, ge, gt) in negs.items():
                 fp = _cumulative(C, A)

@@ -1,10 +1,16 @@
 """One operating point, chosen on validation only, and what it does on test.
 
-The operating point is a detector setting (layer, processing mode, score function, k) with one threshold that
-keeps ``target_tpr`` of the validation positives (``score >= threshold`` is trusted, the rule of
-:func:`core.metrics.rejected_at_tpr`). Among candidate settings the one chosen maximises the **selection
-criterion**: the mean, over attack sets with equal weight per attack, of the validation detection rate (share of
-the attack's validation items rejected) at that setting's own threshold. Ties go to the earlier candidate.
+The operating point is a detector setting (layer, processing mode, score function, k) with one threshold, set
+on validation by one of two rules (:data:`RULES`):
+
+- ``target_tpr`` (the paper's protocol here): trust ``score >= threshold``, the threshold keeping ``target_tpr``
+  of the validation positives (the rule of :func:`core.metrics.rejected_at_tpr`); the setting chosen maximises
+  the mean, over attack sets with equal weight per attack, of the validation detection rate at its threshold.
+- ``nearest_eer`` (the authors' evaluation): trust ``score > threshold``, the threshold at the validation ROC
+  point nearest FNR = FPR with every attack set pooled (:func:`nearest_eer_threshold`); the setting chosen
+  maximises the accuracy ``1 - (FNR + FPR) / 2`` at that point.
+
+Ties go to the earlier candidate.
 
 On test, :func:`measure` reports per attack the detection rate, the TPR reached on test positives, and the
 guarded success: the share of attack attempts that fool the CNN and are trusted.
@@ -23,10 +29,18 @@ from numpy.typing import ArrayLike
 
 from core.bootstrap import SourceBootstrap
 
-__all__ = ["Setting", "OperatingPoint", "threshold_at_tpr", "detection_rate", "selection_criterion",
+__all__ = ["RULES", "Setting", "OperatingPoint", "threshold_at_tpr", "detection_rate", "selection_criterion",
            "choose_operating_point", "AttackItems", "measure", "nearest_eer_threshold"]
 
 log = logging.getLogger(__name__)
+
+#: Threshold rules: name -> what sets the threshold and what chooses the setting (for reports).
+RULES = {
+    "target_tpr": "trust score >= threshold; threshold keeps target_tpr of the validation positives; setting "
+                  "chosen by the mean validation detection rate over attack sets at its threshold",
+    "nearest_eer": "trust score > threshold; threshold at the validation ROC point nearest FNR = FPR, attack sets "
+                   "pooled; setting chosen by the validation accuracy 1 - (FNR + FPR) / 2 at that point",
+}
 
 
 class Setting(NamedTuple):
@@ -46,18 +60,32 @@ class OperatingPoint:
     ----------
     setting : Setting
     threshold : float
-    target_tpr : float
+    target_tpr : float or None
+        None under the ``nearest_eer`` rule.
     criterion : float
-        The selection criterion on validation (mean detection rate over attacks).
+        The selection criterion on validation (see :data:`RULES`).
     tpr_validation : float
-        Share of validation positives trusted (>= ``target_tpr``).
+        Share of validation positives trusted.
+    rule : str
+        A key of :data:`RULES`.
     """
 
     setting: Setting
     threshold: float
-    target_tpr: float
+    target_tpr: float | None
     criterion: float
     tpr_validation: float
+    rule: str = "target_tpr"
+
+    @property
+    def strict(self) -> bool:
+        """Whether a score must exceed the threshold to be trusted (``score > threshold``)."""
+        return self.rule == "nearest_eer"
+
+    def trusted(self, scores: ArrayLike) -> np.ndarray:
+        """Bool (n,): the scores (n,) trusted at this operating point (NaN counts as 0)."""
+        s = _scores(scores)
+        return s > self.threshold if self.strict else s >= self.threshold
 
 
 def _scores(x: ArrayLike) -> np.ndarray:
@@ -105,7 +133,7 @@ def selection_criterion(pos: ArrayLike, attacks: Mapping[str, ArrayLike], target
 
 def choose_operating_point(candidates: Iterable[Setting],
                            validation_scores: Callable[[Setting], tuple[np.ndarray, Mapping[str, np.ndarray]]], *,
-                           target_tpr: float = 0.95) -> OperatingPoint:
+                           target_tpr: float = 0.95, rule: str = "target_tpr") -> OperatingPoint:
     """The candidate with the best selection criterion on validation, with its threshold.
 
     Parameters
@@ -114,6 +142,8 @@ def choose_operating_point(candidates: Iterable[Setting],
     validation_scores : callable
         ``validation_scores(setting) -> (pos (n_pos,), {attack: neg (n_a,)})``, validation items only.
     target_tpr : float
+        Used by the ``target_tpr`` rule.
+    rule : {"target_tpr", "nearest_eer"}
 
     Returns
     -------
@@ -124,15 +154,23 @@ def choose_operating_point(candidates: Iterable[Setting],
     ValueError
         If no candidate has a defined criterion.
     """
+    if rule not in RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; use one of {list(RULES)}")
     best: OperatingPoint | None = None
     for s in candidates:
         s = Setting(*s)
         pos, attacks = validation_scores(s)
-        th, crit = selection_criterion(pos, attacks, target_tpr)
+        if rule == "target_tpr":
+            th, crit = selection_criterion(pos, attacks, target_tpr)
+            tpr = float((_scores(pos) >= th).mean()) if np.size(pos) else float("nan")
+        else:
+            negs = [np.ravel(a) for a in attacks.values() if np.size(a)]
+            r = nearest_eer_threshold(pos, np.concatenate(negs) if negs else np.empty(0))
+            th, crit, tpr = r["threshold"], r["accuracy"], r["tpr"]
         if np.isnan(crit):
             continue
         if best is None or crit > best.criterion:
-            best = OperatingPoint(s, th, float(target_tpr), crit, float((_scores(pos) >= th).mean()))
+            best = OperatingPoint(s, th, float(target_tpr) if rule == "target_tpr" else None, crit, tpr, rule)
     if best is None:
         raise ValueError("no candidate setting has validation positives and attacks to choose on")
     log.info("operating point %s, threshold %.4g, validation criterion %.4f", best.setting, best.threshold,
@@ -161,7 +199,7 @@ class AttackItems:
 
 
 def measure(bs: SourceBootstrap, threshold: float, pos: ArrayLike, pos_source: ArrayLike,
-            attacks: Mapping[str, AttackItems]) -> dict:
+            attacks: Mapping[str, AttackItems], *, strict: bool = False) -> dict:
     """Figures at a fixed threshold on the measured side, with bootstrap estimates.
 
     Parameters
@@ -172,6 +210,8 @@ def measure(bs: SourceBootstrap, threshold: float, pos: ArrayLike, pos_source: A
     pos, pos_source : ndarray (n_pos,)
         Positive scores and sources.
     attacks : mapping of name -> AttackItems
+    strict : bool
+        Trust ``score > threshold`` (else ``score >= threshold``).
 
     Returns
     -------
@@ -179,15 +219,18 @@ def measure(bs: SourceBootstrap, threshold: float, pos: ArrayLike, pos_source: A
         ``{"tpr": Estimate, "attacks": {name: {"detection_rate": Estimate, "guarded_success": Estimate}}}``;
         detection rate = share of the set rejected, guarded success = (fooled and trusted) / attempts.
     """
+    def trusted(x: ArrayLike) -> np.ndarray:
+        x = _scores(x)
+        return x > threshold if strict else x >= threshold
+
     nums, dens = [], []
     p = _scores(pos)
-    nums.append(bs.per_source(p >= threshold, pos_source))
+    nums.append(bs.per_source(trusted(p), pos_source))
     dens.append(bs.per_source(np.ones(len(p)), pos_source))
     for a in attacks.values():
-        s = _scores(a.scores)
-        nums += [bs.per_source(s < threshold, a.source),
-                 bs.per_source((s >= threshold) & np.asarray(a.fooled, bool), a.source)]
-        dens += [bs.per_source(np.ones(len(s)), a.source), np.asarray(a.attempts, dtype=np.float64)]
+        t = trusted(a.scores)
+        nums += [bs.per_source(~t, a.source), bs.per_source(t & np.asarray(a.fooled, bool), a.source)]
+        dens += [bs.per_source(np.ones(len(t)), a.source), np.asarray(a.attempts, dtype=np.float64)]
     est = bs.ratios(np.stack(nums, axis=1), np.stack(dens, axis=1))
     out: dict = {"tpr": est[0], "attacks": {}}
     for i, name in enumerate(attacks):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SCORE_FNS", "weights", "score", "score_ks", "class_scores"]
+__all__ = ["SCORE_FNS", "weights", "score", "score_ks", "score_table", "class_scores"]
 
 #: Score functions: name -> description as in the paper's Table 1.
 SCORE_FNS = {"knn": "kNN (w=1)", "wknn": "W-kNN (w=1/i)", "dwknn": "DW-kNN (w=1/d²)"}
@@ -89,11 +89,18 @@ def score_ks(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np
     -------
     s : float64 ndarray (len(ks), nq)
     """
+    return score_table(I, D, train_labels, classes, ks, fns=[fn])[fn]
+
+
+def score_table(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np.ndarray, ks: Sequence[int], *,
+                fns: Sequence[str] = tuple(SCORE_FNS)) -> dict[str, np.ndarray]:
+    """:func:`score_ks` for several score functions, sharing the label look-up: ``{fn: (len(ks), nq)}``."""
     I, D = np.asarray(I), np.asarray(D)
     if I.shape != D.shape or I.ndim != 2:
         raise ValueError(f"I and D must have the same 2-D shape, got {I.shape} and {D.shape}")
-    if fn not in SCORE_FNS:
-        raise ValueError(f"unknown score function {fn!r}; use one of {list(SCORE_FNS)}")
+    for fn in fns:
+        if fn not in SCORE_FNS:
+            raise ValueError(f"unknown score function {fn!r}; use one of {list(SCORE_FNS)}")
     nq, K = I.shape
     ks = np.asarray([int(k) for k in ks], dtype=np.int64)
     if len(ks) and not ((ks >= 1) & (ks <= K)).all():
@@ -101,37 +108,41 @@ def score_ks(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes: np
     classes = np.asarray(classes).reshape(-1)
     if len(classes) != nq:
         raise ValueError(f"{len(classes)} classes for {nq} queries")
-    out = np.empty((len(ks), nq))
     if len(ks) == 0:
-        return out
+        return {fn: np.empty((0, nq)) for fn in fns}
     uk, inv = np.unique(ks, return_inverse=True)
     kmax = int(uk[-1])
     Ik = I[:, :kmax]
-    valid = None if Ik.size == 0 or Ik.min() >= 0 else np.ascontiguousarray((Ik >= 0).T)  # None: all valid
+    valid = None if Ik.size == 0 or Ik.min() >= 0 else Ik >= 0  # None: every neighbour valid (exact search)
     labels, classes = _compact(np.asarray(train_labels), classes)
-    match = np.take(labels, Ik.T if valid is None else np.where(valid, Ik.T, 0)) == classes  # (kmax, nq)
+    match = labels[Ik if valid is None else np.where(valid, Ik, 0)] == classes[:, None]
     if valid is not None:
         match &= valid
-    if fn == "knn":
-        hit = _prefix_counts(match, uk)
-        total = np.broadcast_to(uk[:, None], hit.shape).astype(np.float64) if valid is None else \
-            _prefix_counts(valid, uk)
-    elif fn == "wknn":
-        w = 1.0 / np.arange(1, kmax + 1)
-        hit = _prefix_sums(np.multiply(match, w[:, None]), uk)
-        total = (np.broadcast_to(np.cumsum(w)[uk - 1][:, None], hit.shape) if valid is None
-                 else _prefix_sums(np.multiply(valid, w[:, None]), uk))
-    else:
-        w = np.array(D[:, :kmax].T, dtype=np.float64, order="C")  # a copy: changed in place
-        np.maximum(w, MIN_SQ_DIST, out=w)
-        np.reciprocal(w, out=w)
-        if valid is not None:
-            w *= valid
-        hit = _prefix_sums(np.multiply(match, w), uk)
-        total = _prefix_sums(w, uk)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.where(total > 0, hit / total, np.nan)
-    return s[inv.ravel()]
+        valid = np.ascontiguousarray(valid.T)
+    match = np.ascontiguousarray(match.T)  # (kmax, nq): neighbour axis first, so sums run row after row
+    out = {}
+    for fn in fns:
+        if fn == "knn":
+            hit = _prefix_counts(match, uk)
+            total = np.broadcast_to(uk[:, None], hit.shape).astype(np.float64) if valid is None else \
+                _prefix_counts(valid, uk)
+        elif fn == "wknn":
+            w = 1.0 / np.arange(1, kmax + 1)
+            hit = _prefix_sums(np.multiply(match, w[:, None]), uk)
+            total = (np.broadcast_to(np.cumsum(w)[uk - 1][:, None], hit.shape) if valid is None
+                     else _prefix_sums(np.multiply(valid, w[:, None]), uk))
+        else:
+            w = np.ascontiguousarray(D[:, :kmax].T).astype(np.float64)  # a copy: changed in place below
+            np.maximum(w, MIN_SQ_DIST, out=w)
+            np.reciprocal(w, out=w)
+            if valid is not None:
+                w *= valid
+            hit = _prefix_sums(np.multiply(match, w), uk)
+            total = _prefix_sums(w, uk)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.where(total > 0, hit / total, np.nan)
+        out[fn] = s[inv.ravel()]
+    return out
 
 
 def _prefix_sums(W: np.ndarray, ks: np.ndarray) -> np.ndarray:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 
 from core.bootstrap import SourceBootstrap
-from core.findings import findings, verdict
+from core.findings import findings, reversals, verdict
 from core.operating_point import Setting
 
 
@@ -31,7 +30,7 @@ def _test_scores(quality):
     return get, SourceBootstrap(src, n_boot=300, seed=0)
 
 
-def test_findings_verdicts_follow_the_data():
+def test_findings_verdicts_follow_the_data_per_layer_and_mode():
     layers = ["c1", "c2", "fc"]
     q = {("c1", "pca"): 0.6, ("c1", "none"): 0.2, ("c2", "pca"): 0.3, ("c2", "none"): 0.3,
          ("fc", "pca"): 0.1, ("fc", "none"): 0.5}
@@ -42,40 +41,105 @@ def test_findings_verdicts_follow_the_data():
     get, bs = _test_scores(quality)
     out = findings(bs, get, layers=layers, modes=["none", "pca"], fns=["knn", "wknn", "dwknn"],
                    default=Setting("fc", "pca", "knn", 10))
-    by = {(e["finding"], e["layer"]): e for e in out}
-    assert by[("whitening_helps", "c1")]["verdict"] == "holds"
-    assert by[("whitening_helps", "c2")]["verdict"] == "not shown"  # identical scores: zero difference
-    assert by[("whitening_helps", "fc")]["verdict"] == "reversed"
-    assert by[("mid_beats_last", "c1")]["verdict"] == "holds"
-    assert ("mid_beats_last", "fc") not in by
-    assert all(by[("wknn_beats_knn", L)]["verdict"] == "holds" for L in layers)
-    assert all(by[("dwknn_beats_knn", L)]["verdict"] == "reversed" for L in layers)
-    e = by[("whitening_helps", "c1")]
+    by = {(e["finding"], e["layer"], e["mode"]): e for e in out}
+    assert by[("whitening_helps", "c1", "pca")]["verdict"] == "holds"
+    assert by[("whitening_helps", "c2", "pca")]["verdict"] == "not shown"  # identical scores: zero difference
+    assert by[("whitening_helps", "fc", "pca")]["verdict"] == "reversed"
+    assert not any(f == "whitening_helps" and m == "none" for f, _, m in by)
+    # the last layer loses under "pca" but wins under "none": each mode is stated on its own
+    assert by[("mid_beats_last", "c1", "pca")]["verdict"] == "holds"
+    assert by[("mid_beats_last", "c1", "none")]["verdict"] == "reversed"
+    assert by[("mid_beats_last", "c2", "none")]["verdict"] == "reversed"
+    assert ("mid_beats_last", "fc", "pca") not in by
+    assert all(by[("wknn_beats_knn", L, m)]["verdict"] == "holds" for L in layers for m in ("none", "pca"))
+    assert all(by[("dwknn_beats_knn", L, m)]["verdict"] == "reversed" for L in layers for m in ("none", "pca"))
+    e = by[("whitening_helps", "c1", "pca")]
     assert set(e["per_attack"]) == {"x", "y"} and e["difference"][1] <= e["difference"][0] <= e["difference"][2]
-    # no "none" mode: the whitening finding is left out
+    assert all(p["verdict"] == "holds" for p in e["per_attack"].values())
+    # no "none" mode: the whitening finding is left out; pca_nw is compared with none when present
     assert not any(e["finding"] == "whitening_helps" for e in
                    findings(bs, get, layers=layers, modes=["pca"], fns=["knn"], default=Setting("fc", "pca", "knn", 1)))
+    q.update({(L, "pca_nw"): q[(L, "none")] for L in layers})
+    nw = findings(bs, get, layers=layers, modes=["none", "pca_nw"], fns=["knn"], default=Setting("fc", "none", "knn", 1))
+    assert {(e["layer"], e["mode"], e["verdict"]) for e in nw if e["finding"] == "whitening_helps"} == \
+        {(L, "pca_nw", "not shown") for L in layers}
+
+    rev = reversals(out)
+    assert {"finding": "mid_beats_last", "layer": "c1", "mode": "none", "attack": "aggr",
+            "difference": by[("mid_beats_last", "c1", "none")]["difference"]} in rev
+    assert any(r["attack"] == "x" and r["finding"] == "whitening_helps" and r["layer"] == "fc" for r in rev)
+    assert not any(r["finding"] == "wknn_beats_knn" for r in rev)
+    n_rev = sum((e["verdict"] == "reversed") + sum(p["verdict"] == "reversed" for p in e["per_attack"].values())
+                for e in out)
+    assert len(rev) == n_rev
+
+
+def test_json_safe():
+    from core.honest import json_safe
+    got = json_safe({"a": [np.float32(0.5), float("nan"), np.inf], "b": (np.int64(3), np.bool_(True)),
+                     "c": np.array([1.0, np.nan]), 4: None})
+    assert got == {"a": [0.5, None, None], "b": [3, True], "c": [1.0, None], "4": None}
+    json.dumps(got, allow_nan=False)
 
 
 def _three(x):
     return isinstance(x, list) and len(x) == 3 and all(isinstance(v, float) for v in x)
 
 
-def test_honest_report_contract_on_tiny_run(tiny_run, monkeypatch):
+def _scramble_test_neighbours(monkeypatch, test_ids):
+    """Make RunData return random neighbours for every test-split item (validation items unchanged)."""
+    from core.evaluation import RunData, SetNeighbours
+    orig = RunData.neighbours
+
+    def scrambled(self, name, layer, mode):
+        nb = orig(self, name, layer, mode)
+        on_test = np.isin(self.evalset(name)["source"], test_ids)
+        I = nb.I.copy()
+        I[on_test] = np.random.default_rng(len(I)).integers(0, len(self.train_labels), (int(on_test.sum()),
+                                                                                          I.shape[1]))
+        return SetNeighbours(I, nb.D)
+
+    monkeypatch.setattr(RunData, "neighbours", scrambled)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "authors"])
+def test_honest_report_contract_on_tiny_run(tiny_run, monkeypatch, protocol):
     from core.evaluation import RunData
     from core.honest import honest_report
+    from core.operating_point import nearest_eer_threshold
+    from core.splits import split_sources
 
     data = RunData(tiny_run)
-    rep = honest_report(data, validation_share=0.5, target_tpr=0.95, seed=0, n_boot=200)
-    json.dumps(rep)  # JSON-serialisable
+    rep = honest_report(data, protocol=protocol, validation_share=0.5, target_tpr=0.95, seed=0, n_boot=200)
+    json.dumps(rep, allow_nan=False)  # strict JSON: no NaN anywhere
+    assert rep["protocol"] == protocol
     sp = rep["split"]
     n_sources = len(np.unique(np.concatenate([data.evalset(s)["source"] for s in data.set_names])))
     assert sp["seed"] == 0 and sp["validation"] + sp["test"] == n_sources
     assert abs(sp["validation"] - sp["test"]) <= 1
     op = rep["operating_point"]
-    assert {"layer", "processing", "fn", "k", "threshold", "target_tpr", "tpr_test"} <= set(op)
+    assert {"layer", "processing", "fn", "k", "threshold", "target_tpr", "tpr_test", "rule"} <= set(op)
     assert op["layer"] in data.layers and op["processing"] in data.modes and _three(op["tpr_test"])
-    assert op["tpr_validation"] >= 0.95
+    split = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, 0.5, 0)
+
+    def side(name, which):
+        sc = data.scores(name, op["layer"], op["processing"], op["fn"], op["k"])
+        return np.nan_to_num(sc[split.mask(data.evalset(name)["source"], which)], nan=0.0)
+
+    if protocol == "paper":
+        assert rep["positives"] == ["authentic", "noise"] and op["rule"] == "target_tpr"
+        assert op["target_tpr"] == 0.95 and op["tpr_validation"] >= 0.95
+    else:
+        # positives = authentic only; one threshold: the nearest point of validation authentic vs pooled attacks
+        assert rep["positives"] == ["authentic"] and op["rule"] == "nearest_eer" and op["target_tpr"] is None
+        ref = nearest_eer_threshold(side("authentic", "validation"),
+                                    np.concatenate([side(a, "validation") for a in data.attack_sets]))
+        assert op["threshold"] == ref["threshold"] and op["tpr_validation"] == ref["tpr"]
+        assert op["criterion_validation"] == ref["accuracy"]
+        pos_t = side("authentic", "test")
+        assert op["tpr_test"][0] == pytest.approx((pos_t > op["threshold"]).mean())
+        for a in data.attack_sets:
+            assert rep["attacks"][a]["detection_rate"][0] == pytest.approx((side(a, "test") <= op["threshold"]).mean())
     assert set(rep["attacks"]) == set(data.attack_sets)
     for name, a in rep["attacks"].items():
         for key in ("detection_rate", "guarded_success", "eer_accuracy"):
@@ -86,25 +150,17 @@ def test_honest_report_contract_on_tiny_run(tiny_run, monkeypatch):
         assert a["attempts_exact"]
         # guarded success never exceeds the success rate (only fooled images count)
         assert a["guarded_success"][0] <= a["success_changed"] + 1e-12
-    assert rep["findings"] and all(_three(e["difference"]) and e["verdict"] in ("holds", "reversed", "not shown")
+    assert rep["findings"] and all(e["verdict"] in ("holds", "reversed", "not shown") and len(e["difference"]) == 3
                                    for e in rep["findings"])
     assert {e["finding"] for e in rep["findings"]} >= {"mid_beats_last", "wknn_beats_knn", "dwknn_beats_knn"}
+    # stated for every processing mode of the run
+    assert {e["mode"] for e in rep["findings"] if e["finding"] == "mid_beats_last"} == set(data.modes)
+    assert rep["reversals"] == reversals(rep["findings"])
 
-    # scores of test-split items changed: the operating point (chosen on validation) does not move
-    test_ids = None
-    orig = RunData.scores
-
-    def scrambled(self, name, layer, mode, fn, k):
-        s = orig(self, name, layer, mode, fn, k).copy()
-        on_test = np.isin(self.evalset(name)["source"], test_ids)
-        s[on_test] = np.random.default_rng(len(s)).random(int(on_test.sum()))
-        return s
-
-    from core.splits import split_sources
-    test_ids = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, 0.5, 0).test
-    monkeypatch.setattr(RunData, "scores", scrambled)
-    rep2 = honest_report(RunData(tiny_run), validation_share=0.5, target_tpr=0.95, seed=0, n_boot=200)
+    # neighbours of test-split items changed: the operating point (chosen on validation) does not move
+    _scramble_test_neighbours(monkeypatch, split.test)
+    rep2 = honest_report(RunData(tiny_run, verify=False), protocol=protocol, validation_share=0.5, target_tpr=0.95,
+                         seed=0, n_boot=200)
     for key in ("layer", "processing", "fn", "k", "threshold"):
         assert rep2["operating_point"][key] == op[key]
-    assert any(not math.isclose(rep2["attacks"][a]["eer_accuracy"][0], rep["attacks"][a]["eer_accuracy"][0])
-               for a in rep["attacks"])
+    assert any(rep2["attacks"][a]["eer_accuracy"][0] != rep["attacks"][a]["eer_accuracy"][0] for a in rep["attacks"])

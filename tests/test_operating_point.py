@@ -114,3 +114,39 @@ def test_authors_threshold_equals_eer_on_toy_case():
         d, t, tpr, fpr = _brute_nearest(p, n)
         got = nearest_eer_threshold(p, n)
         assert got["threshold"] == t and got["tpr"] == tpr and got["fpr"] == fpr
+
+
+def test_authors_rule_threshold_is_nearest_point_on_pooled_validation():
+    settings, scores, srcs = _synthetic(1)
+    split = split_sources(srcs, 0.5, seed=0)
+    val = {k: split.mask(v, "validation") for k, v in srcs.items()}
+
+    def vs(s):
+        return scores[s]["pos"][val["pos"]], {a: scores[s][a][val[a]] for a in ("x", "y")}
+
+    op = choose_operating_point(settings, vs, rule="nearest_eer")
+    acc = {}
+    for s in settings:
+        pos, att = vs(s)
+        acc[s] = nearest_eer_threshold(pos, np.r_[att["x"], att["y"]])
+    best = max(settings, key=lambda s: acc[s]["accuracy"])
+    assert op.setting == best and op.rule == "nearest_eer" and op.strict and op.target_tpr is None
+    assert op.threshold == acc[best]["threshold"] and op.criterion == acc[best]["accuracy"]
+    assert op.tpr_validation == acc[best]["tpr"]
+    # trusted means score > threshold under this rule
+    assert not op.trusted([op.threshold])[0] and op.trusted([np.nextafter(op.threshold, 2)])[0]
+    with pytest.raises(ValueError):
+        choose_operating_point(settings, vs, rule="oracle")
+
+
+def test_measure_strict_rejects_a_score_at_the_threshold():
+    src = np.arange(4)
+    bs = SourceBootstrap(src, n_boot=20, seed=0)
+    pos = np.array([0.5, 0.7, 0.9, 0.2])
+    items = {"a": AttackItems(np.array([0.5, 0.1]), np.array([0, 1]), np.array([True, True]), np.ones(4))}
+    loose = measure(bs, 0.5, pos, src, items)
+    strict = measure(bs, 0.5, pos, src, items, strict=True)
+    assert loose["tpr"].value == 0.75 and strict["tpr"].value == 0.5
+    assert loose["attacks"]["a"]["detection_rate"].value == 0.5
+    assert strict["attacks"]["a"]["detection_rate"].value == 1.0
+    assert loose["attacks"]["a"]["guarded_success"].value == 0.25 and strict["attacks"]["a"]["guarded_success"].value == 0
