@@ -88,6 +88,7 @@ class SourceBootstrap:
         flat = (idx + (np.arange(self.n_boot) * n)[:, None]).ravel()
         drawn = np.bincount(flat, minlength=self.n_boot * n).reshape(self.n_boot, n)
         self.counts = np.vstack([np.ones((1, n)), drawn]).astype(np.float32)
+        self._counts_t = np.ascontiguousarray(self.counts.T)  # (n_sources, B + 1), for sparse products
 
     def positions(self, source: ArrayLike) -> np.ndarray:
         """Column (n,) of each item's source in :attr:`counts`; raises ValueError for an unknown source."""
@@ -184,9 +185,10 @@ class SourceBootstrap:
         chunk = max(16, ROC_CHUNK_CELLS // max(width, 1))
         for r0 in range(0, R, chunk):
             C = self.counts[r0:r0 + chunk]
-            tp = _cumulative(C, Ap)  # (r, m_pos + 1), column 0 = nothing
+            CT = self._counts_t if len(C) == R else self._counts_t[:, r0:r0 + chunk]
+            tp = _cumulative(CT, Ap)  # (r, m_pos + 1), column 0 = nothing
             for k, (A, ge, gt) in negs.items():
-                fp = _cumulative(C, A)
+                fp = _cumulative(CT, A)
                 sl = slice(r0, r0 + len(C))
                 acc[k][sl], auc[k][sl] = _eer_auc(tp[:, ge], tp[:, gt], tp[:, -1], fp)
         return {k: (Estimate(float(acc[k][0]), acc[k][1:]), Estimate(float(auc[k][0]), auc[k][1:])) for k in negs}
@@ -214,10 +216,10 @@ def _incidence(rows: np.ndarray, cols: np.ndarray, n: int, m: int) -> sparse.csr
     return sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, m))
 
 
-def _cumulative(C: np.ndarray, A: sparse.csr_matrix) -> np.ndarray:
-    """Cumulative weights (r, m + 1) over A's descending score bins per row of counts C (r, n); column 0 is 0."""
-    W = np.asarray((A.T @ C.T).T, dtype=np.float64)
-    out = np.zeros((len(C), W.shape[1] + 1))
+def _cumulative(CT: np.ndarray, A: sparse.csr_matrix) -> np.ndarray:
+    """Cumulative weights (r, m + 1) over A's descending score bins per column of counts CT (n, r); column 0 is 0."""
+    W = np.asarray((A.T @ CT).T, dtype=np.float64)
+    out = np.zeros((CT.shape[1], W.shape[1] + 1))
     np.cumsum(W, axis=1, out=out[:, 1:])
     return out
 
