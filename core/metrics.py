@@ -128,8 +128,9 @@ def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, fl
     -------
     dict
         ``tp`` (authentic trusted), ``fn`` (authentic rejected), ``fp`` (negatives trusted: missed attacks),
-        ``tn`` (negatives rejected: caught), ``tpr``, ``fpr``, ``accuracy`` (balanced: (TPR + TNR) / 2, which
-        equals the EER accuracy at the EER threshold).
+        ``tn`` (negatives rejected: caught), ``tpr``, ``fpr``, ``accuracy`` (balanced: (TPR + TNR) / 2).
+        At ``Roc.eer_threshold`` this ``accuracy`` equals ``Roc.eer_accuracy`` only where the ROC has a point
+        with FPR = FNR: the EER is interpolated between ROC points, and tied scores leave such gaps.
     """
     pos, neg = _clean(pos), _clean(neg)
     tp = int((pos >= threshold).sum())

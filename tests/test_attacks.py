@@ -81,7 +81,7 @@ def _predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
 def test_registry():
     assert available() == ["fgsm", "ifgsm", "pgd", "cw", "deepfool", "lbfgs"]
     assert list(ATTACKS) == available()
-    assert {n for n in available() if ATTACKS[n].targeted} == {"fgsm", "ifgsm", "pgd", "cw", "lbfgs"}
+    assert {n for n in available() if ATTACKS[n].targeted} == {"ifgsm", "pgd", "cw", "lbfgs"}  # FGSM: untargeted
 
 
 @pytest.mark.parametrize("name", available())
@@ -146,9 +146,9 @@ def test_bad_inputs(setup):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_attack("fgsm", model, x * 2, target=target)
     with pytest.raises(ValueError, match="shape"):
-        run_attack("fgsm", model, x, target=target[:-1])
+        run_attack("fgsm", model, x, target=target[:-1], targeted=True)
     with pytest.raises(ValueError, match="class ids"):
-        run_attack("fgsm", model, x, target=target + N_CLASSES)
+        run_attack("fgsm", model, x, target=target + N_CLASSES, targeted=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,15 +186,21 @@ def test_lbfgs_succeeds_with_small_perturbation(setup, results):
     assert l2(lb)[lb.success].mean() < l2(fg).mean()
 
 
-def test_iterative_attacks_beat_one_step(results):
-    assert results["ifgsm"].success.sum() >= results["fgsm"].success.sum()
+def test_iterative_attacks_beat_one_step(setup, results):
+    model, x, _, target = setup
+    assert results["ifgsm"].success.sum() >= run_attack("fgsm", model, x, target=target, targeted=True).success.sum()
     assert results["deepfool"].success.mean() >= 0.8
 
 
-def test_fgsm_is_one_step_of_ifgsm(setup, results):
+@pytest.mark.parametrize("targeted", [False, True])
+def test_fgsm_is_one_step_of_ifgsm(setup, results, targeted):
     model, x, _, target = setup
-    one = run_attack("ifgsm", model, x, target=target, eps=0.1, step=0.1, steps=1)
-    np.testing.assert_array_equal(one.x_adv, results["fgsm"].x_adv)
+    one = run_attack("ifgsm", model, x, target=target, eps=0.1, step=0.1, steps=1, targeted=targeted)
+    fgsm = run_attack("fgsm", model, x, target=target, targeted=targeted)
+    np.testing.assert_array_equal(one.x_adv, fgsm.x_adv)
+    assert fgsm.targeted is targeted and fgsm.params["targeted"] is targeted
+    if not targeted:
+        np.testing.assert_array_equal(fgsm.x_adv, results["fgsm"].x_adv)  # untargeted is FGSM's default
 
 
 def test_deepfool_ignores_target(setup, results):
@@ -248,3 +254,63 @@ def test_art_is_imported_lazily(module):
     names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     assert not [m for m in names if m == "art" or m.startswith("art.") or m.startswith("scipy")], names
+
+
+def test_lbfgs_result_does_not_depend_on_batch_mates(setup, results):
+    """Each image is its own L-BFGS-B problem: other mates, another order, the same adversarial."""
+    model, x, _, target = setup
+    whole = results["lbfgs"]
+    order = np.array([5, 0, 11, 3])  # images 0, 3, 5 and 11 with three of their mates gone, reordered
+    part = run_attack("lbfgs", model, x[order], target=target[order])
+    np.testing.assert_allclose(part.x_adv, whole.x_adv[order], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(part.success, whole.success[order])
+    alone = run_attack("lbfgs", model, x[3:4], target=target[3:4])
+    np.testing.assert_allclose(alone.x_adv[0], whole.x_adv[3], rtol=0, atol=1e-6)
+
+
+def test_quantise_within_never_leaves_the_eps_ball():
+    """Random images and perturbations, on and off the uint8 grid, eps down to below half a grid step."""
+    rng = np.random.default_rng(0)
+    plain_excess = []
+    for eps in [0.001, 0.1, 8 / 255, 0.5 / 255 + 1e-4, 0.3]:
+        x = rng.uniform(0, 1, size=(20, 3, 8, 8)).astype(np.float32)
+        x[:10] = np.rint(x[:10] * 255) / 255  # half the images on the grid, as stored images are
+        x_adv = np.clip(x + rng.choice([-eps, eps], size=x.shape) * rng.uniform(0.9, 1, size=x.shape), 0, 1)
+        q = attacks.quantise_within(x_adv, x, eps)
+        k = attacks.to_uint8(q).transpose(0, 3, 1, 2).astype(np.float64)
+        np.testing.assert_array_equal(attacks.to_uint8(q), attacks.to_uint8(attacks.quantise(q)))  # on the grid
+        has_grid = np.ceil(x * 255.0 - 255 * eps - 1e-4) <= np.floor(x * 255.0 + 255 * eps + 1e-4)
+        dist = np.abs(k - x.astype(np.float64) * 255)
+        assert dist[has_grid].max() <= 255 * eps + 1e-3, eps
+        assert (dist[~has_grid] <= 0.5 + 1e-6).all()  # no grid value in the ball: the nearest to x
+        assert (np.abs(k - np.rint(x_adv * 255.0)) <= 1).all()  # moves by one step at most
+        plain = np.abs(attacks.quantise(x_adv).astype(np.float64) - x) * 255
+        plain_excess.append(plain[has_grid].max() - 255 * eps)
+    assert max(plain_excess) > 0.4  # the plain rounding leaves the ball by up to half a step
+
+
+@pytest.mark.parametrize("name", sorted(LINF))
+def test_linf_attacks_store_inside_the_eps_ball(setup, results, name):
+    _, x, _, _ = setup
+    res = results[name]
+    stored = attacks.to_uint8(res.x_adv).transpose(0, 3, 1, 2).astype(np.float64)
+    assert np.abs(stored - x.astype(np.float64) * 255).max() <= 255 * res.params["eps"] + 1e-3
+    np.testing.assert_array_equal(res.x_adv, quantise(res.x_adv))  # what is returned is what is stored
+
+
+def test_modes(setup):
+    model, x, y, target = setup
+    assert [ATTACKS[n].targeted for n in available()] == [False, True, True, True, False, True]
+    for name in ["ifgsm", "pgd", "cw"]:
+        res = run_attack(name, model, x[:6], target=target[:6], targeted=False, **FAST.get(name, {}))
+        assert res.targeted is False and res.params["targeted"] is False
+        np.testing.assert_array_equal(res.success, res.predicted != y[:6])
+        assert res.success.mean() >= 0.5, name
+    with pytest.raises(ValueError, match="not supported"):
+        run_attack("lbfgs", model, x[:2], target=target[:2], targeted=False)
+    with pytest.raises(ValueError, match="not supported"):
+        run_attack("deepfool", model, x[:2], target=target[:2], targeted=True)
+    with pytest.raises(TypeError, match="bool"):
+        run_attack("fgsm", model, x[:2], target=target[:2], targeted=1)
+    with pytest.raises(ValueError, match="targeted attack"):
+        run_attack("fgsm", model, x[:2], target=None, targeted=True)

@@ -52,3 +52,15 @@ def test_rates_and_rejection():
 def test_aggregate_weighted():
     assert metrics.aggregate([0.8, 0.6], [300, 100]) == pytest.approx(0.75)
     assert metrics.aggregate([0.8, float("nan")], [1, 5]) == pytest.approx(0.8)
+
+
+def test_rates_at_eer_threshold_differs_from_eer_accuracy_with_ties():
+    """Tied scores: the ROC jumps over FPR = FNR, so the interpolated EER is not reached by any threshold."""
+    pos = np.array([0.0] * 3 + [1.0] * 7)
+    neg = np.zeros(10)
+    r = metrics.roc(pos, neg)
+    assert r.eer_accuracy == pytest.approx(10 / 13)  # 0.769, interpolated between (0, 0.3) and (1, 0)
+    at = metrics.rates_at(pos, neg, r.eer_threshold)
+    assert at["accuracy"] == pytest.approx(0.85)  # the threshold lies in (0, 1]: TPR 0.7, TNR 1
+    assert at["accuracy"] != pytest.approx(r.eer_accuracy)
+    assert "equals ``Roc.eer_accuracy`` only where" in metrics.rates_at.__doc__

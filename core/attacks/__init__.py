@@ -2,21 +2,22 @@
 
 Six attacks, registered in :data:`ATTACKS` by name:
 
-=========  ========  ==============  ============================================================================
-name       targeted  module          what
-=========  ========  ==============  ============================================================================
-fgsm       yes       art_attacks     fast gradient sign, one step of ``ifgsm`` (Goodfellow et al.)
-ifgsm      yes       art_attacks     iterative targeted FGSM (BIM), the paper's *iter_target_class*: ``pgd`` at ``x``
-pgd        yes       art_attacks     L-inf projected gradient descent with random start (ART)
-cw         yes       cw              Carlini & Wagner L2, in torch
-deepfool   no        art_attacks     DeepFool (ART); ``target`` is ignored
-lbfgs      yes       lbfgs           box-constrained L-BFGS of the paper's eq. (1), with SciPy's L-BFGS-B
-=========  ========  ==============  ============================================================================
+=========  ==========  ============  ===========================================================================
+name       targeted    module        what
+=========  ==========  ============  ===========================================================================
+fgsm       no (opt.)   art_attacks   fast gradient sign, one step of ``ifgsm`` (Goodfellow et al.)
+ifgsm      yes (opt.)  art_attacks   iterative FGSM (BIM), the paper's *iter_target_class*: ``pgd`` at ``x``
+pgd        yes (opt.)  art_attacks   L-inf projected gradient descent with random start (ART)
+cw         yes (opt.)  cw            Carlini & Wagner L2, in torch
+deepfool   no          art_attacks   DeepFool (ART); ``target`` is ignored
+lbfgs      yes         lbfgs         box-constrained L-BFGS of the paper's eq. (1), with SciPy's L-BFGS-B
+=========  ==========  ============  ===========================================================================
 
 Layout, as foolbox 3: :mod:`.base` (the :class:`Attack` base, :class:`Param`, :class:`AttackResult`, the
-registry), :mod:`.utils` (the uint8 quantiser and shared helpers), one module per family. Parameters are
-keyword-only, checked against :func:`param_spec` (unknown names raise ``TypeError``, out-of-range values
-``ValueError``), and echoed back, defaults filled in, in :attr:`AttackResult.params`.
+registry), :mod:`.utils` (the uint8 quantisers and shared helpers), one module per family. ``targeted=`` picks
+the mode of an attack marked "(opt.)" (default: the first word). Parameters are keyword-only, checked against
+:func:`param_spec` (unknown names raise ``TypeError``, out-of-range values ``ValueError``), and echoed back,
+defaults filled in, in :attr:`AttackResult.params`.
 
 ``model`` takes float32 images ``(N, C, H, W)`` in ``[0, 1]`` and returns logits; any normalisation lives
 inside it. ART and SciPy are imported lazily, inside the attacks that use them.
@@ -32,7 +33,7 @@ from .art_attacks import FGSM, IFGSM, PGD, DeepFool
 from .base import ATTACKS, Attack, AttackResult, Param, available, param_spec, register, run_attack
 from .cw import CarliniL2
 from .lbfgs import LBFGS
-from .utils import quantise, to_uint8
+from .utils import quantise, quantise_within, to_uint8
 
 __all__ = [
     "ATTACKS",
@@ -44,6 +45,7 @@ __all__ = [
     "register",
     "run_attack",
     "quantise",
+    "quantise_within",
     "to_uint8",
     "FGSM",
     "IFGSM",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .base import Attack, Param
-from .utils import BATCH, model_device
+from .utils import BATCH, model_device, quantise_within
 
 __all__ = ["DeepFool", "FGSM", "IFGSM", "PGD"]
 
@@ -44,12 +44,13 @@ def _one_hot(target: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 class PGD(Attack):
-    """Targeted L-inf projected gradient descent with random start (Madry et al.; ART).
+    """L-inf projected gradient descent with random start (Madry et al.; ART), targeted by default.
 
-    ``steps`` steps of size ``step`` down the cross-entropy of the target class (sign of the gradient),
-    each followed by projection onto the ``eps`` ball around ``x`` and the box ``[0, 1]``, starting from a
-    uniform random point of the ball (drawn from numpy's global RNG, seeded by the base class). With
-    ``random_starts > 1`` it restarts and keeps, per image, the last successful run.
+    ``steps`` steps of size ``step`` down the cross-entropy of the target class (untargeted: up the
+    cross-entropy of the prediction on ``x``), by the sign of the gradient, each followed by projection onto
+    the ``eps`` ball around ``x`` and the box ``[0, 1]``, starting from a uniform random point of the ball
+    (drawn from numpy's global RNG, seeded by the base class). With ``random_starts > 1`` it restarts and
+    keeps, per image, the last successful run. The result is rounded to the uint8 grid inside the ball.
 
     Parameters
     ----------
@@ -85,6 +86,9 @@ class PGD(Attack):
     def draws_random(self) -> bool:
         return self._schedule()["random_starts"] > 0
 
+    def snap(self, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
+        return quantise_within(x_adv, x, self.params["eps"])
+
     def run(self, model, x, target, *, progress=False):
         from art.attacks.evasion import ProjectedGradientDescent
 
@@ -92,14 +96,14 @@ class PGD(Attack):
         p = self._schedule()
         with _cuda_context(model):
             attack = ProjectedGradientDescent(
-                clf, norm=np.inf, eps=p["eps"], eps_step=p["step"], max_iter=p["steps"], targeted=True,
+                clf, norm=np.inf, eps=p["eps"], eps_step=p["step"], max_iter=p["steps"], targeted=self.targeted,
                 num_random_init=p["random_starts"], batch_size=BATCH, verbose=progress,
             )
-            return attack.generate(x, y=_one_hot(target, clf.nb_classes))
+            return attack.generate(x, y=None if target is None else _one_hot(target, clf.nb_classes))
 
 
 class IFGSM(PGD):
-    """Iterative targeted FGSM (BIM; the paper's *iter_target_class*): :class:`PGD` started at ``x``.
+    """Iterative FGSM (BIM; targeted by default, the paper's *iter_target_class*): :class:`PGD` started at ``x``.
 
     The paper used 20 steps of 1/255 clipped to ±16/255 on ImageNet; the defaults are sized for 28×28
     Fashion-MNIST. See docs/design.md#attacks.
@@ -124,10 +128,11 @@ class IFGSM(PGD):
 
 
 class FGSM(IFGSM):
-    """Targeted fast gradient sign: one step of :class:`IFGSM` of size ``eps``.
+    """Fast gradient sign: one step of :class:`IFGSM` of size ``eps``, untargeted by default (as Goodfellow et al.).
 
-    ``x_adv = clip(x - eps * sign(grad_x CE(model(x), target)), 0, 1)``. A single targeted step reaches the
-    target class only some of the time; failures are flagged in ``success``.
+    Untargeted: ``x_adv = clip(x + eps * sign(grad_x CE(model(x), y)), 0, 1)`` with ``y`` the prediction on
+    ``x``; targeted: ``clip(x - eps * sign(grad_x CE(model(x), target)), 0, 1)``, which reaches the target
+    only some of the time. Failures are flagged in ``success``.
 
     Parameters
     ----------
@@ -137,7 +142,7 @@ class FGSM(IFGSM):
 
     name = "fgsm"
     title = "FGSM"
-    targeted = True
+    targeted = False
     spec = {"eps": PGD.spec["eps"]}
     fixed = {"steps": 1, "random_starts": 0}
 
@@ -162,6 +167,7 @@ class DeepFool(Attack):
     name = "deepfool"
     title = "DeepFool"
     targeted = False
+    modes = (False,)
     random = False
     spec = {
         "max_iter": Param(50, "int", 1, 500, "maximum linearisation steps"),

@@ -31,15 +31,16 @@ class AttackResult:
     Attributes
     ----------
     x_adv : ndarray of float32, shape (N, C, H, W)
-        Adversarial images in ``[0, 1]``, not quantised (so an L-inf budget holds exactly). A failed attack
-        may return the input image or its last try; see ``success``.
+        Adversarial images in ``[0, 1]``. L-inf attacks return them on the uint8 grid, inside the eps ball
+        (:func:`~core.attacks.quantise_within`); the others unrounded. A failed attack may return the input
+        image or its last try; see ``success``.
     predicted : ndarray of int64, shape (N,)
         The model's prediction on ``quantise(x_adv)``, i.e. on ``round(x_adv * 255) / 255``: the image a caller
         stores as uint8 (:func:`~core.attacks.to_uint8`) is the image that was scored.
     success : ndarray of bool, shape (N,)
         Targeted attacks: ``predicted == target``. Untargeted: ``predicted != model(x).argmax(1)``.
     targeted : bool
-        Whether the attack aimed at ``target``.
+        Whether the attack aimed at ``target`` (else: at any class but the prediction on ``x``).
     params : dict
         Every parameter used, defaults filled in, plus ``attack`` (name), ``targeted`` and ``seed``;
         JSON-serialisable.
@@ -103,6 +104,9 @@ class Attack(abc.ABC):
 
     Parameters
     ----------
+    targeted : bool, optional, keyword-only
+        Aim at a target class (True) or at any class but the prediction (False); one of ``modes``. Default:
+        the class's ``targeted``.
     **params
         The attack's parameters (see ``spec`` / :func:`param_spec`); missing ones take their defaults.
 
@@ -113,7 +117,9 @@ class Attack(abc.ABC):
     title : str
         Name for people, e.g. ``"PGD (L-inf)"``.
     targeted : bool
-        Whether the attack aims at a target class.
+        Whether the attack aims at a target class: on the class, the default mode; on an instance, its mode.
+    modes : tuple of bool
+        The values ``targeted`` may take.
     random : bool
         Whether :meth:`run` draws from numpy's or torch's global RNG. True (the default) seeds both with
         ``seed`` and serialises the run with every other random attack of the process; False runs unseeded,
@@ -126,16 +132,23 @@ class Attack(abc.ABC):
     TypeError
         For an unknown parameter name (the message lists the valid ones) or a value of the wrong type.
     ValueError
-        For a value outside its range.
+        For a value outside its range, or a ``targeted`` mode the attack lacks.
     """
 
     name: ClassVar[str]
     title: ClassVar[str]
-    targeted: ClassVar[bool]
+    targeted: bool
+    modes: ClassVar[tuple[bool, ...]] = (True, False)
     random: ClassVar[bool] = True
     spec: ClassVar[dict[str, Param]]
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, *, targeted: bool | None = None, **params: Any) -> None:
+        if targeted is not None:
+            if not isinstance(targeted, (bool, np.bool_)):
+                raise TypeError(f"{self.name}: targeted must be a bool, got {type(targeted).__name__} {targeted!r}")
+            if bool(targeted) not in self.modes:
+                raise ValueError(f"{self.name}: targeted={bool(targeted)} is not supported (modes: {self.modes})")
+            self.targeted = bool(targeted)
         unknown = sorted(set(params) - set(self.spec))
         if unknown:
             raise TypeError(
@@ -149,8 +162,12 @@ class Attack(abc.ABC):
         """Whether :meth:`run` draws from the global RNGs with these parameters; :attr:`random` unless overridden."""
         return self.random
 
+    def snap(self, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
+        """Last step on ``x_adv`` (clipped to the box), shapes (N, C, H, W); unchanged unless overridden."""
+        return x_adv
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        args = ", ".join([f"targeted={self.targeted!r}", *(f"{k}={v!r}" for k, v in self.params.items())])
         return f"{type(self).__name__}({args})"
 
     @final
@@ -223,7 +240,7 @@ class Attack(abc.ABC):
             x_adv = np.asarray(x_adv, dtype=np.float32)
             if x_adv.shape != x.shape:
                 raise RuntimeError(f"{self.name}: run() returned shape {x_adv.shape}, expected {x.shape}")
-            x_adv = np.clip(np.nan_to_num(x_adv, nan=0.0), 0.0, 1.0)
+            x_adv = np.asarray(self.snap(x, np.clip(np.nan_to_num(x_adv, nan=0.0), 0.0, 1.0)), dtype=np.float32)
             predicted = logits(model, quantise(x_adv), device).argmax(1).astype(np.int64)
         success = predicted == target if self.targeted else predicted != original
         dt = time.perf_counter() - t0
@@ -339,7 +356,8 @@ def run_attack(
     progress : bool
         Show a progress bar.
     **params
-        Attack parameters, see :func:`param_spec`.
+        Attack parameters, see :func:`param_spec`, and ``targeted`` (bool) to pick the mode of an attack that
+        has both (``ATTACKS[name].modes``).
 
     Returns
     -------

@@ -11,17 +11,24 @@ import numpy as np
 import torch
 
 from .base import Attack, Param
-from .utils import BATCH, model_device
+from .utils import BATCH, logits, model_device
 
 __all__ = ["CarliniL2"]
 
+#: ``x`` enters tanh space as ``atanh((2x − 1) · _SHRINK)``: pixels at 0 or 1 stay movable within a short Adam run,
+#: and the offset this adds (at most 0.0005) rounds back to the original uint8 value.
+_SHRINK = 0.999
+
 
 class CarliniL2(Attack):
-    """Targeted Carlini & Wagner L2 attack.
+    """Carlini & Wagner L2 attack, targeted by default.
 
-    Per image, in ``tanh`` space (``x' = (tanh(w) + 1) / 2`` stays in the box)::
+    Per image, in ``tanh`` space (``x' = (tanh(w) + 1) / 2`` stays in the box; ``w`` starts at
+    ``atanh(0.999 · (2x − 1))``, so pixels at 0 or 1 can move)::
 
         minimise_w   ||x' − x||₂² + c · max(max_{i≠t} Z(x')_i − Z(x')_t + confidence, 0)
+
+    (untargeted: ``max(Z(x')_y − max_{i≠y} Z(x')_i + confidence, 0)`` with ``y`` the prediction on ``x``)
 
     with Adam (``learning_rate``) for ``max_iter`` steps, then a binary search over ``c`` per image
     (``binary_search_steps`` rounds, starting at ``initial_const``; ×10 while no success). Each iterate is
@@ -65,29 +72,34 @@ class CarliniL2(Attack):
         out = x.copy()
         p = self.params
         rounds = p["binary_search_steps"]
+        label = target if self.targeted else logits(model, x, device).argmax(1).astype(np.int64)
         with tqdm(total=rounds * math.ceil(len(x) / BATCH), desc="C&W L2", disable=not progress) as bar:
             for s in range(0, len(x), BATCH):
-                out[s : s + BATCH] = self._batch(model, x[s : s + BATCH], target[s : s + BATCH], device, bar)
+                out[s : s + BATCH] = self._batch(model, x[s : s + BATCH], label[s : s + BATCH], device, bar)
         return out
 
-    def _batch(self, model, x: np.ndarray, target: np.ndarray, device: torch.device, bar: Any) -> np.ndarray:
-        """Attack one batch; shapes (B, C, H, W) and (B,) -> (B, C, H, W)."""
+    def _batch(self, model, x: np.ndarray, label: np.ndarray, device: torch.device, bar: Any) -> np.ndarray:
+        """Attack one batch; shapes (B, C, H, W) and (B,) -> (B, C, H, W).
+
+        ``label`` is the target class (targeted) or the class to leave (untargeted).
+        """
         p = self.params
         n = len(x)
         xt = torch.from_numpy(x).to(device)
-        tt = torch.from_numpy(target).to(device)
-        w0 = torch.atanh((2 * xt - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        tt = torch.from_numpy(label).to(device)
+        sign = 1.0 if self.targeted else -1.0
+        w0 = torch.atanh((2 * xt - 1) * _SHRINK)
         c = torch.full((n,), p["initial_const"], device=device)
         lo = torch.zeros(n, device=device)
         hi = torch.full((n,), math.inf, device=device)
         best = xt.clone()
         best_l2 = torch.full((n,), math.inf, device=device)
 
-        def margin(logits: torch.Tensor) -> torch.Tensor:
-            """max_{i≠t} Z_i − Z_t, shape (B,)."""
-            z_t = logits.gather(1, tt[:, None])[:, 0]
-            other = logits.scatter(1, tt[:, None], -math.inf).amax(1)
-            return other - z_t
+        def margin(z: torch.Tensor) -> torch.Tensor:
+            """Targeted max_{i≠t} Z_i − Z_t, untargeted Z_y − max_{i≠y} Z_i; shape (B,)."""
+            z_t = z.gather(1, tt[:, None])[:, 0]
+            other = z.scatter(1, tt[:, None], -math.inf).amax(1)
+            return sign * (other - z_t)
 
         for _ in range(p["binary_search_steps"]):
             w = w0.clone().requires_grad_(True)
@@ -105,7 +117,7 @@ class CarliniL2(Attack):
                     adv = adv.detach()
                     q = torch.round(adv * 255) / 255
                     logits_q = model(q)
-                    ok = (margin(logits_q) + p["confidence"] <= 0) & (logits_q.argmax(1) == tt)
+                    ok = (margin(logits_q) + p["confidence"] <= 0) & ((logits_q.argmax(1) == tt) == self.targeted)
                     hit |= ok
                     better = ok & (l2.detach() < best_l2)
                     best[better] = adv[better]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +19,8 @@ __all__ = ["LBFGS"]
 
 log = logging.getLogger(__name__)
 
+_BLOCK = 8  # images per block of a batched evaluation
+
 
 class LBFGS(Attack):
     """Box-constrained L-BFGS, the paper's eq. (1) (Szegedy et al. 2014; Tabacof & Valle 2016).
@@ -27,8 +30,9 @@ class LBFGS(Attack):
         minimise_η   ||η||₂ + C · CE(model(x + η), t)     subject to  0 <= x + η <= 1
 
     solved with ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)`` on float64 copies of torch's
-    gradients; the box is the solver's bound constraint. The images of a batch are solved jointly (the
-    objective is a sum of independent per-image terms, each with its own ``C``).
+    gradients; the box is the solver's bound constraint. Each image is its own problem, with its own solver
+    state and stopping rule, so its result does not depend on the other images of the batch; the images'
+    objectives are evaluated together, one forward pass per solver step.
 
     ``C`` is chosen per image, first on the grid ``C₀ · c_start · c_factor^k`` for ``k < grid_steps``, raised
     until the attack succeeds, then by ``binary_steps`` bisections (in log C) between the largest failing and
@@ -58,6 +62,7 @@ class LBFGS(Attack):
     name = "lbfgs"
     title = "L-BFGS (box-constrained)"
     targeted = True
+    modes = (True,)
     random = False
     spec = {
         "c_start": Param(3.0, "float", 1.0, 1000.0, "first C of the grid, in units of C₀ = 1/||∇CE(x)||"),
@@ -66,7 +71,7 @@ class LBFGS(Attack):
         "binary_steps": Param(3, "int", 0, 20, "bisections of C (log scale) after the grid"),
         "max_iter": Param(20, "int", 1, 1000, "L-BFGS-B iterations per solve"),
     }
-    _chunk: ClassVar[int] = 256  # images solved jointly at most
+    _chunk: ClassVar[int] = 256  # images solved side by side at most (one thread each)
 
     def run(self, model, x, target, *, progress=False):
         from tqdm.auto import tqdm
@@ -144,7 +149,10 @@ class LBFGS(Attack):
         c: np.ndarray,
         device: torch.device,
     ) -> np.ndarray:
-        """One L-BFGS-B run of eq. (1) for a batch of images solved jointly.
+        """One L-BFGS-B run of eq. (1) per image, the images' objectives evaluated in shared forward passes.
+
+        Each image has its own solver (state, line search, stopping rule), in its own thread; the threads meet
+        at :class:`_Lockstep`, which evaluates the pending images in one batch.
 
         Parameters
         ----------
@@ -156,31 +164,115 @@ class LBFGS(Attack):
         Returns
         -------
         ndarray of float32, shape (B, C, H, W)
-            ``x + η`` at the solver's final point, inside the box.
+            ``x + η`` at each solver's final point, inside the box.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         from scipy.optimize import Bounds, minimize
 
-        xt = torch.from_numpy(x).to(device)
-        tt = torch.from_numpy(target).to(device)
-        ct = torch.from_numpy(np.asarray(c, dtype=np.float32)).to(device)
-        shape = x.shape
-        x64 = x.astype(np.float64).ravel()
+        shape = x.shape[1:]
+        x64 = x.astype(np.float64).reshape(len(x), -1)
+        opts = {"maxiter": self.params["max_iter"], "maxfun": 2 * self.params["max_iter"]}
 
-        def fun(eta: np.ndarray) -> tuple[float, np.ndarray]:
-            e = torch.from_numpy(eta.reshape(shape).astype(np.float32)).to(device).requires_grad_(True)
+        def evaluate(idx: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Objective and gradient of images ``idx`` at ``eta`` (k, D) -> (k,), (k, D), float64."""
+            k = len(idx)
+            pad = -k % _BLOCK  # whole blocks of images: an image's arithmetic is then the same whatever its mates
+            rows = np.concatenate([idx, np.full(pad, idx[0])])
+            e = np.concatenate([eta, np.zeros((pad, eta.shape[1]))]).reshape(k + pad, *shape).astype(np.float32)
+            xt = torch.from_numpy(x[rows]).to(device)
+            et = torch.from_numpy(e).to(device).requires_grad_(True)
+            tt = torch.from_numpy(target[rows]).to(device)
+            ct = torch.from_numpy(np.asarray(c, dtype=np.float32)[rows]).to(device)
             with torch.enable_grad():
-                ce = torch.nn.functional.cross_entropy(model(xt + e), tt, reduction="none")
-                norm = torch.sqrt(e.pow(2).flatten(1).sum(1) + 1e-12)  # ||η||₂, smoothed at η = 0
-                obj = (norm + ct * ce).sum()
-                (grad,) = torch.autograd.grad(obj, e)
-            return float(obj.detach()), grad.double().cpu().numpy().ravel()
+                ce = torch.nn.functional.cross_entropy(model(xt + et), tt, reduction="none")
+                norm = torch.sqrt(et.pow(2).flatten(1).sum(1) + 1e-12)  # ||η||₂, smoothed at η = 0
+                obj = norm + ct * ce
+                (grad,) = torch.autograd.grad(obj.sum(), et)  # per image: the terms are independent
+            obj, grad = obj.detach()[:k], grad[:k]
+            return obj.double().cpu().numpy(), grad.double().cpu().numpy().reshape(k, -1)
 
-        with _one_blas_thread():
-            res = minimize(
-                fun, np.zeros_like(x64), jac=True, method="L-BFGS-B", bounds=Bounds(-x64, 1.0 - x64),
-                options={"maxiter": self.params["max_iter"], "maxfun": 2 * self.params["max_iter"]},
-            )
-        return np.clip(x64 + res.x, 0.0, 1.0).reshape(shape).astype(np.float32)
+        step = _Lockstep(len(x), evaluate)
+
+        def solve(i: int) -> np.ndarray:
+            try:
+                res = minimize(lambda eta: step.ask(i, eta), np.zeros_like(x64[i]), jac=True, method="L-BFGS-B",
+                               bounds=Bounds(-x64[i], 1.0 - x64[i]), options=opts)
+                return res.x
+            finally:
+                step.leave()
+
+        with _one_blas_thread(), ThreadPoolExecutor(max_workers=len(x), thread_name_prefix="lbfgs") as pool:
+            futures = [pool.submit(solve, i) for i in range(len(x))]
+            try:
+                eta = np.stack([f.result() for f in futures])
+            except BaseException:
+                step.abort()
+                raise
+        return np.clip(x64 + eta, 0.0, 1.0).reshape(x.shape).astype(np.float32)
+
+
+class _Lockstep:
+    """Batch the objective evaluations of per-image solvers that run in threads.
+
+    Each solver thread calls :meth:`ask` with its point and blocks; once every live solver is waiting, the
+    last one to arrive evaluates all pending points in one call of ``evaluate`` and wakes the others. A solver
+    that returns calls :meth:`leave`. An error in ``evaluate`` (or :meth:`abort`) is raised in every waiting
+    thread.
+
+    Parameters
+    ----------
+    n : int
+        Number of solver threads.
+    evaluate : callable
+        ``evaluate(idx, points) -> (values, gradients)`` with ``idx`` int (k,), points float64 (k, D), values
+        (k,) and gradients (k, D).
+    """
+
+    def __init__(self, n: int, evaluate) -> None:
+        self._cv = threading.Condition()
+        self._live = n
+        self._pending: dict[int, np.ndarray] = {}
+        self._done: dict[int, tuple[float, np.ndarray]] = {}
+        self._evaluate = evaluate
+        self._error: BaseException | None = None
+
+    def ask(self, i: int, point: np.ndarray) -> tuple[float, np.ndarray]:
+        """Value and gradient of solver ``i``'s objective at ``point``, shape (D,) -> (float, (D,))."""
+        with self._cv:
+            self._pending[i] = np.array(point, dtype=np.float64)
+            self._flush_if_ready()
+            while i not in self._done and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise RuntimeError("lbfgs: batched evaluation failed") from self._error
+            return self._done.pop(i)
+
+    def leave(self) -> None:
+        """Solver finished: stop waiting for it."""
+        with self._cv:
+            self._live -= 1
+            self._flush_if_ready()
+
+    def abort(self) -> None:
+        """Wake every waiting solver with an error."""
+        with self._cv:
+            self._error = self._error or RuntimeError("lbfgs: aborted")
+            self._cv.notify_all()
+
+    def _flush_if_ready(self) -> None:
+        if not self._pending or len(self._pending) < self._live or self._error is not None:
+            return
+        idx = np.array(sorted(self._pending))
+        try:
+            values, grads = self._evaluate(idx, np.stack([self._pending[i] for i in idx]))
+        except BaseException as e:
+            self._error = e
+        else:
+            for j, i in enumerate(idx):
+                self._done[int(i)] = (float(values[j]), grads[j])
+        self._pending.clear()
+        self._cv.notify_all()
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager:

@@ -2,6 +2,7 @@
 
 ``quantise`` and ``to_uint8`` are the project's only rounding of float images to the uint8 grid: the precompute
 stores ``to_uint8(x_adv)``, the app shows it, and the attacks score ``quantise(x_adv)``, the same values.
+L-inf attacks first round with ``quantise_within``, which keeps the eps ball, so the two then agree exactly.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ __all__ = [
     "logits",
     "model_device",
     "quantise",
+    "quantise_within",
     "seeded",
     "to_uint8",
 ]
 
 BATCH = 128  # images per forward pass / per ART batch
 _RANGE_TOL = 1e-6  # inputs may exceed [0, 1] by this much (float noise); they are clipped
+_GRID_TOL = 1e-4  # in grid steps: float noise in 255 * (x ± eps), not a budget
 
 
 def _grid(x: np.ndarray) -> np.ndarray:
@@ -48,6 +51,33 @@ def quantise(x: np.ndarray) -> np.ndarray:
         Values ``k / 255`` with integer ``k`` in ``[0, 255]``; ``core.data.to_float(to_uint8(x))`` exactly.
     """
     return (_grid(x) / 255.0).astype(np.float32)
+
+
+def quantise_within(x_adv: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
+    """Round ``x_adv`` to the uint8 grid without leaving the L-inf ball of radius ``eps`` around ``x``.
+
+    Each pixel takes the nearest value ``k / 255`` unless that lies farther than ``eps`` from ``x``; then it
+    takes the nearest one inside the ball (rounding toward ``x``). Where the ball holds no grid value (``eps``
+    below half a grid step), the pixel takes the grid value nearest ``x``.
+
+    Parameters
+    ----------
+    x_adv, x : ndarray of float, shape (N, C, H, W)
+        Adversarial and original images in ``[0, 1]``.
+    eps : float
+        L-inf radius, in ``[0, 1]`` pixel units.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, C, H, W)
+        Values ``k / 255``; ``to_uint8`` of it gives back ``k``.
+    """
+    x = np.asarray(x, dtype=np.float64) * 255.0
+    lo = np.maximum(np.ceil(x - 255.0 * eps - _GRID_TOL), 0)
+    hi = np.minimum(np.floor(x + 255.0 * eps + _GRID_TOL), 255)
+    k = np.minimum(np.maximum(_grid(x_adv), lo), hi)
+    k = np.where(lo <= hi, k, np.clip(np.rint(x), 0, 255))
+    return (k / 255.0).astype(np.float32)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
