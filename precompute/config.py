@@ -341,8 +341,14 @@ def validate(cfg: dict) -> dict:
             if key == "n":
                 _check_value(f"{ATTACK_SECTION}.{name}.n", value, ATTACK_N, ATTACK_N.lo, ATTACK_N.hi, 1000)
                 continue
+            if key == "targeted":
+                modes = _attacks.ATTACKS[name].modes
+                if not isinstance(value, bool) or value not in modes:
+                    raise ConfigError(f"attacks.{name}.targeted = {value!r}: {name} supports targeted = "
+                                      f"{' or '.join(str(m).lower() for m in modes)}")
+                continue
             if key not in spec:
-                raise ConfigError(f"attacks.{name}.{key}: unknown parameter; valid: {sorted(spec)} and n")
+                raise ConfigError(f"attacks.{name}.{key}: unknown parameter; valid: {sorted(spec)}, targeted and n")
             p = spec[key]
             _check_value(f"{ATTACK_SECTION}.{name}.{key}", value, Range(p["min"], p["max"], p["type"] == "int"),
                          p["min"], p["max"], p["default"])

@@ -71,6 +71,8 @@ def test_config_defaults_and_overrides():
     ("evaluation.target_tpr=1.5", "target_tpr"),
     ("evaluation.protocol=oracle", "must be one of"),
     ("evalsets.noise=gauss", "must be one of"),
+    ("attacks.lbfgs.targeted=false", "supports targeted = true"),
+    ("attacks.fgsm.targeted=1", "targeted = 1"),
     ("processing.modes=['zca']", "unknown mode"),
 ])
 def test_config_errors(override, match):
