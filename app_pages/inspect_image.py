@@ -118,7 +118,8 @@ with pred_col:
                                                                                min_value=0.0, max_value=1.0)})
 with chart_col:
     charts.legend()
-    fig = charts.layer_scores_figure(layers, scores, thresholds, title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
+    fig = charts.layer_scores_figure(layers, scores, thresholds,
+                                     title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
 
 best = best_layer(loaders.report(run), layers)

@@ -103,7 +103,8 @@ with right:
     rates = [dict(type="scatter", x=grid, y=shares[0], name="TPR: authentic trusted",
                   line=dict(color=charts.TRUSTED_COLOR, width=3))]
     rates += [dict(type="scatter", x=grid, y=share, name=f"FPR: {name.split(' ')[0]} trusted",
-                   line=dict(color=color, width=2, dash="dash")) for (name, color), share in zip(groups[1:], shares[1:])]
+                   line=dict(color=color, width=2, dash="dash"))
+              for (name, color), share in zip(groups[1:], shares[1:])]
     shapes, notes = charts.vline(th, label=f"{th:.3f}")
     st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
                                   xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
