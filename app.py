@@ -11,18 +11,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import _common as ui
+from app_pages.state import PAGES, sidebar
 
 # A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
 st.set_page_config(page_title="knnguard", page_icon=str(FAVICON), layout="wide")
 page = st.navigation([
-    st.Page(ui.PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="inspect", default=True),
-    st.Page(ui.PAGES["attack"], title="Attack", icon=":material/bolt:", url_path="attack"),
-    st.Page(ui.PAGES["threshold"], title="Threshold", icon=":material/tune:", url_path="threshold"),
-    st.Page(ui.PAGES["layers"], title="Layers", icon=":material/stacked_bar_chart:", url_path="layers"),
-    st.Page(ui.PAGES["failures"], title="Failure cases", icon=":material/report:", url_path="failures"),
-    st.Page(ui.PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
+    st.Page(PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="inspect", default=True),
+    st.Page(PAGES["attack"], title="Attack", icon=":material/bolt:", url_path="attack"),
+    st.Page(PAGES["threshold"], title="Threshold", icon=":material/tune:", url_path="threshold"),
+    st.Page(PAGES["layers"], title="Layers", icon=":material/stacked_bar_chart:", url_path="layers"),
+    st.Page(PAGES["failures"], title="Failure cases", icon=":material/report:", url_path="failures"),
+    st.Page(PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
 ])
-ui.sidebar()
+sidebar()
 page.run()

@@ -7,14 +7,16 @@ import streamlit as st
 
 from core.attacks import ATTACKS, available, param_spec, run_attack, to_uint8
 from core.data import to_float
-from app_pages import _common as ui
+from core.evaluation import perturbation_norms
+from app_pages import bounded, charts, current, images, loaders, state
+from app_pages._text import md, plotly_text
 
-run = ui.current_run()
-classes = ui.classes(run)
+run = state.current_run()
+classes = loaders.classes(run)
 layers = run.layers
 
 #: Interactive caps on iteration counts (the spec allows more; the precompute runs may use more).
-#: Every run is also bounded in wall time: ``ui.run_bounded`` (``ui.ATTACK_TIMEOUT_S``, 20 s by default).
+#: Every run is also bounded in wall time: ``bounded.run_bounded`` (``bounded.ATTACK_TIMEOUT_S``, 20 s by default).
 CAPS = {"steps": 100, "max_iter": 100, "binary_search_steps": 5, "grid_steps": 8, "binary_steps": 8,
         "random_starts": 3, "candidates": 10}
 #: One line per attack for a student.
@@ -28,16 +30,16 @@ ABOUT = {"fgsm": "One step of size eps against the gradient of the target class'
 LOG_PARAMS = {"step", "learning_rate", "initial_const", "c_start"}
 
 st.title("Attack the image live")
-ui.how_to_read("How to read this: the attack nudges pixels to push the CNN to another class. Left bars are the "
-               "scores before, right bars after. A layer whose score falls under its threshold (✗) has noticed "
-               "the attack; one that stays ✓ was fooled too.")
+charts.how_to_read("How to read this: the attack nudges pixels to push the CNN to another class. Left bars are the "
+                   "scores before, right bars after. A layer whose score falls under its threshold (✗) has noticed "
+                   "the attack; one that stays ✓ was fooled too.")
 
-cur = ui.current_image(run)
+cur = current.current_image(run)
 image = cur["image"]
-before = ui.inspect(run, image)
+before = loaders.inspect(run, image)
 pred0 = int(before.predicted[0])
-st.caption(f"Current image: {ui.md(cur['source'])} (choose another on the Inspect page) · predicted "
-           f"**{ui.md(classes[pred0])}** · detector: {run.settings_text}")
+st.caption(f"Current image: {md(cur['source'])} (choose another on the Inspect page) · predicted "
+           f"**{md(classes[pred0])}** · detector: {run.settings_text}")
 
 
 def _log_options(lo: float, hi: float, default: float) -> list[float]:
@@ -103,20 +105,20 @@ if clicked:
     with st.spinner(f"Running {cls.title}{' (this one takes a while)' if slow else ''}… "
                     "(the first attack also loads the attack library, a few seconds)"):
         t0 = time.perf_counter()
-        model = ui.detector(run).model
+        model = loaders.detector(run).model
         params = {p: (min(v, CAPS[p]) if p in CAPS else v) for p, v in params.items()}  # never past the caps
         try:
-            res = ui.run_bounded(run_attack, name, model, x,
+            res = bounded.run_bounded(run_attack, name, model, x,
                                  target=None if target_cls is None else np.array([target_cls]), seed=int(seed),
                                  **params)
         except (ValueError, TypeError) as e:
             st.error(f"The attack refused these settings: {e}")
             st.stop()
-        except ui.AttackTimeout as e:
+        except bounded.AttackTimeout as e:
             st.error(f"{cls.title} {e} (the limit of one live attack): lower the steps or iterations, or pick a "
                      "faster attack, and run it again.", icon=":material/timer_off:")
             st.stop()
-        except ui.AttackBusy as e:
+        except bounded.AttackBusy as e:
             st.error(f"Not started: {e}. Wait a few seconds and run it again.", icon=":material/hourglass_top:")
             st.stop()
         seconds = time.perf_counter() - t0
@@ -131,29 +133,30 @@ if out is None or out["key"] != cur["key"]:
     st.stop()
 
 adv = out["adv"]
-after = ui.inspect(run, adv)
+after = loaders.inspect(run, adv)
 pred1 = int(after.predicted[0])
-thresholds = ui.eer_thresholds(run)
-d = adv.astype(np.float64) - image.astype(np.float64)
-pert, amp = ui.perturbation(image, adv)
+thresholds = loaders.eer_thresholds(run)
+norms = perturbation_norms(image[None], adv[None])
+pert, amp = images.perturbation_image(image, adv)
 
 st.divider()
 if out["target"] is None:
     outcome = "succeeded: the class changed" if pred1 != pred0 else "failed: the class did not change"
 else:
-    outcome = (f"reached its target {ui.md(classes[out['target']])}" if out["success"] else
-               f"did not reach its target {ui.md(classes[out['target']])}")
-st.markdown(f"### {out['title']} {outcome}: {ui.md(classes[pred0])} → {ui.md(classes[pred1])}")
-st.caption(f"{out['seconds']:.2f} s · L∞ = {np.abs(d).max() / 255:.3f} ({np.abs(d).max():.0f}/255) · "
-           f"L2 = {np.linalg.norm(d / 255):.3f} · pixels changed: {(d != 0).mean():.0%}")
+    outcome = (f"reached its target {md(classes[out['target']])}" if out["success"] else
+               f"did not reach its target {md(classes[out['target']])}")
+st.markdown(f"### {out['title']} {outcome}: {md(classes[pred0])} → {md(classes[pred1])}")
+linf, l2, changed = float(norms.linf[0]), float(norms.l2[0]), float(norms.changed[0])
+st.caption(f"{out['seconds']:.2f} s · L∞ = {linf:.3f} ({linf * 255:.0f}/255) · L2 = {l2:.3f} · "
+           f"pixels changed: {changed:.0%}")
 
 b = {la: float(before.scores[la][0]) for la in layers}
 a = {la: float(after.scores[la][0]) for la in layers}
 noticed = [la for la in layers if a[la] < thresholds[la]]
 i1, i2, i3, msg = st.columns([1, 1, 1, 1.5], gap="medium")
-ui.show_image(image, f"original: {ui.md(classes[pred0])} ({before.top5[0][1]:.0%})", size=200, where=i1)
-ui.show_image(adv, f"adversarial: {ui.md(classes[pred1])} ({after.top5[0][1]:.0%})", size=200, where=i2)
-ui.show_image(pert, f"perturbation ×{amp:.0f}: grey = unchanged, light = raised, dark = lowered", size=200,
+images.show_image(image, f"original: {md(classes[pred0])} ({before.top5[0][1]:.0%})", size=200, where=i1)
+images.show_image(adv, f"adversarial: {md(classes[pred1])} ({after.top5[0][1]:.0%})", size=200, where=i2)
+images.show_image(pert, f"perturbation ×{amp:.0f}: grey = unchanged, light = raised, dark = lowered", size=200,
               where=i3)
 with msg:
     if pred1 == pred0:
@@ -161,14 +164,14 @@ with msg:
                 "pick another target.")
     elif noticed:
         st.success(f"**Detected**: {len(noticed)} of {len(layers)} layers reject the new prediction "
-                   f"({ui.md(', '.join(noticed))}).", icon=":material/shield:")
+                   f"({md(', '.join(noticed))}).", icon=":material/shield:")
     else:
         st.error("**Not detected**: every layer trusts the adversarial prediction.", icon=":material/gpp_bad:")
     if st.button("Inspect the adversarial image", key="atk_to_inspect", icon=":material/search:"):
-        ui.set_current(adv, source=f"{out['title']} of {cur['source']}")
-        st.switch_page(ui.PAGES["inspect"])
-ui.legend()
-st.plotly_chart(ui.before_after_figure(layers, b, a, thresholds,
-                                       title=f"Score per layer: before ({ui.plotly_text(classes[pred0])}, faded "
-                                             f"left bar) and after ({ui.plotly_text(classes[pred1])}, right bar)"),
+        current.set_current(adv, source=f"{out['title']} of {cur['source']}")
+        st.switch_page(state.PAGES["inspect"])
+charts.legend()
+st.plotly_chart(charts.before_after_figure(layers, b, a, thresholds,
+                                       title=f"Score per layer: before ({plotly_text(classes[pred0])}, faded "
+                                             f"left bar) and after ({plotly_text(classes[pred1])}, right bar)"),
                 key="atk_chart")

@@ -3,25 +3,27 @@ training images. The image comes from an evaluation set (by index or at random) 
 import numpy as np
 import streamlit as st
 
-from app_pages import _common as ui
+from app_pages import charts, current, images, loaders, state
+from app_pages._text import md, plotly_text
+from core.evaluation import best_layer
 
-run = ui.current_run()
-data = ui.rundata(run)
-classes = ui.classes(run)
-sets = ui.ordered_sets(run)
+run = state.current_run()
+data = loaders.rundata(run)
+classes = loaders.classes(run)
+sets = state.ordered_sets(run)
 
 st.title("Inspect an image")
-ui.how_to_read("How to read this: the CNN predicts a class; each hidden layer then asks its k nearest training "
-               "images whether they agree. A high score (blue, ✓) means the neighbours agree: trust the "
-               "prediction. A score under that layer's threshold (orange, ✗) means: don't trust it.")
+charts.how_to_read("How to read this: the CNN predicts a class; each hidden layer then asks its k nearest training "
+                   "images whether they agree. A high score (blue, ✓) means the neighbours agree: trust the "
+                   "prediction. A score under that layer's threshold (orange, ✗) means: don't trust it.")
 
-cur = ui.current_image(run)
+cur = current.current_image(run)
 # The widgets follow the current image when it was set elsewhere (Failure cases, Attack).
 if cur["set"] is not None:
     st.session_state.setdefault("inspect_set", cur["set"])
     st.session_state.setdefault("inspect_index", cur["index"])
 st.session_state.setdefault("inspect_source", "Evaluation set")
-st.session_state.setdefault("inspect_set", ui.first_set(run))
+st.session_state.setdefault("inspect_set", state.first_set(run))
 st.session_state.setdefault("inspect_index", 0)
 
 
@@ -29,13 +31,13 @@ def _from_set() -> None:
     name = st.session_state["inspect_set"]
     n = len(data.evalset(name)["images"])
     st.session_state["inspect_index"] = int(min(st.session_state["inspect_index"], n - 1))
-    ui.set_current_from_set(run, name, st.session_state["inspect_index"])
+    current.set_current_from_set(run, name, st.session_state["inspect_index"])
 
 
 def _random() -> None:
     name = st.session_state["inspect_set"]
     st.session_state["inspect_index"] = int(np.random.default_rng().integers(len(data.evalset(name)["images"])))
-    ui.set_current_from_set(run, name, st.session_state["inspect_index"])
+    current.set_current_from_set(run, name, st.session_state["inspect_index"])
 
 
 def _uploaded() -> None:
@@ -43,7 +45,7 @@ def _uploaded() -> None:
     if f is None:
         st.session_state.pop("upload_error", None)
         return
-    err = ui.handle_upload(run, f.getvalue(), invert=st.session_state.get("inspect_invert", False))
+    err = current.handle_upload(run, f.getvalue(), invert=st.session_state.get("inspect_invert", False))
     st.session_state["upload_error"] = err
 
 
@@ -59,7 +61,7 @@ def _invert() -> None:
     arr = st.session_state.get("upload_array")
     if arr is not None:
         inv = st.session_state.get("inspect_invert", False)
-        ui.set_current(255 - arr if inv else arr, source="your upload" + (" (inverted)" if inv else ""))
+        current.set_current(255 - arr if inv else arr, source="your upload" + (" (inverted)" if inv else ""))
 
 
 src_col, pick_col = st.columns([1, 3])
@@ -71,7 +73,7 @@ with pick_col:
         if st.session_state["inspect_set"] not in sets:
             st.session_state["inspect_set"] = sets[0]
         c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
-        name = c1.selectbox("Evaluation set", sets, key="inspect_set", format_func=lambda s: ui.set_label(run, s),
+        name = c1.selectbox("Evaluation set", sets, key="inspect_set", format_func=lambda s: state.set_label(run, s),
                             on_change=_from_set, persist_state="session")
         n = len(data.evalset(name)["images"])
         st.session_state["inspect_index"] = int(min(st.session_state["inspect_index"], n - 1))
@@ -91,11 +93,11 @@ with pick_col:
         if st.session_state.get("upload_error"):
             st.error(st.session_state["upload_error"], icon=":material/broken_image:")
 
-cur = ui.current_image(run)
+cur = current.current_image(run)
 image = cur["image"]
-res = ui.inspect(run, image)
+res = loaders.inspect(run, image)
 pred = int(res.predicted[0])
-thresholds = ui.eer_thresholds(run)
+thresholds = loaders.eer_thresholds(run)
 layers = run.layers
 scores = {la: float(res.scores[la][0]) for la in layers}
 
@@ -103,45 +105,45 @@ img_col, pred_col, chart_col = st.columns([1.1, 1.2, 2.4])
 with img_col:
     h, w, c = image.shape
     true = cur["true"]
-    ui.show_image(image, f"{ui.md(cur['source'])} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'})"
-                  + (f"; true class: {ui.md(classes[true])}" if true is not None else ""), size=224)
+    images.show_image(image, f"{md(cur['source'])} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'})"
+                  + (f"; true class: {md(classes[true])}" if true is not None else ""), size=224)
 with pred_col:
-    st.markdown(f"### Prediction: {ui.md(classes[pred])}")
+    st.markdown(f"### Prediction: {md(classes[pred])}")
     st.caption(f"{100 * res.top5[0][1]:.1f} % softmax probability"
                + ("" if cur["true"] is None else (" · correct" if pred == cur["true"] else
-                                                   f" · wrong: it is a {ui.md(classes[cur['true']])}")))
+                                                   f" · wrong: it is a {md(classes[cur['true']])}")))
     st.dataframe({"class": [classes[ci] for ci, _ in res.top5], "probability": [p for _, p in res.top5]},
                  hide_index=True, key="inspect_top5",
                  column_config={"probability": st.column_config.ProgressColumn("probability", format="percent",
                                                                                min_value=0.0, max_value=1.0)})
 with chart_col:
-    ui.legend()
-    fig = ui.layer_scores_figure(layers, scores, thresholds, title=f"kNN score of '{ui.plotly_text(classes[pred])}' per layer")
+    charts.legend()
+    fig = charts.layer_scores_figure(layers, scores, thresholds,
+                                     title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
 
-rep = ui.report(run) or {}
-best = rep.get("headline", {}).get("best", {}).get("layer", layers[-1])
-st.session_state.setdefault("inspect_layer", best if best in layers else layers[-1])
+best = best_layer(loaders.report(run), layers)
+st.session_state.setdefault("inspect_layer", best)
 layer = st.selectbox("Layer for the verdict and the neighbours", layers, key="inspect_layer",
-                     persist_state="session", help=f"The run's best layer overall is {ui.md(best)}.")
+                     persist_state="session", help=f"The run's best layer overall is {md(best)}.")
 s, t = scores[layer], thresholds[layer]
-msg = (f"**{ui.verdict(s, t)}** by layer {ui.md(layer)}: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
+msg = (f"**{charts.verdict(s, t)}** by layer {md(layer)}: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
        f"(that layer's EER threshold on the run's attacks).")
 (st.success if s >= t else st.error)(msg, icon=":material/check_circle:" if s >= t else ":material/cancel:")
 
 for title, nbs in (("Nearest training images", res.neighbours[layer]),
-                   (f"Nearest training images of the predicted class ({ui.md(classes[pred])})",
+                   (f"Nearest training images of the predicted class ({md(classes[pred])})",
                     res.class_neighbours[layer])):
-    st.markdown(f"**{title}** at {ui.md(layer)} (d² = squared distance in the processed feature space; of the "
+    st.markdown(f"**{title}** at {md(layer)} (d² = squared distance in the processed feature space; of the "
                 f"first {run.k} neighbours)")
     if not len(nbs.ids):
         st.caption(f"None among the {run.k} nearest neighbours: no training image of this class is close, so "
                    "the score is 0.")
         continue
-    caps = [f"{ui.md(classes[int(lb)])} · d²={d:.3g}" for lb, d in zip(nbs.labels, nbs.distances)]
-    imgs = [ui.train_image(run, i) for i in nbs.ids]
+    caps = [f"{md(classes[int(lb)])} · d²={d:.3g}" for lb, d in zip(nbs.labels, nbs.distances)]
+    imgs = [loaders.train_image(run, i) for i in nbs.ids]
     if any(im is None for im in imgs):
         st.dataframe({"training id": nbs.ids, "class": [classes[int(lb)] for lb in nbs.labels],
                       "d²": nbs.distances}, hide_index=True)
     else:
-        ui.image_grid(imgs, caps, size=96)
+        images.image_grid(imgs, caps, size=96)

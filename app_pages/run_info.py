@@ -5,39 +5,42 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app_pages import _common as ui
+from app_pages import charts, loaders, state
+from app_pages._text import md
+from core.evaluation import best_setting
+from precompute.stages import STAGE_NAMES
 
-run = ui.current_run()
+run = state.current_run()
 m = run.manifest
 cfg = m["config"]
 s = run.summary
-model = ui.model_info(run)
-rep = ui.report(run) or {}
+model = loaders.model_info(run)
+rep = loaders.report(run) or {}
 
-st.title(f"Run {ui.md(cfg['name'])}")
-ui.how_to_read("How to read this: everything the app shows was computed once by the precompute pipeline; this "
-               "page says on what data, with which model and attacks, and how long each stage took.")
+st.title(f"Run {md(cfg['name'])}")
+charts.how_to_read("How to read this: everything the app shows was computed once by the precompute pipeline; this "
+                   "page says on what data, with which model and attacks, and how long each stage took.")
 
 acc = model.get("test_accuracy")
 c = st.columns(4)
-c[0].metric("Dataset", ui.md(cfg["data"]["dataset"]))
-c[1].metric("Model", ui.md(s.get("model", cfg["model"]["name"])))
+c[0].metric("Dataset", md(cfg["data"]["dataset"]))
+c[1].metric("Model", md(s.get("model", cfg["model"]["name"])))
 c[2].metric("Test accuracy", "–" if acc is None else f"{acc:.2%}",
-            help=f"on {ui.md(model.get('n_test', '?'))} test images; trained on {ui.md(model.get('n_train', '?'))}")
-c[3].metric("Neighbours stored (K_max)", ui.md(s["k_max"]))
+            help=f"on {md(model.get('n_test', '?'))} test images; trained on {md(model.get('n_train', '?'))}")
+c[3].metric("Neighbours stored (K_max)", md(s["k_max"]))
 if model.get("warning"):
-    st.warning(ui.md(model["warning"]))
+    st.warning(md(model["warning"]))
 d = s["defaults"]
-st.markdown(f"**Layers tapped** (input → output): {', '.join(ui.md(la) for la in s['layers'])}  \n"
-            f"**Processing modes**: {', '.join(ui.MODE_NAMES.get(x) or ui.md(x) for x in s['modes'])}  \n"
-            f"**Defaults**: {ui.MODE_NAMES.get(d['mode']) or ui.md(d['mode'])}, "
-            f"{ui.FN_NAMES.get(d['fn']) or ui.md(d['fn'])}, k = {ui.md(d['k'])}  \n"
+st.markdown(f"**Layers tapped** (input → output): {', '.join(md(la) for la in s['layers'])}  \n"
+            f"**Processing modes**: {', '.join(state.MODE_NAMES.get(x) or md(x) for x in s['modes'])}  \n"
+            f"**Defaults**: {state.MODE_NAMES.get(d['mode']) or md(d['mode'])}, "
+            f"{state.FN_NAMES.get(d['fn']) or md(d['fn'])}, k = {md(d['k'])}  \n"
             f"**Trained here**: {'yes' if model.get('trained_here') else 'no (pretrained weights)'}"
             + (f", {len(model['losses'])} epochs" if model.get("losses") else ""))
-if rep.get("headline"):
-    b = rep["headline"]["best"]
-    st.markdown(f"**Best setting** (report, k = {ui.md(rep['k'])}): layer {ui.md(b['layer'])}, "
-                f"{ui.MODE_NAMES.get(b['mode']) or ui.md(b['mode'])}, {ui.FN_NAMES.get(b['fn']) or ui.md(b['fn'])}: "
+b = best_setting(rep)
+if b:
+    st.markdown(f"**Best setting** (report, k = {md(rep['k'])}): layer {md(b['layer'])}, "
+                f"{state.MODE_NAMES.get(b['mode']) or md(b['mode'])}, {state.FN_NAMES.get(b['fn']) or md(b['fn'])}: "
                 f"aggregated EER accuracy **{b['aggr']:.1%}**")
 
 st.subheader("Evaluation sets")
@@ -58,7 +61,7 @@ def _params(p) -> str:
 
 
 rows = []
-for name in ui.ordered_sets(run, nonempty=False):
+for name in state.ordered_sets(run, nonempty=False):
     v = s["sets"][name]
     rows.append({"set": name, "images": v.get("n"), "attempted": v.get("attempted"),
                  "success rate": v.get("success_rate"), "mean L2": v.get("mean_l2"), "mean L∞": v.get("mean_linf"),
@@ -75,14 +78,14 @@ st.caption("Adversarial sets keep only successful attacks (targeted: the predict
 if rep.get("findings"):
     st.subheader("The paper's findings on this run")
     for f in rep["findings"]:
-        st.markdown(f"- **{'Holds' if f['holds'] else 'Does not hold'}**: {ui.md(f['claim'])}. "
-                    f"{ui.md(f['evidence'])}.")
+        st.markdown(f"- **{'Holds' if f['holds'] else 'Does not hold'}**: {md(f['claim'])}. "
+                    f"{md(f['evidence'])}.")
 
 left, right = st.columns(2)
 with left:
     st.subheader("Stage times")
     stages = [{"stage": k, "seconds": m["stages"][k].get("seconds"), "status": m["stages"][k].get("status")}
-              for k in ui.STAGES if k in m["stages"]]
+              for k in STAGE_NAMES if k in m["stages"]]
     stages.append({"stage": "total", "seconds": sum(x["seconds"] or 0 for x in stages), "status": ""})
     st.dataframe(pd.DataFrame(stages), hide_index=True, key="run_stages",
                  column_config={"seconds": st.column_config.NumberColumn(format="%.1f")})

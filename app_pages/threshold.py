@@ -1,26 +1,23 @@
 """Threshold: drag the trust threshold of one layer and watch the operating point move on the ROC, the score
 densities (paper Fig. 4) and the TPR/FPR curves (Figs. 3 and 5). Scores come from stored neighbours only."""
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import metrics
-from app_pages import _common as ui
+from app_pages import charts, loaders, state
+from app_pages._text import md, plotly_text
+from core.evaluation import best_layer
 
-run = ui.current_run()
-data = ui.rundata(run)
+run = state.current_run()
 layers = run.layers
-attacks = ui.attack_sets(run)
-has_errors = "errors" in ui.ordered_sets(run)
+attacks = state.attack_sets(run)
+has_errors = "errors" in state.ordered_sets(run)
 
 st.title("Threshold")
-ui.how_to_read("How to read this: positives are authentic images the CNN gets right; negatives are adversarial "
-               "images (and, if ticked, the CNN's natural errors). Every image with a score at or above the "
-               "threshold is trusted. A good layer puts the blue curve (authentic) to the right of the others.")
+charts.how_to_read("How to read this: positives are authentic images the CNN gets right; negatives are adversarial "
+                   "images (and, if ticked, the CNN's natural errors). Every image with a score at or above the "
+                   "threshold is trusted. A good layer puts the blue curve (authentic) to the right of the others.")
 
-rep = ui.report(run) or {}
-best = rep.get("headline", {}).get("best", {}).get("layer", layers[-1])
-st.session_state.setdefault("th_layer", best if best in layers else layers[-1])
+st.session_state.setdefault("th_layer", best_layer(loaders.report(run), layers))
 st.session_state.setdefault("th_negatives", list(attacks))
 st.session_state.setdefault("th_errors", not attacks)
 
@@ -33,27 +30,19 @@ use_errors = c3.checkbox("Authentic errors too", key="th_errors", disabled=not h
 negs = list(neg_sets) + (["errors"] if use_errors and has_errors else [])
 st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: authentic + noise images.")
 
-pos = ui.positives(run, layer)
-neg = ui.negatives(run, layer, negs)
-if not len(neg):
+sep = loaders.separation(run, layer, negs)
+if not len(sep.all_negatives):
     st.warning("Choose at least one set of negatives (an attack, or authentic errors).")
     st.stop()
-r = metrics.roc(pos, neg)
-
-st.session_state.setdefault("th_threshold", round(float(np.clip(r.eer_threshold, 0, 1)), 3))
-
-
-def _trusted_share(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Share of ``scores`` >= each threshold of ``grid`` (sorted search, not one pass per threshold)."""
-    s = np.sort(np.nan_to_num(scores))
-    return 1.0 - np.searchsorted(s, grid, side="left") / max(len(s), 1)
+r = sep.roc
+eer_th = round(sep.eer_threshold, 3)
+st.session_state.setdefault("th_threshold", eer_th)
 
 
 def _jump(value: float) -> None:
     st.session_state["th_threshold"] = value
 
 
-eer_th = round(float(np.clip(r.eer_threshold, 0, 1)), 3)
 s1, s2 = st.columns([4, 1.3], vertical_alignment="bottom")
 th = s1.slider("Threshold: trust a prediction when its score ≥ this", 0.0, 1.0, step=0.001, format="%.3f",
                key="th_threshold", persist_state="session")
@@ -61,7 +50,7 @@ s2.button(f"Jump to EER ({eer_th:.3f})", key="th_jump_eer", on_click=_jump, args
           help="Set the threshold to the equal error rate point: the share of authentic images rejected equals "
                "the share of negatives trusted.")
 
-at = metrics.rates_at(pos, neg, th)
+at = sep.at(th)
 with st.container(key="th_operating"):
     st.markdown(f"**Operating point** at threshold **{th:.3f}**: {at['tpr']:.1%} of authentic images trusted "
                 f"(TPR), {at['fpr']:.1%} of negatives trusted, i.e. missed (FPR); "
@@ -76,7 +65,8 @@ m[4].metric("FPR (negatives missed)", f"{at['fpr']:.1%}")
 
 conf = pd.DataFrame({"trusted (score ≥ threshold)": [at["tp"], at["fp"]],
                      "rejected (score < threshold)": [at["fn"], at["tn"]]},
-                    index=[f"authentic ({len(pos)})", f"negatives ({len(neg)}: {ui.md(', '.join(negs))})"])
+                    index=[f"authentic ({len(sep.positives)})",
+                           f"negatives ({len(sep.all_negatives)}: {md(', '.join(negs))})"])
 left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
@@ -88,36 +78,34 @@ with left:
            dict(type="scatter", x=[at["fpr"]], y=[at["tpr"]], mode="markers+text", name="operating point",
                 text=[f"threshold {th:.3f}"], textposition="bottom right",
                 marker=dict(symbol="x", size=14, color="#c53030"))]
-    st.plotly_chart(ui.figure(roc, title=f"ROC at {ui.plotly_text(layer)}", ytitle="TPR: share of authentic trusted",
-                              xtitle="FPR: share of negatives trusted", height=420,
-                              xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02])), key="th_roc")
+    st.plotly_chart(charts.figure(roc, title=f"ROC at {plotly_text(layer)}", ytitle="TPR: share of authentic trusted",
+                                  xtitle="FPR: share of negatives trusted", height=420,
+                                  xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02])), key="th_roc")
 
-groups = [("authentic + noise (positives)", pos, ui.TRUSTED_COLOR)]
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
-groups += [(f"{ui.plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
-            ui.set_scores(run, s, layer),
+groups = [("authentic + noise (positives)", charts.TRUSTED_COLOR)]
+groups += [(f"{plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
             palette[i % len(palette)]) for i, s in enumerate(negs)]
 with right:
-    bins = np.linspace(0, 1, 41)
-    centers = (bins[:-1] + bins[1:]) / 2
-    dens = []
-    for name, sc, color in groups:
-        d, _ = np.histogram(np.nan_to_num(sc), bins=bins, density=True)
-        dens.append(dict(type="scatter", x=centers, y=d, mode="lines", line_shape="hvh", name=f"{name}, n={len(sc)}",
-                         line=dict(color=color, width=2), fill="tozeroy" if name.startswith("authentic") else "none"))
-    (s1, n1), (s2, n2), (s3, n3) = (ui.vband(0, th, ui.REJECTED_COLOR, ui.REJECTED, left=True),
-                                    ui.vband(th, 1, ui.TRUSTED_COLOR, ui.TRUSTED, left=False), ui.vline(th))
-    st.plotly_chart(ui.figure(dens, title="Score densities (paper Fig. 4)", ytitle="density",
-                              xtitle="kNN score of the predicted class", height=460, legend_below=True,
-                              xaxis=dict(range=[0, 1]), shapes=s1 + s2 + s3, annotations=n1 + n2 + n3),
+    centres, densities = sep.densities()
+    dens = [dict(type="scatter", x=centres, y=d, mode="lines", line_shape="hvh", name=f"{name}, n={len(sc)}",
+                 line=dict(color=color, width=2), fill="tozeroy" if name.startswith("authentic") else "none")
+            for (name, color), sc, d in zip(groups, sep.groups, densities)]
+    (b1, n1), (b2, n2), (b3, n3) = (charts.vband(0, th, charts.REJECTED_COLOR, charts.REJECTED, left=True),
+                                    charts.vband(th, 1, charts.TRUSTED_COLOR, charts.TRUSTED, left=False),
+                                    charts.vline(th))
+    st.plotly_chart(charts.figure(dens, title="Score densities (paper Fig. 4)", ytitle="density",
+                                  xtitle="kNN score of the predicted class", height=460, legend_below=True,
+                                  xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3),
                     key="th_density")
 
-    grid = np.linspace(0, 1, 501)
-    rates = [dict(type="scatter", x=grid, y=_trusted_share(pos, grid), name="TPR: authentic trusted",
-                  line=dict(color=ui.TRUSTED_COLOR, width=3))]
-    rates += [dict(type="scatter", x=grid, y=_trusted_share(sc, grid), name=f"FPR: {name.split(' ')[0]} trusted",
-                   line=dict(color=color, width=2, dash="dash")) for name, sc, color in groups[1:]]
-    shapes, notes = ui.vline(th, label=f"{th:.3f}")
-    st.plotly_chart(ui.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
-                              xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
-                              shapes=shapes, annotations=notes), key="th_rates")
+    grid, shares = sep.trusted_shares()
+    rates = [dict(type="scatter", x=grid, y=shares[0], name="TPR: authentic trusted",
+                  line=dict(color=charts.TRUSTED_COLOR, width=3))]
+    rates += [dict(type="scatter", x=grid, y=share, name=f"FPR: {name.split(' ')[0]} trusted",
+                   line=dict(color=color, width=2, dash="dash"))
+              for (name, color), share in zip(groups[1:], shares[1:])]
+    shapes, notes = charts.vline(th, label=f"{th:.3f}")
+    st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
+                                  xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
+                                  shapes=shapes, annotations=notes), key="th_rates")

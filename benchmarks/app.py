@@ -5,11 +5,10 @@
 
 Two measurements:
 
-* ``library``: the computation the page performs, without Streamlit: the stored neighbours' scores of every set
+* ``library``: the library calls the page makes, without Streamlit: the stored neighbours' scores of every set
   (``core.evaluation.RunData.scores``; a k change recomputes them, a threshold change finds them in
-  ``st.cache_data``), ``core.metrics.roc``, ``rates_at``, the score densities and the TPR/FPR-vs-threshold
-  curves at 501 thresholds (``curves``: one sort and ``searchsorted`` per set, as the page computes them;
-  ``curves_loop``: one pass per threshold, as the page first did, for comparison).
+  ``st.cache_data``), then on ``core.evaluation.Separation`` its ROC, ``at`` (the operating point),
+  ``densities`` and ``trusted_shares`` (``curves``).
 * ``apptest``: ``streamlit.testing.v1.AppTest`` on ``app.py``, Threshold page selected, timing
   ``slider.set_value(..).run()`` end to end (the whole script rerun: sidebar, page, charts serialised) for the
   threshold slider and the sidebar's k slider, each change to a value not seen before (no cache hit).
@@ -31,75 +30,49 @@ log = logging.getLogger(__name__)
 
 TARGET_MS = 300.0
 PAGE = "app_pages/threshold.py"
-GRID = np.linspace(0, 1, 501)
-BINS = np.linspace(0, 1, 41)
 
 
-def _curves_loop(groups: list[np.ndarray]) -> list[list[float]]:
-    return [[(np.nan_to_num(sc) >= t).mean() for t in GRID] for sc in groups]
-
-
-def _curves_vectorized(groups: list[np.ndarray]) -> list[np.ndarray]:
-    out = []
-    for sc in groups:
-        s = np.sort(np.nan_to_num(sc))
-        out.append(1.0 - np.searchsorted(s, GRID, side="left") / max(len(s), 1))
-    return out
-
-
-def _page_compute(data, layer: str, mode: str, fn: str, k: int, negs: list[str], th: float,
-                  cache: dict | None) -> dict[str, float]:
-    """One rerun of the page's computation; ``cache`` holds the scores of a previous run (threshold change)."""
-    from core import metrics
-    from core.evaluation import POSITIVE_SETS
+def _page_calls(data, layer: str, mode: str, fn: str, k: int, negs: list[str], th: float,
+                cache: dict | None) -> dict[str, float]:
+    """The library calls of one rerun of the page; ``cache`` holds the scores of a previous run (threshold
+    change)."""
+    from core.evaluation import POSITIVE_SETS, Separation
 
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     if cache is None:
-        sets = [s for s in POSITIVE_SETS if s in data.set_names] + negs
-        cache = {s: data.scores(s, layer, mode, fn, k) for s in sets}
-    pos = np.concatenate([cache[s] for s in POSITIVE_SETS if s in cache])
-    neg = np.concatenate([cache[s] for s in negs])
+        cache = {s: data.scores(s, layer, mode, fn, k) for s in [*POSITIVE_SETS, *negs] if s in data.set_names}
+    sep = Separation([cache[s] for s in POSITIVE_SETS if s in cache], {s: cache[s] for s in negs})
     t["scores"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    metrics.roc(pos, neg)
-    t["roc"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    metrics.rates_at(pos, neg, th)
-    t["rates_at"] = time.perf_counter() - t0
-    groups = [pos] + [cache[s] for s in negs]
-    t0 = time.perf_counter()
-    for sc in groups:
-        np.histogram(np.nan_to_num(sc), bins=BINS, density=True)
-    t["densities"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _curves_vectorized(groups)
-    t["curves"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _curves_loop(groups)
-    t["curves_loop"] = time.perf_counter() - t0
-    t["total"] = sum(v for key, v in t.items() if key != "curves_loop")
+    for key, call in (("roc", lambda: sep.roc), ("rates_at", lambda: sep.at(th)), ("densities", sep.densities),
+                      ("curves", sep.trusted_shares)):
+        t0 = time.perf_counter()
+        call()
+        t[key] = time.perf_counter() - t0
+    t["total"] = sum(t.values())
     return t
 
 
 def library(run: str, *, changes: int) -> dict[str, Any]:
-    """Time ``changes`` threshold changes and ``changes`` k changes of the page's computation."""
-    from core.evaluation import RunData
+    """Time ``changes`` threshold changes and ``changes`` k changes of the page's library calls."""
+    import json
+
+    from core.evaluation import RunData, best_layer
 
     data = RunData(run, verify=False)
     d = data.summary["defaults"]
     mode, fn, k0 = d["mode"], d["fn"], min(int(d["k"]), int(data.summary["k_max"]))
-    layer = _best_layer(data, run)
+    report = json.loads((Path(run) / "report.json").read_text()) if (Path(run) / "report.json").exists() else None
+    layer = best_layer(report, data.layers)
     negs = [a for a in data.attack_sets if data.summary["sets"].get(a, {}).get("n", 0)]
     for s in data.set_names:  # the stored neighbours are loaded once per session (st.cache_resource)
         data.neighbours(s, layer, mode)
         data.evalset(s)
-    base = _page_compute(data, layer, mode, fn, k0, negs, 0.5, None)
+    base = _page_calls(data, layer, mode, fn, k0, negs, 0.5, None)
     cache = {s: data.scores(s, layer, mode, fn, k0) for s in data.set_names}
-    th_runs = [_page_compute(data, layer, mode, fn, k0, negs, float(th), cache)
-               for th in np.linspace(0.1, 0.9, changes)]
+    th_runs = [_page_calls(data, layer, mode, fn, k0, negs, float(th), cache) for th in np.linspace(0.1, 0.9, changes)]
     ks = [max(1, k0 - 1 - i) for i in range(changes)]
-    k_runs = [_page_compute(data, layer, mode, fn, kk, negs, 0.5, None) for kk in ks]
+    k_runs = [_page_calls(data, layer, mode, fn, kk, negs, 0.5, None) for kk in ks]
 
     def summ(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         return {key: C.percentiles([r[key] for r in runs]) for key in runs[0]}
@@ -107,15 +80,6 @@ def library(run: str, *, changes: int) -> dict[str, Any]:
     n = {s: int(len(data.evalset(s)["predicted"])) for s in data.set_names}
     return {"layer": layer, "mode": mode, "fn": fn, "k": k0, "negatives": negs, "set_sizes": n,
             "first": base, "threshold_change": summ(th_runs), "k_change": summ(k_runs)}
-
-
-def _best_layer(data, run: str) -> str:
-    import json
-
-    try:
-        return json.loads((Path(run) / "report.json").read_text())["headline"]["best"]["layer"]
-    except Exception:  # noqa: BLE001
-        return data.layers[-1]
 
 
 def apptest(run: str, *, changes: int, timeout: float = 300) -> dict[str, Any]:

@@ -142,18 +142,16 @@ def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int
     from core import index as knn_index
     from core import processing
     from core.detector import Detector
-    from core.evaluation import RunData, SetNeighbours, detection_row
+    from core.evaluation import RunData, SetNeighbours, best_layer, detection_row
     from core.features import extract
 
     det = Detector.load(run, verify="none")
     mode, fn = det.defaults["mode"], fn or det.defaults["fn"]
     k = int(det.defaults["k"])
     if layer is None:  # the report's best layer when there is one
-        try:
-            layer = det.run.load_json("report.json")["headline"]["best"]["layer"]
-        except Exception:  # noqa: BLE001
-            layer = det.layers[-1]
-    params, _ = det._get(layer, mode)
+        report = det.run.load_json("report.json") if det.run.is_recorded("report.json") else None
+        layer = best_layer(report, det.layers)
+    params = det.run.load_npz(f"processing/{layer}-{mode}.npz")
     xb = processing.apply(params, det.run.load_npy(f"features/{layer}.npy", mmap=True))
     exact = RunData(run, verify=False)
     feats = {}
@@ -163,24 +161,19 @@ def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int
             if len(imgs) else np.empty((0, xb.shape[1]), np.float32)
     k_max = det.k_max
 
-    class Approx(RunData):
-        def __init__(self, index):
-            super().__init__(run, verify=False)
-            self.index = index
+    def approx(index) -> RunData:
+        """The run's data with neighbours searched in ``index`` instead of the stored exact ones."""
+        def search(name: str, _layer: str, _mode: str) -> SetNeighbours:
+            if not len(feats[name]):
+                return SetNeighbours(np.empty((0, k_max), np.int64), np.empty((0, k_max), np.float32))
+            D, I = knn_index.search(index, feats[name], k_max)
+            return SetNeighbours(I, D)
 
-        def neighbours(self, name, layer_, mode_):
-            key = (name, layer_, mode_)
-            if key not in self._nb:
-                if len(feats[name]):
-                    D, I = knn_index.search(self.index, feats[name], k_max)
-                else:
-                    D, I = np.empty((0, k_max), np.float32), np.empty((0, k_max), np.int64)
-                self._nb[key] = SetNeighbours(I, D)
-            return self._nb[key]
+        return RunData(run, verify=False, neighbours_from=search)
 
     def summary(data: RunData) -> dict[str, Any]:
         row = detection_row(data, layer, mode, fn, k)
-        found = [float((nb.I[:, :k] >= 0).sum(1).mean()) for nb in data._nb.values() if len(nb.I)]
+        found = [float((nb.I[:, :k] >= 0).sum(1).mean()) for _, nb in data.loaded_neighbours() if len(nb.I)]
         return {"aggr": row["aggr"], "errors": row.get("errors", {}).get("eer_acc"),
                 "attacks": {a: v["eer_acc"] for a, v in row["attacks"].items()},
                 "found_k": float(np.mean(found)) if found else float("nan")}
@@ -195,14 +188,14 @@ def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int
     for nprobe in nprobes:
         ivf.nprobe = nprobe
         t = time.perf_counter()
-        s = summary(Approx(ivf))
+        s = summary(approx(ivf))
         rows.append({"index": f"ivf nlist={nlist} nprobe={nprobe}", "build_s": t_ivf,
                      "search_s": time.perf_counter() - t, **_flat(s), "delta_aggr": s["aggr"] - ref["aggr"]})
     t = time.perf_counter()
     hn = knn_index.build(xb, kind="hnsw", ef_search=ef_search, seed=seed)
     t_h = time.perf_counter() - t
     t = time.perf_counter()
-    s = summary(Approx(hn))
+    s = summary(approx(hn))
     rows.append({"index": f"hnsw M=32 efSearch={ef_search}", "build_s": t_h, "search_s": time.perf_counter() - t,
                  **_flat(s), "delta_aggr": s["aggr"] - ref["aggr"]})
     return {"run": str(run), "layer": layer, "mode": mode, "fn": fn, "k": k, "n_train": n, "d": int(xb.shape[1]),

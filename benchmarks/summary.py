@@ -145,14 +145,16 @@ def scale(r: dict[str, Any]) -> str:
 
 def app(r: dict[str, Any]) -> str:
     lib, e2e = r["library"], r["apptest"]
-    parts = ["scores", "roc", "rates_at", "densities", "curves", "total", "curves_loop"]
+    parts = [p for p in ("scores", "roc", "rates_at", "densities", "curves", "total", "curves_loop")
+             if p in lib["threshold_change"]]  # curves_loop: only in results recorded before the page called core
     rows = [{"change": c.replace("_", " "), **{p: lib[c][p]["p50"] for p in parts},
              "e2e50": e2e.get(c, {}).get("p50"), "e2e95": e2e.get(c, {}).get("p95")}
             for c in ("threshold_change", "k_change")]
     lines = [f"Threshold page, layer {lib['layer']} ({lib['mode']}, {lib['fn']}, k = {lib['k']}), sets "
              f"{lib['set_sizes']}; p50 milliseconds over {r['settings']['changes']} changes (library = the page's "
-             "computation without Streamlit, `total` its sum; `curves loop` = the TPR/FPR curves computed one "
-             "threshold at a time, as the page first did; AppTest = the whole script rerun):", "",
+             "library calls without Streamlit, `total` their sum"
+             + ("; `curves loop` = the TPR/FPR curves computed one threshold at a time, as the page first did"
+                if "curves_loop" in parts else "") + "; AppTest = the whole script rerun):", "",
              _md(rows, [("change", "change"), *[(p, p.replace("_", " ")) for p in parts],
                         ("e2e50", "AppTest p50"), ("e2e95", "AppTest p95")])]
     if "skipped" in e2e:

@@ -80,6 +80,15 @@ def _plotly(at: AppTest, key_fragment: str) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def _array(v) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array ``{"dtype", "bdata"}`` (base64)."""
+    import base64
+
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v)
+
+
 def _bars(fig: dict) -> list[dict]:
     return [t for t in fig["data"] if t["type"] == "bar"]
 
@@ -202,6 +211,30 @@ def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth
     # Counting authentic errors as negatives too changes the negatives' total.
     _ok(app.checkbox(key="th_errors").check().run())
     assert sum(_counts(app)[2:]) == len(neg) + len(truth["data"].evalset("errors")["predicted"])
+
+
+def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    fig = _plotly(app, "th_rates")
+    pos, _ = _threshold_scores(truth)
+    args = (truth["best_layer"], truth["mode"], truth["fn"], truth["k"])
+    groups = [pos] + [truth["data"].scores(a, *args) for a in truth["attacks"]]
+    assert len(fig["data"]) == len(groups)
+    for trace, sc in zip(fig["data"], groups):
+        grid = _array(trace["x"])
+        assert len(grid) == 501
+        np.testing.assert_allclose(_array(trace["y"]), [(np.nan_to_num(sc) >= t).mean() for t in grid])
+
+
+def test_failure_cases_threshold_and_count_follow_the_scores(app, truth):
+    from core import metrics
+
+    _ok(app.switch_page(PAGES["failures"]).run())
+    pos, neg = _threshold_scores(truth)
+    th = metrics.roc(pos, neg).eer_threshold
+    head = next(m for m in _markdown(app) if m.startswith("EER threshold at"))
+    caught = int((np.nan_to_num(neg) < th).sum())
+    assert f"**{th:.3f}**" in head and f"caught {caught} of {len(neg)}" in head
 
 
 # ------------------------------------------------------------------------------------------------ Layers

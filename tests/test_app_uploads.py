@@ -115,7 +115,7 @@ def test_upload_corpus_through_the_inspect_page(tiny_run, monkeypatch):
 
 def test_attack_past_its_time_limit_says_so_and_the_page_keeps_working(tiny_run, monkeypatch):
     import core.attacks
-    from app_pages import _common as ui
+    from app_pages import bounded
 
     real = core.attacks.run_attack
     release = __import__("threading").Event()
@@ -129,7 +129,7 @@ def test_attack_past_its_time_limit_says_so_and_the_page_keeps_working(tiny_run,
     # Interactive caps on top of param_spec's bounds.
     assert at.slider(key="atk_fgsm_eps").max == 1.0
     monkeypatch.setattr(core.attacks, "run_attack", slow)
-    monkeypatch.setattr(ui, "ATTACK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(bounded, "ATTACK_TIMEOUT_S", 0.3)
     t0 = time.perf_counter()
     _ok(at.button(key="atk_run").click().run())
     assert time.perf_counter() - t0 < 5
@@ -143,7 +143,7 @@ def test_attack_past_its_time_limit_says_so_and_the_page_keeps_working(tiny_run,
     assert not [m for m in at.markdown if m.value.startswith("### FGSM")]
     # Back to a normal limit and the real attack: the page works.
     monkeypatch.setattr(core.attacks, "run_attack", real)
-    monkeypatch.setattr(ui, "ATTACK_TIMEOUT_S", 60.0)
+    monkeypatch.setattr(bounded, "ATTACK_TIMEOUT_S", 60.0)
     _ok(at.button(key="atk_run").click().run())
     assert [m for m in at.markdown if m.value.startswith("### FGSM")]
     assert not [e.value for e in at.error if "stopped after" in e.value]
@@ -165,21 +165,21 @@ def test_iteration_sliders_are_capped_for_interactive_use(tiny_run, monkeypatch)
 def test_run_bounded_refuses_when_every_slot_is_taken(monkeypatch):
     import threading
 
-    from app_pages import _common as ui
+    from app_pages import bounded
 
     gate = threading.Event()
-    for _ in range(ui.MAX_ATTACK_THREADS):
-        with pytest.raises(ui.AttackTimeout):
-            ui.run_bounded(gate.wait, 5, timeout=0.01)
-    with pytest.raises(ui.AttackBusy):
-        ui.run_bounded(lambda: 1, timeout=1)
+    for _ in range(bounded.MAX_ATTACK_THREADS):
+        with pytest.raises(bounded.AttackTimeout):
+            bounded.run_bounded(gate.wait, 5, timeout=0.01)
+    with pytest.raises(bounded.AttackBusy):
+        bounded.run_bounded(lambda: 1, timeout=1)
     gate.set()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            assert ui.run_bounded(lambda: 7, timeout=1) == 7
+            assert bounded.run_bounded(lambda: 7, timeout=1) == 7
             break
-        except ui.AttackBusy:
+        except bounded.AttackBusy:
             time.sleep(0.05)
     else:
         pytest.fail("slots never freed")
@@ -189,13 +189,13 @@ def test_run_bounded_queues_for_a_slot_within_its_limit():
     """With every slot busy, a request waits for the first to free instead of being refused at once."""
     import threading
 
-    from app_pages import _common as ui
+    from app_pages import bounded
 
     gate = threading.Event()
-    for _ in range(ui.MAX_ATTACK_THREADS):
-        with pytest.raises(ui.AttackTimeout):
-            ui.run_bounded(gate.wait, 5, timeout=0.01)
+    for _ in range(bounded.MAX_ATTACK_THREADS):
+        with pytest.raises(bounded.AttackTimeout):
+            bounded.run_bounded(gate.wait, 5, timeout=0.01)
     threading.Timer(0.3, gate.set).start()
     t0 = time.monotonic()
-    assert ui.run_bounded(lambda: 7, timeout=10) == 7
+    assert bounded.run_bounded(lambda: 7, timeout=10) == 7
     assert 0.25 < time.monotonic() - t0 < 10

@@ -93,17 +93,6 @@ def test_app_library(tiny_run, tmp_path):
     assert r["apptest"] == {"skipped": "not asked"}
 
 
-def test_app_curves_vectorized_equal_the_page_loop():
-    import numpy as np
-
-    from benchmarks import app
-
-    rng = np.random.default_rng(0)
-    groups = [rng.random(50), np.r_[rng.random(20), [np.nan, 0.0, 1.0, 0.5]]]
-    for a, b in zip(app._curves_loop(groups), app._curves_vectorized(groups)):
-        np.testing.assert_allclose(a, b)
-
-
 def test_summary_renders_every_result(tiny_run, tmp_path):
     from benchmarks import app, knn_search, summary
 

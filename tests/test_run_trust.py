@@ -139,12 +139,12 @@ def _tamper_json(p: Path, edit) -> None:
     ("classes.json", lambda o: o.__setitem__(0, "EDITED")),
 ])
 def test_tampered_displayed_json_refused_by_the_app_loader(tiny_run_copy, name, edit):
-    from app_pages import _common
+    from app_pages import loaders, state
 
     _tamper_json(tiny_run_copy / name, edit)
-    stamp = _common._stamp(str(tiny_run_copy))
+    stamp = state.stamp(str(tiny_run_copy))
     with pytest.raises(ArtefactError, match=re.escape(name) + ": (sha256|size)"):
-        _common._json(str(tiny_run_copy), stamp, name)
+        loaders.run_json(str(tiny_run_copy), stamp, name)
 
 
 def test_tampered_model_json_refused_by_the_run_page(tiny_run_copy, monkeypatch):

@@ -1,0 +1,108 @@
+"""Verdict words and colours, the page guide, and plotly figures built from plain trace dicts."""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from app_pages._text import plotly_text
+
+#: Verdict colours (colour-blind safe: blue / orange) and words; never colour alone.
+TRUSTED_COLOR = "#2b6cb0"
+REJECTED_COLOR = "#dd6b20"
+TRUSTED = "✓ trusted"
+REJECTED = "✗ rejected"
+
+
+def verdict(score: float, threshold: float) -> str:
+    """:data:`TRUSTED` when ``score >= threshold``, else :data:`REJECTED`."""
+    return TRUSTED if score >= threshold else REJECTED
+
+
+def how_to_read(text: str) -> None:
+    """The page's one-line guide for a student."""
+    st.info(text, icon=":material/school:")
+
+
+def legend() -> None:
+    """The score colour legend, in colour and in words."""
+    chip = ("<span style='background:{c};color:white;padding:1px 8px;border-radius:4px;font-weight:600'>{w}"
+            "</span>")
+    st.markdown(chip.format(c=TRUSTED_COLOR, w=TRUSTED) + " score ≥ threshold &nbsp;·&nbsp; "
+                + chip.format(c=REJECTED_COLOR, w=REJECTED) + " score < threshold (hatched) &nbsp;·&nbsp; "
+                "<b>▬</b> the layer's threshold", unsafe_allow_html=True)
+
+
+def figure(data: list[dict], *, title: str, ytitle: str, xtitle: str = "", height: int = 360,
+           legend_below: bool = False, xaxis: dict | None = None, yaxis: dict | None = None, **layout: Any):
+    """A plotly figure from plain trace dicts, built and validated once (cheaper per rerun than adding traces
+    one by one)."""
+    import plotly.graph_objects as go
+
+    legend = (dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0) if legend_below else
+              dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    lay = dict(title=dict(text=title, font=dict(size=15)), height=height, legend=legend,
+               margin=dict(l=10, r=10, t=50, b=10),
+               xaxis=dict(title=dict(text=xtitle), **(xaxis or {})),
+               yaxis=dict(title=dict(text=ytitle), **(yaxis or {})), **layout)
+    return go.Figure(dict(data=data, layout=lay))
+
+
+def vline(x: float, *, label: str | None = None) -> tuple[list[dict], list[dict]]:
+    """(shapes, annotations) of a vertical line across the plot at ``x``."""
+    shapes = [dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color="#222", width=2))]
+    notes = ([dict(x=x, y=1, yref="paper", text=label, showarrow=False, xanchor="left", yanchor="bottom")]
+             if label else [])
+    return shapes, notes
+
+
+def vband(x0: float, x1: float, color: str, label: str, *, left: bool) -> tuple[list[dict], list[dict]]:
+    """(shapes, annotations) of a light vertical band from ``x0`` to ``x1``, labelled in its top corner."""
+    shapes = [dict(type="rect", x0=x0, x1=x1, y0=0, y1=1, yref="paper", fillcolor=color, opacity=0.08, line_width=0,
+                   layer="below")]
+    notes = [dict(x=x0 if left else x1, y=1, yref="paper", text=label, showarrow=False,
+                  xanchor="left" if left else "right", yanchor="top", font=dict(color=color))]
+    return shapes, notes
+
+
+def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
+    return dict(type="scatter", x=[plotly_text(la) for la in layers], y=[thresholds[la] for la in layers],
+                mode="markers", name="threshold",
+                marker=dict(symbol="line-ew-open", size=60, color="#222", line=dict(width=3, color="#222")),
+                hovertemplate="%{x}: threshold %{y:.3f}<extra></extra>")
+
+
+def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str):
+    """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict, with each
+    layer's threshold as a black tick. Layer names are escaped here; ``title`` is plotly text (escape run text)."""
+    data = []
+    for ok, color, word, pattern in ((True, TRUSTED_COLOR, TRUSTED, ""), (False, REJECTED_COLOR, REJECTED, "/")):
+        xs = [la for la in layers if (scores[la] >= thresholds[la]) == ok]
+        if xs:
+            data.append(dict(type="bar", x=[plotly_text(la) for la in xs], y=[scores[la] for la in xs], name=word,
+                             marker=dict(color=color, pattern=dict(shape=pattern)),
+                             text=[f"{scores[la]:.2f} {word[0]}" for la in xs], textposition="outside",
+                             textfont=dict(size=14), cliponaxis=False,
+                             hovertemplate="%{x}: score %{y:.3f} (" + word + ")<extra></extra>"))
+    data.append(_threshold_trace(layers, thresholds))
+    return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
+                  xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
+                  yaxis=dict(range=[0, 1.15]))
+
+
+def before_after_figure(layers: list[str], before: dict[str, float], after: dict[str, float],
+                        thresholds: dict[str, float], *, title: str):
+    """Grouped bars per layer: score before and after the attack, coloured by verdict, with thresholds."""
+    data = []
+    for name, sc, opacity in (("before attack (left bar)", before, 0.55), ("after attack (right bar)", after, 1.0)):
+        ok = [sc[la] >= thresholds[la] for la in layers]
+        data.append(dict(type="bar", x=[plotly_text(la) for la in layers], y=[sc[la] for la in layers], name=name,
+                         marker=dict(color=[TRUSTED_COLOR if o else REJECTED_COLOR for o in ok], opacity=opacity,
+                                     pattern=dict(shape=["" if o else "/" for o in ok])),
+                         text=[f"{sc[la]:.2f}{'✓' if o else '✗'}" for la, o in zip(layers, ok)],
+                         textposition="outside", textfont=dict(size=13), cliponaxis=False,
+                         hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"))
+    data.append(_threshold_trace(layers, thresholds))
+    return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
+                  xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
+                  yaxis=dict(range=[0, 1.15]), barmode="group", showlegend=False)

@@ -1,0 +1,62 @@
+"""The current image shared by the Inspect and Attack pages (``st.session_state["current"]``)."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from app_pages import loaders
+from app_pages.state import Run, first_set
+
+
+def model_view(img, run: Run) -> np.ndarray:
+    """A decoded PIL image as the model sees it: uint8 (H, W, C), converted, resized and centre-cropped like the
+    model's eval transforms (:meth:`core.detector.Detector.prepare`)."""
+    return loaders.detector(run).prepare(img)[0]
+
+
+def image_key(image: np.ndarray) -> str:
+    """A short hash of a uint8 image's bytes (tells whether a stored attack result belongs to it)."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+
+
+def set_current(image: np.ndarray, *, source: str, true: int | None = None, set_name: str | None = None,
+                index: int | None = None) -> None:
+    """Make ``image`` (uint8 (H, W, C) as the model sees it) the image shared by Inspect and Attack."""
+    st.session_state["current"] = {"image": np.ascontiguousarray(image), "source": source, "true": true,
+                                   "set": set_name, "index": index, "key": image_key(image)}
+
+
+def set_current_from_set(run: Run, name: str, index: int) -> None:
+    """Make image ``index`` (clipped to the set) of evaluation set ``name`` the current image."""
+    e = loaders.rundata(run).evalset(name)
+    index = int(np.clip(index, 0, len(e["images"]) - 1))
+    set_current(e["images"][index], source=f"{name} #{index}", true=int(e["true"][index]), set_name=name,
+                index=index)
+
+
+def current_image(run: Run) -> dict:
+    """The shared current image (default: the first authentic image)."""
+    cur = st.session_state.get("current")
+    if cur is None:
+        set_current_from_set(run, first_set(run), 0)
+        cur = st.session_state["current"]
+    return cur
+
+
+def handle_upload(run: Run, data: bytes, *, invert: bool = False) -> str | None:
+    """Decode an upload with :func:`core.uploads.read_upload` and make it the current image.
+
+    Returns None on success, else the :class:`~core.uploads.UploadError` message (the current image is kept).
+    Nothing is written anywhere.
+    """
+    from core.uploads import UploadError, read_upload
+
+    try:
+        arr = model_view(read_upload(data), run)
+    except UploadError as e:
+        return str(e)
+    st.session_state["upload_array"] = arr
+    set_current(255 - arr if invert else arr, source="your upload" + (" (inverted)" if invert else ""))
+    return None

@@ -1,0 +1,36 @@
+"""Images on a page: nearest-neighbour upscaling, captions, grids and the perturbation picture."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+
+def upscale(image: np.ndarray, size: int = 224) -> np.ndarray:
+    """uint8 (H, W, C) -> a bigger copy by pixel repetition (nearest neighbour: no blur), grey as (H', W')."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    f = max(1, size // max(img.shape[:2]))
+    return np.repeat(np.repeat(img, f, axis=0), f, axis=1) if f > 1 else img
+
+
+def show_image(image: np.ndarray, caption: str | None = None, *, size: int = 224, where=st) -> None:
+    """Show an image at a readable size (nearest-neighbour upscaling) with a caption (Markdown: escape run text)."""
+    where.image(upscale(image, size), caption=caption, width=size)
+
+
+def image_grid(images: list[np.ndarray], captions: list[str], *, size: int = 96, where=st) -> None:
+    """Images side by side (wrapping), each with its caption (Markdown: escape run text): one element, so one
+    message per rerun."""
+    if images:
+        where.image([upscale(im, size) for im in images], caption=captions, width=size)
+
+
+def perturbation_image(original: np.ndarray, adversarial: np.ndarray) -> tuple[np.ndarray, float]:
+    """Signed perturbation of uint8 (H, W, C) images shown as an image: mid-grey = unchanged, lighter/darker =
+    pixel raised/lowered, amplified so the largest change reaches black or white. Returns (uint8 image,
+    amplification)."""
+    d = adversarial.astype(np.float64) - original.astype(np.float64)
+    m = float(np.abs(d).max())
+    amp = 127.0 / m if m > 0 else 1.0
+    return np.clip(np.round(128 + d * amp), 0, 255).astype(np.uint8), amp

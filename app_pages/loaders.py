@@ -1,0 +1,175 @@
+"""Cached loaders of a run for the pages, and the library calls whose results the pages show.
+
+``st.cache_resource`` holds the heavy shared objects (the :class:`~core.detector.Detector`,
+:class:`~core.evaluation.RunData`), ``st.cache_data`` small arrays and tables (scores of a stored set for one
+setting, EER thresholds, failure cases), each keyed by the run folder and its manifest's modification time. A
+damaged or missing run file stops the page with the command that rebuilds the run. The precomputed evaluation
+sets are only ever scored from their stored neighbours: no page searches them.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app_pages._text import md
+from app_pages.state import Run, resume_command
+from core import evaluation
+
+#: Models whose input has at most this many values (C·H·W) run the app's one-image work (forward passes and live
+#: attacks) on one torch thread for the whole process; bigger models keep every thread.
+SMALL_INPUT = 64 * 64 * 3
+
+
+def _refuse(run: Run, err: Exception) -> None:
+    """A run whose files fail their checks: say which and how to rebuild, then stop the page."""
+    st.error(f"Run {md(Path(run.path).name)} cannot be loaded: {md(err)}")
+    st.markdown("Rebuild it with:")
+    st.code(resume_command(run.manifest), language="bash")
+    st.stop()
+
+
+@contextlib.contextmanager
+def _guard(run: Run, *also: type[Exception]) -> Iterator[None]:
+    """Turn a damaged or missing run file met while loading (or any of ``also``) into :func:`_refuse`."""
+    from core.artefacts import ArtefactError
+
+    try:
+        yield
+    except (ArtefactError, OSError, *also) as e:
+        _refuse(run, e)
+
+
+@st.cache_resource(show_spinner="Loading the detector (model and faiss indexes)…")
+def _detector(path: str, stamp: int):
+    import torch
+
+    from core.detector import Detector
+
+    det = Detector.load(path, verify="full")
+    spec = getattr(det, "input_spec", None)
+    if spec is not None and int(np.prod(spec.size)) <= SMALL_INPUT:
+        torch.set_num_threads(1)
+    return det
+
+
+def detector(run: Run):
+    """The run's :class:`core.detector.Detector` (loaded once per process).
+
+    A model file that no longer fits the model's code (torch's ``load_state_dict`` RuntimeError, e.g. after the
+    architecture changed) is reported like a damaged file: rebuild the run.
+    """
+    with _guard(run, RuntimeError, KeyError):
+        return _detector(run.path, run.stamp)
+
+
+@st.cache_resource(show_spinner="Loading the run's evaluation data…")
+def _rundata(path: str, stamp: int) -> evaluation.RunData:
+    return evaluation.RunData(path, verify=True)
+
+
+def rundata(run: Run) -> evaluation.RunData:
+    """The run's :class:`core.evaluation.RunData` (stored sets and neighbours; shared, read-only)."""
+    with _guard(run):
+        return _rundata(run.path, run.stamp)
+
+
+def train_image(run: Run, i: int) -> np.ndarray | None:
+    """Training image ``i`` uint8 (H, W, C) (:meth:`core.evaluation.RunData.train_image`); None when the run keeps
+    neither the training images nor their thumbnails."""
+    return rundata(run).train_image(int(i))
+
+
+@st.cache_data(show_spinner=False)
+def run_json(path: str, stamp: int, name: str) -> Any:
+    """A JSON file of the run, hash-checked against the manifest; None when the manifest does not record it."""
+    from core.artefacts import RunDir
+
+    rd = RunDir(path)
+    return rd.load_json(name) if name in rd.manifest["files"] else None
+
+
+def classes(run: Run) -> list[str]:
+    """``classes.json`` of the run (the page stops on a damaged file)."""
+    with _guard(run):
+        return run_json(run.path, run.stamp, "classes.json")
+
+
+def report(run: Run) -> dict:
+    """``report.json`` of the run (the page stops on a damaged file)."""
+    with _guard(run):
+        return run_json(run.path, run.stamp, "report.json")
+
+
+def model_info(run: Run) -> dict:
+    """``model.json`` of the run (empty dict when absent; the page stops on a damaged file)."""
+    with _guard(run):
+        return run_json(run.path, run.stamp, "model.json") or {}
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _scores(path: str, stamp: int, name: str, layer: str, mode: str, fn: str, k: int) -> np.ndarray:
+    return _rundata(path, stamp).scores(name, layer, mode, fn, k)
+
+
+def set_scores(run: Run, name: str, layer: str) -> np.ndarray:
+    """kNN scores (n,) of stored set ``name`` at ``layer`` and the sidebar's settings (from stored neighbours)."""
+    with _guard(run):
+        return _scores(run.path, run.stamp, name, layer, run.mode, run.fn, run.k)
+
+
+def separation(run: Run, layer: str, negatives: Sequence[str]) -> evaluation.Separation:
+    """:class:`core.evaluation.Separation` of the positive sets against the sets ``negatives`` at ``layer``."""
+    sets = rundata(run).set_names
+    return evaluation.Separation([set_scores(run, s, layer) for s in evaluation.POSITIVE_SETS if s in sets],
+                                 {s: set_scores(run, s, layer) for s in negatives})
+
+
+@st.cache_data(show_spinner=False)
+def _eer_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) -> dict[str, float]:
+    return evaluation.eer_thresholds(_rundata(path, stamp), mode, fn, k)
+
+
+def eer_thresholds(run: Run) -> dict[str, float]:
+    """:func:`core.evaluation.eer_thresholds` at the sidebar's settings."""
+    with _guard(run):
+        return _eer_thresholds(run.path, run.stamp, run.mode, run.fn, run.k)
+
+
+@st.cache_data(show_spinner="Ranking the adversarial images…", max_entries=64)
+def _failure_cases(path: str, stamp: int, layer: str, mode: str, fn: str, k: int, attacks: tuple[str, ...],
+                   n: int) -> evaluation.FailureCases:
+    return evaluation.failure_cases(_rundata(path, stamp), layer, mode, fn, k, attacks, n)
+
+
+def failure_cases(run: Run, layer: str, attacks: Sequence[str], n: int) -> evaluation.FailureCases:
+    """:func:`core.evaluation.failure_cases` at the sidebar's settings."""
+    with _guard(run):
+        return _failure_cases(run.path, run.stamp, layer, run.mode, run.fn, run.k, tuple(attacks), int(n))
+
+
+@st.cache_data(show_spinner="Scoring every layer from stored neighbours…")
+def _detection_rows(path: str, stamp: int, mode: str, k: int) -> list[dict]:
+    return evaluation.detection_table(_rundata(path, stamp), k=k, modes=[mode])
+
+
+def detection_rows(run: Run) -> list[dict]:
+    """:func:`core.evaluation.detection_table` of every layer and score function at the sidebar's mode and k."""
+    with _guard(run):
+        return _detection_rows(run.path, run.stamp, run.mode, run.k)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _inspect(path: str, stamp: int, image: np.ndarray, mode: str, fn: str, k: int):
+    return _detector(path, stamp).inspect(image, mode=mode, fn=fn, k=k)
+
+
+def inspect(run: Run, image: np.ndarray):
+    """:meth:`core.detector.Detector.inspect` of a uint8 (H, W, C) image at the sidebar's settings (cached)."""
+    detector(run)  # loaded (or refused) first, so a failure inside inspect() is never taken for a bad run
+    with _guard(run):
+        return _inspect(run.path, run.stamp, np.ascontiguousarray(image), run.mode, run.fn, run.k)

@@ -1,0 +1,231 @@
+"""The selected run and the detector settings: run picking, the sidebar, session keys and set names.
+
+Nothing here touches a file at import time. A run's manifest is cached by its folder and the manifest's
+modification time, so a rebuilt run is reloaded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages._text import md
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The command that builds the default run (shown whenever a run is missing or unfinished).
+BUILD_COMMAND = "python -m precompute --config precompute/configs/fmnist.toml"
+#: Stages the app needs done even when a manifest does not list them.
+REQUIRED_STAGES = ("neighbours", "report")
+#: Page files, for st.switch_page.
+PAGES = {"inspect": "app_pages/inspect_image.py", "attack": "app_pages/attack_live.py",
+         "threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
+         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
+
+SET_HELP = {"authentic": "authentic test images the CNN classifies correctly (positives)",
+            "noise": "authentic images plus random noise, still classified correctly (positives)",
+            "errors": "authentic test images the CNN gets wrong (natural errors)"}
+FN_NAMES = {"knn": "kNN (w = 1)", "wknn": "W-kNN (w = 1/rank)", "dwknn": "DW-kNN (w = 1/distance²)"}
+MODE_NAMES = {"none": "none (raw features)", "l2": "L2-normalised", "pca": "PCA + whitening"}
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def runs_root() -> Path:
+    """Folder holding the runs: ``$KNNGUARD_RUNS_DIR`` or ``data/runs`` of the repository."""
+    env = os.environ.get("KNNGUARD_RUNS_DIR")
+    return Path(env).expanduser().resolve() if env else ROOT / "data" / "runs"
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that hold a ``manifest.json`` (the default run ``fmnist`` first)."""
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and (p / "manifest.json").is_file()]
+    return sorted(runs, key=lambda p: (p.name != "fmnist", p.name))
+
+
+def stamp(path: str) -> int:
+    """Modification time (ns) of the run's manifest: the cache key of everything loaded from the run."""
+    return (Path(path) / "manifest.json").stat().st_mtime_ns
+
+
+@st.cache_data(show_spinner=False)
+def manifest(path: str, stamp: int) -> dict:
+    """The run's manifest through :class:`core.artefacts.RunDir` (regular file, checked keys, signature)."""
+    from core.artefacts import RunDir
+
+    return RunDir(path).manifest
+
+
+def unfinished_stages(manifest: dict) -> list[str]:
+    """Stages of ``manifest`` not marked done, with the app's required stages when absent, in pipeline order."""
+    stages = manifest.get("stages", {})
+    names = list(stages) + [s for s in REQUIRED_STAGES if s not in stages]
+    todo = [s for s in names if stages.get(s, {}).get("status") != "done"]
+    if not todo:  # a finished run: the sidebar never imports precompute (and torch)
+        return []
+    from precompute.stages import STAGE_NAMES
+
+    return sorted(todo, key=lambda s: STAGE_NAMES.index(s) if s in STAGE_NAMES else len(STAGE_NAMES))
+
+
+def resume_command(manifest: dict) -> str:
+    """The command that builds or finishes the run of ``manifest``."""
+    name = manifest.get("config", {}).get("name", "fmnist")
+    cfg = ROOT / "precompute" / "configs" / f"{name}.toml"
+    if name == "fmnist" or not cfg.exists():
+        extra = "" if name == "fmnist" else f"  # plus the --set overrides that started run '{name}'"
+        return BUILD_COMMAND + extra
+    return f"python -m precompute --config precompute/configs/{name}.toml"
+
+
+def _run_label(path: str) -> str:
+    try:
+        m = manifest(path, stamp(path))
+    except (OSError, ValueError, RuntimeError):
+        return f"{Path(path).name} (unreadable manifest)"
+    from core.entrypoints import needs_entry
+
+    todo = unfinished_stages(m)
+    model = m.get("summary", {}).get("model") or m.get("config", {}).get("model", {}).get("name", "?")
+    return (f"{Path(path).name} · {model}" + (" · unfinished" if todo else "")
+            + (" · custom model: needs its entry point" if needs_entry(m) else ""))
+
+
+def _reset_run_state() -> None:
+    """A new run invalidates every other setting (layers, k range, current image...)."""
+    for key in list(st.session_state):
+        if key != "run":
+            del st.session_state[key]
+
+
+def sidebar() -> None:
+    """Render the run picker and the detector settings; stop the page on a missing or unfinished run.
+
+    Sets ``st.session_state["run"]`` (the run folder), ``det_mode``, ``det_fn`` and ``det_k``.
+    """
+    root = runs_root()
+    runs = [str(p) for p in list_runs(root)]
+    with st.sidebar:
+        if not runs:
+            st.error(f"No run found in {md(root)}.")
+            st.markdown("Build the default run (a few minutes on a laptop CPU), then reload this page:")
+            st.code(BUILD_COMMAND, language="bash")
+            st.stop()
+        if st.session_state.get("run") not in runs:
+            st.session_state["run"] = runs[0]
+        st.selectbox("Run", runs, key="run", format_func=_run_label, on_change=_reset_run_state,
+                     persist_state="session",
+                     help=f"Precomputed runs found in {md(root)} (set KNNGUARD_RUNS_DIR to look elsewhere).")
+        path = st.session_state["run"]
+        try:
+            m = manifest(path, stamp(path))
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: core.artefacts.ArtefactError
+            m, err = {}, str(e)
+        else:
+            err = ""
+        todo = unfinished_stages(m)
+        if todo or err:
+            st.error(f"Run {md(Path(path).name)} is not finished (missing: {md(', '.join(todo) or err)}).")
+            st.markdown("Build or resume it with:")
+            st.code(resume_command(m), language="bash")
+            st.stop()
+        from core.entrypoints import needs_entry
+
+        why = needs_entry(m, where=f"Run {Path(path).name}")
+        if why:  # a run never supplies code: list it, do not open it
+            st.warning(md(why), icon=":material/block:")
+            st.stop()
+        s = m["summary"]
+        d = s["defaults"]
+        st.session_state.setdefault("det_mode", d["mode"])
+        st.session_state.setdefault("det_fn", d["fn"])
+        st.session_state.setdefault("det_k", min(int(d["k"]), int(s["k_max"])))
+        st.markdown("**Detector settings** (all pages)")
+        st.selectbox("Processing of the features", s["modes"], key="det_mode", format_func=MODE_NAMES.get,
+                     persist_state="session",
+                     help="How hidden-layer features are transformed before the kNN search.")
+        st.selectbox("Score function", list(FN_NAMES), key="det_fn", format_func=FN_NAMES.get, persist_state="session",
+                     help="How the k neighbours vote for the predicted class (paper Table 1).")
+        st.slider("k (neighbours that vote)", 1, int(s["k_max"]), key="det_k", persist_state="session",
+                  help=f"Up to the {int(s['k_max'])} neighbours stored per evaluation image. The paper uses k = 1000.")
+        st.caption("A prediction is **trusted** when the kNN score of its class is at least the threshold.")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The selected run: folder, manifest stamp and manifest, with the current detector settings."""
+
+    path: str
+    stamp: int
+    manifest: dict
+    mode: str
+    fn: str
+    k: int
+
+    @property
+    def summary(self) -> dict:
+        return self.manifest["summary"]
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.summary["layers"])
+
+    @property
+    def k_max(self) -> int:
+        return int(self.summary["k_max"])
+
+    @property
+    def settings_text(self) -> str:
+        """The settings as Markdown (run-provided names escaped)."""
+        return f"{MODE_NAMES.get(self.mode) or md(self.mode)}, {FN_NAMES.get(self.fn) or md(self.fn)}, k = {self.k}"
+
+
+def current_run() -> Run:
+    """The run chosen in the sidebar with the sidebar's settings (``sidebar()`` has run before the page)."""
+    path = st.session_state["run"]
+    s = stamp(path)
+    return Run(path, s, manifest(path, s), st.session_state["det_mode"], st.session_state["det_fn"],
+               int(st.session_state["det_k"]))
+
+
+# ------------------------------------------------------------------------------------- set names
+def ordered_sets(run: Run, *, nonempty: bool = True) -> list[str]:
+    """Evaluation sets in reading order: authentic, noise, errors, then the attacks in the config's order
+    (the manifest stores them alphabetically)."""
+    sets = run.summary.get("sets", {})
+    attacks = run.manifest.get("config", {}).get("evalsets", {}).get("attacks", [])
+    order = ["authentic", "noise", "errors", *attacks]
+    names = [s for s in order if s in sets] + sorted(s for s in sets if s not in order)
+    return [s for s in names if not nonempty or sets[s].get("n", 0)]
+
+
+def attack_sets(run: Run) -> list[str]:
+    """Non-empty adversarial sets, in the config's order."""
+    from core.evaluation import ERRORS_SET, POSITIVE_SETS
+
+    return [s for s in ordered_sets(run) if s not in POSITIVE_SETS and s != ERRORS_SET]
+
+
+def first_set(run: Run) -> str:
+    """The first non-empty evaluation set (authentic in every normal run)."""
+    return next(iter(ordered_sets(run)), "authentic")
+
+
+def set_label(run: Run, name: str) -> str:
+    """A readable label for an evaluation set, with its size."""
+    n = run.summary.get("sets", {}).get(name, {}).get("n", "?")
+    if name in SET_HELP:
+        return f"{name} · {n} images · {SET_HELP[name]}"
+    return f"{name} · {n} images · adversarial ({attack_title(name)})"
+
+
+def attack_title(name: str) -> str:
+    """The attack's title (its name when unknown)."""
+    try:
+        from core.attacks import ATTACKS
+
+        return ATTACKS[name].title
+    except (ImportError, KeyError):
+        return name
