@@ -72,7 +72,7 @@ def probe_train(run: str | Path, *, steps: int = 20, warmup: int = 3) -> dict[st
 
     det = Detector.load(run, verify="none", modes=[])
     cfg = det.run.manifest["config"]["model"]
-    images = det.train_images()
+    images = det.run.load_npy("train_images.npy", mmap=True) if det.run.is_recorded("train_images.npy") else None
     if images is None:
         return {"skipped": "the run keeps no training images"}
     n, bs = len(det.train_labels), int(cfg["batch_size"])

@@ -1,17 +1,13 @@
-"""The run folder: atomic writes, safe loads, sha256 hashes and the manifest.
+"""The run folder: atomic writes, checked loads, sha256 hashes and the manifest.
 
-A run folder (``data/runs/<run>/``) holds every artefact of one precompute run. Every write goes to a
-temporary file in the same folder and is renamed into place, so a killed process never leaves a half file
-under a real name. Every finished file is recorded in ``manifest.json`` with its size and sha256; loading
-checks them and names the bad file. Nothing is ever loaded with pickle.
+A run folder (``data/runs/<run>/``) holds every artefact of one precompute run. :class:`RunDir` writes each file
+atomically (:func:`atomic_path`) and records its size and sha256 in ``manifest.json``; every read goes through
+:func:`core.runfiles.open_regular` and the manifest's size, JSON is always hash-checked, other files when
+``verify`` asks, and nothing is loaded with pickle. An optional HMAC signature of the manifest
+(:mod:`core.signing`) authenticates the whole. See docs/design.md#run-files.
 
-Every read goes through one path: the file must be recorded, be a regular file reached without a symbolic link
-below the run folder, and have its recorded size (so a FIFO, a device or a link to a file elsewhere is refused
-before it is opened, and nothing is read past the recorded size). JSON files are always hash-checked; other files
-when ``verify`` asks. An optional HMAC signature of the manifest (:mod:`core.signing`) authenticates the whole.
-
-Example
--------
+Examples
+--------
 >>> run = RunDir("data/runs/fmnist")                      # doctest: +SKIP
 >>> run.save_npy("train_labels.npy", labels)               # doctest: +SKIP
 >>> labels = run.load_npy("train_labels.npy")              # doctest: +SKIP
@@ -21,10 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,104 +28,16 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from core import signing
+from core import runfiles, signing
+from core.runfiles import MANIFEST, ArtefactError, open_regular, sha256_file
 
 __all__ = ["ArtefactError", "RunDir", "sha256_file", "open_regular", "atomic_path", "MANIFEST"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 TMP_SUFFIX = ".tmp"
 #: Temporary names made by :func:`atomic_path`: ``.<final name>.knnguard-<pid>-<random>.tmp``.
 TMP_NAME = re.compile(r"\..+\.knnguard-\d+-[A-Za-z0-9_]+\.tmp")
-#: Largest ``manifest.json`` (and ``manifest.sig``) read, in bytes.
-MANIFEST_MAX_BYTES = 64 << 20
-
-
-class ArtefactError(RuntimeError):
-    """A run-folder file is missing, changed, truncated or malformed; the message names the file."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    with open(path, "rb") as f:
-        return _sha256_of(f, chunk=chunk)
-
-
-def _sha256_of(f: BinaryIO, limit: int | None = None, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of an open file from its position, reading at most ``limit`` bytes."""
-    h = hashlib.sha256()
-    left = math.inf if limit is None else limit
-    while left > 0 and (block := f.read(int(min(chunk, left)))):
-        h.update(block)
-        left -= len(block)
-    return h.hexdigest()
-
-
-def open_regular(root: Path, rel: str) -> BinaryIO:
-    """Open ``root/rel`` for reading only if it is a regular file reached without a symbolic link below ``root``.
-
-    Each component is checked with ``lstat`` before anything is opened (a FIFO or device is never opened), then the
-    file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and must still be the inode that was checked.
-
-    Raises
-    ------
-    ArtefactError
-        ``rel`` leaves ``root``, is missing, is or passes through a symbolic link, or is not a regular file.
-    """
-    parts = Path(rel).parts
-    if not parts or Path(rel).is_absolute() or ".." in parts:
-        raise ArtefactError(f"{root / rel}: path leaves the run folder")
-    cur = Path(root)
-    for i, part in enumerate(parts):
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            raise ArtefactError(f"{cur}: missing; run `python -m precompute --config <config>` to build it") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise ArtefactError(f"{cur}: is a symbolic link; every run file must be a regular file inside the run "
-                                "folder (refusing it)")
-        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
-            raise ArtefactError(f"{cur}: not a folder")
-    if not stat.S_ISREG(st.st_mode):
-        raise ArtefactError(f"{cur}: not a regular file (a FIFO, device or folder); refusing it")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(cur, flags)
-    fst = os.fstat(fd)
-    if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-        os.close(fd)
-        raise ArtefactError(f"{cur}: replaced while being opened; refusing it")
-    return os.fdopen(fd, "rb")
-
-
-def _fd_path(f: BinaryIO) -> str | None:
-    """A path that opens the very file ``f`` has open (Linux ``/proc/self/fd``), or None elsewhere."""
-    p = f"/proc/self/fd/{f.fileno()}"
-    return p if os.path.exists(p) else None
-
-
-def _npy_header(f: BinaryIO, size: int, p: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran_order, dtype, data offset) of an open ``.npy`` whose data must fill the file's ``size``."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise ArtefactError(f"{p}: unreadable .npy header ({e})") from e
-    if dtype.hasobject:
-        raise ArtefactError(f"{p}: object arrays are not allowed in artefacts")
-    offset = f.tell()
-    want = math.prod(shape) * dtype.itemsize
-    if want != size - offset:
-        raise ArtefactError(f"{p}: the .npy header declares {want} bytes of data ({dtype} {shape}) but the file "
-                            f"holds {size - offset}; refusing it")
-    return shape, fortran, dtype, offset
 
 
 @contextmanager
@@ -157,24 +63,6 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-_MANIFEST_KEYS = {"files": dict, "stages": dict, "config": dict, "summary": dict, "versions": dict}
-
-
-def _check_manifest(p: Path, m: Any) -> None:
-    """Refuse a manifest with unknown keys or wrong types (before anything is loaded on its word)."""
-    if not isinstance(m, dict):
-        raise ArtefactError(f"{p}: manifest is not a JSON object")
-    for k, v in m.items():
-        if k not in _MANIFEST_KEYS:
-            raise ArtefactError(f"{p}: unknown manifest key {k!r}; refusing the run (was it edited by hand?)")
-        if not isinstance(v, _MANIFEST_KEYS[k]):
-            raise ArtefactError(f"{p}: manifest key {k!r} must be a {_MANIFEST_KEYS[k].__name__}")
-    for rel, e in m.get("files", {}).items():
-        if (not isinstance(e, dict) or not isinstance(e.get("sha256"), str) or not isinstance(e.get("size"), int)
-                or ".." in Path(rel).parts or Path(rel).is_absolute()):
-            raise ArtefactError(f"{p}: malformed manifest entry for {rel!r}")
-
-
 class RunDir:
     """One run folder: typed atomic writers, hash-checked readers and the manifest.
 
@@ -182,12 +70,13 @@ class RunDir:
     ----------
     path : str or PathLike
         The folder (created on first write).
+    require_signature : bool, optional
+        Refuse a manifest without a valid signature (default: ``$KNNGUARD_REQUIRE_SIGNATURE``).
 
     Notes
     -----
-    The manifest maps every written file (relative path) to ``{"sha256", "size"}`` under ``"files"``, and
-    every finished stage to its status under ``"stages"``. Writers update the manifest after the file is in
-    place, so a file that is present but unrecorded is simply recomputed.
+    The manifest maps every written file to ``{"sha256", "size", "key"}`` under ``"files"`` and every finished
+    stage to its status under ``"stages"``.
     """
 
     def __init__(self, path: str | os.PathLike, *, require_signature: bool | None = None):
@@ -203,7 +92,7 @@ class RunDir:
         :meth:`check_signature` says)."""
         if self._manifest is None:
             if self.exists():
-                self._manifest_raw, m = self._read_manifest()
+                self._manifest_raw, m = runfiles.read_manifest(self.path)
                 self.check_signature(require=self.require_signature)
                 self._manifest = m
             else:
@@ -211,21 +100,6 @@ class RunDir:
             self._manifest.setdefault("files", {})
             self._manifest.setdefault("stages", {})
         return self._manifest
-
-    def _read_manifest(self) -> tuple[bytes, dict[str, Any]]:
-        """(exact bytes, checked dict) of ``manifest.json``, its signature not looked at."""
-        p = self.path / MANIFEST
-        with open_regular(self.path, MANIFEST) as f:
-            raw = f.read(MANIFEST_MAX_BYTES + 1)
-        if len(raw) > MANIFEST_MAX_BYTES:
-            raise ArtefactError(f"{p}: manifest is over {MANIFEST_MAX_BYTES} bytes; refusing it")
-        try:
-            m = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtefactError(f"{p}: manifest is not valid JSON ({e}); delete the run folder "
-                                "and run precompute again") from e
-        _check_manifest(p, m)
-        return raw, m
 
     def exists(self) -> bool:
         """Whether the folder has a manifest."""
@@ -300,7 +174,7 @@ class RunDir:
         """
         if not self.exists():
             raise ArtefactError(f"{self.path / MANIFEST}: missing; nothing to sign")
-        raw, m = self._read_manifest()
+        raw, m = runfiles.read_manifest(self.path)
         m.setdefault("files", {})
         self._manifest, self._manifest_raw = m, raw
         self.verify(full=True)
@@ -395,7 +269,7 @@ class RunDir:
         if data is not None:
             digest = hashlib.sha256(data).hexdigest()
         else:
-            digest = _sha256_of(f, entry["size"])
+            digest = runfiles.sha256_of(f, entry["size"])
             f.seek(0)
         if digest != entry["sha256"]:
             raise ArtefactError(f"{self.path / rel}: sha256 differs from the manifest (file changed after the "
@@ -478,60 +352,30 @@ class RunDir:
         ArtefactError
             Also when the header's shape and dtype do not fill the file exactly.
         """
-        p = self.path / rel
         with self._reading(rel, verify) as f:
-            shape, fortran, dtype, offset = _npy_header(f, os.fstat(f.fileno()).st_size, p)
-            try:
-                if mmap:
-                    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                     order="F" if fortran else "C")
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
-            except (ValueError, OSError, EOFError, MemoryError) as e:
-                raise ArtefactError(f"{p}: unreadable ({type(e).__name__}: {e})") from e
+            return runfiles.read_npy(f, self.path / rel, mmap=mmap)
 
     def load_npz(self, rel: str, *, verify: bool = False) -> dict[str, np.ndarray]:
         """Load every array of a ``.npz`` into a dict, without pickle."""
-        p = self.path / rel
         with self._reading(rel, verify) as f:
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    return {k: z[k] for k in z.files}
-            except (ValueError, OSError, EOFError, KeyError, MemoryError) as e:
-                raise ArtefactError(f"{p}: unreadable ({type(e).__name__}: {e})") from e
+            return runfiles.read_npz(f, self.path / rel)
 
     def load_json(self, rel: str) -> Any:
         """Load a JSON file, always hash-checked."""
-        p = self.path / rel
         with self._reading(rel) as f:
             raw = f.read(self.manifest["files"][rel]["size"])
             self._hash_check(rel, f, raw)
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArtefactError(f"{p}: not valid JSON ({e})") from e
+        return runfiles.read_json(raw, self.path / rel)
 
     def load_torch(self, rel: str, *, verify: bool = False) -> dict:
         """Load a ``state_dict`` with ``weights_only=True`` (no code execution)."""
-        import torch
-
-        p = self.path / rel
         with self._reading(rel, verify) as f:
-            try:
-                return torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as e:  # torch raises many types for a corrupt file; all mean the same to a user
-                raise ArtefactError(f"{p}: unreadable state_dict ({type(e).__name__}: {e})") from e
+            return runfiles.read_torch(f, self.path / rel)
 
     def load_faiss(self, rel: str, *, verify: bool = False) -> Any:
         """Load a faiss index."""
-        import faiss
-
-        p = self.path / rel
         with self._reading(rel, verify) as f:
-            try:
-                return faiss.read_index(_fd_path(f) or str(p))
-            except RuntimeError as e:
-                raise ArtefactError(f"{p}: unreadable faiss index ({e})") from e
+            return runfiles.read_faiss(f, self.path / rel)
 
     def leftovers(self) -> list[Path]:
         """Temporary files left by a killed :func:`atomic_path` writer (names matching :data:`TMP_NAME`).

@@ -1,28 +1,30 @@
 """The façade: load a precomputed run and tell whether to trust the CNN's prediction on new images.
 
->>> from core.detector import Detector
->>> det = Detector.load("data/runs/fmnist")                       # doctest: +SKIP
->>> r = det.inspect(pil_image)          # one image: prediction, top-5, scores, neighbours per layer
->>> r.predicted, r.scores["conv3"]      # (1,), (1,)                                   # doctest: +SKIP
->>> b = det.score(uint8_batch)          # (N, H, W, C) -> predicted (N,), scores {layer: (N,)}
->>> det.model                           # nn.Module: float (N, C, H, W) in [0, 1] -> logits
+Scores are the kNN score of the predicted class among the training images' features (paper eq. (2)); a score
+under the threshold means "do not trust this prediction".
 
-Scores are the kNN score of the predicted class among the training images' features (paper eq. (2));
-a score under the threshold means "do not trust this prediction".
+Examples
+--------
+>>> from core.detector import Detector
+>>> det = Detector.load("data/runs/fmnist")          # doctest: +SKIP
+>>> r = det.inspect(upload_bytes)                    # or a PIL image, or uint8 (H, W, C)   # doctest: +SKIP
+>>> r.predicted, r.scores["conv3"]                   # (1,), (1,)                           # doctest: +SKIP
+>>> b = det.score(uint8_batch)                       # (N, H, W, C) -> predicted (N,), scores {layer: (N,)}
+...                                                  # doctest: +SKIP
+>>> det.model                # nn.Module: float (N, C, H, W) in [0, 1] -> logits            # doctest: +SKIP
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from core import entrypoints
 from core import index as knn_index
@@ -31,6 +33,10 @@ from core.artefacts import ArtefactError, RunDir
 from core.entrypoints import NeedsEntryPoint
 from core.data import to_float
 from core.features import FeatureExtractor
+from core.results import Inspection, NeighbourList, Scores
+from core.threads import single_image_threads
+from core.transforms import image_to_array
+from core.uploads import read_upload
 
 __all__ = ["Detector", "Scores", "Inspection", "NeighbourList", "IncompleteRun", "NeedsEntryPoint"]
 
@@ -42,32 +48,6 @@ MAX_K = 10_000
 FULL_VERIFY_MAX_BYTES = 4 << 30
 #: Largest batch :meth:`Detector.score` takes in one call (split bigger inputs yourself).
 MAX_BATCH = 4096
-#: Images of at most this many values (C·H·W) run their single-image forward pass on one torch thread: for a
-#: small CNN the pass is far shorter than waking a second OpenMP thread (``python -m benchmarks.inspect_latency``:
-#: 10 ms on one thread against 160 ms on two for Fashion-MNIST on a busy 2-core machine). Larger models keep
-#: every thread.
-SINGLE_THREAD_MAX_INPUT = 64 * 64 * 3
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Torch on one thread inside the block, in the calling thread; its count as found afterwards.
-
-    With torch's OpenMP backend a thread that has used torch keeps its own count, so the save and restore are
-    the caller's own and concurrent callers do not undo each other. ``torch.set_num_threads`` also sets the
-    count that threads starting meanwhile (and the main thread) begin with: one that starts during the block
-    may run on one thread (slower, same result).
-    """
-    n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
-
-
 class IncompleteRun(ArtefactError):
     """The run folder is missing or unfinished; the message gives the command that builds it."""
 
@@ -109,61 +89,6 @@ def _model_builder(run: RunDir, model_cfg: dict,
     return entry if callable(entry) else entrypoints.load(entry)
 
 
-@dataclass
-class Scores:
-    """Result of :meth:`Detector.score`.
-
-    Attributes
-    ----------
-    predicted : int64 ndarray (N,)
-        The CNN's predicted class of each image.
-    probs : float32 ndarray (N, n_classes)
-        Softmax probabilities.
-    scores : dict str -> float64 ndarray (N,)
-        Per tapped layer, the kNN score of the predicted class (higher = trust).
-    settings : dict
-        The ``mode``, ``fn`` and ``k`` used.
-    """
-
-    predicted: np.ndarray
-    probs: np.ndarray
-    scores: dict[str, np.ndarray]
-    settings: dict[str, Any]
-
-
-@dataclass
-class NeighbourList:
-    """Nearest training images of one query for one layer: ``ids`` int64 (n,), ``distances`` float32 (n,)
-    (squared L2 in the processed space), ``labels`` int64 (n,)."""
-
-    ids: np.ndarray
-    distances: np.ndarray
-    labels: np.ndarray
-
-
-@dataclass
-class Inspection(Scores):
-    """Result of :meth:`Detector.inspect` (one image, N = 1).
-
-    Attributes
-    ----------
-    image : uint8 ndarray (H, W, C)
-        The image as the model sees it (resized, cropped, converted).
-    top5 : list of (class id, probability)
-    neighbours : dict layer -> NeighbourList   (nearest overall)
-    class_neighbours : dict layer -> NeighbourList   (nearest of the predicted class)
-    timings : dict stage -> seconds
-        ``prepare`` (decode, resize), ``forward`` (the CNN with its taps), ``processing``, ``search`` (faiss)
-        and ``scoring`` (scores and neighbour lists), summed over the layers.
-    """
-
-    image: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
-    top5: list[tuple[int, float]] = field(default_factory=list)
-    neighbours: dict[str, NeighbourList] = field(default_factory=dict)
-    class_neighbours: dict[str, NeighbourList] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 class Detector:
     """A loaded run: model, per-layer processing and faiss indexes, training labels.
 
@@ -171,7 +96,7 @@ class Detector:
     """
 
     def __init__(self, run: RunDir, model: zoo.Classifier, classes: list[str], train_labels: np.ndarray,
-                 layers: list[str], defaults: dict[str, Any], *, verify: bool = True):
+                 layers: list[str], defaults: dict[str, Any], *, verify: bool = True, verify_full: bool = True):
         self.run = run
         self.model = model
         self.classes = classes
@@ -183,12 +108,12 @@ class Detector:
         spec = run.load_json("input.json")
         self.input_spec = zoo.InputSpec(tuple(spec["size"]), int(spec["resize"]))
         self._verify = verify
+        self._verify_full = verify_full
         self._extractor = FeatureExtractor(model, layers)
         self._params: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._indexes: dict[tuple[str, str], Any] = {}
         self._class_ids: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        self._train_images: np.ndarray | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -247,7 +172,7 @@ class Detector:
         t0 = time.perf_counter()
         full = verify == "full"
         base = ["model.pt", "classes.json", "train_labels.npy", "input.json"]
-        base += ["train_images.npy"] if "train_images.npy" in m["files"] else []  # memory-mapped: checked here once
+        base += ["train_images.npy"] if "train_images.npy" in m["files"] else []  # see docs/design.md#detector
         if verify != "none":
             run.verify(base, full=full)
         model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""}, builder=builder)[0]
@@ -262,8 +187,7 @@ class Detector:
             p.requires_grad_(False)
         defaults = dict(m["summary"]["defaults"])
         det = cls(run, model, run.load_json("classes.json"), run.load_npy("train_labels.npy"),
-                  list(m["summary"]["layers"]), defaults, verify=verify != "none")
-        det._verify_full = full
+                  list(m["summary"]["layers"]), defaults, verify=verify != "none", verify_full=full)
         for mode in modes or [defaults["mode"]]:
             for layer in det.layers:
                 det._get(layer, mode)
@@ -280,27 +204,37 @@ class Detector:
                 if key not in self._indexes:
                     rels = [f"processing/{layer}-{mode}.npz", f"index/{layer}-{mode}.faiss"]
                     if self._verify:
-                        self.run.verify(rels, full=getattr(self, "_verify_full", True))
+                        self.run.verify(rels, full=self._verify_full)
                     self._params[key] = self.run.load_npz(rels[0])
                     self._indexes[key] = self.run.load_faiss(rels[1])
         return self._params[key], self._indexes[key]
 
-    def train_images(self) -> np.ndarray | None:
-        """Training images uint8 (N, H, W, C) when the run stores them (small datasets), else None (read-only
-        memory map, checked by :meth:`load` as its ``verify`` said)."""
-        if self._train_images is None and "train_images.npy" in self.run.manifest["files"]:
-            self._train_images = self.run.load_npy("train_images.npy", mmap=True)
-        return self._train_images
-
     # ------------------------------------------------------------------ inputs
     def prepare(self, image: Any) -> np.ndarray:
-        """A PIL image, uint8 (H, W, C) / (H, W) or (N, H, W, C) array -> uint8 (N, H, W, C) as the model sees it."""
-        from PIL import Image
+        """Images as the model sees them.
 
+        Parameters
+        ----------
+        image : bytes, PIL.Image.Image or uint8 ndarray (H, W, C), (H, W) or (N, H, W, C)
+            Upload bytes go through :func:`core.uploads.read_upload`; bytes and PIL images are then resized,
+            cropped and converted by :func:`core.transforms.image_to_array`; arrays must already have the
+            model's size.
+
+        Returns
+        -------
+        uint8 ndarray (N, H, W, C)
+
+        Raises
+        ------
+        UploadError
+            Bytes that are not a usable image (``e.reason`` says why).
+        ValueError
+            An array that is not uint8 or not the model's size.
+        """
         c, h, w = self.input_spec.size
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = read_upload(image)
         if isinstance(image, Image.Image):
-            from core.uploads import image_to_array
-
             return image_to_array(image, size=(h, w), channels=c, resize=self.input_spec.resize)[None]
         arr = np.asarray(image)
         if arr.dtype != np.uint8:
@@ -332,8 +266,7 @@ class Detector:
 
     # ------------------------------------------------------------------ scoring
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        one = len(images) == 1 and images[0].size <= SINGLE_THREAD_MAX_INPUT
-        with _one_torch_thread() if one else contextlib.nullcontext(), torch.no_grad():
+        with single_image_threads(images), torch.no_grad():
             logits, feats = self._extractor(torch.from_numpy(to_float(images)))
         probs = torch.softmax(logits.float(), 1).numpy()
         return probs, {k: v.numpy() for k, v in feats.items()}
@@ -345,17 +278,29 @@ class Detector:
         Parameters
         ----------
         batch : uint8 ndarray (N, H, W, C), or anything :meth:`prepare` takes
+            At most :data:`MAX_BATCH` images.
         mode, fn, k : optional, keyword-only
             Processing, score function and k (default: the run's).
         layers : list of str, optional
             Subset of the tapped layers.
+
+        Returns
+        -------
+        Scores
 
         Raises
         ------
         TypeError
             ``k`` is not an int (a bool, float or str).
         ValueError
-            ``k`` is outside ``[1, k_max]``, or ``fn`` is unknown.
+            ``k`` is outside ``[1, k_max]``, ``fn`` or ``mode`` is unknown, the images are not uint8 of the
+            model's size, or there are more than :data:`MAX_BATCH`.
+
+        Examples
+        --------
+        >>> s = det.score(images, k=100)        # images uint8 (N, H, W, C)      # doctest: +SKIP
+        >>> s.predicted.shape, s.scores["conv3"].shape                            # doctest: +SKIP
+        ((N,), (N,))
         """
         mode, fn, k = self._settings(mode, fn, k)
         images = self.prepare(batch)
@@ -376,11 +321,30 @@ class Detector:
 
         Parameters
         ----------
-        image : PIL.Image.Image or uint8 ndarray (H, W, C)
+        image : bytes, PIL.Image.Image or uint8 ndarray (H, W, C)
+            What a page has: the bytes of an upload (read by :func:`core.uploads.read_upload`), a decoded
+            image (resized and cropped to the model's input), or an array already of the model's size.
         mode, fn, k : optional, keyword-only
             As in :meth:`score`.
         n_neighbours : int
             Neighbours to return per layer, overall and of the predicted class.
+
+        Returns
+        -------
+        Inspection
+            ``timings["prepare"]`` includes the decoding of bytes.
+
+        Raises
+        ------
+        UploadError
+            ``image`` is bytes that are not a usable image.
+        TypeError, ValueError
+            As :meth:`score`, or more than one image.
+
+        Examples
+        --------
+        >>> r = det.inspect(uploaded_file.getvalue())                       # doctest: +SKIP
+        >>> r.predicted[0], r.top5[0], r.neighbours["conv3"].ids            # doctest: +SKIP
         """
         mode, fn, k = self._settings(mode, fn, k)
         t = {"prepare": time.perf_counter()}
@@ -415,16 +379,3 @@ class Detector:
         return Inspection(np.array([pred]), probs, scores, {"mode": mode, "fn": fn, "k": k}, image=images[0],
                           top5=[(int(c), float(probs[0, c])) for c in top], neighbours=nbs,
                           class_neighbours=cnbs, timings=timings)
-
-    def thresholds(self) -> dict:
-        """EER thresholds from the run's report: {(layer, mode, fn): threshold on the aggregated attacks}.
-
-        Computed at the report's k; for another k, use :mod:`core.evaluation` on the stored neighbours.
-        """
-        rep = self.run.load_json("report.json")
-        out = {}
-        for r in rep["rows"]:
-            ths = [a["eer_threshold"] for a in r["attacks"].values()]
-            ns = [a["n"] for a in r["attacks"].values()]
-            out[(r["layer"], r["mode"], r["fn"])] = float(np.average(ths, weights=ns)) if ns and sum(ns) else float("nan")
-        return out

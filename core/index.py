@@ -26,17 +26,12 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "ivf", "hnsw")
 #: Above this many database vectors, ``kind="auto"`` builds an IVF index instead of an exact flat one.
 AUTO_IVF_MIN = 500_000
-#: Searches of at most this many queries run on one OpenMP thread: waking a team for one query costs more than
-#: it saves (DESIGN §8; ``python -m benchmarks.inspect_latency`` measures it).
+#: Searches of at most this many queries run on one OpenMP thread. See docs/design.md#threads.
 SINGLE_THREAD_MAX_NQ = 1
 #: Exact flat searches with k at least this (and more than SINGLE_THREAD_MAX_NQ queries) take the blocked path:
-#: one sgemm per block of queries, then a partition-based top-k; faiss's per-query result handlers cost more than
-#: the distances at k = 1000 (``python -m benchmarks.knn_search``).
+#: one sgemm per block of queries, then a partition-based top-k. See docs/design.md#index.
 BLOCKED_MIN_K = 64
-#: IVF k-means: training vectors per list (faiss warns under 39) and iterations. faiss's defaults (256, 25) make
-#: the build of a 1.28 M × 256 index (4·sqrt(n) lists) cost about 67 TFLOP, an hour on 2 cores; these cost 1/10
-#: of that. Measured on 100 k × 256 clustered features, 1264 lists: training 29 s instead of 115 s, recall@1000
-#: 0.237 / 0.512 / 0.988 instead of 0.255 / 0.540 / 0.989 at nprobe 16 / 64 / 256.
+#: IVF k-means: training vectors per list (faiss warns under 39) and iterations. See docs/design.md#index.
 IVF_TRAIN_PER_LIST = 64
 IVF_TRAIN_ITERS = 10
 #: Distance block size of the blocked path, in float32 entries (rows × database size).

@@ -1,16 +1,13 @@
 """Decode uploads in worker processes bounded in CPU time, memory and wall-clock time.
 
-The parent side is :func:`decode`: it hands the bytes to an idle worker of a small persistent pool and
-returns ``(mode, (width, height), pixels)`` or raises :class:`core.uploads.UploadError`. A worker is a
-plain ``python -I -B`` child that imports only Pillow, numpy and :mod:`core.uploads` (no torch, no
-Streamlit) and runs :func:`serve`: it sets its own limits once (address space ``DECODE_MEMORY_BYTES``,
-no core files, no file writes), then for each request raises its CPU-time limit to what it has used plus
-``DECODE_CPU_SECONDS`` and decodes with :func:`core.uploads.decode_in_process`.
+:func:`decode` (parent side) hands the bytes to an idle worker of a small persistent pool and returns
+``(mode, (width, height), pixels)`` or raises :class:`core.upload_policy.UploadError`; :func:`serve` is the
+worker's loop around :func:`core.uploads.decode_in_process`. POSIX only. How the worker is isolated and what
+each limit answers: see docs/design.md#upload-sandbox.
 
-A worker killed by its CPU limit, or still busy after ``DECODE_WALL_SECONDS``, gives
-``UploadError("too_slow")``; one that dies any other way gives ``UploadError("decoder_failed")``; the
-next request starts a fresh worker. Requests and replies are length-prefixed frames on the child's
-stdin/stdout (a JSON header and raw pixel bytes); nothing is pickled. POSIX only.
+Examples
+--------
+>>> mode, (w, h), pixels = decode(png_bytes, max_pixels=4096 * 4096)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -260,7 +257,7 @@ def decode(data: bytes, *, max_pixels: int) -> tuple[str, tuple[int, int], bytes
     RuntimeError
         An unexpected exception inside the worker (a bug, not a bad upload).
     """
-    from core.uploads import UploadError
+    from core.upload_policy import UploadError
 
     try:
         status, header, payload = _get_pool().decode(data, max_pixels)
@@ -321,6 +318,7 @@ def serve() -> None:
     from PIL import Image
 
     import core.uploads as uploads
+    from core.upload_policy import NO_MEMORY_MESSAGE, UploadError
 
     Image.init()  # import every plugin now, before file access is limited
     rfd, wfd = 0, os.dup(1)
@@ -358,11 +356,11 @@ def serve() -> None:
             payload = img.tobytes()
             status, header = _OK, {"mode": img.mode, "width": img.width, "height": img.height}
             del img
-        except uploads.UploadError as exc:
+        except UploadError as exc:
             status, header = _REFUSED, {"reason": exc.reason, "message": str(exc)}
         except MemoryError:
             payload = b""
-            status, header = _REFUSED, {"reason": "too_large", "message": uploads.NO_MEMORY_MESSAGE}
+            status, header = _REFUSED, {"reason": "too_large", "message": NO_MEMORY_MESSAGE}
         except Exception as exc:  # a bug: reported to the parent, which raises it  # noqa: BLE001
             status, header = _BUG, {"error": f"{type(exc).__name__}: {exc}"}
         del data

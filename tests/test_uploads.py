@@ -39,9 +39,9 @@ from core.uploads import (
     MAX_PIXELS,
     UPLOAD_REASONS,
     UploadError,
-    image_to_array,
     read_upload,
 )
+from core.transforms import image_to_array
 
 SEED = 20261125
 KNOWN_REASONS = frozenset(
@@ -1080,7 +1080,8 @@ def test_image_to_array_rejects_bad_arguments(bad: dict) -> None:
 LIMITED_READ = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from core.uploads import UploadError, image_to_array, read_upload
+from core.transforms import image_to_array
+from core.uploads import UploadError, read_upload
 limit = int(sys.argv[2])
 data = sys.stdin.buffer.read()
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -1141,7 +1142,7 @@ ARRAY_OF_BLANK = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
-from core.uploads import image_to_array
+from core.transforms import image_to_array
 img = Image.new("L", (int(sys.argv[2]), int(sys.argv[3])), 77)
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 t0 = time.process_time()
@@ -1205,20 +1206,21 @@ def test_small_files_of_many_pixels_stay_within_a_gigabyte(name: str, make: Call
 
 def test_memory_error_while_converting_is_too_large() -> None:
     """MemoryError anywhere in the read (here: the RGBA -> RGB compositing) is reported as ``"too_large"``."""
+    import core.transforms as transforms
     import core.uploads as uploads
 
     data = encode(gradient(64, 64, "RGBA"), "PNG")
-    real = uploads._flatten
+    real = transforms._flatten
 
     def no_memory(img: Image.Image) -> Image.Image:
         raise MemoryError
 
     try:
-        uploads._flatten = no_memory
+        transforms._flatten = no_memory
         with pytest.raises(UploadError) as info:
             uploads.decode_in_process(data)
     finally:
-        uploads._flatten = real
+        transforms._flatten = real
     assert info.value.reason == "too_large"
 
 
