@@ -11,7 +11,7 @@ from app_pages.state import Run, first_set
 
 
 def model_view(img, run: Run) -> np.ndarray:
-    """A decoded PIL image as the model sees it: uint8 (H, W, C), converted, resized and centre-cropped like the
+    """Upload bytes, a PIL image or an array as the model sees it: uint8 (H, W, C), converted, resized and centre-cropped like the
     model's eval transforms (:meth:`core.detector.Detector.prepare`)."""
     return loaders.detector(run).prepare(img)[0]
 
@@ -51,10 +51,10 @@ def handle_upload(run: Run, data: bytes, *, invert: bool = False) -> str | None:
     Returns None on success, else the :class:`~core.uploads.UploadError` message (the current image is kept).
     Nothing is written anywhere.
     """
-    from core.uploads import UploadError, read_upload
+    from core.upload_policy import UploadError
 
     try:
-        arr = model_view(read_upload(data), run)
+        arr = model_view(data, run)
     except UploadError as e:
         return str(e)
     st.session_state["upload_array"] = arr

@@ -20,11 +20,6 @@ from app_pages._text import md
 from app_pages.state import Run, resume_command
 from core import evaluation
 
-#: Models whose input has at most this many values (C·H·W) run the app's one-image work (forward passes and live
-#: attacks) on one torch thread for the whole process; bigger models keep every thread.
-SMALL_INPUT = 64 * 64 * 3
-
-
 def _refuse(run: Run, err: Exception) -> None:
     """A run whose files fail their checks: say which and how to rebuild, then stop the page."""
     st.error(f"Run {md(Path(run.path).name)} cannot be loaded: {md(err)}")
@@ -46,15 +41,9 @@ def _guard(run: Run, *also: type[Exception]) -> Iterator[None]:
 
 @st.cache_resource(show_spinner="Loading the detector (model and faiss indexes)…")
 def _detector(path: str, stamp: int):
-    import torch
-
     from core.detector import Detector
 
-    det = Detector.load(path, verify="full")
-    spec = getattr(det, "input_spec", None)
-    if spec is not None and int(np.prod(spec.size)) <= SMALL_INPUT:
-        torch.set_num_threads(1)
-    return det
+    return Detector.load(path, verify="full")  # one-image work picks its threads: core.threads
 
 
 def detector(run: Run):
