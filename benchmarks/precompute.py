@@ -61,7 +61,7 @@ def _why(name: str, m: dict) -> str:
 
 
 def probe_train(run: str | Path, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Time ``steps`` training steps of the run's model as ``precompute.stages._train`` does them (channels_last,
+    """Time ``steps`` training steps of the run's model as :func:`precompute.training.train` does them (channels_last,
     AdamW, the config's batch size) on the run's training images, and project the train stage at this load."""
     import copy
 

@@ -6,6 +6,7 @@ Every source yields images as uint8 arrays shaped ``(n, H, W, C)`` (what the run
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["ImageSource", "ArraySource", "FolderSource", "CsvSource", "find_by_id", "DatasetNotFound", "load_fashion_mnist",
+__all__ = ["ImageSource", "SourceBase", "ArraySource", "FolderSource", "CsvSource", "Rows", "find_by_id", "DatasetNotFound", "load_fashion_mnist",
            "FMNIST_DIRS", "read_upload", "UploadError", "image_to_array", "to_float"]
 
 log = logging.getLogger(__name__)
@@ -42,21 +43,78 @@ class ImageSource(Protocol):
         ...
 
 
-@dataclass
-class ArraySource:
-    """Images held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,)."""
+class SourceBase:
+    """Subsetting shared by the sources: :meth:`subset` (a seeded sample) and :meth:`rows` (a contiguous range)."""
 
-    images: np.ndarray
     labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, idx: np.ndarray) -> SourceBase:
+        """The rows ``idx`` (int array, sorted) as a source of the same kind."""
+        raise NotImplementedError
+
+    def subset(self, n: int, seed: int) -> SourceBase:
+        """``n`` rows drawn without replacement by ``seed``, kept in their original order.
+
+        Parameters
+        ----------
+        n : int
+            Rows to keep; 0 or at least ``len(self)`` keeps every row (returns ``self``).
+        seed : int
+            Seed of ``numpy.random.default_rng``; the same seed picks the same rows.
+
+        Returns
+        -------
+        SourceBase
+            Of the same kind as ``self``, ``min(n, len(self))`` rows.
+        """
+        if not n or n >= len(self):
+            return self
+        return self.take(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+
+    def rows(self, start: int, stop: int) -> Rows:
+        """Rows ``[start, stop)`` as a source (a view: nothing is read until :meth:`Rows.get`)."""
+        return Rows(self, start, stop)
+
+
+@dataclass
+class Rows:
+    """Rows ``[start, stop)`` of ``source``, as a source."""
+
+    source: ImageSource
+    start: int
+    stop: int
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 (stop - start,)."""
+        return self.source.labels[self.start:self.stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 images (len(idx), H, W, C); ``idx`` counts from ``start``."""
+        return self.source.get(np.asarray(idx) + self.start)
+
+
+@dataclass
+class ArraySource(SourceBase):
+    """Images held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.images[idx])
 
+    def take(self, idx: np.ndarray) -> ArraySource:
+        return ArraySource(self.get(idx), self.labels[idx])
 
-class FolderSource:
+
+class FolderSource(SourceBase):
     """A class-per-folder image tree (torchvision ImageFolder layout), decoded and resized on demand.
 
     Parameters
@@ -104,6 +162,13 @@ class FolderSource:
             out[j] = image_to_array(img, size=self.size, channels=self.channels, resize=self.resize)
         return out
 
+    def take(self, idx: np.ndarray) -> FolderSource:
+        """The rows ``idx``, still read lazily (paths kept, for thumbnails)."""
+        sub = copy.copy(self)
+        sub.paths = [self.paths[i] for i in idx]
+        sub.labels = self.labels[idx]
+        return sub
+
 
 def find_by_id(folder: Path, image_id: str) -> Path:
     """``folder/<image_id>.png`` (or .jpg/.jpeg); :class:`DatasetNotFound` naming the id if absent."""
@@ -149,6 +214,13 @@ class CsvSource(FolderSource):
                         if "TargetClass" in rows[0] else None)
         self.classes = []
         self.size, self.channels, self.resize = tuple(size), channels, resize
+
+    def take(self, idx: np.ndarray) -> CsvSource:
+        sub = super().take(idx)
+        sub.ids = [self.ids[i] for i in idx]
+        if self.targets is not None:
+            sub.targets = self.targets[idx]
+        return sub
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = ["Classifier", "FashionCNN", "ConvBlock", "FCBlock", "ModelEntry", "available", "entry", "build", "layers",
-           "graph_nodes", "FASHION_MNIST_CLASSES", "InputSpec", "from_config", "load_entry_point"]
+           "graph_nodes", "FASHION_MNIST_CLASSES", "InputSpec", "input_spec", "from_config", "load_entry_point"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,27 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, n_classes) of images ``x`` (N, C, H, W) in [0, 1]."""
         return self.net(self.normalize(x))
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, *, batch: int = 512) -> np.ndarray:
+        """Predicted classes of uint8 images.
+
+        Parameters
+        ----------
+        images : uint8 ndarray (N, H, W, C)
+        batch : int, keyword-only
+            Images per forward pass.
+
+        Returns
+        -------
+        int64 ndarray (N,)
+        """
+        from core.data import to_float
+
+        device = self.mean.device
+        out = [self(torch.from_numpy(to_float(images[s:s + batch])).to(device)).argmax(1).cpu().numpy()
+               for s in range(0, len(images), batch)]
+        return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
 class ConvBlock(nn.Sequential):
@@ -224,6 +246,39 @@ class InputSpec:
     resize: int
 
 
+def input_spec(m: dict) -> InputSpec:
+    """The input size and resize a config's ``[model]`` table gives, without building the model.
+
+    Parameters
+    ----------
+    m : dict
+        ``name``, ``image_size``, ``resize``; for ``"custom"`` models ``input_size`` ([C, H, W]).
+
+    Returns
+    -------
+    InputSpec
+
+    Raises
+    ------
+    ValueError
+        A custom model without ``input_size``.
+    KeyError
+        An unknown model name.
+    """
+    if m["name"] == "custom":
+        if not m.get("input_size"):
+            raise ValueError("a custom model needs model.entry ('package.module:build_fn') and model.input_size "
+                             "([C, H, W])")
+        c, h, w = m["input_size"]
+        return InputSpec((c, h, w), m.get("resize") or max(h, w))
+    e = entry(m["name"])
+    c, h, w = e.input_size
+    if m.get("image_size"):
+        h = w = int(m["image_size"])
+    resize = m.get("resize") or (e.resize if (h, w) == e.input_size[1:] else round(h * e.resize / e.input_size[1]))
+    return InputSpec((c, h, w), resize)
+
+
 def load_entry_point(spec: str) -> Callable[..., nn.Module]:
     """Import ``"package.module:function"`` (a user's model builder) and return the function.
 
@@ -269,11 +324,10 @@ def from_config(m: dict, *, builder: str | Callable[[], nn.Module] | None = None
         if m.get("state_dict"):
             sd = torch.load(m["state_dict"], map_location="cpu", weights_only=True)
             net.load_state_dict(sd)
-        c, h, w = m["input_size"]
+        c = m["input_size"][0]
         mean = tuple(m.get("mean") or [0.0] * c)
         std = tuple(m.get("std") or [1.0] * c)
-        spec = InputSpec((c, h, w), m.get("resize") or max(h, w))
-        return Classifier(net, mean, std).eval(), spec
+        return Classifier(net, mean, std).eval(), input_spec(m)
     e = entry(m["name"])
     extra = {}
     if m.get("num_classes") and not e.trained_here:
@@ -281,11 +335,7 @@ def from_config(m: dict, *, builder: str | Callable[[], nn.Module] | None = None
             raise ValueError("model.num_classes only applies to random weights (model.weights = 'none')")
         extra["num_classes"] = m["num_classes"]
     net = e.make_net(weights, **extra) if extra else e.make_net(weights)
-    c, h, w = e.input_size
-    if m.get("image_size"):
-        h = w = int(m["image_size"])
-    resize = m.get("resize") or (e.resize if (h, w) == e.input_size[1:] else round(h * e.resize / e.input_size[1]))
-    return Classifier(net, e.mean, e.std, e.leaf_modules).eval(), InputSpec((c, h, w), resize)
+    return Classifier(net, e.mean, e.std, e.leaf_modules).eval(), input_spec(m)
 
 
 def layers(name: str) -> list[str]:

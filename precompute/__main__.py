@@ -124,39 +124,19 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.list_layers:
-        from core import zoo
-
-        model, _ = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})
-        default = set(cfg["features"]["layers"] or
-                      (zoo.layers(cfg["model"]["name"]) if cfg["model"]["name"] != "custom" else []))
-        for node in zoo.graph_nodes(model):
-            print(node + ("   (default tap)" if node in default else ""))
-        return 0
+        return _list_layers(cfg)
     if not args.config:
         print("error: --config is required (e.g. precompute/configs/fmnist.toml)", file=sys.stderr)
         return 2
 
     from core.artefacts import RunDir
-    from precompute import runlock
     from precompute.stages import Context, pending, run_stages
 
     run = RunDir(os.path.join(cfg["runs_dir"], cfg["name"]))
     rank = int(os.environ.get("RANK", "0"))
-    try:
-        runlock.check_owned(run.path)
-        if not args.dry_run and rank == 0:  # torchrun: rank 0 holds the lock for every rank
-            held.enter_context(runlock.hold(run.path))
-    except (runlock.NotARun, runlock.RunBusy) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot lock the run folder {run.path}: {e.strerror} ({e.filename or ''})", file=sys.stderr)
-        return 1
-    old = run.manifest.get("config") if run.exists() else None
-    if old and old.get("model", {}).get("name") != cfg["model"]["name"]:
-        print(f"error: {run.path} holds a run of model {old['model']['name']!r}, not {cfg['model']['name']!r}; "
-              "choose another name (--set name=...) or delete the folder", file=sys.stderr)
-        return 2
+    refused = _take_run(run, cfg, lock=not args.dry_run and rank == 0, held=held)
+    if refused is not None:
+        return refused
     ctx = Context(cfg=cfg, run=run, device=_device(cfg["device"]), progress=not args.no_progress)
     if args.dry_run:
         from precompute.stages import STAGE_NAMES
@@ -197,10 +177,45 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     report = run.path / "report.md"
     if report.exists():
         text = report.read_text()
-        start = text.find("## Headline")
-        end = text.find("## Evaluation sets")
-        print(text[start:end].strip())
+        print(text[text.find("## Headline"):text.find("## Evaluation sets")].strip())
     return 0
+
+
+def _list_layers(cfg: dict) -> int:
+    """Print the model's tappable node names, marking the default taps."""
+    from core import zoo
+
+    model, _ = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})
+    default = set(cfg["features"]["layers"] or
+                  (zoo.layers(cfg["model"]["name"]) if cfg["model"]["name"] != "custom" else []))
+    for node in zoo.graph_nodes(model):
+        print(node + ("   (default tap)" if node in default else ""))
+    return 0
+
+
+def _take_run(run, cfg: dict, *, lock: bool, held: contextlib.ExitStack) -> int | None:
+    """Check the run folder is ours (and, with ``lock``, hold its lock); the exit status if refused, else None.
+
+    Under torchrun, rank 0 holds the lock for every rank.
+    """
+    from precompute import runlock
+
+    try:
+        runlock.check_owned(run.path)
+        if lock:
+            held.enter_context(runlock.hold(run.path))
+    except (runlock.NotARun, runlock.RunBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot lock the run folder {run.path}: {e.strerror} ({e.filename or ''})", file=sys.stderr)
+        return 1
+    old = run.manifest.get("config") if run.exists() else None
+    if old and old.get("model", {}).get("name") != cfg["model"]["name"]:
+        print(f"error: {run.path} holds a run of model {old['model']['name']!r}, not {cfg['model']['name']!r}; "
+              "choose another name (--set name=...) or delete the folder", file=sys.stderr)
+        return 2
+    return None
 
 
 if __name__ == "__main__":

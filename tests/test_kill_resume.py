@@ -71,3 +71,19 @@ def test_sigkill_at_random_moments_then_resume(tiny_run, tmp_path):
     assert res_files == ref_files
     assert _strip_timings(resumed.load_json("report.json")) == _strip_timings(ref.load_json("report.json"))
     print(f"kills={kills} stages_hit={sorted(stages_hit)} tmp_files_seen_at_kill={tmp_seen}")
+
+
+def test_chunk_progress_resumes_only_from_matching_records(tmp_path):
+    """Progress under another key or row count, or unreadable, is ignored; chunks and rows split as documented."""
+    from precompute.distributed import ChunkProgress
+
+    prog = ChunkProgress(tmp_path, key="k1", n=10, chunk=4)
+    assert prog.n_chunks == 3 and prog.rows(2) == (8, 10) and prog.mine(1, 2) == [1]
+    prog.save(0, [2, 0])
+    assert json.loads((tmp_path / "progress-0.json").read_text())["done"] == [0, 2]
+    ChunkProgress(tmp_path, key="k0", n=10, chunk=4).save(1, [1])    # a run with other inputs
+    ChunkProgress(tmp_path, key="k1", n=12, chunk=4).save(2, [1])    # other rows
+    (tmp_path / "progress-3.json").write_text("{not json")            # cut short by a kill
+    assert prog.finished() == {0, 2}
+    prog.clear()
+    assert prog.finished() == set() and not list(tmp_path.iterdir())

@@ -1,0 +1,196 @@
+"""The evaluation sets, one helper each: authentic, authentic errors, random noise, one per attack, external.
+
+Every set is ``evalsets/<name>.npz`` with ``images`` uint8 (n, H, W, C), ``true``, ``predicted``, ``target`` (-1:
+untargeted) and ``source`` (row of the test source), int64 (n,). Each helper writes its set unless it is already
+recorded under the stage's key, and returns the set's statistics (:func:`set_stats`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.data import DatasetNotFound, SourceBase, find_by_id, to_float
+from precompute.config import ATTACK_SECTION
+from precompute.context import Context
+
+__all__ = ["Picked", "pick", "authentic", "errors", "noise", "attack", "external", "save_set", "set_stats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Picked:
+    """The test rows the sets start from.
+
+    Attributes
+    ----------
+    test : SourceBase
+    predicted : int64 ndarray (len(test),)
+        The model's prediction of every test row.
+    auth_idx, err_idx : int64 ndarray
+        Rows of the authentic (rightly classified) and error (misclassified) sets.
+    n_wrong : int
+        Misclassified test rows (what the errors set was drawn from).
+    images : uint8 ndarray (len(auth_idx), H, W, C)
+        The authentic images.
+    n_classes : int
+    """
+
+    test: SourceBase
+    predicted: np.ndarray
+    auth_idx: np.ndarray
+    err_idx: np.ndarray
+    n_wrong: int
+    images: np.ndarray
+    n_classes: int
+
+    @property
+    def true(self) -> np.ndarray:
+        """Labels of the authentic images."""
+        return self.test.labels[self.auth_idx]
+
+    @property
+    def pos_of(self) -> dict[int, int]:
+        """Test row -> position in the authentic set."""
+        return {int(src): i for i, src in enumerate(self.auth_idx)}
+
+
+def pick(ctx: Context) -> Picked:
+    """Draw the authentic and error rows (``evalsets.n_authentic`` / ``n_errors``) by the run's seed."""
+    _, test, classes = ctx.sources()
+    es = ctx.cfg["evalsets"]
+    pred = ctx.run.load_npy("test_predictions.npy")
+    rng = np.random.default_rng(ctx.cfg["seed"])
+    correct, wrong = np.flatnonzero(pred == test.labels), np.flatnonzero(pred != test.labels)
+    auth_idx = rng.permutation(correct)[:es["n_authentic"]]
+    err_idx = rng.permutation(wrong)[:es["n_errors"]]
+    return Picked(test, pred, auth_idx, err_idx, len(wrong), test.get(auth_idx), len(classes))
+
+
+def save_set(ctx: Context, name: str, images: np.ndarray, true: np.ndarray, pred: np.ndarray,
+             target: np.ndarray, source: np.ndarray, **extra: np.ndarray) -> str:
+    """Write ``evalsets/<name>.npz`` under the evalsets key; return its path in the run."""
+    rel = f"evalsets/{name}.npz"
+    ctx.run.save_npz(rel, {"images": images, "true": true.astype(np.int64), "predicted": pred.astype(np.int64),
+                           "target": target.astype(np.int64), "source": source.astype(np.int64), **extra},
+                     key=ctx.keys["evalsets"])
+    return rel
+
+
+def set_stats(z: dict[str, np.ndarray], p: Picked, attempted: int) -> dict:
+    """Size, attempts, success rate and mean L2 / Linf perturbation (in [0, 1] pixel units) of a stored set."""
+    n = int(len(z["true"]))
+    out = {"n": n, "attempted": int(z["attempted"]) if "attempted" in z else attempted}
+    out["success_rate"] = n / max(out["attempted"], 1)
+    if n:
+        pos_of = p.pos_of
+        orig = p.images[[pos_of[int(s)] for s in z["source"]]]
+        d = (z["images"].astype(np.float64) - orig).reshape(n, -1) / 255.0
+        out["mean_l2"] = float(np.linalg.norm(d, axis=1).mean())
+        out["mean_linf"] = float(np.abs(d).max(axis=1).mean())
+    if "params" in z:
+        out["params"] = json.loads(str(z["params"]))
+    return out
+
+
+def _todo(ctx: Context, name: str) -> bool:
+    return not ctx.run.item_done(f"evalsets/{name}.npz", ctx.keys["evalsets"])
+
+
+def authentic(ctx: Context, p: Picked) -> dict:
+    """Rightly classified test images."""
+    if _todo(ctx, "authentic"):
+        save_set(ctx, "authentic", p.images, p.true, p.predicted[p.auth_idx], np.full(len(p.auth_idx), -1),
+                 p.auth_idx)
+    return {"n": len(p.auth_idx), "attempted": len(p.auth_idx)}
+
+
+def errors(ctx: Context, p: Picked) -> dict:
+    """Misclassified test images (``attempted``: every misclassified one)."""
+    if _todo(ctx, "errors"):
+        idx = p.err_idx
+        save_set(ctx, "errors", p.test.get(idx), p.test.labels[idx], p.predicted[idx], np.full(len(idx), -1), idx)
+    return {"n": len(p.err_idx), "attempted": p.n_wrong}
+
+
+def noise(ctx: Context, p: Picked) -> dict:
+    """Authentic images plus uniform noise in ``[-noise_eps, noise_eps]``, kept where still rightly classified."""
+    if _todo(ctx, "noise"):
+        eps = ctx.cfg["evalsets"]["noise_eps"]
+        delta = np.random.default_rng([ctx.cfg["seed"], 1]).uniform(-eps, eps, size=p.images.shape)
+        noisy = np.clip(np.rint(p.images + delta * 255), 0, 255).astype(np.uint8)
+        pred = ctx.model().predict(noisy)
+        keep = pred == p.true
+        save_set(ctx, "noise", noisy[keep], p.true[keep], pred[keep], np.full(int(keep.sum()), -1),
+                 p.auth_idx[keep])
+    return set_stats(ctx.run.load_npz("evalsets/noise.npz"), p, len(p.auth_idx))
+
+
+def _targets(ctx: Context, p: Picked, name: str, n: int) -> np.ndarray:
+    """A random wrong class per image, or the CSV's ``TargetClass`` where that is a valid wrong class."""
+    true = p.true[:n]
+    arng = np.random.default_rng([ctx.cfg["seed"], 2, sum(map(ord, name))])
+    target = (true + arng.integers(1, p.n_classes, size=n)) % p.n_classes
+    given = getattr(p.test, "targets", None)
+    if given is not None:
+        given = given[p.auth_idx[:n]]
+        usable = (given >= 0) & (given < p.n_classes) & (given != true)
+        target = np.where(usable, given, target)
+    return target
+
+
+def attack(ctx: Context, p: Picked, name: str) -> dict:
+    """Attack ``name`` on the first ``n`` authentic images (``attacks.<name>.n``); failed attempts dropped."""
+    from core import attacks
+
+    table = dict(ctx.cfg[ATTACK_SECTION].get(name, {}))
+    n = min(table.pop("n", len(p.auth_idx)), len(p.auth_idx))
+    summary = ctx.run.manifest["summary"]
+    if _todo(ctx, name):
+        t0, target, seed = time.perf_counter(), _targets(ctx, p, name, n), ctx.cfg["seed"]
+        x, bs, parts = to_float(p.images[:n]), ctx.cfg["evalsets"]["attack_batch"], []
+        for s in range(0, n, bs):
+            r = attacks.run_attack(name, ctx.model(), x[s:s + bs], target=target[s:s + bs], seed=seed + s,
+                                   progress=ctx.progress, **table)
+            parts.append((attacks.to_uint8(r.x_adv), r.predicted, r.success))
+            log.info("%s: %d/%d", name, min(s + bs, n), n)
+        adv, pred, ok = (np.concatenate(a) for a in zip(*parts))
+        tgt = target if r.targeted else np.full(n, -1)
+        summary.setdefault("attack_seconds", {})[name] = round(time.perf_counter() - t0, 2)
+        save_set(ctx, name, adv[ok], p.true[:n][ok], pred[ok], tgt[ok], p.auth_idx[:n][ok],
+                 attempted=np.array(n), params=np.array(json.dumps(r.params, sort_keys=True)))
+    seconds = summary.get("attack_seconds", {}).get(name)
+    return {**set_stats(ctx.run.load_npz(f"evalsets/{name}.npz"), p, n), "seconds": seconds}
+
+
+def external(ctx: Context, p: Picked, name: str, table: dict) -> dict:
+    """Adversarial images made elsewhere: ``<table["dir"]>/<ImageId>.png`` per authentic CSV row; kept where the
+    model's prediction differs from the label."""
+    if _todo(ctx, name):
+        from core.uploads import image_to_array, read_upload
+
+        (c, h, w), resize = ctx.spec().size, ctx.spec().resize
+        ids = [p.test.ids[i] for i in p.auth_idx]
+        have = [j for j, i in enumerate(ids) if _exists_by_id(table["dir"], i)]
+        imgs = np.stack([image_to_array(read_upload(find_by_id(table["dir"], ids[j]).read_bytes()), size=(h, w),
+                                        channels=c, resize=resize) for j in have]) if have else \
+            np.empty((0, h, w, c), np.uint8)
+        pred = ctx.model().predict(imgs) if have else np.empty(0, np.int64)
+        hv = np.asarray(have, dtype=np.int64)
+        keep = pred != p.true[hv]  # failed adversarials (still right) are dropped
+        save_set(ctx, name, imgs[keep], p.true[hv][keep], pred[keep], np.full(int(keep.sum()), -1),
+                 p.auth_idx[hv][keep], attempted=np.array(len(have)), params=np.array(json.dumps(table)))
+    return set_stats(ctx.run.load_npz(f"evalsets/{name}.npz"), p, len(p.auth_idx))
+
+
+def _exists_by_id(folder: str, image_id: str) -> bool:
+    try:
+        find_by_id(Path(folder), image_id)
+        return True
+    except DatasetNotFound:
+        return False
