@@ -154,7 +154,8 @@ class FolderSource(SourceBase):
         return len(self.paths)
 
     def get(self, idx: np.ndarray) -> np.ndarray:
-        from core.uploads import image_to_array, read_upload
+        from core.transforms import image_to_array
+        from core.uploads import read_upload
 
         out = np.empty((len(idx), *self.size, self.channels), np.uint8)
         for j, i in enumerate(np.asarray(idx).ravel()):

@@ -23,7 +23,7 @@ import warnings
 
 from PIL import Image, ImageFile, ImageOps
 
-from core.transforms import image_to_array, to_rgb_or_l
+from core.transforms import to_rgb_or_l
 from core.upload_policy import (
     ACCEPTED_FORMATS,
     NO_MEMORY_MESSAGE,
@@ -44,7 +44,6 @@ __all__ = [
     "MAX_PIXELS",
     "UPLOAD_REASONS",
     "UploadError",
-    "image_to_array",
     "decode_in_process",
     "read_upload",
 ]

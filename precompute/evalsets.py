@@ -172,7 +172,8 @@ def external(ctx: Context, p: Picked, name: str, table: dict) -> dict:
     """Adversarial images made elsewhere: ``<table["dir"]>/<ImageId>.png`` per authentic CSV row; kept where the
     model's prediction differs from the label."""
     if _todo(ctx, name):
-        from core.uploads import image_to_array, read_upload
+        from core.transforms import image_to_array
+        from core.uploads import read_upload
 
         (c, h, w), resize = ctx.spec().size, ctx.spec().resize
         ids = [p.test.ids[i] for i in p.auth_idx]
