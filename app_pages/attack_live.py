@@ -76,13 +76,20 @@ with c1:
     cls = ATTACKS[name]
     st.caption(ABOUT.get(name, cls.title))
     others = [c for c in range(len(classes)) if c != pred0]
-    if cls.targeted:
+    aimed = cls.targeted
+    if len(cls.modes) > 1:
+        aimed = st.radio("Aim", [False, True], index=int(cls.targeted), key="atk_aimed", horizontal=True,
+                         format_func=lambda t: "a target class" if t else "any other class",
+                         persist_state="session",
+                         help="Untargeted: any change of the prediction counts (the paper's success rule). "
+                              "Targeted: the attack aims at one class.")
+    if aimed:
         target = st.selectbox("Target class", ["random"] + others, key="atk_target",
                               format_func=lambda c: "a random wrong class" if c == "random" else classes[c],
                               persist_state="session")
     else:
         target = None
-        st.caption(f"{cls.title} is untargeted: it goes to the nearest other class.")
+        st.caption(f"{cls.title}, untargeted: any class but the current prediction counts as success.")
     seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="atk_seed", persist_state="session",
                            help="Seeds the random target and the attack's random start.")
 with c2:
@@ -109,8 +116,8 @@ if clicked:
         params = {p: (min(v, CAPS[p]) if p in CAPS else v) for p, v in params.items()}  # never past the caps
         try:
             res = bounded.run_bounded(run_attack, name, model, x,
-                                 target=None if target_cls is None else np.array([target_cls]), seed=int(seed),
-                                 **params)
+                                      target=None if target_cls is None else np.array([target_cls]),
+                                      seed=int(seed), targeted=aimed, **params)
         except (ValueError, TypeError) as e:
             st.error(f"The attack refused these settings: {e}")
             st.stop()

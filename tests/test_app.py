@@ -161,6 +161,18 @@ def test_attack_fgsm_shows_before_after_scores_for_every_layer(app, truth):
     adv = app.session_state["atk_result"]["adv"]
     orig = app.session_state["current"]["image"]
     assert np.abs(adv.astype(int) - orig.astype(int)).max() <= round(0.2 * 255) + 1
+    assert app.session_state["atk_result"]["target"] is None  # FGSM is untargeted by default
+
+
+def test_attack_aim_switches_fgsm_to_a_target_class(app):
+    _ok(app.switch_page(PAGES["attack"]).run())
+    _ok(app.radio(key="atk_aimed").set_value(True).run())
+    _ok(app.selectbox(key="atk_target").select("random").run())
+    _ok(app.button(key="atk_run").click().run())
+    out = app.session_state["atk_result"]
+    assert out["target"] is not None and out["params"]["targeted"] is True
+    heads = [m for m in _markdown(app) if m.startswith("### FGSM")]
+    assert heads and "its target" in heads[0]
 
 
 # --------------------------------------------------------------------------------------------- Threshold

@@ -44,8 +44,10 @@ def test_every_page_in_a_real_browser(tiny_run):
     assert "Prediction:" in seen["inspect_evalset"] and "authentic #0" in seen["inspect_evalset"]
     assert "your upload" in seen["inspect"] and "Prediction:" in seen["inspect"]
     assert "as the model sees it" in seen["inspect"]
-    # Attack: FGSM ran and reported the prediction before -> after.
-    assert re.search(r"FGSM (reached|did not reach) its target .+: .+ → .+", seen["attack"])
+    # Attack: FGSM (untargeted by default, as the authors') ran and reported the prediction before -> after.
+    assert re.search(r"FGSM (succeeded: the class changed|failed: the class did not change): .+ → .+",
+                     seen["attack"])
+    assert "any class but the current prediction counts" in seen["attack"]
     assert "perturbation" in seen["attack"]
     # Threshold: 40 presses of the right arrow moved the operating point by 40 steps of 0.001.
     before, after = seen["operating_before"], seen["operating_after"]
