@@ -1,5 +1,5 @@
-"""Layers: EER accuracy per layer and score function with 95 % intervals (paper Fig. 6), and the full table layer × processing ×
-score × attack of the run's report (paper Tables 2 and 4)."""
+"""Layers: EER accuracy per layer and score function with 95 % intervals (paper Fig. 6), and the full table
+layer × processing × score × attack of the run's report (paper Tables 2 and 4)."""
 import pandas as pd
 import streamlit as st
 

@@ -168,7 +168,8 @@ def inspect(run: Run, image: np.ndarray):
 def _live(path: str, stamp: int):
     from core.live import LiveFigures
 
-    return LiveFigures.for_run(_rundata(path, stamp))
+    return LiveFigures.for_run(_rundata(path, stamp),
+                               scores=lambda name, layer, mode, fn, k: _scores(path, stamp, name, layer, mode, fn, k))
 
 
 def live(run: Run):

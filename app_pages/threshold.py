@@ -57,8 +57,8 @@ with st.container(key="th_op"):
         label = ((rep or {}).get("processing_labels", {}).get(op["layer"], {}).get(op["processing"])
                  or state.MODE_NAMES.get(op["processing"]) or op["processing"])
         target = op.get("target_tpr")
-        st.markdown(f"**The run's operating point**, chosen on the validation split ({md(split.get('validation', '?'))} "
-                    f"source images): layer **{md(op['layer'])}**, {md(label)}, "
+        st.markdown(f"**The run's operating point**, chosen on the validation split "
+                    f"({md(split.get('validation', '?'))} source images): layer **{md(op['layer'])}**, {md(label)}, "
                     f"{state.FN_NAMES.get(op['fn']) or md(op['fn'])}, k = {md(op['k'])}, threshold "
                     f"**{float(op['threshold']):.4f}** (trust {md(op.get('trust', 'score >= threshold'))}). "
                     f"On the test split ({md(split.get('test', '?'))} source images): TPR "
@@ -116,7 +116,8 @@ else:
             c[1].metric("Mean detection rate over attacks", "–" if not det else f"{100 * sum(det) / len(det):.1f} %")
         st.dataframe(pd.DataFrame([{"attack": a, "test images": v["n_test"],
                                     "detection rate % (rejected)": charts.ci_text(v["detection_rate"]),
-                                    "guarded success % (fools the CNN and trusted)": charts.ci_text(v["guarded_success"])}
+                                    "guarded success % (fools the CNN and trusted)":
+                                        charts.ci_text(v["guarded_success"])}
                                    for a, v in fig["attacks"].items()]),
                      hide_index=True, key="th_live_table")
         st.caption("Guarded success: share of attack attempts on test images that both fool the CNN and are "

@@ -42,7 +42,8 @@ def _page_calls(data, layer: str, mode: str, fn: str, k: int, negs: list[str], t
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     if cache is None:
-        cache = {s: data.scores(s, layer, mode, fn, k) for s in [*POSITIVE_SETS, *negs] if s in data.set_names}
+        score = live.score if live is not None else data.scores
+        cache = {s: score(s, layer, mode, fn, k) for s in [*POSITIVE_SETS, *negs] if s in data.set_names}
     sep = Separation([cache[s] for s in POSITIVE_SETS if s in cache], {s: cache[s] for s in negs})
     t["scores"] = time.perf_counter() - t0
     for key, call in (("roc", lambda: sep.roc), ("rates_at", lambda: sep.at(th)), ("densities", sep.densities),
@@ -71,9 +72,16 @@ def library(run: str, *, changes: int) -> dict[str, Any]:
     for s in data.set_names:  # the stored neighbours are loaded once per session (st.cache_resource)
         data.neighbours(s, layer, mode)
         data.evalset(s)
+    memo: dict = {}  # the page's st.cache_data of scores, shared by the live figures
+
+    def scores(*args):
+        if args not in memo:
+            memo[args] = data.scores(*args)
+        return memo[args]
+
     t0 = time.perf_counter()
     try:
-        live = LiveFigures.for_run(data)
+        live = LiveFigures.for_run(data, scores=scores)
     except ValueError:  # a run without a split
         live = None
     live_build = time.perf_counter() - t0

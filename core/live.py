@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +69,9 @@ class LiveFigures:
     config : EvaluationConfig
     max_settings : int
         Settings whose scores are kept (least recently used dropped).
+    scores : callable, optional
+        ``(set, layer, mode, fn, k) -> scores (n,)`` of every item of the set (default ``data.scores``; the app
+        passes its cached one so a setting is scored once).
 
     Raises
     ------
@@ -77,7 +80,8 @@ class LiveFigures:
         is empty.
     """
 
-    def __init__(self, data: RunData, config: EvaluationConfig = EvaluationConfig(), *, max_settings: int = 64):
+    def __init__(self, data: RunData, config: EvaluationConfig = EvaluationConfig(), *, max_settings: int = 64,
+                 scores: Callable[[str, str, str, str, int], np.ndarray] | None = None):
         if config.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {config.protocol!r}")
         self.data, self.config, self.max_settings = data, config, int(max_settings)
@@ -85,6 +89,7 @@ class LiveFigures:
         missing = [s for s in sets if "source" not in data.evalset(s)]
         if missing:
             raise ValueError(f"sets {missing} have no source ids; rebuild the run")
+        self.score = scores or data.scores
         self.source = {s: np.asarray(data.evalset(s)["source"], dtype=np.int64) for s in sets}
         positives, rule = PROTOCOLS[config.protocol]
         self.positive_sets = [s for s in positives if s in sets]
@@ -130,7 +135,7 @@ class LiveFigures:
                 return hit
 
         def test(name: str) -> np.ndarray:
-            return self.data.scores(name, *s)[self.test[name]]
+            return np.asarray(self.score(name, *s))[self.test[name]]
 
         pos = [test(n) for n in self.positive_sets]
         pos_src = [self.source[n][self.test[n]] for n in self.positive_sets]
@@ -182,7 +187,7 @@ class LiveFigures:
                 errors = None
                 if ERRORS_SET in self.test and self.test[ERRORS_SET].any():
                     m = self.test[ERRORS_SET]
-                    errors = self.bootstrap.roc(sc.pos, sc.pos_source, self.data.scores(ERRORS_SET, *s)[m],
+                    errors = self.bootstrap.roc(sc.pos, sc.pos_source, np.asarray(self.score(ERRORS_SET, *s))[m],
                                                 self.source[ERRORS_SET][m])[0].interval()
             hit = json_safe({"aggr": aggr.interval(), "attacks": {a: e.interval() for a, e in per.items()},
                              "errors": errors})
