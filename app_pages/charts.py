@@ -106,3 +106,11 @@ def before_after_figure(layers: list[str], before: dict[str, float], after: dict
     return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
                   xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
                   yaxis=dict(range=[0, 1.15]), barmode="group", showlegend=False)
+
+
+def ci_text(interval) -> str:
+    """``[v, lo, hi]`` (fractions) as ``"84.2 [82.9, 85.4]"`` (percent); "–" where undefined."""
+    if not interval or interval[0] is None:
+        return "–"
+    v, lo, hi = interval
+    return f"{100 * v:.1f}" + ("" if lo is None or hi is None else f" [{100 * lo:.1f}, {100 * hi:.1f}]")

@@ -4,7 +4,8 @@ import streamlit as st
 
 from app_pages import charts, current, images, loaders, state
 from app_pages._text import md
-from core.evaluation import FailureCase, best_layer
+from core.evaluation import FailureCase
+from core.live import operating_layer
 
 run = state.current_run()
 data = loaders.rundata(run)
@@ -21,7 +22,7 @@ if not attacks:
     st.warning("This run has no adversarial images.")
     st.stop()
 
-st.session_state.setdefault("fail_layer", best_layer(loaders.report(run), layers))
+st.session_state.setdefault("fail_layer", operating_layer(loaders.report(run), layers))
 st.session_state.setdefault("fail_attacks", list(attacks))
 c1, c2, c3 = st.columns([1, 3, 1])
 layer = c1.selectbox("Layer", layers, key="fail_layer", persist_state="session")

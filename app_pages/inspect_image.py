@@ -5,7 +5,7 @@ import streamlit as st
 
 from app_pages import charts, current, images, loaders, state
 from app_pages._text import md, plotly_text
-from core.evaluation import best_layer
+from core.live import operating_layer, operating_point
 
 run = state.current_run()
 data = loaders.rundata(run)
@@ -122,10 +122,13 @@ with chart_col:
                                      title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
 
-best = best_layer(loaders.report(run), layers)
+rep = loaders.report(run)
+best = operating_layer(rep, layers)
 st.session_state.setdefault("inspect_layer", best)
 layer = st.selectbox("Layer for the verdict and the neighbours", layers, key="inspect_layer",
-                     persist_state="session", help=f"The run's best layer overall is {md(best)}.")
+                     persist_state="session", help=f"Opens at {md(best)}: "
+                     + ("the layer of the run's operating point, chosen on the validation split."
+                        if operating_point(rep) else "the last layer (this run has no operating point)."))
 s, t = scores[layer], thresholds[layer]
 msg = (f"**{charts.verdict(s, t)}** by layer {md(layer)}: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
        f"(that layer's EER threshold on the run's attacks).")

@@ -1,5 +1,5 @@
-"""Layers: EER accuracy per layer and score function (paper Fig. 6), and the full table layer × processing ×
-score × attack of the run's report (paper Tables 2 and 4)."""
+"""Layers: EER accuracy per layer and score function with 95 % intervals (paper Fig. 6), and the full table
+layer × processing × score × attack of the run's report (paper Tables 2 and 4)."""
 import pandas as pd
 import streamlit as st
 
@@ -25,43 +25,89 @@ def _value(row: dict, col: str) -> float:
     return row_accuracy(row, COLUMNS.get(col, col))
 
 
-rows = loaders.detection_rows(run)
-attacks = [a for a in state.attack_sets(run) if any(a in r["attacks"] for r in rows)]
-metric_options = ["Aggr."] + attacks + (["Errors"] if any("errors" in r for r in rows) else [])
+lf = loaders.live(run)
+rows = [] if lf is not None else loaders.detection_rows(run)  # every stored image: a run without a split
+attacks = state.attack_sets(run)
+has_errors = "errors" in state.ordered_sets(run)
+metric_options = ["Aggr."] + attacks + (["Errors"] if has_errors else [])
 metric = st.segmented_control("Negatives", metric_options, key="layers_metric", default="Aggr.",
                               persist_state="session", format_func=md,
                               help="Aggr. = mean over the attacks weighted by their sizes; Errors = the CNN's "
                                    "natural misclassifications as negatives.") or "Aggr."
+column = COLUMNS.get(metric, metric)
+# rows of the report measured on the test split with intervals (issue 12), at the sidebar's mode and k
+stored = {(r["layer"], r["fn"]): r for r in (rep or {}).get("rows", [])
+          if "ci" in r and r["mode"] == run.mode and int((rep or {}).get("k", -1)) == run.k}
+
+
+def _interval(layer: str, fn: str) -> list:
+    """``[v, lo, hi]`` (fractions; lo, hi None without an interval) of ``metric`` at ``layer`` and ``fn``."""
+    if (layer, fn) in stored:
+        r = stored[(layer, fn)]
+        lo, hi = (r["ci"].get(column) or [None, None])
+        return [_value(r, metric), lo, hi]
+    if lf is not None:
+        e = loaders.live_eer(run, layer, fn)
+        got = e["aggr"] if column == "aggr" else e["errors"] if column == "errors" else e["attacks"].get(column)
+        return list(got or [None, None, None])
+    return [_value(next(r for r in rows if r["layer"] == layer and r["fn"] == fn), metric), None, None]
+
+
+def _pct(x) -> float:
+    return float("nan") if x is None else 100 * x
+
+
 lines = []
 styles = {"knn": ("#718096", "dot"), "wknn": ("#805ad5", "dash"), "dwknn": ("#2b6cb0", "solid")}
+with st.spinner("Bootstrapping every layer on the test split…"):
+    cis = {fn: [_interval(la, fn) for la in layers] for fn in styles}
 for fn, (color, dash) in styles.items():
-    ys = [_value(next(r for r in rows if r["layer"] == la and r["fn"] == fn), metric) for la in layers]
+    ys = [_pct(v) for v, _, _ in cis[fn]]
     mine = fn == run.fn  # the sidebar's score function: thicker, with its values written
-    lines.append(dict(type="scatter", x=[plotly_text(la) for la in layers], y=[100 * y for y in ys],
+    bars = {}
+    if any(lo is not None for _, lo, _ in cis[fn]):
+        bars = dict(error_y=dict(type="data", symmetric=False, color=color, thickness=2 if mine else 1,
+                                 array=[_pct(hi) - y if hi is not None else 0 for (_, _, hi), y in zip(cis[fn], ys)],
+                                 arrayminus=[y - _pct(lo) if lo is not None else 0
+                                             for (_, lo, _), y in zip(cis[fn], ys)]))
+    lines.append(dict(type="scatter", x=[plotly_text(la) for la in layers], y=ys,
                       mode="lines+markers+text" if mine else "lines+markers",
                       name=state.FN_NAMES[fn] + (" (sidebar)" if mine else ""),
                       line=dict(color=color, dash=dash, width=4 if mine else 2), marker=dict(size=10 if mine else 7),
-                      text=[f"{100 * y:.1f}" for y in ys], textposition="top center", textfont=dict(size=13),
-                      hovertemplate="%{x}: %{y:.1f} %<extra>" + state.FN_NAMES[fn] + "</extra>"))
+                      text=[f"{y:.1f}" for y in ys], textposition="top center", textfont=dict(size=13),
+                      customdata=[charts.ci_text(c) for c in cis[fn]],
+                      hovertemplate="%{x}: %{customdata} %<extra>" + state.FN_NAMES[fn] + "</extra>", **bars))
+split_text = ("the test split" if lf is None else
+              f"the test split ({len(lf.split.test)} source images, validation share {lf.config.validation_share:g})")
 st.plotly_chart(charts.figure(lines, title=f"EER accuracy per layer, {plotly_text(metric)} (paper Fig. 6) — "
-                                       f"{state.MODE_NAMES[run.mode]}, k = {run.k}", ytitle="EER accuracy",
-                          xtitle="layer (input → output)", height=420, yaxis=dict(ticksuffix=" %"),
-                          xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers])),
+                                       f"{state.MODE_NAMES.get(run.mode, plotly_text(run.mode))}, k = {run.k}",
+                              ytitle="EER accuracy", xtitle="layer (input → output)", height=420,
+                              yaxis=dict(ticksuffix=" %"),
+                              xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers])),
                 key="layers_fig6")
-st.caption("Computed live from the stored neighbours at the sidebar's processing and k.")
+if lf is None:
+    st.caption("Computed live from every stored image at the sidebar's processing and k. This run has no "
+               "validation / test split: rebuild the run to see confidence intervals.")
+else:
+    src = ("from the run's report" if len(stored) == len(layers) * len(styles) else
+           "computed live" if not stored else "from the run's report where it has the sidebar's settings, else live")
+    st.caption(f"The paper's metric (each attack's own oracle threshold) on {split_text}, at the sidebar's "
+               f"processing and k; error bars: 95 % confidence intervals, {lf.config.n_boot} bootstrap resamples of "
+               f"source images ({src}).")
 
 st.subheader("Every setting (paper Tables 2 and 4)")
 if rep is None:
     st.warning("This run has no report.json; rebuild it with:")
     st.code(state.resume_command(run.manifest), language="bash")
     st.stop()
-cols = list(rep["attacks"]) + ["Aggr.", "Errors"]
+cols = list(rep.get("attack_sets") or rep["attacks"]) + ["Aggr.", "Errors"]
 table = pd.DataFrame([{"layer": r["layer"], "processing": r["mode"], "score": state.FN_NAMES[r["fn"]].split(" ")[0],
                        **{c: 100 * _value(r, c) for c in cols}} for r in rep["rows"]])
 table = table.dropna(axis=1, how="all")
 num = [c for c in cols if c in table]
-st.caption(f"EER accuracy (%) from the run's report.json (k = {md(rep['k'])}); click a column header to sort. The "
-           "best cell of each column is highlighted.")
+where = "on the test split, " if "split" in rep else "on every stored image, "
+st.caption(f"EER accuracy (%) from the run's report.json ({where}k = {md(rep['k'])}); click a column header to sort. "
+           "The best cell of each column is highlighted.")
 st.dataframe(table.style.format("{:.1f}", subset=num, na_rep="–")
              .highlight_max(subset=num, props="background-color:#c6f6d5;font-weight:700"),
              hide_index=True, key="layers_table", height=min(38 + 35 * len(table), 640))

@@ -162,3 +162,40 @@ def inspect(run: Run, image: np.ndarray):
     detector(run)  # loaded (or refused) first, so a failure inside inspect() is never taken for a bad run
     with _guard(run):
         return _inspect(run.path, run.stamp, np.ascontiguousarray(image), run.mode, run.fn, run.k)
+
+
+@st.cache_resource(show_spinner="Drawing the bootstrap over the test split…")
+def _live(path: str, stamp: int):
+    from core.live import LiveFigures
+
+    return LiveFigures.for_run(_rundata(path, stamp),
+                               scores=lambda name, layer, mode, fn, k: _scores(path, stamp, name, layer, mode, fn, k))
+
+
+def live(run: Run):
+    """The run's :class:`core.live.LiveFigures` (built once per process), or None for a run older than the
+    validation / test split (a set without source ids) or whose split leaves no test image."""
+    with _guard(run):
+        try:
+            return _live(run.path, run.stamp)
+        except ValueError:
+            return None
+
+
+def live_at(run: Run, layer: str, threshold: float) -> dict | None:
+    """:meth:`core.live.LiveFigures.at` of ``layer`` at the sidebar's settings (None: see :func:`live`)."""
+    lf = live(run)
+    if lf is None:
+        return None
+    with _guard(run):
+        return lf.at((layer, run.mode, run.fn, run.k), threshold)
+
+
+def live_eer(run: Run, layer: str, fn: str) -> dict | None:
+    """:meth:`core.live.LiveFigures.eer` of ``layer`` and ``fn`` at the sidebar's mode and k (None: see
+    :func:`live`)."""
+    lf = live(run)
+    if lf is None:
+        return None
+    with _guard(run):
+        return lf.eer((layer, run.mode, fn, run.k))

@@ -1,5 +1,5 @@
-"""Run: what the selected run is (dataset, model, accuracy, layers, evaluation sets, attacks, timings, library
-versions) and how to make another one."""
+"""Run: what the selected run is (dataset, model, accuracy, layers, protocol, split and operating point, evaluation
+sets, attacks, the paper's findings per layer, timings, library versions) and how to make another one."""
 import json
 
 import pandas as pd
@@ -7,7 +7,7 @@ import streamlit as st
 
 from app_pages import charts, loaders, state
 from app_pages._text import md
-from core.evaluation import best_setting
+from core.live import operating_point
 from precompute.stages import STAGE_NAMES
 
 run = state.current_run()
@@ -37,13 +37,56 @@ st.markdown(f"**Layers tapped** (input → output): {', '.join(md(la) for la in 
             f"{state.FN_NAMES.get(d['fn']) or md(d['fn'])}, k = {md(d['k'])}  \n"
             f"**Trained here**: {'yes' if model.get('trained_here') else 'no (pretrained weights)'}"
             + (f", {len(model['losses'])} epochs" if model.get("losses") else ""))
-b = best_setting(rep)
-if b:
-    st.markdown(f"**Best setting** (report, k = {md(rep['k'])}): layer {md(b['layer'])}, "
-                f"{state.MODE_NAMES.get(b['mode']) or md(b['mode'])}, {state.FN_NAMES.get(b['fn']) or md(b['fn'])}: "
-                f"aggregated EER accuracy **{b['aggr']:.1%}**")
+labels = rep.get("processing_labels", {})
+
+
+def _processing(layer: str, mode: str) -> str:
+    """The processing as fitted (report's ``processing_labels``), else its mode's name."""
+    return labels.get(layer, {}).get(mode) or state.MODE_NAMES.get(mode) or mode
+
+
+st.subheader("Protocol and operating point")
+op = operating_point(rep)
+if op is None:
+    st.info("This run's report predates the validation / test split, the operating point and the confidence "
+            "intervals: rebuild the run to see them.", icon=":material/info:")
+    st.code(state.resume_command(m), language="bash")
+else:
+    split = rep.get("split", {})
+    st.markdown(f"**Protocol**: {md(rep.get('protocol', '?'))} (positives: {md(', '.join(rep.get('positives', [])))})"
+                f"  \n**Split by source image**: {md(split.get('validation', '?'))} validation, "
+                f"{md(split.get('test', '?'))} test (seed {md(split.get('seed', '?'))}); everything chosen (layer, "
+                "processing, score, k, threshold) is chosen on validation, every figure is measured on test.  \n"
+                f"**Operating point**: layer {md(op['layer'])}, {md(_processing(op['layer'], op['processing']))}, "
+                f"{state.FN_NAMES.get(op['fn']) or md(op['fn'])}, k = {md(op['k'])}, threshold "
+                f"{float(op['threshold']):.4f} (trust {md(op.get('trust', 'score >= threshold'))}); TPR on test "
+                f"**{charts.ci_text(op.get('tpr_test'))}** %.")
+    if op.get("criterion"):
+        st.caption(f"Rule: {md(op['criterion'])}.")
+    att = rep.get("attacks", {})
+    if isinstance(att, dict) and att:
+        st.dataframe(pd.DataFrame([{"attack": a, "test images": v.get("n_test"),
+                                    "success (prediction changed)": v.get("success_changed"),
+                                    "success (target reached)": v.get("success_target"),
+                                    "detection rate %": charts.ci_text(v.get("detection_rate")),
+                                    "guarded success %": charts.ci_text(v.get("guarded_success")),
+                                    "EER accuracy % (oracle)": charts.ci_text(v.get("eer_accuracy"))}
+                                   for a, v in att.items()]), hide_index=True, key="run_attacks", placeholder="–",
+                     column_config={c: st.column_config.NumberColumn(format="percent")
+                                    for c in ("success (prediction changed)", "success (target reached)")})
+        st.caption("On the test split at the operating point, [95 % confidence interval]. Guarded success: attack "
+                   "attempts that fool the CNN and are trusted. EER accuracy: the paper's metric, each attack with "
+                   "its own (oracle) threshold.")
 
 st.subheader("Evaluation sets")
+
+
+def _points(iv) -> str:
+    """A difference ``[v, lo, hi]`` (fractions) in points, ``+1.2 [-0.3, 2.6]``."""
+    if not iv or iv[0] is None:
+        return "–"
+    v, lo, hi = (None if x is None else 100 * x for x in iv)
+    return f"{v:+.1f}" + ("" if lo is None or hi is None else f" [{lo:+.1f}, {hi:+.1f}]")
 
 
 def _params(p) -> str:
@@ -75,11 +118,29 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, key="run_sets", placeholder="�
 st.caption("Adversarial sets keep only successful attacks (targeted: the prediction reached the random target "
            "class); 'noise' keeps noisy images still classified correctly. Norms are in [0, 1] pixel units.")
 
-if rep.get("findings"):
+findings = rep.get("findings") or []
+if findings and all("verdict" in f for f in findings):
+    st.subheader("The paper's findings on this run, per layer")
+    st.markdown("Each is a difference of Aggr. EER accuracy on the test split with its paired 95 % interval: "
+                "**holds** where the interval lies above 0, **reversed** where it lies below 0, **not shown** "
+                "otherwise.")
+    st.dataframe(pd.DataFrame([{"finding": f["finding"], "layer": f["layer"],
+                                "processing": _processing(f["layer"], f["mode"]) if f.get("mode") else "",
+                                "difference (points)": _points(f["difference"]), "verdict": f["verdict"]}
+                               for f in findings]), hide_index=True, key="run_findings")
+    rev = rep.get("reversals") or []
+    st.markdown(f"**Reversals** ({len(rev)}): where the paper's direction is reversed, on the aggregate or one "
+                "attack." if rev else "**Reversals**: none.")
+    if rev:
+        st.dataframe(pd.DataFrame([{"finding": r["finding"], "layer": r["layer"], "processing": r.get("mode") or "",
+                                    "attack": r["attack"], "difference (points)": _points(r["difference"])}
+                                   for r in rev]), hide_index=True, key="run_reversals")
+elif findings:
     st.subheader("The paper's findings on this run")
-    for f in rep["findings"]:
-        st.markdown(f"- **{'Holds' if f['holds'] else 'Does not hold'}**: {md(f['claim'])}. "
-                    f"{md(f['evidence'])}.")
+    for f in findings:
+        st.markdown(f"- **{'Holds' if f.get('holds') else 'Does not hold'}**: {md(f.get('claim', ''))}. "
+                    f"{md(f.get('evidence', ''))}.")
+    st.caption("Tested without confidence intervals on every image: rebuild the run to see them per layer.")
 
 left, right = st.columns(2)
 with left:

@@ -1,11 +1,12 @@
-"""Threshold: drag the trust threshold of one layer and watch the operating point move on the ROC, the score
-densities (paper Fig. 4) and the TPR/FPR curves (Figs. 3 and 5). Scores come from stored neighbours only."""
+"""Threshold: the run's operating point (chosen on validation) and, at the slider's threshold, the test-split
+figures with 95 % intervals; drag the threshold of one layer and watch the ROC point, the score densities (paper
+Fig. 4) and the TPR/FPR curves (Figs. 3 and 5) move. Scores come from stored neighbours only."""
 import pandas as pd
 import streamlit as st
 
 from app_pages import charts, loaders, state
 from app_pages._text import md, plotly_text
-from core.evaluation import best_layer
+from core.live import operating_layer, operating_point
 
 run = state.current_run()
 layers = run.layers
@@ -17,7 +18,9 @@ charts.how_to_read("How to read this: positives are authentic images the CNN get
                    "images (and, if ticked, the CNN's natural errors). Every image with a score at or above the "
                    "threshold is trusted. A good layer puts the blue curve (authentic) to the right of the others.")
 
-st.session_state.setdefault("th_layer", best_layer(loaders.report(run), layers))
+rep = loaders.report(run)
+op = operating_point(rep)
+st.session_state.setdefault("th_layer", operating_layer(rep, layers))
 st.session_state.setdefault("th_negatives", list(attacks))
 st.session_state.setdefault("th_errors", not attacks)
 
@@ -43,16 +46,45 @@ def _jump(value: float) -> None:
     st.session_state["th_threshold"] = value
 
 
+def _use_operating_point() -> None:
+    st.session_state.update(th_layer=op["layer"], det_mode=op["processing"], det_fn=op["fn"],
+                            det_k=min(int(op["k"]), run.k_max), th_threshold=round(float(op["threshold"]), 3))
+
+
+with st.container(key="th_op"):
+    if op is not None and op.get("threshold") is not None:
+        split = (rep or {}).get("split", {})
+        label = ((rep or {}).get("processing_labels", {}).get(op["layer"], {}).get(op["processing"])
+                 or state.MODE_NAMES.get(op["processing"]) or op["processing"])
+        target = op.get("target_tpr")
+        st.markdown(f"**The run's operating point**, chosen on the validation split "
+                    f"({md(split.get('validation', '?'))} source images): layer **{md(op['layer'])}**, {md(label)}, "
+                    f"{state.FN_NAMES.get(op['fn']) or md(op['fn'])}, k = {md(op['k'])}, threshold "
+                    f"**{float(op['threshold']):.4f}** (trust {md(op.get('trust', 'score >= threshold'))}). "
+                    f"On the test split ({md(split.get('test', '?'))} source images): TPR "
+                    f"**{charts.ci_text(op.get('tpr_test'))}** %"
+                    + (f" (target {100 * float(target):.0f} %)." if target is not None else "."))
+        usable = op["layer"] in layers and op["processing"] in run.summary["modes"] and op["fn"] in state.FN_NAMES
+        st.button("Use the operating point", key="th_use_op", on_click=_use_operating_point, disabled=not usable,
+                  help="Set the layer, the sidebar's settings and the threshold to the run's operating point.")
+    else:
+        st.info("This run's report predates the operating point (chosen on a validation split): rebuild the run to "
+                "see it and the report's confidence intervals.", icon=":material/info:")
+        st.code(state.resume_command(run.manifest), language="bash")
+
 s1, s2 = st.columns([4, 1.3], vertical_alignment="bottom")
 th = s1.slider("Threshold: trust a prediction when its score ≥ this", 0.0, 1.0, step=0.001, format="%.3f",
                key="th_threshold", persist_state="session")
 s2.button(f"Jump to EER ({eer_th:.3f})", key="th_jump_eer", on_click=_jump, args=(eer_th,), width="stretch",
           help="Set the threshold to the equal error rate point: the share of authentic images rejected equals "
                "the share of negatives trusted.")
+at_op = (op is not None and op.get("threshold") is not None and (layer, run.mode, run.fn, run.k)
+         == (op["layer"], op["processing"], op["fn"], int(op["k"])) and round(float(op["threshold"]), 3) == th)
+exact = float(op["threshold"]) if at_op else th  # the slider's 0.001 steps would move a tie at the threshold
 
 at = sep.at(th)
 with st.container(key="th_operating"):
-    st.markdown(f"**Operating point** at threshold **{th:.3f}**: {at['tpr']:.1%} of authentic images trusted "
+    st.markdown(f"**All stored images** at threshold **{th:.3f}**: {at['tpr']:.1%} of authentic images trusted "
                 f"(TPR), {at['fpr']:.1%} of negatives trusted, i.e. missed (FPR); "
                 f"{1 - at['fpr']:.1%} of negatives caught.")
 m = st.columns(5)
@@ -62,6 +94,35 @@ m[1].metric("EER accuracy", f"{r.eer_accuracy:.1%}",
 m[2].metric("Accuracy at this threshold", f"{at['accuracy']:.1%}", help="(TPR + TNR) / 2.")
 m[3].metric("TPR (authentic trusted)", f"{at['tpr']:.1%}")
 m[4].metric("FPR (negatives missed)", f"{at['fpr']:.1%}")
+
+st.subheader("At this threshold, on the test split (95 % confidence intervals)")
+live = loaders.live(run)
+fig = loaders.live_at(run, layer, exact)
+if fig is None:
+    st.info("This run has no validation / test split: rebuild the run to see confidence intervals.",
+            icon=":material/info:")
+else:
+    where = (f"the operating point's exact threshold {exact:.4f}" if at_op else f"threshold {exact:.3f}")
+    st.caption(f"Layer {md(layer)}, {run.settings_text}, at {where} (trust {md(live.trust_rule)}), on the "
+               f"{len(live.split.test)} test source images (validation share {live.config.validation_share:g}, "
+               f"seed {live.split.seed}); positives: {md(' + '.join(live.positive_sets))}; every attack counted. "
+               f"Intervals: {live.config.n_boot} bootstrap resamples of source images.")
+    with st.container(key="th_live"):
+        c = st.columns(2)
+        c[0].metric("TPR on test (positives trusted)", f"{charts.ci_text(fig['tpr'])} %",
+                    help=f"{fig['n_positives']} test positives; [95 % confidence interval].")
+        if fig["attacks"]:
+            det = [v["detection_rate"][0] for v in fig["attacks"].values() if v["detection_rate"][0] is not None]
+            c[1].metric("Mean detection rate over attacks", "–" if not det else f"{100 * sum(det) / len(det):.1f} %")
+        st.dataframe(pd.DataFrame([{"attack": a, "test images": v["n_test"],
+                                    "detection rate % (rejected)": charts.ci_text(v["detection_rate"]),
+                                    "guarded success % (fools the CNN and trusted)":
+                                        charts.ci_text(v["guarded_success"])}
+                                   for a, v in fig["attacks"].items()]),
+                     hide_index=True, key="th_live_table")
+        st.caption("Guarded success: share of attack attempts on test images that both fool the CNN and are "
+                   "trusted by the detector (the attack's success against the guarded model).")
+    st.caption("The charts below use every stored image (validation and test) and the negatives chosen above.")
 
 conf = pd.DataFrame({"trusted (score ≥ threshold)": [at["tp"], at["fp"]],
                      "rejected (score < threshold)": [at["fn"], at["tn"]]},

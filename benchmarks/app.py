@@ -8,7 +8,8 @@ Two measurements:
 * ``library``: the library calls the page makes, without Streamlit: the stored neighbours' scores of every set
   (``core.evaluation.RunData.scores``; a k change recomputes them, a threshold change finds them in
   ``st.cache_data``), then on ``core.evaluation.Separation`` its ROC, ``at`` (the operating point),
-  ``densities`` and ``trusted_shares`` (``curves``).
+  ``densities`` and ``trusted_shares`` (``curves``), and the test-split figures with bootstrap intervals
+  (``core.live.LiveFigures.at``, ``live_at``: scores kept per setting, the bootstrap drawn once per run).
 * ``apptest``: ``streamlit.testing.v1.AppTest`` on ``app.py``, Threshold page selected, timing
   ``slider.set_value(..).run()`` end to end (the whole script rerun: sidebar, page, charts serialised) for the
   threshold slider and the sidebar's k slider, each change to a value not seen before (no cache hit).
@@ -33,19 +34,21 @@ PAGE = "app_pages/threshold.py"
 
 
 def _page_calls(data, layer: str, mode: str, fn: str, k: int, negs: list[str], th: float,
-                cache: dict | None) -> dict[str, float]:
+                cache: dict | None, live=None) -> dict[str, float]:
     """The library calls of one rerun of the page; ``cache`` holds the scores of a previous run (threshold
-    change)."""
+    change); ``live`` is the run's :class:`core.live.LiveFigures` (None: not timed)."""
     from core.evaluation import POSITIVE_SETS, Separation
 
     t: dict[str, float] = {}
     t0 = time.perf_counter()
     if cache is None:
-        cache = {s: data.scores(s, layer, mode, fn, k) for s in [*POSITIVE_SETS, *negs] if s in data.set_names}
+        score = live.score if live is not None else data.scores
+        cache = {s: score(s, layer, mode, fn, k) for s in [*POSITIVE_SETS, *negs] if s in data.set_names}
     sep = Separation([cache[s] for s in POSITIVE_SETS if s in cache], {s: cache[s] for s in negs})
     t["scores"] = time.perf_counter() - t0
     for key, call in (("roc", lambda: sep.roc), ("rates_at", lambda: sep.at(th)), ("densities", sep.densities),
-                      ("curves", sep.trusted_shares)):
+                      ("curves", sep.trusted_shares),
+                      ("live_at", lambda: live is not None and live.at((layer, mode, fn, k), th))):
         t0 = time.perf_counter()
         call()
         t[key] = time.perf_counter() - t0
@@ -57,29 +60,44 @@ def library(run: str, *, changes: int) -> dict[str, Any]:
     """Time ``changes`` threshold changes and ``changes`` k changes of the page's library calls."""
     import json
 
-    from core.evaluation import RunData, best_layer
+    from core.evaluation import RunData
+    from core.live import LiveFigures, operating_layer
 
     data = RunData(run, verify=False)
     d = data.summary["defaults"]
     mode, fn, k0 = d["mode"], d["fn"], min(int(d["k"]), int(data.summary["k_max"]))
     report = json.loads((Path(run) / "report.json").read_text()) if (Path(run) / "report.json").exists() else None
-    layer = best_layer(report, data.layers)
+    layer = operating_layer(report, data.layers)
     negs = [a for a in data.attack_sets if data.summary["sets"].get(a, {}).get("n", 0)]
     for s in data.set_names:  # the stored neighbours are loaded once per session (st.cache_resource)
         data.neighbours(s, layer, mode)
         data.evalset(s)
-    base = _page_calls(data, layer, mode, fn, k0, negs, 0.5, None)
+    memo: dict = {}  # the page's st.cache_data of scores, shared by the live figures
+
+    def scores(*args):
+        if args not in memo:
+            memo[args] = data.scores(*args)
+        return memo[args]
+
+    t0 = time.perf_counter()
+    try:
+        live = LiveFigures.for_run(data, scores=scores)
+    except ValueError:  # a run without a split
+        live = None
+    live_build = time.perf_counter() - t0
+    base = _page_calls(data, layer, mode, fn, k0, negs, 0.5, None, live)
     cache = {s: data.scores(s, layer, mode, fn, k0) for s in data.set_names}
-    th_runs = [_page_calls(data, layer, mode, fn, k0, negs, float(th), cache) for th in np.linspace(0.1, 0.9, changes)]
+    th_runs = [_page_calls(data, layer, mode, fn, k0, negs, float(th), cache, live)
+               for th in np.linspace(0.1, 0.9, changes)]
     ks = [max(1, k0 - 1 - i) for i in range(changes)]
-    k_runs = [_page_calls(data, layer, mode, fn, kk, negs, 0.5, None) for kk in ks]
+    k_runs = [_page_calls(data, layer, mode, fn, kk, negs, 0.5, None, live) for kk in ks]
 
     def summ(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         return {key: C.percentiles([r[key] for r in runs]) for key in runs[0]}
 
     n = {s: int(len(data.evalset(s)["predicted"])) for s in data.set_names}
     return {"layer": layer, "mode": mode, "fn": fn, "k": k0, "negatives": negs, "set_sizes": n,
-            "first": base, "threshold_change": summ(th_runs), "k_change": summ(k_runs)}
+            "live_build_s": live_build, "first": base, "threshold_change": summ(th_runs), "k_change": summ(k_runs)}
 
 
 def apptest(run: str, *, changes: int, timeout: float = 300) -> dict[str, Any]:

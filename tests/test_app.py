@@ -58,6 +58,7 @@ def app(tiny_run, monkeypatch) -> AppTest:
 def truth(tiny_run) -> dict:
     """What the pages should show, computed from the run folder without the app."""
     from core.evaluation import RunData
+    from core.live import operating_layer
 
     data = RunData(tiny_run, verify=False)
     m = json.loads((tiny_run / "manifest.json").read_text())
@@ -66,7 +67,7 @@ def truth(tiny_run) -> dict:
     attacks = [a for a in data.attack_sets if m["summary"]["sets"][a]["n"]]
     return {"data": data, "manifest": m, "report": rep, "classes": json.loads((tiny_run / "classes.json").read_text()),
             "layers": m["summary"]["layers"], "mode": d["mode"], "fn": d["fn"], "k": min(d["k"], m["summary"]["k_max"]),
-            "attacks": attacks, "best_layer": rep["headline"]["best"]["layer"]}
+            "attacks": attacks, "best_layer": operating_layer(rep, m["summary"]["layers"])}
 
 
 def _markdown(at: AppTest) -> list[str]:
@@ -215,7 +216,7 @@ def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth
     pos, neg = _threshold_scores(truth)
     at = metrics.rates_at(pos, neg, 0.95)
     assert after == [at["tp"], at["fn"], at["fp"], at["tn"]]
-    assert "0.950" in app.markdown[[i for i, m in enumerate(_markdown(app)) if "Operating point" in m][0]].value
+    assert "0.950" in app.markdown[[i for i, m in enumerate(_markdown(app)) if "All stored images" in m][0]].value
     _ok(app.button(key="th_jump_eer").click().run())
     eer = round(float(np.clip(metrics.roc(pos, neg).eer_threshold, 0, 1)), 3)
     assert app.slider(key="th_threshold").value == pytest.approx(eer)
@@ -238,6 +239,77 @@ def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
         np.testing.assert_allclose(_array(trace["y"]), [(np.nan_to_num(sc) >= t).mean() for t in grid])
 
 
+@pytest.fixture(scope="module")
+def honest(truth) -> dict:
+    """The run's report.json with issue 12's keys (core.honest.honest_report at the run's evaluation config)."""
+    from core.honest import honest_report
+    from core.live import EvaluationConfig
+
+    c = EvaluationConfig.from_config(truth["data"].config)
+    rep = honest_report(truth["data"], protocol=c.protocol, validation_share=c.validation_share,
+                        target_tpr=c.target_tpr, seed=c.seed, n_boot=c.n_boot)
+    old = {k: v for k, v in truth["report"].items() if k not in ("headline", "best_mode", "findings")}
+    return {**old, **rep, "attack_sets": truth["attacks"]}
+
+
+#: A column only each page's table has (AppTest's dataframes carry no key).
+FRAMES = {"th_live_table": "guarded success % (fools the CNN and trusted)", "run_findings": "verdict",
+          "run_reversals": "attack", "run_attacks": "EER accuracy % (oracle)"}
+
+
+def _frame(at: AppTest, key: str):
+    """The dataframe of ``key`` (:data:`FRAMES`): the first one holding its column (run_reversals: with no
+    verdict)."""
+    col = FRAMES[key]
+    frames = [d.value for d in at.dataframe if col in d.value.columns
+              and (key != "run_reversals" or "verdict" not in d.value.columns and "difference (points)" in d.value)]
+    assert frames, f"no dataframe {key!r}"
+    return frames[0]
+
+
+def test_threshold_shows_the_operating_point_and_its_button_sets_slider_and_settings(app, truth, honest, monkeypatch):
+    from app_pages import loaders
+    from app_pages.charts import ci_text
+
+    monkeypatch.setattr(loaders, "report", lambda run: honest)
+    op = honest["operating_point"]
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    assert app.selectbox(key="th_layer").value == op["layer"]
+    text = next(m for m in _markdown(app) if m.startswith("**The run's operating point**"))
+    assert f"{op['threshold']:.4f}" in text and ci_text(op["tpr_test"]) in text
+    _ok(app.slider(key="th_threshold").set_value(0.999).run())
+    _ok(app.selectbox(key="det_fn").set_value(next(f for f in ("knn", "wknn", "dwknn") if f != op["fn"])).run())
+    _ok(app.button(key="th_use_op").click().run())
+    assert app.slider(key="th_threshold").value == pytest.approx(round(op["threshold"], 3))
+    assert (app.session_state["det_mode"], app.session_state["det_fn"], app.session_state["det_k"]) == \
+        (op["processing"], op["fn"], op["k"])
+    # At the operating point the live test-split figures are the report's, each with its 95 % interval.
+    assert {m.label: m.value for m in app.metric}["TPR on test (positives trusted)"] == f"{ci_text(op['tpr_test'])} %"
+    df = _frame(app, "th_live_table")
+    assert df["attack"].tolist() == list(honest["attacks"])
+    for _, row in df.iterrows():
+        a = honest["attacks"][row["attack"]]
+        assert row["detection rate % (rejected)"] == ci_text(a["detection_rate"])
+        assert row["guarded success % (fools the CNN and trusted)"] == ci_text(a["guarded_success"])
+        assert row["test images"] == a["n_test"]
+
+
+def test_threshold_on_an_old_report_says_rebuild_and_still_shows_live_intervals(app, truth):
+    from app_pages.charts import ci_text
+    from core.live import LiveFigures
+
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    th = app.slider(key="th_threshold").value
+    if "operating_point" not in truth["report"]:
+        assert any("rebuild the run" in i.value for i in app.info)
+        assert not [b for b in app.button if b.key == "th_use_op"]
+    fig = LiveFigures.for_run(truth["data"]).at((truth["best_layer"], truth["mode"], truth["fn"], truth["k"]), th)
+    assert {m.label: m.value for m in app.metric}["TPR on test (positives trusted)"] == f"{ci_text(fig['tpr'])} %"
+    df = _frame(app, "th_live_table")
+    assert df["detection rate % (rejected)"].tolist() == [ci_text(v["detection_rate"])
+                                                          for v in fig["attacks"].values()]
+
+
 def test_failure_cases_threshold_and_count_follow_the_scores(app, truth):
     from core import metrics
 
@@ -255,13 +327,28 @@ def test_layers_fig6_and_the_report_table(app, truth):
     fig = _plotly(app, "layers_fig6")
     lines = [t for t in fig["data"] if t["type"] == "scatter"]
     assert len(lines) == 3 and all(list(t["x"]) == truth["layers"] for t in lines)
-    # Live values at the sidebar settings equal core.evaluation.detection_row.
-    from core.evaluation import detection_row
+    # Live values at the sidebar settings: the test split's Aggr. EER accuracy (core.metrics) with 95 % error bars.
+    from core import metrics
+    from core.evaluation import POSITIVE_SETS
+    from core.splits import split_sources
 
+    data = truth["data"]
+    share = float(data.config.get("evaluation", {}).get("validation_share", 0.5))
+    split = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, share, data.config.get("seed", 0))
+
+    def test_scores(name, la):
+        return data.scores(name, la, truth["mode"], "dwknn", truth["k"])[np.isin(data.evalset(name)["source"],
+                                                                                 split.test)]
+
+    want = []
+    for la in truth["layers"]:
+        pos = np.concatenate([test_scores(s, la) for s in POSITIVE_SETS if s in data.set_names])
+        negs = [n for n in (test_scores(a, la) for a in truth["attacks"]) if len(n)]
+        want.append(100 * metrics.aggregate([metrics.roc(pos, n).eer_accuracy for n in negs], [len(n) for n in negs]))
     dw = next(t for t in lines if t["name"].startswith("DW-kNN"))
-    want = [100 * detection_row(truth["data"], la, truth["mode"], "dwknn", truth["k"])["aggr"]
-            for la in truth["layers"]]
     assert np.allclose(dw["y"], want)
+    up, down = _array(dw["error_y"]["array"]), _array(dw["error_y"]["arrayminus"])
+    assert len(up) == len(want) and (up >= 0).all() and (down >= 0).all() and (up + down > 0).any()
     df = app.dataframe[0].value
     assert len(df) == len(truth["report"]["rows"])
     assert {"layer", "processing", "score", "Aggr."} <= set(df.columns)
@@ -295,6 +382,33 @@ def test_run_page_summarises_the_manifest(app, truth, tiny_run):
     want = {k: v["n"] for k, v in truth["manifest"]["summary"]["sets"].items()}
     assert dict(zip(sets["set"], sets["images"])) == want
     assert any("python -m precompute --config precompute/configs/fmnist.toml" in c.value for c in app.code)
+
+
+def test_run_page_shows_the_split_operating_point_and_findings_per_layer(app, honest, monkeypatch):
+    from app_pages import loaders
+
+    monkeypatch.setattr(loaders, "report", lambda run: honest)
+    _ok(app.switch_page(PAGES["run"]).run())
+    split = honest["split"]
+    text = " ".join(_markdown(app))
+    assert f"{split['validation']} validation, {split['test']} test" in text
+    assert f"{honest['operating_point']['threshold']:.4f}" in text
+    f = _frame(app, "run_findings")
+    assert len(f) == len(honest["findings"])
+    assert f["verdict"].tolist() == [e["verdict"] for e in honest["findings"]]
+    assert set(f["verdict"]) <= {"holds", "reversed", "not shown"}
+    if honest["reversals"]:
+        assert len(_frame(app, "run_reversals")) == len(honest["reversals"])
+    assert _frame(app, "run_attacks")["attack"].tolist() == list(honest["attacks"])
+
+
+def test_layers_page_opens_on_the_new_report(app, honest, monkeypatch):
+    from app_pages import loaders
+
+    monkeypatch.setattr(loaders, "report", lambda run: honest)
+    _ok(app.switch_page(PAGES["layers"]).run())
+    df = app.dataframe[0].value
+    assert len(df) == len(honest["rows"]) and set(honest["attack_sets"]) <= set(df.columns) | {"errors"}
 
 
 # ------------------------------------------------------------------------------------------ missing runs
