@@ -21,7 +21,8 @@ import numpy as np
 from core import metrics, scoring
 from core.artefacts import RunDir
 
-__all__ = ["POSITIVE_SETS", "ERRORS_SET", "FailureCase", "FailureCases", "Perturbation", "RunData", "Separation",
+__all__ = ["POSITIVE_SETS", "ERRORS_SET", "FailureCase", "FailureCases", "Perturbation", "RestrictedRunData",
+           "RunData", "Separation",
            "SetNeighbours", "best_layer", "best_setting", "detection_row", "detection_table", "eer_thresholds",
            "failure_cases", "perturbation_norms", "row_accuracy", "trusted_share"]
 
@@ -169,9 +170,70 @@ class RunData:
         nb = self.neighbours(name, layer, mode)
         return scoring.score(nb.I, nb.D, self.train_labels, self.evalset(name)["predicted"], k=k, fn=fn)
 
+    #: Sets whose images are positives (images to trust).
+    positive_sets: tuple[str, ...] = POSITIVE_SETS
+
     def positives(self, layer: str, mode: str, fn: str, k: int) -> np.ndarray:
-        """Scores of every positive (authentic and noise) image, concatenated."""
-        return np.concatenate([self.scores(s, layer, mode, fn, k) for s in POSITIVE_SETS if s in self.set_names])
+        """Scores of every positive image (of :attr:`positive_sets`), concatenated."""
+        return np.concatenate([self.scores(s, layer, mode, fn, k) for s in self.positive_sets
+                               if s in self.set_names] or [np.zeros(0)])
+
+    def restricted(self, sources: np.ndarray, positives: Sequence[str] | None = None) -> RestrictedRunData:
+        """A view of this run keeping, in every set, only the items whose source is in ``sources`` (n,);
+        ``positives`` replaces :attr:`positive_sets` in the view."""
+        return RestrictedRunData(self, sources, positives)
+
+
+class RestrictedRunData(RunData):
+    """:class:`RunData` of the items of every set whose source image is in ``sources`` (one side of a split).
+
+    Sets and neighbours are the parent's, indexed by the kept items (in stored order); scores are kept once
+    computed. Scalars stored with a set (e.g. ``attempted``) are the parent's.
+
+    Parameters
+    ----------
+    parent : RunData
+    sources : int ndarray (n,)
+        Source ids to keep.
+    positives : sequence of str, optional
+        The view's positive sets (default: the parent's).
+    """
+
+    def __init__(self, parent: RunData, sources: np.ndarray, positives: Sequence[str] | None = None):
+        self.positive_sets = tuple(positives) if positives is not None else parent.positive_sets
+        self.parent, self.run, self.verify = parent, parent.run, parent.verify
+        self.summary, self.config, self.train_labels = parent.summary, parent.config, parent.train_labels
+        self.sources = np.unique(np.asarray(sources, dtype=np.int64))
+        self._sets: dict[str, dict[str, np.ndarray]] = {}
+        self._nb: dict[tuple[str, str, str], SetNeighbours] = {}
+        self._masks: dict[str, np.ndarray] = {}
+        self._scores: dict[tuple, np.ndarray] = {}
+        self._lock = threading.RLock()  # a score's load reads the view's neighbours under the same lock
+
+    def mask(self, name: str) -> np.ndarray:
+        """Boolean mask (n_set,) of the kept items of the parent's set ``name``."""
+        return self._once(self._masks, name, lambda: np.isin(self.parent.evalset(name)["source"], self.sources))
+
+    def train_image(self, i: int) -> np.ndarray | None:
+        return self.parent.train_image(i)
+
+    def evalset(self, name: str) -> dict[str, np.ndarray]:
+        m = self.mask(name)
+        return self._once(self._sets, name, lambda: _read_only(
+            {a: (v if np.ndim(v) == 0 else np.asarray(v)[m]) for a, v in self.parent.evalset(name).items()}))
+
+    def neighbours(self, name: str, layer: str, mode: str) -> SetNeighbours:
+        m = self.mask(name)
+
+        def load() -> SetNeighbours:
+            nb = self.parent.neighbours(name, layer, mode)
+            return SetNeighbours(_read_only(nb.I[m]), _read_only(nb.D[m]))
+
+        return self._once(self._nb, (name, layer, mode), load)
+
+    def scores(self, name: str, layer: str, mode: str, fn: str, k: int) -> np.ndarray:
+        return self._once(self._scores, (name, layer, mode, fn, int(k)),
+                          lambda: _read_only(super(RestrictedRunData, self).scores(name, layer, mode, fn, k)))
 
 
 def detection_row(data: RunData, layer: str, mode: str, fn: str, k: int) -> dict:

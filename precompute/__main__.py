@@ -177,7 +177,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     report = run.path / "report.md"
     if report.exists():
         text = report.read_text()
-        print(text[text.find("## Headline"):text.find("## Evaluation sets")].strip())
+        start, end = text.find("## Operating point"), text.find("## The paper's findings")
+        if 0 <= start < end:
+            print(text[start:end].strip())
     return 0
 
 

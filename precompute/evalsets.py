@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from core.data import DatasetNotFound, SourceBase, find_by_id, to_float
+from core.honest import success_rates
 from precompute.config import ATTACK_SECTION
 from precompute.context import Context
 
-__all__ = ["Picked", "pick", "authentic", "errors", "noise", "attack", "external", "save_set", "set_stats"]
+__all__ = ["Picked", "pick", "authentic", "errors", "noise", "noise_delta", "attack", "external", "kept", "save_set",
+           "set_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,17 @@ def save_set(ctx: Context, name: str, images: np.ndarray, true: np.ndarray, pred
 
 
 def set_stats(z: dict[str, np.ndarray], p: Picked, attempted: int) -> dict:
-    """Size, attempts, success rate and mean L2 / Linf perturbation (in [0, 1] pixel units) of a stored set."""
+    """Size, attempts, success rates and mean L2 / Linf perturbation (in [0, 1] pixel units) of a stored set.
+
+    ``success_changed``: share of attempts whose stored image is predicted other than its true class (the
+    paper's rule); ``success_target``: share that reached its target (None for an untargeted set);
+    ``success_rate``: stored images / attempts.
+    """
     n = int(len(z["true"]))
     out = {"n": n, "attempted": int(z["attempted"]) if "attempted" in z else attempted}
     out["success_rate"] = n / max(out["attempted"], 1)
+    rates = success_rates(z["true"], z["predicted"], z["target"], float(out["attempted"]))
+    out["success_changed"], out["success_target"] = rates["changed"], rates["target"]
     if n:
         pos_of = p.pos_of
         orig = p.images[[pos_of[int(s)] for s in z["source"]]]
@@ -96,6 +105,11 @@ def set_stats(z: dict[str, np.ndarray], p: Picked, attempted: int) -> dict:
     if "params" in z:
         out["params"] = json.loads(str(z["params"]))
     return out
+
+
+def kept(true: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Attempts (n,) that count as adversarials: the prediction on the stored image differs from ``true``."""
+    return np.asarray(predicted) != np.asarray(true)
 
 
 def _todo(ctx: Context, name: str) -> bool:
@@ -118,11 +132,23 @@ def errors(ctx: Context, p: Picked) -> dict:
     return {"n": len(p.err_idx), "attempted": p.n_wrong}
 
 
+def noise_delta(kind: str, eps: float, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Noise in [0, 1] pixel units, float64 ``shape``: ``uniform`` U(-eps, eps) or ``sign`` eps * sign(N(0, 1))
+    per pixel (the paper's authors' noise)."""
+    rng = np.random.default_rng([seed, 1])
+    if kind == "uniform":
+        return rng.uniform(-eps, eps, size=shape)
+    if kind == "sign":
+        return eps * np.sign(rng.standard_normal(size=shape))
+    raise ValueError(f"unknown noise {kind!r}; use 'uniform' or 'sign'")
+
+
 def noise(ctx: Context, p: Picked) -> dict:
-    """Authentic images plus uniform noise in ``[-noise_eps, noise_eps]``, kept where still rightly classified."""
+    """Authentic images plus noise of size ``noise_eps`` (:func:`noise_delta`), kept where still rightly
+    classified."""
     if _todo(ctx, "noise"):
-        eps = ctx.cfg["evalsets"]["noise_eps"]
-        delta = np.random.default_rng([ctx.cfg["seed"], 1]).uniform(-eps, eps, size=p.images.shape)
+        es = ctx.cfg["evalsets"]
+        delta = noise_delta(es.get("noise", "uniform"), es["noise_eps"], p.images.shape, ctx.cfg["seed"])
         noisy = np.clip(np.rint(p.images + delta * 255), 0, 255).astype(np.uint8)
         pred = ctx.model().predict(noisy)
         keep = pred == p.true
@@ -145,7 +171,11 @@ def _targets(ctx: Context, p: Picked, name: str, n: int) -> np.ndarray:
 
 
 def attack(ctx: Context, p: Picked, name: str) -> dict:
-    """Attack ``name`` on the first ``n`` authentic images (``attacks.<name>.n``); failed attempts dropped."""
+    """Attack ``name`` on the first ``n`` authentic images (``attacks.<name>.n``).
+
+    An attempt is kept when the model's prediction on the stored uint8 image differs from the true class (the
+    paper's rule, targeted or not); a targeted set stores its targets, so the target-reached rate stays known.
+    """
     from core import attacks
 
     table = dict(ctx.cfg[ATTACK_SECTION].get(name, {}))
@@ -157,9 +187,10 @@ def attack(ctx: Context, p: Picked, name: str) -> dict:
         for s in range(0, n, bs):
             r = attacks.run_attack(name, ctx.model(), x[s:s + bs], target=target[s:s + bs], seed=seed + s,
                                    progress=ctx.progress, **table)
-            parts.append((attacks.to_uint8(r.x_adv), r.predicted, r.success))
+            parts.append((attacks.to_uint8(r.x_adv), r.predicted))
             log.info("%s: %d/%d", name, min(s + bs, n), n)
-        adv, pred, ok = (np.concatenate(a) for a in zip(*parts))
+        adv, pred = (np.concatenate(a) for a in zip(*parts))
+        ok = kept(p.true[:n], pred)
         tgt = target if r.targeted else np.full(n, -1)
         summary.setdefault("attack_seconds", {})[name] = round(time.perf_counter() - t0, 2)
         save_set(ctx, name, adv[ok], p.true[:n][ok], pred[ok], tgt[ok], p.auth_idx[:n][ok],

@@ -150,14 +150,18 @@ def _close_partials(ctx: Context, prog: distributed.ChunkProgress, partial: dict
 
 
 def stage_processing(ctx: Context) -> list[str]:
-    """Fit none / L2 / PCA-whitening per layer on the training features."""
-    files = []
+    """Fit each processing mode per layer on the training features; what each does, in words
+    (:func:`core.processing.describe`), goes to the manifest's ``summary.processing_labels[layer][mode]``."""
+    files, labels = [], {}
     for layer, mode in ctx.pairs():
         rel = f"processing/{layer}-{mode}.npz"
         feats = ctx.run.load_npy(f"features/{layer}.npy", mmap=True)
-        ctx.run.save_npz(rel, processing.fit(feats, mode, dim=ctx.cfg["processing"]["pca_dim"],
-                                             seed=ctx.cfg["seed"]))
+        params = processing.fit(feats, mode, dim=ctx.cfg["processing"]["pca_dim"], seed=ctx.cfg["seed"])
+        ctx.run.save_npz(rel, params)
+        labels.setdefault(layer, {})[mode] = processing.describe(params, int(feats.shape[1]))
         files.append(rel)
+    ctx.run.manifest.setdefault("summary", {})["processing_labels"] = labels
+    ctx.run.save_manifest()
     return files
 
 
@@ -267,13 +271,16 @@ def stage_thumbs(ctx: Context) -> list[str]:
 
 
 def stage_report(ctx: Context) -> list[str]:
-    """Detection tables, k sweep, sizes, success rates and timings -> report.json and report.md."""
+    """Split, operating point, per-attack figures with intervals, findings and the paper's tables on the test
+    split -> report.json and report.md."""
     from precompute.report import build_report, render_markdown
 
     rep = build_report(ctx.run, ctx.cfg)
     ctx.run.save_json("report.json", rep)
     ctx.run.save_text("report.md", render_markdown(rep))
-    ctx.run.manifest["summary"]["headline"] = rep["headline"]
+    summary = ctx.run.manifest["summary"]
+    summary.pop("headline", None)
+    summary["split"], summary["operating_point"] = rep["split"], rep["operating_point"]
     ctx.run.save_manifest()
     return ["report.json", "report.md"]
 
@@ -288,7 +295,7 @@ STAGES: list[tuple[str, Callable[[Context], list[str]], tuple[str, ...]]] = [
     ("evalsets", stage_evalsets, ("evalsets", ATTACK_SECTION, EXTERNAL_SECTION)),
     ("neighbours", stage_neighbours, ("scoring.k_max",)),
     ("thumbs", stage_thumbs, ("thumbs", "scoring.mode")),
-    ("report", stage_report, ("scoring",)),
+    ("report", stage_report, ("scoring", "evaluation")),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
 

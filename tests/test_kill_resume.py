@@ -18,7 +18,7 @@ N_KILLS = int(os.environ.get("KNNGUARD_KILLS", "10"))
 def _strip_timings(obj):
     """The report without wall-clock fields (they differ between any two runs)."""
     if isinstance(obj, dict):
-        return {k: _strip_timings(v) for k, v in obj.items() if k not in ("stage_seconds", "seconds")}
+        return {k: _strip_timings(v) for k, v in obj.items() if k not in ("stage_seconds", "seconds", "timing")}
     if isinstance(obj, list):
         return [_strip_timings(v) for v in obj]
     return obj

@@ -29,18 +29,26 @@ def test_run_is_complete_and_hashes_match(tiny_run):
 
 
 def test_report_numbers_are_computed_from_neighbours(tiny_run):
-    """Recompute one cell of the report independently (labels, neighbours -> scores -> brute-force EER)."""
+    """Recompute one cell of the report independently (labels, neighbours -> scores -> brute-force EER), on the
+    test side of the split only."""
+    from core.splits import split_sources
+
     run = RunDir(tiny_run)
     rep = run.load_json("report.json")
     labels = run.load_npy("train_labels.npy")
     k = rep["k"]
     row = next(r for r in rep["rows"] if r["layer"] == "fc1" and r["mode"] == "pca" and r["fn"] == "dwknn")
+    sets = {s: run.load_npz(f"evalsets/{s}.npz") for s in run.manifest["summary"]["sets"]}
+    ev = run.manifest["config"]["evaluation"]
+    split = split_sources({s: z["source"] for s, z in sets.items()}, ev["validation_share"], run.manifest["config"]["seed"])
+    assert (len(split.validation), len(split.test)) == (rep["split"]["validation"], rep["split"]["test"])
 
     def set_scores(name):
         nb = run.load_npz(f"neighbours/{name}/fc1-pca.npz")
-        pred = run.load_npz(f"evalsets/{name}.npz")["predicted"]
-        w = 1 / np.maximum(nb["D"][:, :k].astype(np.float64), 1e-12)
-        return (w * (labels[nb["I"][:, :k]] == pred[:, None])).sum(1) / w.sum(1)
+        keep = np.isin(sets[name]["source"], split.test)
+        pred = sets[name]["predicted"][keep]
+        w = 1 / np.maximum(nb["D"][keep, :k].astype(np.float64), 1e-12)
+        return (w * (labels[nb["I"][keep, :k]] == pred[:, None])).sum(1) / w.sum(1)
 
     pos = np.r_[set_scores("authentic"), set_scores("noise")]
     for attack, cell in row["attacks"].items():
@@ -53,6 +61,8 @@ def test_report_numbers_are_computed_from_neighbours(tiny_run):
         brute = 1 - ((neg >= t).mean() + (pos < t).mean()) / 2
         assert cell["eer_acc"] == pytest.approx(brute, abs=1.5 / min(len(pos), len(neg)) + 0.02)
         assert cell["auc"] == pytest.approx(metrics.roc(pos, neg).auc)
+        lo, hi = row["ci"][attack]
+        assert lo <= cell["eer_acc"] <= hi
     assert row["aggr"] == pytest.approx(metrics.aggregate([c["eer_acc"] for c in row["attacks"].values()],
                                                           [c["n"] for c in row["attacks"].values()]))
     md = (tiny_run / "report.md").read_text()
