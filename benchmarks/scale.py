@@ -142,15 +142,16 @@ def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int
     from core import index as knn_index
     from core import processing
     from core.detector import Detector
-    from core.evaluation import RunData, SetNeighbours, best_layer, detection_row
+    from core.evaluation import RunData, SetNeighbours, detection_row
+    from core.live import operating_layer
     from core.features import extract
 
     det = Detector.load(run, verify="none")
     mode, fn = det.defaults["mode"], fn or det.defaults["fn"]
     k = int(det.defaults["k"])
-    if layer is None:  # the report's best layer when there is one
+    if layer is None:  # the layer of the report's operating point when there is one
         report = det.run.load_json("report.json") if det.run.is_recorded("report.json") else None
-        layer = best_layer(report, det.layers)
+        layer = operating_layer(report, det.layers)
     params = det.run.load_npz(f"processing/{layer}-{mode}.npz")
     xb = processing.apply(params, det.run.load_npy(f"features/{layer}.npy", mmap=True))
     exact = RunData(run, verify=False)

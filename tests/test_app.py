@@ -377,7 +377,7 @@ def test_run_page_summarises_the_manifest(app, truth, tiny_run):
     model = json.loads((tiny_run / "model.json").read_text())
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Test accuracy"] == f"{model['test_accuracy']:.2%}"
-    sets = app.dataframe[0].value
+    sets = next(d.value for d in app.dataframe if "set" in d.value.columns)  # the table of evaluation sets
     assert sets["set"].tolist()[0] == "authentic"
     want = {k: v["n"] for k, v in truth["manifest"]["summary"]["sets"].items()}
     assert dict(zip(sets["set"], sets["images"])) == want

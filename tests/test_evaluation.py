@@ -97,16 +97,6 @@ def test_eer_thresholds_fall_back_to_errors_then_to_one_half():
     assert ev.eer_thresholds(_Stub({"authentic": pos}), "m", "f", 1) == {"a": 0.5, "b": 0.5}
 
 
-def test_best_layer_and_setting(run):
-    layers = run["data"].layers
-    best = {"layer": layers[0], "mode": "pca", "fn": "dwknn", "k": 20, "aggr": 0.9}
-    assert ev.best_setting({"headline": {"best": best}}) == best
-    assert ev.best_layer({"headline": {"best": best}}, layers) == best["layer"]
-    assert ev.best_setting(run["report"]) is None  # reports of issue 12 have an operating point, no headline
-    assert ev.best_layer({"headline": {"best": {"layer": "gone"}}}, layers) == layers[-1]
-    assert ev.best_layer(None, layers) == layers[-1] and ev.best_setting({}) is None
-
-
 @pytest.mark.parametrize("n", [3, 1000])
 def test_failure_cases_rank_like_a_stable_sort(run, n):
     data, layer, (pos_sets, attacks) = run["data"], run["data"].layers[-1], _sets(run)
