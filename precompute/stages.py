@@ -21,7 +21,7 @@ import torch
 from core import index as knn_index
 from core import processing, zoo
 from core.data import ArraySource
-from precompute import distributed, evalsets, training
+from precompute import distributed, evalsets, thumbs, training
 from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, stage_hash
 from precompute.context import Context
 
@@ -231,43 +231,8 @@ def stage_neighbours(ctx: Context) -> list[str]:
 
 
 def stage_thumbs(ctx: Context) -> list[str]:
-    """Thumbnails of the training images shown as neighbours, for runs that do not keep the training images.
-
-    For every evaluation image and layer (default processing), the ``thumbs.per_layer`` nearest training
-    images overall and of the predicted class; each distinct image stored once as a JPEG in
-    ``thumbs/bank.npz`` (ids, offsets, bytes), so the app shows neighbours without the training set.
-    """
-    import io
-
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    if ctx.run.is_recorded("train_images.npy"):
-        return []
-    train, _, _ = ctx.sources()
-    per, size, mode = ctx.cfg["thumbs"]["per_layer"], ctx.cfg["thumbs"]["size"], ctx.cfg["scoring"]["mode"]
-    labels = ctx.run.load_npy("train_labels.npy")
-    wanted: set[int] = set()
-    for name in ctx.run.manifest["summary"]["sets"]:
-        pred = ctx.run.load_npz(f"evalsets/{name}.npz")["predicted"]
-        for layer in ctx.layers():
-            I = ctx.run.load_npz(f"neighbours/{name}/{layer}-{mode}.npz")["I"]
-            wanted.update(I[:, :per].ravel().tolist())
-            for row, p in zip(I, pred):
-                wanted.update(row[labels[row] == p][:per].tolist())
-    ids = np.array(sorted(i for i in wanted if i >= 0), dtype=np.int64)
-    blobs = []
-    for s0 in tqdm(range(0, len(ids), 256), desc="thumbnails", disable=not ctx.progress, dynamic_ncols=True):
-        for img in train.get(ids[s0:s0 + 256]):
-            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-            blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
-    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
-    data = np.concatenate(blobs) if blobs else np.empty(0, np.uint8)
-    ctx.run.save_npz("thumbs/bank.npz", {"ids": ids, "offsets": offsets, "data": data})
-    return ["thumbs/bank.npz"]
+    """Thumbnails of the training images shown as neighbours, for runs that do not keep the training images."""
+    return [] if ctx.run.is_recorded("train_images.npy") else thumbs.build(ctx)
 
 
 def stage_report(ctx: Context) -> list[str]:
@@ -298,6 +263,9 @@ STAGES: list[tuple[str, Callable[[Context], list[str]], tuple[str, ...]]] = [
     ("report", stage_report, ("scoring", "evaluation")),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
+#: Stages whose artefacts changed meaning; a run made before keeps its stale key and is recomputed from there.
+#: processing 2: labels of what each fit does; evalsets 2: the paper's success rule (prediction changed).
+STAGE_VERSIONS = {"processing": 2, "evalsets": 2}
 
 
 def _cfg_value(cfg: dict, dotted: str):
@@ -311,7 +279,10 @@ def stage_keys(cfg: dict) -> dict[str, str]:
     """Input key of every stage: its config values chained with the previous stage's key."""
     keys, prev = {}, ""
     for name, _, sections in STAGES:
-        prev = stage_hash(prev, name, [_cfg_value(cfg, s) for s in sections], cfg["seed"])
+        parts = [prev, name, [_cfg_value(cfg, s) for s in sections], cfg["seed"]]
+        if name in STAGE_VERSIONS:
+            parts.append(STAGE_VERSIONS[name])
+        prev = stage_hash(*parts)
         keys[name] = prev
     return keys
 

@@ -97,3 +97,13 @@ def test_stage_keys_chain():
     same = [s for s in a if a[s] == b[s]]
     assert same == ["data", "train", "features"]  # processing and everything after it change
     json.dumps(a)
+
+
+def test_stage_version_recomputes_a_stage_whose_meaning_changed(monkeypatch):
+    """A run made before a stage changed meaning (e.g. the evalsets' success rule) is recomputed from there."""
+    from precompute import stages
+    cfg = config.load("precompute/configs/fmnist.toml")
+    a = stages.stage_keys(cfg)
+    monkeypatch.setitem(stages.STAGE_VERSIONS, "evalsets", stages.STAGE_VERSIONS["evalsets"] + 1)
+    b = stages.stage_keys(cfg)
+    assert [s for s in a if a[s] == b[s]] == ["data", "train", "features", "processing", "index"]
