@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["ImageSource", "SourceBase", "ArraySource", "FolderSource", "CsvSource", "Rows", "find_by_id", "DatasetNotFound", "load_fashion_mnist",
-           "FMNIST_DIRS", "read_upload", "UploadError", "image_to_array", "to_float"]
+__all__ = ["ImageSource", "SourceBase", "ArraySource", "FolderSource", "CsvSource", "Rows", "find_by_id",
+           "DatasetNotFound", "load_fashion_mnist", "FMNIST_DIRS", "to_float"]
 
 log = logging.getLogger(__name__)
 

@@ -104,11 +104,22 @@ class FashionCNN(nn.Module):
 
     Node names (taps): ``conv1`` (16×28×28), ``conv2`` (32×14×14), ``conv3`` (64×7×7), ``conv4``
     (64×7×7), ``fc1`` (128, after ReLU), ``fc2`` (logits). Sized to train in a few minutes on 2 CPU cores.
+
+    Parameters
+    ----------
+    n_classes : int
+    dropout : float
+    in_channels : int
+        Input channels C.
+    image_size : int
+        Input height = width S (at least 8); ``fc1`` takes 64 × (S // 8)².
     """
 
-    def __init__(self, n_classes: int = 10, dropout: float = 0.2):
+    def __init__(self, n_classes: int = 10, dropout: float = 0.2, in_channels: int = 1, image_size: int = 28):
         super().__init__()
-        self.conv1 = ConvBlock(1, 16)
+        if image_size < 8:
+            raise ValueError(f"FashionCNN needs images of at least 8×8, got {image_size}")
+        self.conv1 = ConvBlock(in_channels, 16)
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = ConvBlock(16, 32)
         self.pool2 = nn.MaxPool2d(2)
@@ -116,7 +127,7 @@ class FashionCNN(nn.Module):
         self.conv4 = ConvBlock(64, 64)
         self.pool4 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc1 = FCBlock(64 * 3 * 3, 128)
+        self.fc1 = FCBlock(64 * (image_size // 8) ** 2, 128)
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(128, n_classes)
 
@@ -188,7 +199,7 @@ def _imagenet_classes() -> list[str]:
 
 _ENTRIES: dict[str, ModelEntry] = {
     "fmnist-cnn": ModelEntry(
-        name="fmnist-cnn", make_net=lambda weights: FashionCNN(), input_size=(1, 28, 28), resize=28,
+        name="fmnist-cnn", make_net=lambda weights, **kw: FashionCNN(**kw), input_size=(1, 28, 28), resize=28,
         mean=(0.2860,), std=(0.3530,), taps=("conv1", "conv2", "conv3", "conv4", "fc1"),
         classes=lambda: list(FASHION_MNIST_CLASSES), leaf_modules=(ConvBlock, FCBlock), trained_here=True),
     "inception_v3": ModelEntry(
@@ -273,6 +284,8 @@ def input_spec(m: dict) -> InputSpec:
         return InputSpec((c, h, w), m.get("resize") or max(h, w))
     e = entry(m["name"])
     c, h, w = e.input_size
+    if m.get("channels") and e.trained_here:
+        c = int(m["channels"])
     if m.get("image_size"):
         h = w = int(m["image_size"])
     resize = m.get("resize") or (e.resize if (h, w) == e.input_size[1:] else round(h * e.resize / e.input_size[1]))
@@ -329,13 +342,30 @@ def from_config(m: dict, *, builder: str | Callable[[], nn.Module] | None = None
         std = tuple(m.get("std") or [1.0] * c)
         return Classifier(net, mean, std).eval(), input_spec(m)
     e = entry(m["name"])
+    spec = input_spec(m)
+    if e.trained_here:
+        c, s = spec.size[0], spec.size[1]
+        extra = {"n_classes": m.get("num_classes") or len(e.classes()), "in_channels": c, "image_size": s}
+        mean, std = _channel_stats(m, e, c)
+        return Classifier(e.make_net(weights, **extra), mean, std, e.leaf_modules).eval(), spec
     extra = {}
-    if m.get("num_classes") and not e.trained_here:
+    if m.get("num_classes"):
         if weights is not None:
             raise ValueError("model.num_classes only applies to random weights (model.weights = 'none')")
         extra["num_classes"] = m["num_classes"]
     net = e.make_net(weights, **extra) if extra else e.make_net(weights)
-    return Classifier(net, e.mean, e.std, e.leaf_modules).eval(), input_spec(m)
+    return Classifier(net, e.mean, e.std, e.leaf_modules).eval(), spec
+
+
+def _channel_stats(m: dict, e: ModelEntry, c: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation of a model trained here with ``c`` channels: the config's, else the entry's (repeated)."""
+    if m.get("mean") and m.get("std"):
+        if len(m["mean"]) != c or len(m["std"]) != c:
+            raise ValueError(f"model.mean and model.std need {c} values (one per input channel)")
+        return tuple(m["mean"]), tuple(m["std"])
+    if len(e.mean) == c:
+        return e.mean, e.std
+    return e.mean[:1] * c, e.std[:1] * c
 
 
 def layers(name: str) -> list[str]:

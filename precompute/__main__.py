@@ -146,15 +146,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         print("would run: " + (", ".join(todo) if todo else "nothing (complete)"))
         return 0
     _threads(cfg["threads"])
-    try:
-        train, _, _ = ctx.sources()  # a missing dataset fails here, before any work
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if cfg["scoring"]["k_max"] > len(train):
-        print(f"error: 'scoring.k_max' = {cfg['scoring']['k_max']} is more than the {len(train)} training images; "
-              f"fix: --set scoring.k_max={len(train)}", file=sys.stderr)
-        return 2
+    refused = _check_data(ctx)
+    if refused is not None:
+        return refused
 
     t0 = time.perf_counter()
 
@@ -181,6 +175,24 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         if 0 <= start < end:
             print(text[start:end].strip())
     return 0
+
+
+def _check_data(ctx) -> int | None:
+    """Read the data sets' sizes and refuse, before any work, sizes or models they cannot fit; exit status or None."""
+    from precompute import config as cfgmod
+    from precompute import training
+
+    try:
+        train, test, classes = ctx.sources()  # a missing dataset fails here, before any work
+        cfgmod.check_sizes(ctx.cfg, n_train=len(train), n_test=len(test))
+        if training.wants_training(ctx.cfg["model"]):
+            from core import zoo
+
+            training.check_outputs(zoo.from_config(ctx.cfg["model"])[0], len(classes), ctx.spec().size)
+    except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return None
 
 
 def _list_layers(cfg: dict) -> int:

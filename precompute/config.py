@@ -20,6 +20,8 @@ from typing import Any
 from precompute.schema import (
     ATTACK_N,
     ATTACK_SECTION,
+    AUGMENTATIONS,
+    AUTO_KEYS,
     CHOICES,
     DEFAULTS,
     EXTERNAL_SECTION,
@@ -31,7 +33,7 @@ from precompute.schema import (
 
 # The schema's names are part of this module's API (config.DEFAULTS, config.ConfigError...).
 __all__ = ["ConfigError", "DEFAULTS", "RANGES", "Range", "MAX_K", "load", "apply_override", "validate",
-           "validate_recorded", "stage_hash", "ATTACK_SECTION", "EXTERNAL_SECTION", "ATTACK_N", "CHOICES"]
+           "validate_recorded", "stage_hash", "check_sizes", "ATTACK_SECTION", "EXTERNAL_SECTION", "ATTACK_N", "CHOICES"]
 
 
 def _type_ok(default: Any, value: Any) -> bool:
@@ -58,6 +60,11 @@ def _merge(base: dict, over: dict, path: tuple[str, ...] = ()) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"'{where}' must be a table")
             _merge(base[key], value, path + (key,))
+        elif where in AUTO_KEYS:
+            if value != "auto" and not _type_ok(AUTO_KEYS[where](), value):
+                raise ConfigError(f"'{where}' must be \"auto\" or {AUTO_KEYS[where].__name__}, got {value!r}; "
+                                  f"fix: --set {where}='\"auto\"'")
+            base[key] = value
         else:
             if not _type_ok(base[key], value):
                 hint = ""
@@ -186,6 +193,7 @@ def validate(cfg: dict) -> dict:
 
         if m["name"] not in zoo.available():
             raise ConfigError(f"model.name {m['name']!r} is not one of {zoo.available() + ['custom']}")
+    _check_training(cfg)
     if cfg["data"]["dataset"] == "imagefolder" and not (cfg["data"]["train_dir"] and cfg["data"]["eval_dir"]):
         raise ConfigError("data.dataset = 'imagefolder' needs data.train_dir and data.eval_dir")
     from core import attacks as _attacks  # light: ART is imported lazily inside
@@ -214,6 +222,67 @@ def validate(cfg: dict) -> dict:
             _check_value(f"{ATTACK_SECTION}.{name}.{key}", value, Range(p["min"], p["max"], p["type"] == "int"),
                          p["min"], p["max"], p["default"])
     return cfg
+
+
+def _check_training(cfg: dict) -> None:
+    """Refuse unknown augmentations and input-channel changes of models not trained here."""
+    m = cfg["model"]
+    for a in m["augment"]:
+        if a not in AUGMENTATIONS:
+            raise ConfigError(f"model.augment: unknown augmentation {a!r}; use some of {list(AUGMENTATIONS)}")
+    if m["channels"] or (m["image_size"] and m["name"] == "fmnist-cnn"):
+        from core import zoo
+
+        if m["name"] == "custom" or not zoo.entry(m["name"]).trained_here:
+            raise ConfigError(f"'model.channels' = {m['channels']} only applies to models trained here "
+                              f"(fmnist-cnn); fix: --set model.channels=0")
+        if m["image_size"] and m["image_size"] < 8:
+            raise ConfigError(f"'model.image_size' = {m['image_size']} is under 8, the smallest input "
+                              f"{m['name']} takes; fix: --set model.image_size=8")
+
+
+def check_sizes(cfg: dict, *, n_train: int, n_test: int) -> None:
+    """Refuse sizes the data cannot fill, once the training and test set sizes are known (before any work).
+
+    Parameters
+    ----------
+    cfg : dict
+        The checked config.
+    n_train, n_test : int, keyword-only
+        Training and test images (after ``data.n_train`` / ``data.n_test``).
+
+    Raises
+    ------
+    ConfigError
+        One line naming every key too large, its value and limit, and the ``--set`` that fixes them all.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    sc, es = cfg["scoring"], cfg["evalsets"]
+    bad: list[tuple[str, Any, str, str]] = []  # key, value, limit, fix value
+    if sc["k_max"] > n_train:
+        bad.append(("scoring.k_max", sc["k_max"], f"the {n_train} training images", str(n_train)))
+    if sc["k"] > n_train:
+        bad.append(("scoring.k", sc["k"], f"the {n_train} training images", str(n_train)))
+    over = [k for k in sc["k_sweep"] if k > n_train]
+    if over:
+        fix = [k for k in sc["k_sweep"] if k <= n_train] or [n_train]
+        bad.append(("scoring.k_sweep", _toml(sc["k_sweep"]), f"the {n_train} training images ({over[0]} is more)",
+                    _toml(fix)))
+    if es["n_authentic"] > n_test:
+        bad.append(("evalsets.n_authentic", es["n_authentic"], f"the {n_test} test images", str(n_test)))
+    if bad:
+        what = "; ".join(f"'{key}' = {value} is more than {limit}" for key, value, limit, _ in bad)
+        raise ConfigError(f"{what}; fix: {' '.join(f'--set {k}={v}' for k, _, _, v in bad)}")
+    if "pca" in cfg["processing"]["modes"] and cfg["processing"]["pca_dim"] > n_train:
+        log.info("processing.pca_dim = %d is more than the %d training images: PCA keeps at most %d components",
+                 cfg["processing"]["pca_dim"], n_train, n_train)
+    for name in es["attacks"]:
+        n = cfg[ATTACK_SECTION].get(name, {}).get("n")
+        if n is not None and n > es["n_authentic"]:
+            log.info("attacks.%s.n = %d is more than evalsets.n_authentic = %d: at most %d images are attacked",
+                     name, n, es["n_authentic"], es["n_authentic"])
 
 
 def apply_override(cfg: dict, assignment: str) -> None:

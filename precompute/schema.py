@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ATTACK_SECTION", "EXTERNAL_SECTION", "ConfigError", "DEFAULTS", "MAX_K", "Range", "RANGES", "ATTACK_N",
-           "CHOICES"]
+           "CHOICES", "AUTO_KEYS", "AUGMENTATIONS"]
 
 ATTACK_SECTION = "attacks"
 EXTERNAL_SECTION = "external"
@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "model": {
         "name": "fmnist-cnn",  # a core.zoo name
+        "train": "auto",       # true | false | "auto" (train models trained here, and custom models without state_dict)
+        "channels": 0,         # input channels of models trained here (fmnist-cnn: 1 or 3; 0 = the model's own)
         "weights": "none",     # torchvision weights name for loaded models ("none" = random init)
         "num_classes": 0,      # random-weight torchvision models: output classes (0 = the model's own)
         "image_size": 0,       # input height = width (0 = the model's own)
@@ -47,12 +49,13 @@ DEFAULTS: dict[str, Any] = {
         "entry": "",           # custom model: "package.module:build_fn" returning an nn.Module
         "state_dict": "",      # custom model: a state dict loaded with weights_only=True
         "input_size": [],      # custom model: [C, H, W]
-        "mean": [],            # custom model: per-channel normalisation (done inside the wrapped model)
+        "mean": [],            # custom models and models trained here: per-channel normalisation (inside the model)
         "std": [],
         "epochs": 6,           # training epochs (models trained here)
         "batch_size": 128,
         "lr": 0.002,           # peak learning rate (Adam, one-cycle)
         "weight_decay": 0.0001,
+        "augment": [],         # training augmentations: "flip" (horizontal), "crop" (pad by 1/8, random crop)
     },
     "features": {
         "layers": [],          # node names to tap ([] = the zoo's default taps)
@@ -100,6 +103,12 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+#: Keys that take ``"auto"`` or a value of the given type (the default is ``"auto"``).
+AUTO_KEYS: dict[str, type] = {"model.train": bool}
+
+#: Allowed ``model.augment`` entries.
+AUGMENTATIONS = ("flip", "crop")
+
 #: Largest ``scoring.k_max`` (the Detector's own cap on k).
 MAX_K = 10_000
 
@@ -130,6 +139,7 @@ RANGES: dict[str, Range] = {
     "model.image_size": Range(0, 4096),
     "model.resize": Range(0, 8192),
     "model.input_size": Range(1, 8192),
+    "model.channels": Range(0, 3),
     "model.mean": Range(0.0, 1.0, integer=False),
     "model.std": Range(0.0, 1.0, integer=False, lo_open=True),
     "model.epochs": Range(1, 1000),

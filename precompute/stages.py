@@ -22,7 +22,7 @@ from core import index as knn_index
 from core import processing, zoo
 from core.data import ArraySource
 from precompute import distributed, evalsets, thumbs, training
-from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, stage_hash
+from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, check_sizes, stage_hash
 from precompute.context import Context
 
 __all__ = ["STAGES", "STAGE_NAMES", "Context", "pending", "run_stages", "stage_keys"]
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 def stage_data(ctx: Context) -> list[str]:
     """Training labels (and images when they fit: neighbour thumbnails), class names, set sizes."""
     train, test, classes = ctx.sources()
+    check_sizes(ctx.cfg, n_train=len(train), n_test=len(test))
     files = ["train_labels.npy", "classes.json"]
     ctx.run.save_npy("train_labels.npy", train.labels.astype(np.int64))
     ctx.run.save_json("classes.json", classes)
@@ -49,23 +50,17 @@ def stage_data(ctx: Context) -> list[str]:
 
 
 def stage_train(ctx: Context) -> list[str]:
-    """Train (models trained here) or load the attacked model; test predictions and accuracy."""
+    """Train (as ``training.wants_training`` says) or load the attacked model; test predictions and accuracy."""
     train, test, classes = ctx.sources()
     m = ctx.cfg["model"]
-    trained_here = m["name"] != "custom" and zoo.entry(m["name"]).trained_here
     torch.manual_seed(ctx.cfg["seed"])  # the initial weights depend on the seed only
     model, _ = zoo.from_config(m)
     model = model.to(ctx.device)
     info: dict = {"model": m["name"], "weights": m["weights"] if m["name"] != "custom" else m["state_dict"],
-                  "trained_here": trained_here, "classes": len(classes)}
+                  "classes": len(classes)}
     t0 = time.perf_counter()
-    if trained_here:
-        info["losses"] = training.train(model, train, ctx.cfg["model"], seed=ctx.cfg["seed"], device=ctx.device,
-                                         progress=ctx.progress)
-    elif m["weights"] == "none" and not (m["name"] == "custom" and m["state_dict"]):
-        log.warning("model %s has RANDOM weights (model.weights = 'none'): the detection numbers of this run "
-                    "are meaningless; point the config at real weights", m["name"])
-        info["warning"] = "random weights: detection numbers are meaningless"
+    info.update(training.fit(model, train, ctx.cfg, n_classes=len(classes), size=ctx.spec().size, device=ctx.device,
+                             progress=ctx.progress, checkpoint=(ctx.run.path, ctx.keys.get("train", ""))))
     ctx.run.manifest.setdefault("summary", {})["train_seconds"] = round(time.perf_counter() - t0, 2)
     ctx.run.save_torch("model.pt", {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     pred = training.predict_source(model.eval(), test, progress=ctx.progress)

@@ -89,3 +89,18 @@ def test_missing_weights_are_not_downloaded(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="not in the torch cache"):
         zoo.build("resnet50", weights="IMAGENET1K_V1")
     assert not any(tmp_path.rglob("*.pth"))
+
+
+def test_fmnist_cnn_adapts_to_a_folders_channels_size_and_classes():
+    default = zoo.from_config({"name": "fmnist-cnn", "weights": "none"})[0]
+    assert default.net.fc1[0].in_features == 64 * 3 * 3 and default.net.fc2.out_features == 10  # unchanged
+    m, spec = zoo.from_config({"name": "fmnist-cnn", "weights": "none", "num_classes": 3, "channels": 3,
+                               "image_size": 32})
+    assert spec.size == (3, 32, 32) and spec.resize == 32
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    assert m.mean.shape == (1, 3, 1, 1) and set(zoo.layers("fmnist-cnn")) <= set(zoo.graph_nodes(m))
+    own = zoo.from_config({"name": "fmnist-cnn", "weights": "none", "channels": 3, "mean": [0.5, 0.4, 0.3],
+                           "std": [0.2, 0.2, 0.2]})[0]
+    torch.testing.assert_close(own.mean.flatten(), torch.tensor([0.5, 0.4, 0.3]))
+    with pytest.raises(ValueError, match="need 3 values"):
+        zoo.from_config({"name": "fmnist-cnn", "weights": "none", "channels": 3, "mean": [0.5], "std": [0.2]})
