@@ -78,7 +78,7 @@ with c1:
     others = [c for c in range(len(classes)) if c != pred0]
     aimed = cls.targeted
     if len(cls.modes) > 1:
-        aimed = st.radio("Aim", [False, True], index=int(cls.targeted), key="atk_aimed", horizontal=True,
+        aimed = st.radio("Aim", [False, True], index=int(cls.targeted), key=f"atk_aimed_{name}", horizontal=True,
                          format_func=lambda t: "a target class" if t else "any other class",
                          persist_state="session",
                          help="Untargeted: any change of the prediction counts (the paper's success rule). "

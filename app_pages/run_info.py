@@ -106,17 +106,27 @@ def _params(p) -> str:
 rows = []
 for name in state.ordered_sets(run, nonempty=False):
     v = s["sets"][name]
+    aim = (v.get("params") or {}).get("targeted") if isinstance(v.get("params"), dict) else None
     rows.append({"set": name, "images": v.get("n"), "attempted": v.get("attempted"),
-                 "success rate": v.get("success_rate"), "mean L2": v.get("mean_l2"), "mean L∞": v.get("mean_linf"),
+                 "aim": None if aim is None else ("a target class" if aim else "any other class"),
+                 "success rate": v.get("success_rate"), "target reached": v.get("success_target"),
+                 "mean L2": v.get("mean_l2"), "mean L∞": v.get("mean_linf"),
                  "mean L∞ (/255)": None if v.get("mean_linf") is None else 255 * v["mean_linf"],
                  "seconds": v.get("seconds"), "parameters": _params(v.get("params"))})
 st.dataframe(pd.DataFrame(rows), hide_index=True, key="run_sets", placeholder="–",
              column_config={"success rate": st.column_config.NumberColumn(format="percent"),
+                            "target reached": st.column_config.NumberColumn(format="percent"),
                             "mean L2": st.column_config.NumberColumn(format="%.3f"),
                             "mean L∞": st.column_config.NumberColumn(format="%.3f"),
                             "mean L∞ (/255)": st.column_config.NumberColumn(format="%.1f")})
-st.caption("Adversarial sets keep only successful attacks (targeted: the prediction reached the random target "
-           "class); 'noise' keeps noisy images still classified correctly. Norms are in [0, 1] pixel units.")
+if any("success_changed" in v for v in s["sets"].values()):
+    st.caption("Adversarial sets keep every attempt whose stored image the CNN predicts other than its true class "
+               "(the paper's success rule); 'target reached' is the share of attempts that also reached the aimed "
+               "class. 'noise' keeps noisy images still classified correctly. Norms are in [0, 1] pixel units.")
+else:
+    st.caption("Adversarial sets keep only successful attacks (targeted: the prediction reached the random target "
+               "class; a run made before the paper's success rule); 'noise' keeps noisy images still classified "
+               "correctly. Norms are in [0, 1] pixel units.")
 
 findings = rep.get("findings") or []
 if findings and all("verdict" in f for f in findings):

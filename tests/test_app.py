@@ -167,7 +167,7 @@ def test_attack_fgsm_shows_before_after_scores_for_every_layer(app, truth):
 
 def test_attack_aim_switches_fgsm_to_a_target_class(app):
     _ok(app.switch_page(PAGES["attack"]).run())
-    _ok(app.radio(key="atk_aimed").set_value(True).run())
+    _ok(app.radio(key="atk_aimed_fgsm").set_value(True).run())
     _ok(app.selectbox(key="atk_target").select("random").run())
     _ok(app.button(key="atk_run").click().run())
     out = app.session_state["atk_result"]
