@@ -203,6 +203,8 @@ class SourceBootstrap:
         sizes : sequence of Estimate
             Each set's size (:meth:`total` of its per-source item counts).
         """
+        if not len(values):  # no set to aggregate (e.g. no adversarial on this side): undefined
+            return Estimate(float("nan"), np.full(self.n_boot, np.nan))
         v = np.array([[e.value, *e.replicates] for e in values], dtype=np.float64)
         w = np.array([[e.value, *e.replicates] for e in sizes], dtype=np.float64)
         ok = ~np.isnan(v) & (w > 0)

@@ -19,7 +19,15 @@ from core import scoring
 from core.bootstrap import SourceBootstrap
 from core.evaluation import ERRORS_SET, POSITIVE_SETS, RunData
 from core.findings import aggregate_eer, findings, reversals
-from core.operating_point import RULES, AttackItems, Setting, choose_operating_point, measure
+from core.operating_point import (
+    RULES,
+    AttackItems,
+    OperatingPoint,
+    Setting,
+    choose_operating_point,
+    measure,
+    threshold_at_tpr,
+)
 from core.splits import SourceSplit, split_sources
 
 __all__ = ["PROTOCOLS", "attempted_sources", "success_rates", "candidate_settings", "json_safe", "honest_report"]
@@ -83,6 +91,18 @@ def _default_setting(data: RunData) -> Setting:
     sc = data.config.get("scoring", {})
     return Setting(data.layers[-1], d.get("mode", sc.get("mode", data.modes[0])), d.get("fn", sc.get("fn", "dwknn")),
                    int(d.get("k", sc.get("k", data.summary.get("k_max", 1)))))
+
+
+#: How the operating point is set when the validation side has no adversarial to choose on.
+FALLBACK = ("no adversarial on the validation side: the configured default setting, its threshold keeping "
+            "target_tpr of the validation positives (0.5 without any)")
+
+
+def _fallback_point(pos: np.ndarray, d: Setting, target_tpr: float) -> OperatingPoint:
+    """The configured default setting ``d`` with the threshold keeping ``target_tpr`` of ``pos`` (n,) (0.5 if none)."""
+    th = threshold_at_tpr(pos, target_tpr) if np.size(pos) else 0.5
+    tpr = float((np.nan_to_num(pos, nan=0.0) >= th).mean()) if np.size(pos) else float("nan")
+    return OperatingPoint(d, th, float(target_tpr), float("nan"), tpr, "target_tpr")
 
 
 #: Evaluation protocols: name -> (positive sets, threshold rule of :data:`core.operating_point.RULES`).
@@ -183,7 +203,11 @@ def _report(data: RunData, protocol: str, validation_share: float, target_tpr: f
     def validation_scores(s: Setting) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return sc.positives(s, "validation")[0], {a: sc.get(s, a, "validation")[0] for a in attack_sets}
 
-    op = choose_operating_point(candidates, validation_scores, target_tpr=target_tpr, rule=rule)
+    try:
+        op, criterion = choose_operating_point(candidates, validation_scores, target_tpr=target_tpr, rule=rule), None
+    except ValueError:  # no adversarial (or no positive) on the validation side: nothing to choose on
+        op, criterion = _fallback_point(sc.positives(d, "validation")[0], d, target_tpr), FALLBACK
+        log.warning("no validation adversarials to choose on: operating point = the configured default %s", d)
     t_choose = time.perf_counter()
     bs = SourceBootstrap(split.test, n_boot=n_boot, seed=seed)
     s = op.setting
@@ -225,7 +249,7 @@ def _report(data: RunData, protocol: str, validation_share: float, target_tpr: f
                             "threshold": op.threshold, "target_tpr": op.target_tpr,
                             "tpr_test": at["tpr"].interval(), "tpr_validation": op.tpr_validation,
                             "rule": op.rule, "trust": "score > threshold" if op.strict else "score >= threshold",
-                            "criterion": RULES[op.rule], "criterion_validation": op.criterion},
+                            "criterion": criterion or RULES[op.rule], "criterion_validation": op.criterion},
         "attacks": attacks,
         "aggr": {"eer_accuracy": aggr.interval(),
                  "detection_rate": bs.aggregate(rej, sizes).interval() if rej else [None] * 3},

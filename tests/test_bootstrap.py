@@ -81,3 +81,10 @@ def test_deterministic_and_unknown_source_rejected():
         a.positions([4])
     with pytest.raises(ValueError):
         SourceBootstrap([], n_boot=10)
+
+
+def test_aggregate_of_no_set_is_undefined_not_an_error():
+    from core.bootstrap import SourceBootstrap
+
+    est = SourceBootstrap(np.arange(10), n_boot=50, seed=0).aggregate([], [])
+    assert np.isnan(est.value) and est.replicates.shape == (50,) and np.isnan(est.replicates).all()

@@ -164,3 +164,29 @@ def test_honest_report_contract_on_tiny_run(tiny_run, monkeypatch, protocol):
     for key in ("layer", "processing", "fn", "k", "threshold"):
         assert rep2["operating_point"][key] == op[key]
     assert any(rep2["attacks"][a]["eer_accuracy"][0] != rep["attacks"][a]["eer_accuracy"][0] for a in rep["attacks"])
+
+
+def test_no_validation_adversarial_falls_back_to_the_default_setting(tiny_run, monkeypatch):
+    """A run whose validation side has no adversarial (a tiny random-weight run) still gets its report: the
+    configured default setting, its threshold at the target TPR of the validation positives."""
+    from core import honest
+    from core.evaluation import RunData
+    from core.operating_point import threshold_at_tpr
+
+    data = RunData(tiny_run, verify=False)
+    sets = set(data.attack_sets)
+    real = honest._SplitScores.get
+
+    def no_validation_attacks(self, s, name, side):
+        scores, src = real(self, s, name, side)
+        return (scores[:0], src[:0]) if side == "validation" and name in sets else (scores, src)
+
+    monkeypatch.setattr(honest._SplitScores, "get", no_validation_attacks)
+    rep = honest.honest_report(data, protocol="paper", validation_share=0.5, target_tpr=0.9, seed=0, n_boot=100)
+    op, d = rep["operating_point"], honest._default_setting(data)
+    assert (op["layer"], op["processing"], op["fn"], op["k"]) == (d.layer, d.mode, d.fn, d.k)
+    assert op["criterion"] == honest.FALLBACK and op["criterion_validation"] is None
+    honest_split = honest.split_sources({s: data.evalset(s)["source"] for s in data.set_names}, 0.5, 0)
+    pos = honest._SplitScores(data, honest_split, [d.k], honest.POSITIVE_SETS).positives(d, "validation")[0]
+    assert op["threshold"] == pytest.approx(threshold_at_tpr(pos, 0.9))
+    json.dumps(rep, allow_nan=False)
