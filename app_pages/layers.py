@@ -102,7 +102,8 @@ if rep is None:
     st.stop()
 cols = list(rep.get("attack_sets") or rep["attacks"]) + ["Aggr.", "Errors"]
 table = pd.DataFrame([{"layer": r["layer"], "processing": r["mode"], "score": state.FN_NAMES[r["fn"]].split(" ")[0],
-                       **{c: 100 * _value(r, c) for c in cols}} for r in rep["rows"]])
+                       **{c: None if _value(r, c) is None else 100 * _value(r, c) for c in cols}}
+                      for r in rep["rows"]])
 table = table.dropna(axis=1, how="all")
 num = [c for c in cols if c in table]
 where = "on the test split, " if "split" in rep else "on every stored image, "

@@ -58,7 +58,12 @@ def detector(run: Run):
 
 @st.cache_resource(show_spinner="Loading the run's evaluation data…")
 def _rundata(path: str, stamp: int) -> evaluation.RunData:
-    return evaluation.RunData(path, verify=True)
+    from core.honest import PROTOCOLS
+
+    data = evaluation.RunData(path, verify=True)
+    protocol = data.config.get("evaluation", {}).get("protocol", "paper")
+    data.positive_sets = PROTOCOLS.get(protocol, PROTOCOLS["paper"])[0]  # authors: authentic only
+    return data
 
 
 def rundata(run: Run) -> evaluation.RunData:
@@ -114,7 +119,7 @@ def set_scores(run: Run, name: str, layer: str) -> np.ndarray:
 def separation(run: Run, layer: str, negatives: Sequence[str]) -> evaluation.Separation:
     """:class:`core.evaluation.Separation` of the positive sets against the sets ``negatives`` at ``layer``."""
     sets = rundata(run).set_names
-    return evaluation.Separation([set_scores(run, s, layer) for s in evaluation.POSITIVE_SETS if s in sets],
+    return evaluation.Separation([set_scores(run, s, layer) for s in rundata(run).positive_sets if s in sets],
                                  {s: set_scores(run, s, layer) for s in negatives})
 
 

@@ -27,7 +27,8 @@ SET_HELP = {"authentic": "authentic test images the CNN classifies correctly (po
             "noise": "authentic images plus random noise, still classified correctly (positives)",
             "errors": "authentic test images the CNN gets wrong (natural errors)"}
 FN_NAMES = {"knn": "kNN (w = 1)", "wknn": "W-kNN (w = 1/rank)", "dwknn": "DW-kNN (w = 1/distance²)"}
-MODE_NAMES = {"none": "none (raw features)", "l2": "L2-normalised", "pca": "PCA + whitening"}
+MODE_NAMES = {"none": "none (raw features)", "l2": "L2-normalised", "pca": "whitening (PCA, full rank or reduced)",
+              "pca_nw": "the authors' (PCA-256 without whitening above 256 dims, else none)"}
 
 
 # ----------------------------------------------------------------------------------------------- runs

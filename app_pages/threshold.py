@@ -31,7 +31,8 @@ neg_sets = c2.multiselect("Adversarial sets counted as negatives", attacks, key=
 use_errors = c3.checkbox("Authentic errors too", key="th_errors", disabled=not has_errors, persist_state="session",
                          help="Count the test images the CNN misclassifies as negatives (the paper's 'Errors').")
 negs = list(neg_sets) + (["errors"] if use_errors and has_errors else [])
-st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: authentic + noise images.")
+positives = " + ".join(loaders.rundata(run).positive_sets)
+st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: {md(positives)} images.")
 
 sep = loaders.separation(run, layer, negs)
 if not len(sep.all_negatives):
@@ -112,8 +113,9 @@ else:
         c[0].metric("TPR on test (positives trusted)", f"{charts.ci_text(fig['tpr'])} %",
                     help=f"{fig['n_positives']} test positives; [95 % confidence interval].")
         if fig["attacks"]:
-            det = [v["detection_rate"][0] for v in fig["attacks"].values() if v["detection_rate"][0] is not None]
-            c[1].metric("Mean detection rate over attacks", "–" if not det else f"{100 * sum(det) / len(det):.1f} %")
+            c[1].metric("Detection rate, all attacks", f"{charts.ci_text(fig['detection_rate'])} %",
+                        help="Adversarials rejected, every attack pooled (rates weighted by test sizes, as the "
+                             "report's); [95 % confidence interval].")
         st.dataframe(pd.DataFrame([{"attack": a, "test images": v["n_test"],
                                     "detection rate % (rejected)": charts.ci_text(v["detection_rate"]),
                                     "guarded success % (fools the CNN and trusted)":
@@ -144,7 +146,7 @@ with left:
                                   xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02])), key="th_roc")
 
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
-groups = [("authentic + noise (positives)", charts.TRUSTED_COLOR)]
+groups = [(f"{plotly_text(positives)} (positives)", charts.TRUSTED_COLOR)]
 groups += [(f"{plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
             palette[i % len(palette)]) for i, s in enumerate(negs)]
 with right:

@@ -98,11 +98,13 @@ FALLBACK = ("no adversarial on the validation side: the configured default setti
             "target_tpr of the validation positives (0.5 without any)")
 
 
-def _fallback_point(pos: np.ndarray, d: Setting, target_tpr: float) -> OperatingPoint:
-    """The configured default setting ``d`` with the threshold keeping ``target_tpr`` of ``pos`` (n,) (0.5 if none)."""
+def _fallback_point(pos: np.ndarray, d: Setting, target_tpr: float, rule: str) -> OperatingPoint:
+    """The configured default setting ``d`` with the threshold keeping ``target_tpr`` of ``pos`` (n,) (0.5 if none),
+    trusting as the protocol's ``rule`` does (``score > t`` under ``nearest_eer``)."""
     th = threshold_at_tpr(pos, target_tpr) if np.size(pos) else 0.5
-    tpr = float((np.nan_to_num(pos, nan=0.0) >= th).mean()) if np.size(pos) else float("nan")
-    return OperatingPoint(d, th, float(target_tpr), float("nan"), tpr, "target_tpr")
+    op = OperatingPoint(d, th, float(target_tpr), float("nan"), float("nan"), rule)
+    return OperatingPoint(d, th, float(target_tpr), float("nan"),
+                          float(op.trusted(pos).mean()) if np.size(pos) else float("nan"), rule)
 
 
 #: Evaluation protocols: name -> (positive sets, threshold rule of :data:`core.operating_point.RULES`).
@@ -206,7 +208,7 @@ def _report(data: RunData, protocol: str, validation_share: float, target_tpr: f
     try:
         op, criterion = choose_operating_point(candidates, validation_scores, target_tpr=target_tpr, rule=rule), None
     except ValueError:  # no adversarial (or no positive) on the validation side: nothing to choose on
-        op, criterion = _fallback_point(sc.positives(d, "validation")[0], d, target_tpr), FALLBACK
+        op, criterion = _fallback_point(sc.positives(d, "validation")[0], d, target_tpr, rule), FALLBACK
         log.warning("no validation adversarials to choose on: operating point = the configured default %s", d)
     t_choose = time.perf_counter()
     bs = SourceBootstrap(split.test, n_boot=n_boot, seed=seed)

@@ -110,6 +110,9 @@ class LiveFigures:
             np.add.at(per, self.bootstrap.positions(ids[on_test]), n_att[on_test])
             self.attempts[a] = per
             self.fooled[a] = np.asarray(z["predicted"])[m] != np.asarray(z["true"])[m]
+        bs = self.bootstrap  # each attack's test size per replicate: the weights of the pooled detection rate
+        self.sizes = {a: bs.total(bs.per_source(np.ones(int(self.test[a].sum())), self.source[a][self.test[a]]))
+                      for a in self.attack_sets}
         self._scored: OrderedDict[Setting, _Scored] = OrderedDict()
         self._eer: dict[Setting, dict] = {}
         self._lock = threading.Lock()
@@ -157,12 +160,15 @@ class LiveFigures:
         dict
             JSON-safe: ``tpr`` ``[v, lo, hi]`` (share of test positives trusted), ``n_positives``, ``attacks[name]``
             ``{"detection_rate", "guarded_success": [v, lo, hi], "n_test"}`` (guarded success = attempts that fool
-            the CNN and are trusted, over attempts).
+            the CNN and are trusted, over attempts), ``detection_rate`` ``[v, lo, hi]``: every attack pooled
+            (the attacks' rates weighted by their test sizes, as the report's ``aggr.detection_rate``).
         """
         sc = self._scores(setting)
         with threadpool_limits(limits=1, user_api="blas"):
             m = measure(self.bootstrap, float(threshold), sc.pos, sc.pos_source, sc.attacks, strict=self.strict)
-        return json_safe({"tpr": m["tpr"].interval(), "n_positives": len(sc.pos),
+        pooled = self.bootstrap.aggregate([m["attacks"][a]["detection_rate"] for a in self.attack_sets],
+                                          [self.sizes[a] for a in self.attack_sets])
+        return json_safe({"tpr": m["tpr"].interval(), "n_positives": len(sc.pos), "detection_rate": pooled.interval(),
                           "attacks": {a: {"detection_rate": v["detection_rate"].interval(),
                                           "guarded_success": v["guarded_success"].interval(),
                                           "n_test": len(sc.attacks[a].scores)}

@@ -167,7 +167,7 @@ def choose_operating_point(candidates: Iterable[Setting],
             negs = [np.ravel(a) for a in attacks.values() if np.size(a)]
             r = nearest_eer_threshold(pos, np.concatenate(negs) if negs else np.empty(0))
             th, crit, tpr = r["threshold"], r["accuracy"], r["tpr"]
-        if np.isnan(crit):
+        if np.isnan(crit) or not np.isfinite(th):  # nothing to choose on (no positives or no attacks)
             continue
         if best is None or crit > best.criterion:
             best = OperatingPoint(s, th, float(target_tpr) if rule == "target_tpr" else None, crit, tpr, rule)

@@ -55,6 +55,7 @@ def test_figures_at_the_operating_point_equal_the_reports(setup):
         np.testing.assert_allclose(eer["attacks"][a], rep["attacks"][a]["eer_accuracy"])
     np.testing.assert_allclose(live.eer((op["layer"], op["processing"], op["fn"], op["k"]))["aggr"],
                                rep["aggr"]["eer_accuracy"])
+    np.testing.assert_allclose(fig["detection_rate"], rep["aggr"]["detection_rate"])  # pooled, size-weighted
 
 
 def test_figures_at_any_threshold_equal_a_weighted_bootstrap_by_hand(setup):

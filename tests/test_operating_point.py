@@ -150,3 +150,11 @@ def test_measure_strict_rejects_a_score_at_the_threshold():
     assert loose["attacks"]["a"]["detection_rate"].value == 0.5
     assert strict["attacks"]["a"]["detection_rate"].value == 1.0
     assert loose["attacks"]["a"]["guarded_success"].value == 0.25 and strict["attacks"]["a"]["guarded_success"].value == 0
+
+
+def test_a_candidate_without_validation_positives_is_no_candidate():
+    """No positives -> no threshold: such a setting is skipped, not chosen with a NaN threshold."""
+    from core.operating_point import Setting, choose_operating_point
+
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_operating_point([Setting("a", "none", "knn", 1)], lambda s: (np.zeros(0), {"x": np.array([.1, .2])}))
