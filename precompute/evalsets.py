@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data import DatasetNotFound, SourceBase, find_by_id, to_float
+from core.evaluation import perturbation_norms
 from core.honest import success_rates
 from precompute.config import ATTACK_SECTION
 from precompute.context import Context
@@ -99,9 +100,8 @@ def set_stats(z: dict[str, np.ndarray], p: Picked, attempted: int) -> dict:
     if n:
         pos_of = p.pos_of
         orig = p.images[[pos_of[int(s)] for s in z["source"]]]
-        d = (z["images"].astype(np.float64) - orig).reshape(n, -1) / 255.0
-        out["mean_l2"] = float(np.linalg.norm(d, axis=1).mean())
-        out["mean_linf"] = float(np.abs(d).max(axis=1).mean())
+        norms = perturbation_norms(orig, z["images"])
+        out["mean_l2"], out["mean_linf"] = float(norms.l2.mean()), float(norms.linf.mean())
     if "params" in z:
         out["params"] = json.loads(str(z["params"]))
     return out
