@@ -50,7 +50,10 @@ def machine() -> dict[str, Any]:
         else platform.processor()
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     for mod in ("faiss", "torch", "sklearn", "scipy", "streamlit"):
-        versions[mod] = __import__(mod).__version__
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:  # e.g. no streamlit on a GPU machine that only runs the precompute
+            versions[mod] = None
     return {"cores": _cores(), "cpu_count": os.cpu_count(), "cpu_model": cpu or "unknown",
             "platform": platform.platform(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "loadavg": loadavg(), "versions": versions, "torch_threads": torch.get_num_threads(),

@@ -120,7 +120,7 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
     return index
 
 
-def search(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index, xq: np.ndarray, k: int, *, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k nearest database vectors of each query.
 
     Parameters
@@ -129,6 +129,9 @@ def search(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     xq : ndarray (nq, d)
     k : int
         Capped at ``index.ntotal``.
+    device : str, optional
+        A torch device other than ``"cpu"`` (e.g. ``"cuda"``): an exact flat index is searched there
+        (:func:`core.torch_search.exact_knn`); other indexes, and ``None`` or ``"cpu"``, search with faiss here.
 
     Returns
     -------
@@ -144,6 +147,10 @@ def search(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(int(k), index.ntotal)
     nq = len(xq)
+    if device is not None and str(device) != "cpu" and _is_flat_l2(index):
+        from core.torch_search import exact_knn
+
+        return exact_knn(_flat_xb(index)[0], xq, k, device=str(device))
     if nq <= SINGLE_THREAD_MAX_NQ:
         with threads(1):
             return index.search(xq, k)

@@ -218,7 +218,8 @@ def stage_neighbours(ctx: Context) -> list[str]:
             if len(images):
                 if (la, mo) not in indexes:
                     indexes[(la, mo)] = ctx.run.load_faiss(f"index/{la}-{mo}.faiss")
-                D, I = knn_index.search(indexes[(la, mo)], processing.apply(params[(la, mo)], feats[la]), k_max)
+                D, I = knn_index.search(indexes[(la, mo)], processing.apply(params[(la, mo)], feats[la]), k_max,
+                                        device=ctx.device)
             else:
                 D, I = np.empty((0, k_max), np.float32), np.empty((0, k_max), np.int64)
             ctx.run.save_npz(rels[(la, mo)], {"I": I.astype(np.int32), "D": D.astype(np.float32)}, key=key)
