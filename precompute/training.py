@@ -55,8 +55,9 @@ def check_outputs(model: torch.nn.Module, n_classes: int, size: tuple[int, int, 
         One line naming ``model.num_classes`` (zoo models) or the builder (custom models).
     """
     was = model.training
+    where = next(model.parameters(), next(model.buffers(), torch.zeros(0))).device
     with torch.no_grad():
-        out = model.eval()(torch.zeros(2, *size)).shape[-1]
+        out = model.eval()(torch.zeros(2, *size, device=where)).shape[-1]
     model.train(was)
     if out != n_classes:
         raise ValueError(f"the model gives {out} logits but the training set has {n_classes} classes; "

@@ -130,3 +130,9 @@ def test_a_model_with_the_wrong_outputs_is_refused_before_any_work(folder, tmp_p
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "gives 10 logits but the training set has 3 classes" in err
     assert not (tmp_path / "runs" / "custom-example" / "manifest.json").exists()
+
+
+def test_check_outputs_probes_on_the_models_device():
+    """The probe input goes where the model is: a model already on a GPU failed with 'cuda:0 and cpu' (seen on
+    an H100); the meta device stands in for it here."""
+    training.check_outputs(_model().to("meta"), 3, (3, 16, 16))
