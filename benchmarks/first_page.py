@@ -1,0 +1,103 @@
+"""What a user feels in a browser: a fresh server's first page, then every page opened by its URL in a new
+session, from navigation start to the page's last element drawn (Chromium driven by Playwright, one user).
+
+    python -m benchmarks.first_page                     # data/runs/fmnist, 3 rounds
+    python -m benchmarks.first_page --run /tmp/apprun/fmnist --rounds 5
+
+A page counts as drawn when the app reports its script run over, no skeleton, spinner or stale element is
+left, every image has loaded and every plotly chart has its SVG. Each round starts a new server (so the first
+page pays the imports, the model and the verification of the run), opens the first page, then each page by URL
+in a fresh browser context (a new session on the warm server). Targets: the first page under 3 s, every page
+under 1 s. Needs Debian's Chromium and the ``playwright`` package (requirements-dev.txt).
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import _common as C
+
+TARGETS_S = {"first_page": 3.0, "every_page": 1.0}
+
+_DRAWN = """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+      && document.querySelector('[data-testid="stMain"] [data-testid="stMarkdown"], [data-testid="stMain"] h1')
+      && !document.querySelector('[data-testid="stSkeleton"]')
+      && !document.querySelector('[data-stale="true"]')
+      && !document.querySelector('[data-testid="stSpinner"]')
+      && [...document.images].every(i => i.complete)
+      && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+             .every(c => c.querySelector('.main-svg'))"""
+
+
+def _open(browser, url: str, timeout_s: float) -> float:
+    """Seconds from navigation start to the page drawn, in a new browser context (a new session)."""
+    from tools import browser as B
+
+    ctx = browser.new_context(viewport=B.VIEWPORT)
+    try:
+        page = ctx.new_page()
+        page.goto(url, wait_until="commit", timeout=timeout_s * 1000)
+        page.wait_for_function(_DRAWN, timeout=timeout_s * 1000, polling=50)
+        return float(page.evaluate("performance.now()")) / 1000
+    finally:
+        ctx.close()
+
+
+def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180) -> dict:
+    """Per round: the fresh server's first page and each page by URL (seconds); medians over rounds."""
+    from playwright.sync_api import sync_playwright
+
+    from tools import browser as B
+    from tools.app_server import serve
+
+    run = Path(run).resolve()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        runs_dir = Path(tmp) / "runs"
+        runs_dir.mkdir()
+        (runs_dir / run.name).symlink_to(run, target_is_directory=True)
+        browser = p.chromium.launch(executable_path=B.CHROMIUM, args=B.CHROMIUM_ARGS)
+        try:
+            for r in range(rounds):
+                t0 = time.perf_counter()
+                with serve(runs_dir) as url:
+                    started = time.perf_counter() - t0
+                    row = {"round": r, "server_start_s": started, "first_page_s": _open(browser, url, timeout_s)}
+                    row["second_session_s"] = _open(browser, url, timeout_s)
+                    row["pages"] = {title: _open(browser, f"{url}/{path}", timeout_s)
+                                    for title, path in B.URLS.items()}
+                rows.append(row)
+                print(f"round {r}: first page {row['first_page_s']:.2f} s, second session "
+                      f"{row['second_session_s']:.2f} s, pages "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in row["pages"].items()), flush=True)
+        finally:
+            browser.close()
+    first = statistics.median(r["first_page_s"] for r in rows)
+    pages = {t: statistics.median(r["pages"][t] for r in rows) for t in rows[0]["pages"]}
+    return {"run": str(run), "rounds": rows, "first_page_s": first,
+            "second_session_s": statistics.median(r["second_session_s"] for r in rows), "pages_s": pages,
+            "targets": {"first_page_under_3s": first < TARGETS_S["first_page"],
+                        "every_page_under_1s": all(v < TARGETS_S["every_page"] for v in pages.values())}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = C.parser(__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args(argv)
+    if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
+        raise SystemExit("needs Debian's Chromium: apt-get install -y chromium")
+    C.require_run(a.run)
+    res = measure(a.run, rounds=1 if a.quick else a.rounds)
+    t = res["targets"]
+    print(f"first page (median) {res['first_page_s']:.2f} s: under 3 s {'yes' if t['first_page_under_3s'] else 'no'}; "
+          f"every page under 1 s {'yes' if t['every_page_under_1s'] else 'no'} ("
+          + ", ".join(f"{k} {v:.2f}" for k, v in res["pages_s"].items()) + ")")
+    C.write_result("first_page", res, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
