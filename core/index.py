@@ -36,6 +36,10 @@ IVF_TRAIN_PER_LIST = 64
 IVF_TRAIN_ITERS = 10
 #: Distance block size of the blocked path, in float32 entries (rows × database size).
 _BLOCK_ENTRIES = 1 << 24
+#: Top-k selection: every ``_SAMPLE_STRIDE``-th column sets the candidates' threshold, when rows hold at least
+#: ``_SAMPLE_MIN_RATIO`` · stride · k columns (else a whole-row partition).
+_SAMPLE_STRIDE = 16
+_SAMPLE_MIN_RATIO = 2
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -191,9 +195,84 @@ def _flat_xb(index) -> tuple[np.ndarray, np.ndarray]:
 def _topk_rows(dd: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact k smallest of each row of ``dd`` (b, n), ascending: (values (b, k), columns (b, k) int64).
 
-    One value-only partition finds each row's k-th smallest; the entries not above it are gathered with one
-    mask (exactly k per row, unless ties at the k-th value: those rows take ``argpartition``) and sorted.
+    Rows are first tried by :func:`_topk_sampled`; the rows it cannot settle take :func:`_topk_partition`.
     Equal values may come in any order.
+    """
+    b, n = dd.shape
+    stride = min(_SAMPLE_STRIDE, n // (_SAMPLE_MIN_RATIO * k))
+    if stride < 4 or n >= 1 << 32:
+        return _topk_partition(dd, k)
+    vals, cols, ok = _topk_sampled(dd, k, stride)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        vals[bad], cols[bad] = _topk_partition(dd[bad], k)
+    return vals, cols
+
+
+def _sortable(v: np.ndarray) -> np.ndarray:
+    """float32 (any shape) as uint32 with the same order (negative values included)."""
+    u = v.view(np.uint32)
+    return np.where(u >> 31, ~u, u | np.uint32(0x80000000))
+
+
+def _from_sortable(u: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_sortable`."""
+    u = u.astype(np.uint32)
+    return np.where(u >> 31, u & np.uint32(0x7FFFFFFF), ~u).view(np.float32)
+
+
+def _topk_sampled(dd: np.ndarray, k: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k smallest per row of ``dd`` (b, n) through a threshold taken on every ``stride``-th column.
+
+    A low order statistic of the sampled columns bounds each row's candidates (about 1.5 k of n); one mask
+    gathers them, their k-th smallest is found on that short list and the k kept are sorted by one uint64 key
+    (value, column). Rows with fewer than k candidates, or ties at the k-th value, are flagged.
+
+    Returns
+    -------
+    vals : float32 (b, k), cols : int64 (b, k), ok : bool (b,)
+        Rows where ``ok`` is False hold no result.
+    """
+    b, n = dd.shape
+    expect = k / stride
+    j = int(min(n // stride, math.ceil(1.25 * expect + 3 * math.sqrt(expect) + 2)))
+    t = np.partition(dd[:, ::stride], j - 1, axis=1)[:, j - 1]
+    flat = np.flatnonzero(dd <= t[:, None])
+    row = flat // n
+    cnt = np.bincount(row, minlength=b)
+    ok = cnt >= k
+    vals = np.empty((b, k), np.float32)
+    cols = np.empty((b, k), np.int64)
+    if not ok.any():
+        return vals, cols, ok
+    if not ok.all():
+        keep = ok[row]
+        flat, row, cnt = flat[keep], row[keep], np.where(ok, cnt, 0)
+    m = int(cnt.max())
+    start = np.zeros(b + 1, np.int64)
+    np.cumsum(cnt, out=start[1:])
+    cand = dd.ravel()[flat]
+    buf = np.full((b, m), np.inf, np.float32)
+    buf.ravel()[row * m + (np.arange(len(flat)) - start[row])] = cand
+    kth = np.partition(buf, k - 1, axis=1)[:, k - 1]
+    keep = cand <= kth[row]
+    flat, row, cand = flat[keep], row[keep], cand[keep]
+    ok &= np.bincount(row, minlength=b) == k
+    if not ok.all():
+        keep = ok[row]
+        flat, row, cand = flat[keep], row[keep], cand[keep]
+    key = (_sortable(cand).astype(np.uint64) << np.uint64(32)) | (flat - row * n).astype(np.uint64)
+    key = np.sort(key.reshape(-1, k), axis=1)
+    vals[ok] = _from_sortable(key >> np.uint64(32))
+    cols[ok] = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return vals, cols, ok
+
+
+def _topk_partition(dd: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_topk_rows` by a value-only partition of every whole row (any shape, ties and NaN included).
+
+    One partition finds each row's k-th smallest; the entries not above it are gathered with one mask (exactly
+    k per row, unless ties at the k-th value: those rows take ``argpartition``) and sorted.
     """
     b, n = dd.shape
     kth = np.partition(dd, k - 1, axis=1)[:, k - 1]
