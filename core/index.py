@@ -18,12 +18,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "choose_kind", "build", "search",
-           "set_threads", "threads"]
+__all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "Refined", "choose_kind", "build",
+           "search", "refine_rel", "open_refined", "set_threads", "threads"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 #: Above this many database vectors, ``kind="auto"`` builds an IVF index instead of an exact flat one.
 AUTO_IVF_MIN = 500_000
 #: Searches of at most this many queries run on one OpenMP thread. See docs/design.md#threads.
@@ -34,6 +34,11 @@ BLOCKED_MIN_K = 64
 #: IVF k-means: training vectors per list (faiss warns under 39) and iterations. See docs/design.md#index.
 IVF_TRAIN_PER_LIST = 64
 IVF_TRAIN_ITERS = 10
+#: ``ivfpq``: PQ bytes per vector (4-bit fast-scan codes, two sub-quantisers a byte), cells probed, and the
+#: shortlist re-ranked exactly (``REFINE_FACTOR`` · k candidates).
+PQ_BYTES = 32
+IVFPQ_NPROBE = 64
+REFINE_FACTOR = 8
 #: Distance block size of the blocked path, in float32 entries (rows × database size).
 _BLOCK_ENTRIES = 1 << 24
 #: Top-k selection: every ``_SAMPLE_STRIDE``-th column sets the candidates' threshold, when rows hold at least
@@ -52,6 +57,66 @@ def _f32(x: np.ndarray) -> np.ndarray:
 def choose_kind(n: int) -> str:
     """Index type for ``n`` database vectors: exact ``flat`` under :data:`AUTO_IVF_MIN`, else ``ivf``."""
     return "flat" if n < AUTO_IVF_MIN else "ivf"
+
+
+class Refined:
+    """An IVF-PQ shortlist re-ranked exactly on float16 copies of the database vectors (``ivfpq``).
+
+    Parameters
+    ----------
+    coarse : faiss.Index
+        IVF-PQ fast-scan index over the vectors.
+    xb16 : ndarray (n, d) float16
+        The vectors, e.g. memory-mapped from the run's ``.f16.npy``.
+    factor : int
+        Shortlist size over k.
+    """
+
+    def __init__(self, coarse, xb16: np.ndarray, factor: int = REFINE_FACTOR):
+        if xb16.shape != (coarse.ntotal, coarse.d):
+            raise ValueError(f"float16 vectors {xb16.shape} do not match the index ({coarse.ntotal}, {coarse.d})")
+        self.coarse, self.xb16, self.factor = coarse, xb16, int(factor)
+
+    @property
+    def d(self) -> int:
+        return self.coarse.d
+
+    @property
+    def ntotal(self) -> int:
+        return self.coarse.ntotal
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances to the float16 vectors (nq, k) ascending and ids (nq, k), -1 where fewer."""
+        xq = _f32(xq)
+        _, cand = self.coarse.search(xq, min(self.ntotal, self.factor * k))
+        D = np.full((len(xq), k), np.inf, np.float32)
+        I = np.full((len(xq), k), -1, np.int64)
+        for i, c in enumerate(cand):
+            c = np.sort(c[c >= 0])
+            if not len(c):
+                continue
+            diff = self.xb16[c].astype(np.float32) - xq[i]
+            dist = np.einsum("ij,ij->i", diff, diff)
+            m = min(k, len(c))
+            top = np.argpartition(dist, m - 1)[:m] if m < len(c) else np.arange(len(c))
+            top = top[np.argsort(dist[top], kind="stable")]
+            D[i, :m], I[i, :m] = dist[top], c[top]
+        return D, I
+
+
+def refine_rel(rel: str) -> str:
+    """Run-relative path of the float16 vectors that go with the faiss file ``rel`` of an ``ivfpq`` index."""
+    return rel.removesuffix(".faiss") + ".f16.npy"
+
+
+def open_refined(index, xb16: np.ndarray | None):
+    """The index as searched: a read IVF-PQ fast-scan ``index`` with its float16 vectors ``xb16`` becomes
+    :class:`Refined`; any other index (or no vectors) is returned as is."""
+    import faiss
+
+    if xb16 is None or not isinstance(index, faiss.IndexIVFPQFastScan):
+        return index
+    return Refined(index, xb16)
 
 
 def set_threads(n: int) -> None:
@@ -95,7 +160,8 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
 
     Returns
     -------
-    faiss.Index
+    faiss.Index or Refined
+        ``ivfpq`` gives :class:`Refined` (its ``coarse`` index and ``xb16`` vectors are saved apart).
     """
     import faiss
 
@@ -107,6 +173,19 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
     t0 = time.perf_counter()
     if kind == "flat":
         index = faiss.IndexFlatL2(d)
+    elif kind == "ivfpq":
+        nlist = nlist or max(1, int(4 * math.sqrt(n)))
+        m = PQ_BYTES * 2 if d % (PQ_BYTES * 2) == 0 else d
+        index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(d), d, nlist, m, 4)
+        sample = IVF_TRAIN_PER_LIST * nlist
+        train = xb if n <= sample else xb[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+        index.cp.seed = seed
+        index.cp.niter = IVF_TRAIN_ITERS
+        index.train(train)
+        index.nprobe = IVFPQ_NPROBE if nprobe == 16 else nprobe
+        index.add(xb)
+        log.info("built ivfpq index on %d×%d in %.2fs", n, d, time.perf_counter() - t0)
+        return Refined(index, xb.astype(np.float16))
     elif kind == "ivf":
         nlist = nlist or max(1, int(4 * math.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
@@ -151,6 +230,9 @@ def search(index, xq: np.ndarray, k: int, *, device: str | None = None) -> tuple
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(int(k), index.ntotal)
     nq = len(xq)
+    if isinstance(index, Refined):
+        with threads(1) if nq <= SINGLE_THREAD_MAX_NQ else contextlib.nullcontext():
+            return index.search(xq, k)
     if device is not None and str(device) != "cpu" and _is_flat_l2(index):
         from core.torch_search import exact_knn
 
