@@ -68,7 +68,15 @@ def knn_search(r: dict[str, Any]) -> str:
                              ("ours_vs_sklearn", "× sklearn"), ("ours_vs_faiss", "× faiss"),
                              ("gflops_ours", "GFLOP/s"), ("gflops_matmul", "matmul GFLOP/s"),
                              ("frac_of_matmul", "of matmul"), ("qps_select_only", "select-only q/s"),
-                             ("recall_ours_vs_sklearn", "recall vs sklearn")]),
+                             ("recall_ours_vs_sklearn", "recall vs sklearn"), ("loadavg", "load avg")]),
+             "",
+             "Floor = distance sgemm + the fastest top-k primitive on the same distances (seconds, all queries):",
+             "",
+             _md(r["rows"], [("layer", "layer"), ("d", "D"), ("ours_s", "ours s"), ("sgemm_s", "sgemm s"),
+                             ("select_argpartition_s", "argpartition s"), ("select_torch_topk_s", "torch topk s"),
+                             ("select_faiss_heap_s", "faiss heap s"), ("select_best", "fastest"),
+                             ("floor_s", "floor s"), ("ours_vs_floor", "ours / floor"),
+                             ("ours_vs_sklearn", "× sklearn")]),
              "",
              f"All layers: ours {a['qps']['ours']:.0f} q/s = {a['ours_vs_sklearn']:.2f}× scikit-learn, "
              f"{a['ours_vs_faiss']:.2f}× faiss as is. Square sgemm peak "

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "choose_kind", "build", "search",
-           "set_threads", "threads"]
+__all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "Refined", "choose_kind", "build",
+           "search", "refine_rel", "open_refined", "set_threads", "threads"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 #: Above this many database vectors, ``kind="auto"`` builds an IVF index instead of an exact flat one.
 AUTO_IVF_MIN = 500_000
 #: Searches of at most this many queries run on one OpenMP thread. See docs/design.md#threads.
@@ -34,8 +34,17 @@ BLOCKED_MIN_K = 64
 #: IVF k-means: training vectors per list (faiss warns under 39) and iterations. See docs/design.md#index.
 IVF_TRAIN_PER_LIST = 64
 IVF_TRAIN_ITERS = 10
+#: ``ivfpq``: PQ bytes per vector (4-bit fast-scan codes, two sub-quantisers a byte), cells probed, and the
+#: shortlist re-ranked exactly (``REFINE_FACTOR`` · k candidates).
+PQ_BYTES = 32
+IVFPQ_NPROBE = 64
+REFINE_FACTOR = 8
 #: Distance block size of the blocked path, in float32 entries (rows × database size).
 _BLOCK_ENTRIES = 1 << 24
+#: Top-k selection: every ``_SAMPLE_STRIDE``-th column sets the candidates' threshold, when rows hold at least
+#: ``_SAMPLE_MIN_RATIO`` · stride · k columns (else a whole-row partition).
+_SAMPLE_STRIDE = 16
+_SAMPLE_MIN_RATIO = 2
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -48,6 +57,66 @@ def _f32(x: np.ndarray) -> np.ndarray:
 def choose_kind(n: int) -> str:
     """Index type for ``n`` database vectors: exact ``flat`` under :data:`AUTO_IVF_MIN`, else ``ivf``."""
     return "flat" if n < AUTO_IVF_MIN else "ivf"
+
+
+class Refined:
+    """An IVF-PQ shortlist re-ranked exactly on float16 copies of the database vectors (``ivfpq``).
+
+    Parameters
+    ----------
+    coarse : faiss.Index
+        IVF-PQ fast-scan index over the vectors.
+    xb16 : ndarray (n, d) float16
+        The vectors, e.g. memory-mapped from the run's ``.f16.npy``.
+    factor : int
+        Shortlist size over k.
+    """
+
+    def __init__(self, coarse, xb16: np.ndarray, factor: int = REFINE_FACTOR):
+        if xb16.shape != (coarse.ntotal, coarse.d):
+            raise ValueError(f"float16 vectors {xb16.shape} do not match the index ({coarse.ntotal}, {coarse.d})")
+        self.coarse, self.xb16, self.factor = coarse, xb16, int(factor)
+
+    @property
+    def d(self) -> int:
+        return self.coarse.d
+
+    @property
+    def ntotal(self) -> int:
+        return self.coarse.ntotal
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances to the float16 vectors (nq, k) ascending and ids (nq, k), -1 where fewer."""
+        xq = _f32(xq)
+        _, cand = self.coarse.search(xq, min(self.ntotal, self.factor * k))
+        D = np.full((len(xq), k), np.inf, np.float32)
+        I = np.full((len(xq), k), -1, np.int64)
+        for i, c in enumerate(cand):
+            c = np.sort(c[c >= 0])
+            if not len(c):
+                continue
+            diff = self.xb16[c].astype(np.float32) - xq[i]
+            dist = np.einsum("ij,ij->i", diff, diff)
+            m = min(k, len(c))
+            top = np.argpartition(dist, m - 1)[:m] if m < len(c) else np.arange(len(c))
+            top = top[np.argsort(dist[top], kind="stable")]
+            D[i, :m], I[i, :m] = dist[top], c[top]
+        return D, I
+
+
+def refine_rel(rel: str) -> str:
+    """Run-relative path of the float16 vectors that go with the faiss file ``rel`` of an ``ivfpq`` index."""
+    return rel.removesuffix(".faiss") + ".f16.npy"
+
+
+def open_refined(index, xb16: np.ndarray | None):
+    """The index as searched: a read IVF-PQ fast-scan ``index`` with its float16 vectors ``xb16`` becomes
+    :class:`Refined`; any other index (or no vectors) is returned as is."""
+    import faiss
+
+    if xb16 is None or not isinstance(index, faiss.IndexIVFPQFastScan):
+        return index
+    return Refined(index, xb16)
 
 
 def set_threads(n: int) -> None:
@@ -91,7 +160,8 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
 
     Returns
     -------
-    faiss.Index
+    faiss.Index or Refined
+        ``ivfpq`` gives :class:`Refined` (its ``coarse`` index and ``xb16`` vectors are saved apart).
     """
     import faiss
 
@@ -103,6 +173,19 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
     t0 = time.perf_counter()
     if kind == "flat":
         index = faiss.IndexFlatL2(d)
+    elif kind == "ivfpq":
+        nlist = nlist or max(1, int(4 * math.sqrt(n)))
+        m = PQ_BYTES * 2 if d % (PQ_BYTES * 2) == 0 else d
+        index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(d), d, nlist, m, 4)
+        sample = IVF_TRAIN_PER_LIST * nlist
+        train = xb if n <= sample else xb[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
+        index.cp.seed = seed
+        index.cp.niter = IVF_TRAIN_ITERS
+        index.train(train)
+        index.nprobe = IVFPQ_NPROBE if nprobe == 16 else nprobe
+        index.add(xb)
+        log.info("built ivfpq index on %d×%d in %.2fs", n, d, time.perf_counter() - t0)
+        return Refined(index, xb.astype(np.float16))
     elif kind == "ivf":
         nlist = nlist or max(1, int(4 * math.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
@@ -147,6 +230,9 @@ def search(index, xq: np.ndarray, k: int, *, device: str | None = None) -> tuple
         raise ValueError(f"k must be >= 1, got {k}")
     k = min(int(k), index.ntotal)
     nq = len(xq)
+    if isinstance(index, Refined):
+        with threads(1) if nq <= SINGLE_THREAD_MAX_NQ else contextlib.nullcontext():
+            return index.search(xq, k)
     if device is not None and str(device) != "cpu" and _is_flat_l2(index):
         from core.torch_search import exact_knn
 
@@ -191,9 +277,84 @@ def _flat_xb(index) -> tuple[np.ndarray, np.ndarray]:
 def _topk_rows(dd: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact k smallest of each row of ``dd`` (b, n), ascending: (values (b, k), columns (b, k) int64).
 
-    One value-only partition finds each row's k-th smallest; the entries not above it are gathered with one
-    mask (exactly k per row, unless ties at the k-th value: those rows take ``argpartition``) and sorted.
+    Rows are first tried by :func:`_topk_sampled`; the rows it cannot settle take :func:`_topk_partition`.
     Equal values may come in any order.
+    """
+    b, n = dd.shape
+    stride = min(_SAMPLE_STRIDE, n // (_SAMPLE_MIN_RATIO * k))
+    if stride < 4 or n >= 1 << 32:
+        return _topk_partition(dd, k)
+    vals, cols, ok = _topk_sampled(dd, k, stride)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        vals[bad], cols[bad] = _topk_partition(dd[bad], k)
+    return vals, cols
+
+
+def _sortable(v: np.ndarray) -> np.ndarray:
+    """float32 (any shape) as uint32 with the same order (negative values included)."""
+    u = v.view(np.uint32)
+    return np.where(u >> 31, ~u, u | np.uint32(0x80000000))
+
+
+def _from_sortable(u: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_sortable`."""
+    u = u.astype(np.uint32)
+    return np.where(u >> 31, u & np.uint32(0x7FFFFFFF), ~u).view(np.float32)
+
+
+def _topk_sampled(dd: np.ndarray, k: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k smallest per row of ``dd`` (b, n) through a threshold taken on every ``stride``-th column.
+
+    A low order statistic of the sampled columns bounds each row's candidates (about 1.5 k of n); one mask
+    gathers them, their k-th smallest is found on that short list and the k kept are sorted by one uint64 key
+    (value, column). Rows with fewer than k candidates, or ties at the k-th value, are flagged.
+
+    Returns
+    -------
+    vals : float32 (b, k), cols : int64 (b, k), ok : bool (b,)
+        Rows where ``ok`` is False hold no result.
+    """
+    b, n = dd.shape
+    expect = k / stride
+    j = int(min(n // stride, math.ceil(1.25 * expect + 3 * math.sqrt(expect) + 2)))
+    t = np.partition(dd[:, ::stride], j - 1, axis=1)[:, j - 1]
+    flat = np.flatnonzero(dd <= t[:, None])
+    row = flat // n
+    cnt = np.bincount(row, minlength=b)
+    ok = cnt >= k
+    vals = np.empty((b, k), np.float32)
+    cols = np.empty((b, k), np.int64)
+    if not ok.any():
+        return vals, cols, ok
+    if not ok.all():
+        keep = ok[row]
+        flat, row, cnt = flat[keep], row[keep], np.where(ok, cnt, 0)
+    m = int(cnt.max())
+    start = np.zeros(b + 1, np.int64)
+    np.cumsum(cnt, out=start[1:])
+    cand = dd.ravel()[flat]
+    buf = np.full((b, m), np.inf, np.float32)
+    buf.ravel()[row * m + (np.arange(len(flat)) - start[row])] = cand
+    kth = np.partition(buf, k - 1, axis=1)[:, k - 1]
+    keep = cand <= kth[row]
+    flat, row, cand = flat[keep], row[keep], cand[keep]
+    ok &= np.bincount(row, minlength=b) == k
+    if not ok.all():
+        keep = ok[row]
+        flat, row, cand = flat[keep], row[keep], cand[keep]
+    key = (_sortable(cand).astype(np.uint64) << np.uint64(32)) | (flat - row * n).astype(np.uint64)
+    key = np.sort(key.reshape(-1, k), axis=1)
+    vals[ok] = _from_sortable(key >> np.uint64(32))
+    cols[ok] = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return vals, cols, ok
+
+
+def _topk_partition(dd: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_topk_rows` by a value-only partition of every whole row (any shape, ties and NaN included).
+
+    One partition finds each row's k-th smallest; the entries not above it are gathered with one mask (exactly
+    k per row, unless ties at the k-th value: those rows take ``argpartition``) and sorted.
     """
     b, n = dd.shape
     kth = np.partition(dd, k - 1, axis=1)[:, k - 1]

@@ -19,24 +19,28 @@ def _load(out, name: str) -> dict:
 def test_knn_search(tiny_run, tmp_path):
     from benchmarks import knn_search
 
-    knn_search.run(str(tiny_run), n_queries=30, k=10, rounds=1, out_dir=str(tmp_path))
+    knn_search.run(str(tiny_run), n_queries=30, k=10, rounds=1, out_dir=str(tmp_path), n_synth=2000,
+                   floor_dims=(16,))
     r = _load(tmp_path, "knn_search")
-    assert [row["layer"] for row in r["rows"]] == ["conv2", "fc1"]
+    assert [row["layer"] for row in r["rows"]] == ["conv2", "fc1", "synthetic-16"]
     for row in r["rows"]:
         assert row["nq"] == 30 and row["k"] == 10
         assert all(row[f"qps_{m}"] > 0 for m in knn_search.METHODS)
         assert row["recall_ours_vs_sklearn"] > 0.95  # same neighbours up to ties
         assert 0 < row["frac_of_matmul"] and row["gflops_matmul"] > 0
-    assert set(r["targets"]) == {"all layers >=3x sklearn", "every layer >=3x sklearn", "every layer >=50% of matmul"}
+        assert row["floor_s"] == pytest.approx(row["sgemm_s"] + row[f"select_{row['select_best']}_s"])
+        assert row["ours_vs_floor"] == pytest.approx(row["ours_s"] / row["floor_s"]) and len(row["loadavg"]) == 3
+    assert set(r["targets"]) == {"every row >=4x sklearn", "every row within 1.5x of the floor"}
     assert r["note"] is None  # real features of the run, not the synthetic fallback
 
 
 def test_knn_search_synthetic_fallback(tmp_path):
     from benchmarks import knn_search
 
-    knn_search.run(str(tmp_path / "no-run"), n_queries=8, k=5, rounds=1, n_synth=500, out_dir=str(tmp_path))
+    knn_search.run(str(tmp_path / "no-run"), n_queries=8, k=5, rounds=1, n_synth=500, out_dir=str(tmp_path),
+                   floor_dims=(16, 32))
     r = _load(tmp_path, "knn_search")
-    assert "synthetic" in r["note"] and len(r["rows"]) == len(knn_search.SYNTH_DIMS)
+    assert "synthetic" in r["note"] and len(r["rows"]) == len(knn_search.SYNTH_DIMS) + 2
 
 
 def test_inspect_latency(tiny_run, tmp_path):

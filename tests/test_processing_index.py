@@ -134,3 +134,38 @@ def test_single_query_path_and_threads_restored():
     with index.threads(1):
         assert faiss.omp_get_max_threads() == 1
     assert faiss.omp_get_max_threads() == before
+
+
+def test_sampled_selection_matches_whole_row_partition():
+    """The sampled-threshold top-k keeps the whole-row partition's values: ties, a row whose sampled columns
+    are its smallest (too few candidates), NaN and negative values included."""
+    rng = np.random.default_rng(5)
+    for b, n, k in [(40, 60000, 1000), (30, 20000, 100), (25, 8000, 250)]:
+        dd = rng.standard_normal((b, n)).astype(np.float32)
+        dd[3] = np.round(dd[3] * 2)  # many ties at the k-th value
+        dd[5, ::16] = -100  # every sampled column below the rest
+        dd[6, 1::16] = -100  # the k smallest all outside the sample
+        dd[7, 7] = np.nan
+        stride = min(index._SAMPLE_STRIDE, n // (index._SAMPLE_MIN_RATIO * k))
+        assert stride >= 4  # the sampled path is the one tested
+        v, c = index._topk_rows(dd, k)
+        vp, _ = index._topk_partition(dd, k)
+        np.testing.assert_array_equal(v, vp)
+        np.testing.assert_array_equal(np.take_along_axis(dd, c, 1), v)
+        assert all(len(set(r.tolist())) == k for r in c)
+
+
+def test_blocked_search_on_a_large_database_matches_brute_force():
+    """k = 500 of 20 000 integer vectors (ties at the k-th distance): the sampled selection inside search."""
+    rng = np.random.default_rng(6)
+    xb = rng.integers(0, 5, size=(20000, 6)).astype(np.float32)
+    xq = rng.integers(0, 5, size=(12, 6)).astype(np.float32)
+    k = 500
+    D, I = index.search(index.build(xb, kind="flat"), xq, k)
+    Db, Ib = brute(xb, xq, k)
+    np.testing.assert_allclose(D, Db, rtol=1e-5, atol=1e-5)
+    for i in range(len(xq)):
+        assert len(set(I[i].tolist())) == k
+        strict = Db[i] < Db[i, -1]
+        assert set(Ib[i][strict]) <= set(I[i])
+        np.testing.assert_allclose(((xb[I[i]] - xq[i]) ** 2).sum(1), D[i], atol=1e-4)
