@@ -18,7 +18,7 @@ from core.operating_point import AttackItems, measure
 from core.rundata import ERRORS_SET, RunData
 from core.splits import SourceSplit
 
-__all__ = ["detectors_report", "mean_estimate"]
+__all__ = ["detectors_report", "mean_estimate", "test_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +151,29 @@ def _comparison(est: dict, attacks: list[str]) -> dict:
                       "verdict_auc": _verdict(d_auc), "verdict_detection_rate": _verdict(d_dr)}
         out[comb] = res
     return out
+
+
+def test_scores(data: RunData, split: SourceSplit, positives: Sequence[str], entry: str,
+                attack: str) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """Test-side scores of detector ``entry`` as reported against ``attack``.
+
+    Returns
+    -------
+    pos : float ndarray (n_pos,)
+        Scores of the test positives (the protocol's ``positives``).
+    neg : float ndarray (n_neg,)
+        Scores of the attack's test adversarials.
+    threshold : float
+        The fit's validation threshold.
+    strict : bool
+        Trust ``score > threshold`` (else ``>=``).
+    """
+    meta = data.run.load_json(store.meta_rel(entry))
+    fit = store.fit_for(meta, attack)
+    sc = store.load_scores(data.run, entry, fit)
+
+    def side(s: str) -> np.ndarray:
+        return sc[s][split.mask(data.evalset(s)["source"], "test")] if s in sc else np.zeros(0)
+
+    pos = np.concatenate([side(s) for s in positives if s in data.set_names] or [np.zeros(0)])
+    return pos, side(attack), float(meta["fits"][fit]["threshold"]), meta["rule"] == "nearest_eer"
