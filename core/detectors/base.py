@@ -43,9 +43,16 @@ class Inputs:
     features: Mapping[str, np.ndarray]
     neighbours: NeighbourFn
     train_labels: np.ndarray
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.predicted)
+
+    def cached(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """``compute()``, kept under ``key`` for the life of these inputs (several detectors share a quantity)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
 
 def concat_inputs(parts: list[Inputs]) -> Inputs:

@@ -84,39 +84,46 @@ def _report(data: RunData, split: SourceSplit, bs: SourceBootstrap, positives: S
                    "success": success_rates(true, pred, np.asarray(z["target"])[m], float(per.sum()))}
     has_errors = ERRORS_SET in test and test[ERRORS_SET].any()
     out, est = {}, {}
+    none3 = [None] * 3
     for entry, meta in metas.items():
         out[entry], est[entry] = {}, {}
         strict = meta["rule"] == "nearest_eer"
+        by_fit: dict[str, list[str]] = {}
         for a in attacks:
-            fit = store.fit_for(meta, a)
+            by_fit.setdefault(store.fit_for(meta, a), []).append(a)
+        for fit, fit_attacks in by_fit.items():  # one measure and one ROC pass per fit
             sc = store.load_scores(data.run, entry, fit)
             th = float(meta["fits"][fit]["threshold"])
             pos = np.concatenate([sc[s][test[s]] for s in pos_sets] or [np.zeros(0)])
-            b = base[a]
-            items = AttackItems(sc[a][test[a]], src[a][test[a]], b["fooled"], b["attempts"])
-            at = measure(bs, th, pos, pos_src, {a: items}, strict=strict)["attacks"][a]
-            negs = {a: (items.scores, items.source)}
+            items = {a: AttackItems(sc[a][test[a]], src[a][test[a]], base[a]["fooled"], base[a]["attempts"])
+                     for a in fit_attacks}
+            at = measure(bs, th, pos, pos_src, items, strict=strict)["attacks"]
+            negs = {a: (it.scores, it.source) for a, it in items.items()}
             if has_errors:
                 negs[ERRORS_SET] = (sc[ERRORS_SET][test[ERRORS_SET]], src[ERRORS_SET][test[ERRORS_SET]])
             rocs = bs.roc_many(pos, pos_src, negs) if len(pos) else {}
-            acc, auc = rocs.get(a, (None, None))
-            none3 = [None] * 3
-            row = {"success_changed": b["success"]["changed"], "success_target": b["success"]["target"],
-                   "detection_rate": at["detection_rate"].interval(),
-                   "guarded_success": at["guarded_success"].interval(),
-                   "eer_accuracy": acc.interval() if acc else none3, "auc": auc.interval() if auc else none3,
-                   "n_test": int(len(items.scores)), "attempts_exact": b["exact"], "threshold": th, "fit": fit,
-                   "fit_s": meta["fits"][fit]["fit_s"], "score_ms": meta["fits"][fit]["score_ms"]}
+            err = None
             if has_errors:
                 e, e_src = negs[ERRORS_SET]
-                trusted = e > th if strict else e >= th
                 e_acc, e_auc = rocs.get(ERRORS_SET, (None, None))
-                row["errors"] = {"detection_rate": bs.rate(~trusted, e_src).interval(),
-                                 "eer_accuracy": e_acc.interval() if e_acc else none3,
-                                 "auc": e_auc.interval() if e_auc else none3}
-            out[entry][a] = row
-            if auc is not None:
-                est[entry][a] = {"auc": auc, "detection_rate": at["detection_rate"]}
+                err = {"detection_rate": bs.rate(~(e > th if strict else e >= th), e_src).interval(),
+                       "eer_accuracy": e_acc.interval() if e_acc else none3,
+                       "auc": e_auc.interval() if e_auc else none3}
+            for a in fit_attacks:
+                b = base[a]
+                acc, auc = rocs.get(a, (None, None))
+                row = {"success_changed": b["success"]["changed"], "success_target": b["success"]["target"],
+                       "detection_rate": at[a]["detection_rate"].interval(),
+                       "guarded_success": at[a]["guarded_success"].interval(),
+                       "eer_accuracy": acc.interval() if acc else none3, "auc": auc.interval() if auc else none3,
+                       "n_test": int(len(items[a].scores)), "attempts_exact": b["exact"], "threshold": th,
+                       "fit": fit, "fit_s": meta["fits"][fit]["fit_s"], "score_ms": meta["fits"][fit]["score_ms"]}
+                if err is not None:
+                    row["errors"] = err
+                out[entry][a] = row
+                if auc is not None:
+                    est[entry][a] = {"auc": auc, "detection_rate": at[a]["detection_rate"]}
+        out[entry] = {a: out[entry][a] for a in attacks}
     means = {e: {f: mean_estimate([v[f] for v in est[e].values()]).interval() for f in ("auc", "detection_rate")}
              for e in est if est[e]}
     return {"detectors": out,

@@ -23,8 +23,11 @@ LOG_FLOOR = 1e-4
 
 
 def _knn_scores(x: Inputs, layer: str, mode: str, fn: str, k: int) -> np.ndarray:
-    I, D = x.neighbours(layer, mode, k)
-    return np.nan_to_num(scoring.score(I, D, x.train_labels, x.predicted, k=k, fn=fn), nan=0.0)
+    def compute() -> np.ndarray:
+        I, D = x.neighbours(layer, mode, k)
+        return np.nan_to_num(scoring.score(I, D, x.train_labels, x.predicted, k=k, fn=fn), nan=0.0)
+
+    return x.cached(("knn", layer, mode, fn, int(k)), compute)
 
 
 class KNNLayer(PeerDetector):
