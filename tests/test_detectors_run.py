@@ -83,3 +83,25 @@ def test_one_image_through_the_bank_gets_the_stored_score_of_every_detector(tiny
 def test_report_md_has_the_detectors_table(tiny_run):
     md = (tiny_run / "report.md").read_text()
     assert "## Detectors (test split)" in md and "`knn_lr` against the best single kNN layer" in md
+
+
+def test_a_killed_detectors_stage_resumes_at_the_first_unfinished_detector(tiny_run_copy):
+    from precompute.__main__ import main
+    from tests.conftest import ROOT, TINY
+
+    run = RunDir(tiny_run_copy)
+    m = run.manifest
+    m["stages"]["detectors"]["status"] = "running"  # as a kill mid-stage leaves it
+    del m["files"][store.meta_rel("msp")]  # msp's last file was not written
+    run.save_manifest()
+    kept = (tiny_run_copy / store.scores_rel("dknn", ALL)).stat().st_mtime_ns
+    (tiny_run_copy / store.meta_rel("msp")).unlink()
+    rc = main(["--config", str(ROOT / "precompute/configs/fmnist.toml"), "--no-progress",
+               f"--set=runs_dir='{tiny_run_copy.parent}'", f"--set=data_root='{tiny_run_copy.parent}'",
+               *[f"--set={s}" for s in TINY]])
+    assert rc == 0
+    run = RunDir(tiny_run_copy)
+    assert run.manifest["stages"]["detectors"]["status"] == "done"
+    assert (tiny_run_copy / store.scores_rel("dknn", ALL)).stat().st_mtime_ns == kept  # not refitted
+    assert run.is_recorded(store.meta_rel("msp"), verify=True)
+    assert "msp" in json.loads((tiny_run_copy / "report.json").read_text())["detectors"]
