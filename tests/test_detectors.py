@@ -197,3 +197,12 @@ def test_the_config_choices_are_the_detector_names():
 
     assert tuple(CHOICES[("detectors", "enabled")]) == DETECTOR_NAMES
     assert tuple(DEFAULTS["detectors"]["enabled"]) == DETECTOR_NAMES
+
+
+def test_each_detector_is_scored_and_timed_on_its_own_work():
+    from core.detectors.fitting import score_sets
+
+    x = inputs([0], {("a", "m"): ([[0, 2, 1]], [[1.0, 4.0, 4.0]])})
+    x.memo[("knn", "a", "m", "knn", 3)] = np.array([99.0])  # what another detector left on the same inputs
+    scores, ms = score_sets(KNNLayer("a", "m", "knn", 3), {"s": x})
+    assert scores["s"][0] == pytest.approx(2 / 3) and ms > 0

@@ -10,7 +10,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from core.detectors.methods import (
 )
 from core.operating_point import nearest_eer_threshold, threshold_at_tpr
 
-__all__ = ["DETECTOR_NAMES", "ALL", "RunLayout", "instances", "Fitted", "fit_all", "operating_threshold",
+__all__ = ["DETECTOR_NAMES", "ALL", "RunLayout", "instances", "Fitted", "fit_all", "operating_threshold", "score_sets",
            "CLASSES"]
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,11 @@ def operating_threshold(pos: np.ndarray, negs: Sequence[np.ndarray], rule: str, 
     return nearest_eer_threshold(pos, np.concatenate([np.ravel(n) for n in negs] or [np.zeros(0)]))["threshold"]
 
 
+def _fresh(x: Inputs) -> Inputs:
+    """``x`` without quantities other detectors computed on it (each detector's times are its own)."""
+    return replace(x, memo={})
+
+
 @dataclass
 class Fitted:
     """One fit of a detector: the fitted detector, its validation threshold and its fit time (s)."""
@@ -106,6 +111,7 @@ def fit_all(det: PeerDetector, train: TrainSet, val: Validation, *, rule: str, t
     The threshold of each fit comes from the validation positives (those not used for calibration) and the
     validation attacks that fit saw.
     """
+    val = Validation(_fresh(val.positives), {a: _fresh(x) for a, x in val.attacks.items()}, val.calibration)
     keep = ~np.asarray(val.calibration, bool) if det.calibrated and len(val.calibration) else \
         np.ones(len(val.positives), bool)
     out: dict[str, Fitted] = {}
@@ -125,6 +131,6 @@ def score_sets(det: PeerDetector, sets: Mapping[str, Inputs]) -> tuple[dict[str,
     t0, n = time.perf_counter(), 0
     out = {}
     for s, x in sets.items():
-        out[s] = det.score(x) if len(x) else np.zeros(0)
+        out[s] = det.score(_fresh(x)) if len(x) else np.zeros(0)
         n += len(x)
     return out, 1000.0 * (time.perf_counter() - t0) / max(n, 1)
