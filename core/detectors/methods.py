@@ -175,10 +175,7 @@ class Mahalanobis(PeerDetector):
         classes = np.arange(int(y.max()) + 1)
         for la in self.layers:
             X = np.asarray(train.features(la), np.float64)
-            counts = np.bincount(y, minlength=len(classes)).astype(np.float64)
-            sums = np.zeros((len(classes), X.shape[1]))
-            np.add.at(sums, y, X)
-            mu = sums / np.maximum(counts, 1)[:, None]
+            mu = np.stack([X[y == c].mean(0) if (y == c).any() else np.zeros(X.shape[1]) for c in classes])
             R = X - mu[y]
             cov = R.T @ R / len(X)
             self.means[la], self.precision[la] = mu, np.linalg.pinv(cov, hermitian=True)
