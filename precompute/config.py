@@ -162,8 +162,9 @@ def validate(cfg: dict) -> dict:
         v = cfg
         for p in path:
             v = v[p]
-        if v not in choices:
-            raise ConfigError(f"'{'.'.join(path)}' must be one of {choices}, got {v!r}")
+        for x in (v if isinstance(v, list) else [v]):  # a list key: each element
+            if x not in choices:
+                raise ConfigError(f"'{'.'.join(path)}' must be one of {choices}, got {x!r}")
     if not cfg["name"] or "/" in cfg["name"] or cfg["name"].startswith("."):
         raise ConfigError(f"'name' must be a plain folder name, got {cfg['name']!r}")
     from core.processing import MODES

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from core import processing
 from core.artefacts import RunDir
 from core.bootstrap import Estimate, SourceBootstrap
+from core.detectors.evaluate import detectors_report
 from core.evaluation import ERRORS_SET, RunData, detection_row
 from core.honest import honest_report, json_safe
 from core.scoring import SCORE_FNS
@@ -148,6 +149,8 @@ def build_report(run: RunDir, cfg: dict) -> dict:
     tables = paper_tables(data.restricted(split.test, positives=rep["positives"]),
                           SourceBootstrap(split.test, n_boot=ev["n_boot"], seed=seed), k=k, k_sweep=sc["k_sweep"],
                           fn=sc["fn"], mode=mode)
+    rep.update(detectors_report(data, split, SourceBootstrap(split.test, n_boot=ev["n_boot"], seed=seed),
+                                rep["positives"]))
     t2 = time.perf_counter()
     rep["timing"] = {**rep.get("timing", {}), "honest_s": round(t1 - t0, 3), "tables_s": round(t2 - t1, 3),
                      "report_s": round(t2 - t0, 3)}
@@ -283,6 +286,39 @@ def render_markdown(rep: dict) -> str:
         L.append(f"| {layer} | " + " | ".join(_ci([r["aggr"], *r["ci"]["aggr"]]) if r["ci"].get("aggr")
                                               else _pct(r["aggr"])
                                               for r in rep["k_sweep"] if r["layer"] == layer) + " |")
+    L += _detectors_md(rep)
     L += ["", "## Stage times (seconds, this machine)", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {s} | {t:.1f} |" for s, t in rep["stage_seconds"].items()]
     return "\n".join(L) + "\n"
+
+
+def _detectors_md(rep: dict) -> list[str]:
+    """The "Detectors" section of ``report.md`` (empty when the run has none)."""
+    dets, labels = rep.get("detectors") or {}, rep.get("detector_labels", {})
+    if not dets:
+        return []
+    L = ["", "## Detectors (test split)", "",
+         "Each detector at its own operating point, set on validation by the same rule as the kNN's; "
+         "\"other attacks\" detectors are fitted on the validation adversarials of every attack but the one "
+         "in the row (leave-one-attack-out). Errors: authentic errors rejected at that threshold. Fit: seconds; "
+         "score: ms per image from stored features and neighbours (no forward pass, no search).", "",
+         "| detector | attack | detection rate | guarded success | EER accuracy | AUC | Errors | fit s | "
+         "score ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for e, per in dets.items():
+        for a, v in per.items():
+            L.append(f"| {labels.get(e, {}).get('label', e)} `{e}` | {a} | {_ci(v['detection_rate'])} | "
+                     f"{_ci(v['guarded_success'])} | {_ci(v['eer_accuracy'])} | {_ci(v['auc'])} | "
+                     f"{_ci(v.get('errors', {}).get('detection_rate'))} | {v['fit_s']:.2f} | {v['score_ms']:.4f} |")
+    means = rep.get("detector_means", {})
+    if means:
+        L += ["", "Mean over attacks (equal weight, paired intervals):", "", "| detector | detection rate | AUC |",
+              "|---|---|---|"]
+        L += [f"| `{e}` | {_ci(m['detection_rate'])} | {_ci(m['auc'])} |" for e, m in means.items()]
+    for comb, res in rep.get("detector_comparison", {}).items():
+        L += ["", f"`{comb}` against the best single kNN layer on test (chosen on test, which favours the single "
+              "layer); difference in points, paired interval:", "",
+              "| attack | best layer | AUC difference | detection-rate difference | verdict (AUC) |",
+              "|---|---|---|---|---|"]
+        L += [f"| {a} | `{r['best_layer']}` | {_ci(r['auc_difference'], signed=True)} | "
+              f"{_ci(r['detection_rate_difference'], signed=True)} | {r['verdict_auc']} |" for a, r in res.items()]
+    return L

@@ -94,6 +94,10 @@ DEFAULTS: dict[str, Any] = {
         "target_tpr": 0.95,        # the operating point keeps this share of validation positives
         "n_boot": 1000,            # bootstrap resamples (over source images) for the 95 % intervals
     },
+    "detectors": {
+        "enabled": ["knn", "knn_lr", "knn_mean", "dknn", "mahalanobis", "lid", "knn_ood", "msp"],  # peer
+                                  # detectors fitted and reported beside the kNN scores (core.detectors)
+    },
     "scoring": {
         "k_max": 1000,                        # neighbours stored per evaluation image
         "k": 1000,                            # default k for scores
@@ -169,4 +173,5 @@ ATTACK_N = Range(1, 10_000_000)
 CHOICES = {("device",): ("auto", "cpu", "cuda"), ("data", "dataset"): ("fashion-mnist", "imagefolder"),
             ("index", "kind"): ("auto", "flat", "ivf", "hnsw"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
             ("scoring", "mode"): ("none", "l2", "pca", "pca_nw"), ("evalsets", "noise"): ("uniform", "sign"),
-            ("evaluation", "protocol"): ("paper", "authors")}
+            ("evaluation", "protocol"): ("paper", "authors"),
+            ("detectors", "enabled"): ("knn", "knn_lr", "knn_mean", "dknn", "mahalanobis", "lid", "knn_ood", "msp")}

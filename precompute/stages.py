@@ -1,6 +1,6 @@
 """The precompute stages, one function each, over one run folder.
 
-Order: ``data → train → features → processing → index → evalsets → neighbours → thumbs → report``. Each stage has
+Order: ``data → train → features → processing → index → evalsets → neighbours → detectors → thumbs → report``. Each stage has
 an input key (a hash of the config values it reads and the keys of the stages before it); a stage whose
 key and output files match the manifest is skipped. Stages that make many files (evaluation sets,
 neighbours, indexes) record each file with its key as soon as it is written, so a killed run resumes at
@@ -24,6 +24,7 @@ from core.data import ArraySource
 from precompute import distributed, evalsets, thumbs, training
 from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, check_sizes, stage_hash
 from precompute.context import Context
+from precompute.detectors_stage import stage_detectors
 
 __all__ = ["STAGES", "STAGE_NAMES", "Context", "pending", "run_stages", "stage_keys"]
 
@@ -255,13 +256,14 @@ STAGES: list[tuple[str, Callable[[Context], list[str]], tuple[str, ...]]] = [
     ("index", stage_index, ("index", "scoring.k_max")),
     ("evalsets", stage_evalsets, ("evalsets", ATTACK_SECTION, EXTERNAL_SECTION)),
     ("neighbours", stage_neighbours, ("scoring.k_max",)),
+    ("detectors", stage_detectors, ("detectors", "scoring", "processing.modes", "evaluation")),
     ("thumbs", stage_thumbs, ("thumbs", "scoring.mode")),
     ("report", stage_report, ("scoring", "evaluation")),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
 #: Stages whose artefacts changed meaning; a run made before keeps its stale key and is recomputed from there.
 #: processing 2: labels of what each fit does; evalsets 2: the paper's success rule (prediction changed).
-STAGE_VERSIONS = {"processing": 2, "evalsets": 2}
+STAGE_VERSIONS = {"processing": 2, "evalsets": 2, "detectors": 1}
 
 
 def _cfg_value(cfg: dict, dotted: str):

@@ -1,0 +1,86 @@
+"""Compare: the peer detectors of the run's report side by side on the test split (ROC curves with each
+operating point, and the report's Detectors table)."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app_pages import charts, loaders, state
+from app_pages._text import md, plotly_text
+from core import metrics
+
+run = state.current_run()
+rep = loaders.report(run) or {}
+dets = rep.get("detectors") or {}
+
+st.title("Is kNN better than the detectors I know?")
+charts.how_to_read("How to read this: each curve is one detector against one attack on the test split (true "
+                   "positive rate = authentic images trusted, false positive rate = adversarials trusted); the dot "
+                   "is the detector's operating point, its threshold set on validation like the kNN's. "
+                   "\"Trained on other attacks\" detectors never saw the attack they are tested on.")
+if not dets:
+    st.info("This run's report has no peer detectors. Rebuild it with the detectors stage: "
+            f"`{state.resume_command(run.manifest)}`")
+    st.stop()
+
+labels = rep.get("detector_labels", {})
+entries = list(dets)
+attacks = [a for a in state.attack_sets(run) if any(a in dets[e] for e in entries)]
+default = [e for e in entries if not e.startswith("knn-")] + [e for e in entries if e.startswith("knn-")][:1]
+chosen = st.multiselect("Detectors", entries, default=default, key="compare_detectors",
+                        format_func=lambda e: f"{e} — {labels.get(e, {}).get('label', e)}")
+picked = st.multiselect("Attacks", attacks, default=attacks[:1], key="compare_attacks", format_func=md)
+
+
+@st.cache_data(show_spinner=False)
+def _curve(_data, path: str, stamp: int, entry: str, attack: str, positives: tuple[str, ...]) -> dict:
+    """ROC points of ``entry`` against ``attack`` on the test split and its operating point."""
+    from core.detectors.evaluate import test_scores
+    from core.splits import split_sources
+
+    data = _data
+    ev = data.config["evaluation"]
+    split = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, ev["validation_share"],
+                          int(data.config["seed"]))
+    pos, neg, th, strict = test_scores(data, split, list(positives), entry, attack)
+    r = metrics.roc(pos, neg)
+    trust = (lambda s: s > th) if strict else (lambda s: s >= th)
+    return {"fpr": r.fpr.tolist(), "tpr": r.tpr.tolist(), "auc": r.auc,
+            "op": (float(np.mean(trust(neg))) if len(neg) else None, float(np.mean(trust(pos))) if len(pos) else None)}
+
+
+traces = []
+for e in chosen:
+    for a in picked:
+        if a not in dets[e]:
+            continue
+        c = _curve(loaders.rundata(run), run.path, run.stamp, e, a, tuple(rep.get("positives", ["authentic"])))
+        name = plotly_text(f"{e} · {a} (AUC {100 * c['auc']:.1f})")
+        traces.append(dict(type="scatter", mode="lines", x=c["fpr"], y=c["tpr"], name=name, legendgroup=name))
+        if c["op"][0] is not None:
+            traces.append(dict(type="scatter", mode="markers", x=[c["op"][0]], y=[c["op"][1]], name=name,
+                               legendgroup=name, showlegend=False, marker=dict(size=11, symbol="circle-open",
+                                                                               line=dict(width=2))))
+fig = charts.figure(traces, title="ROC on the test split (dot = operating point)", ytitle="authentic trusted (TPR)",
+                    xtitle="adversarial trusted (FPR)", height=480, legend_below=True,
+                    xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
+st.plotly_chart(fig, key="compare_roc", width="stretch")
+
+rows = []
+for e in chosen:
+    for a in picked:
+        v = dets[e].get(a)
+        if v:
+            rows.append({"detector": e, "attack": a, "detection rate %": charts.ci_text(v["detection_rate"]),
+                         "guarded success %": charts.ci_text(v["guarded_success"]),
+                         "EER accuracy %": charts.ci_text(v["eer_accuracy"]), "AUC %": charts.ci_text(v["auc"]),
+                         "errors rejected %": charts.ci_text(v.get("errors", {}).get("detection_rate")),
+                         "fit s": v["fit_s"], "score ms/image": v["score_ms"]})
+st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_table")
+
+for comb, res in rep.get("detector_comparison", {}).items():
+    m = res.get("mean")
+    if m:
+        st.markdown(f"**{md(comb)}** against the best single kNN layer (`{md(m['best_layer'])}`, chosen on test), "
+                    f"mean AUC difference over attacks {m['auc_difference'][0] * 100:+.1f} points "
+                    f"[{m['auc_difference'][1] * 100:+.1f}, {m['auc_difference'][2] * 100:+.1f}]: "
+                    f"**{m['verdict_auc']}**.")

@@ -1,0 +1,33 @@
+"""Each peer detector's verdict (trusted / rejected at its operating point) on one image, for the Inspect and
+Attack pages: ``show_verdicts(run, image)``."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app_pages import loaders
+from app_pages.state import Run
+
+
+@st.cache_resource(show_spinner="Loading the peer detectors…")
+def _bank(path: str, stamp: int):
+    from core.artefacts import RunDir
+    from core.detectors.single import DetectorBank
+
+    return DetectorBank.load(RunDir(path))
+
+
+def show_verdicts(run: Run, image: np.ndarray) -> None:
+    """A table of every stored detector's score, threshold and verdict on ``image`` (uint8 (H, W, C) as the
+    model sees it); a note when the run has no detectors."""
+    bank = _bank(run.path, run.stamp)
+    if not len(bank):
+        st.caption("This run has no peer detectors (built before the detectors stage).")
+        return
+    verdicts = bank.verdicts(loaders.detector(run), image)
+    st.dataframe({"detector": [v.entry for v in verdicts],
+                  "verdict": ["trusted" if v.trusted else "rejected" for v in verdicts],
+                  "score": [v.score for v in verdicts], "threshold": [v.threshold for v in verdicts],
+                  "method": [v.label for v in verdicts]}, hide_index=True, key="detector_verdicts")
+    st.caption("Each detector at its operating point (threshold set on validation); supervised detectors use "
+               "their fit on every validation attack.")

@@ -1,0 +1,92 @@
+"""The Compare page and the per-image detector verdicts, with AppTest on the tiny run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _roc(at: AppTest) -> dict:
+    charts = [c for c in at.get("plotly_chart") if "compare_roc" in c.proto.id]
+    assert charts
+    return json.loads(charts[0].proto.spec)
+
+
+def test_compare_overlays_the_chosen_detectors_rocs_with_their_operating_points(tiny_run, monkeypatch):
+    from core import metrics
+    from core.detectors.evaluate import test_scores
+    from core.evaluation import RunData
+    from core.splits import split_sources
+
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("app_pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    rep = json.loads((tiny_run / "report.json").read_text())
+    attack = list(rep["attacks"])[0]
+    at.multiselect(key="compare_detectors").set_value(["dknn", "msp"]).run()
+    at.multiselect(key="compare_attacks").set_value([attack]).run()
+    assert not at.exception
+    fig = _roc(at)
+    lines = [t for t in fig["data"] if t["mode"] == "lines"]
+    dots = [t for t in fig["data"] if t["mode"] == "markers"]
+    assert len(lines) == 2 and len(dots) == 2
+    data = RunData(tiny_run)
+    ev = data.config["evaluation"]
+    split = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, ev["validation_share"],
+                          data.config["seed"])
+    for entry, line, dot in zip(["dknn", "msp"], lines, dots):
+        pos, neg, th, _ = test_scores(data, split, rep["positives"], entry, attack)
+        assert f"AUC {100 * metrics.roc(pos, neg).auc:.1f}" in line["name"]
+        assert dot["x"][0] == pytest.approx(float(np.mean(neg >= th)))
+        assert dot["y"][0] == pytest.approx(float(np.mean(pos >= th)))
+    table = at.dataframe[0].value
+    assert list(table["detector"]) == ["dknn", "msp"]
+
+
+def _panel_script():
+    import os
+
+    from app_pages.detector_verdicts import show_verdicts
+    from app_pages.state import Run, manifest, stamp
+    from core.artefacts import RunDir
+
+    path = os.environ["KNNGUARD_TEST_RUN"]
+    s = stamp(path)
+    img = RunDir(path).load_npz("evalsets/authentic.npz")["images"][3]
+    show_verdicts(Run(path, s, manifest(path, s), "pca", "dwknn", 20), img)
+
+
+def test_the_verdict_panel_shows_every_detectors_verdict(tiny_run, monkeypatch):
+    from core.detectors import store
+
+    monkeypatch.setenv("KNNGUARD_TEST_RUN", str(tiny_run))
+    at = AppTest.from_function(_panel_script, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    df = at.dataframe[0].value
+    from core.artefacts import RunDir
+
+    run = RunDir(tiny_run)
+    assert list(df["detector"]) == list(store.entries(run))
+    for e, verdict, th in zip(df["detector"], df["verdict"], df["threshold"]):
+        s = store.load_scores(run, e)["authentic"][3]
+        assert verdict == ("trusted" if s >= th - 1e-9 else "rejected")
