@@ -285,4 +285,8 @@ def render_markdown(rep: dict) -> str:
                                               for r in rep["k_sweep"] if r["layer"] == layer) + " |")
     L += ["", "## Stage times (seconds, this machine)", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {s} | {t:.1f} |" for s, t in rep["stage_seconds"].items()]
+    if rep.get("adaptive"):
+        from precompute.adaptive_stage import render_adaptive
+
+        L += render_adaptive(rep["adaptive"])
     return "\n".join(L) + "\n"

@@ -4,7 +4,8 @@ Per image, with ``t`` the target class and ``Z`` the logits, each step descends:
 
     max(max_{i≠t} Z_i − Z_t, −kappa)  +  lam · mean over the aimed layers of −log(soft-kNN share of t)
 
-(:class:`core.attacks.surrogate.KnnSurrogate`, candidates re-found every ``refresh`` steps). ``lam = 0`` is the
+(:class:`core.attacks.surrogate.KnnSurrogate`, candidates re-found every ``refresh`` steps), with a step size
+that decays from ``step · eps / steps`` to 0 along a half cosine. ``lam = 0`` is the
 oblivious attack with the same optimiser. Among the iterates of every restart that reach ``t``, the one with
 the lowest objective is kept; where none does, the last iterate. See docs/design.md#adaptive-attacks.
 
@@ -33,7 +34,7 @@ def _spec(eps: Param) -> dict[str, Param]:
     return {
         "eps": eps,
         "steps": Param(40, "int", 1, 2000, "gradient steps per restart"),
-        "step": Param(2.5, "float", 0.01, 100.0, "step size as a multiple of eps / steps"),
+        "step": Param(2.5, "float", 0.01, 100.0, "first step size as a multiple of eps / steps (cosine decay)"),
         "restarts": Param(1, "int", 1, 20, "random starts in the ball; the best iterate is kept"),
         "lam": Param(1.0, "float", 0.0, 1000.0, "weight of the detector term (0 = oblivious)"),
         "kappa": Param(5.0, "float", 0.0, 100.0, "logit margin past which the CNN term stops pulling"),
@@ -119,7 +120,7 @@ class _Adaptive(Attack):
                     best = torch.where(better[:, None, None, None], adv.detach(), best)
                     best_obj = torch.where(better, obj.detach(), best_obj)
                     reached |= hit
-                    delta = self._step(delta.detach(), grad, size, eps)
+                    delta = self._step(delta.detach(), grad, size * 0.5 * (1 + math.cos(math.pi * i / steps)), eps)
                     delta = torch.clamp(xt + delta, 0, 1) - xt
         return best.cpu().numpy(), trace
 
