@@ -23,6 +23,7 @@ page = st.navigation([
     st.Page(PAGES["layers"], title="Layers", icon=":material/stacked_bar_chart:", url_path="layers"),
     st.Page(PAGES["failures"], title="Failure cases", icon=":material/report:", url_path="failures"),
     st.Page(PAGES["compare"], title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page(PAGES["adaptive"], title="Adaptive attacks", icon=":material/gpp_maybe:", url_path="adaptive"),
     st.Page(PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
 ])
 sidebar()

@@ -8,7 +8,7 @@ import streamlit as st
 from core.attacks import ATTACKS, available, param_spec, run_attack, to_uint8
 from core.data import to_float
 from core.evaluation import perturbation_norms
-from app_pages import bounded, charts, current, images, loaders, state
+from app_pages import adaptive_panel, bounded, charts, current, images, loaders, state
 from app_pages._text import md, plotly_text
 
 run = state.current_run()
@@ -105,6 +105,8 @@ if target == "random":
     target_cls = int(rng.choice(others))
 else:
     target_cls = None if target is None else int(target)
+
+adaptive_panel.show(run, image, pred0)  # "attack the detector too" (issue 15), after the attack controls
 
 if clicked:
     x = to_float(image[None])

@@ -21,8 +21,8 @@ REQUIRED_STAGES = ("neighbours", "report")
 #: Page files, for st.switch_page.
 PAGES = {"inspect": "app_pages/inspect_image.py", "attack": "app_pages/attack_live.py",
          "threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
-         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
-PAGES["compare"] = "app_pages/compare.py"
+         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py",
+         "compare": "app_pages/compare.py", "adaptive": "app_pages/adaptive.py"}
 
 SET_HELP = {"authentic": "authentic test images the CNN classifies correctly (positives)",
             "noise": "authentic images plus random noise, still classified correctly (positives)",

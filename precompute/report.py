@@ -289,6 +289,10 @@ def render_markdown(rep: dict) -> str:
     L += _detectors_md(rep)
     L += ["", "## Stage times (seconds, this machine)", "", "| stage | seconds |", "|---|---|"]
     L += [f"| {s} | {t:.1f} |" for s, t in rep["stage_seconds"].items()]
+    if rep.get("adaptive"):
+        from precompute.adaptive_stage import render_adaptive
+
+        L += render_adaptive(rep["adaptive"])
     return "\n".join(L) + "\n"
 
 

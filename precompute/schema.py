@@ -98,6 +98,24 @@ DEFAULTS: dict[str, Any] = {
         "enabled": ["knn", "knn_lr", "knn_mean", "dknn", "mahalanobis", "lid", "knn_ood", "msp"],  # peer
                                   # detectors fitted and reported beside the kNN scores (core.detectors)
     },
+    "adaptive": {
+        "n": 150,                 # test-split authentic images attacked (0 = skip the stage's attacks)
+        "linf": [0.02, 0.05, 0.1, 0.2, 0.3],  # L-inf budgets of the guarded-success curve
+        "l2": [0.5, 1.0, 2.0, 3.0, 5.0],      # L2 budgets
+        "steps": 20,              # PGD steps per attack
+        "restarts": 1,            # random starts per attack
+        "lam": 5.0,               # weight of the detector surrogate (the adaptive variants)
+        "tau": 0.5,               # soft-kNN temperature, times the median candidate squared distance
+        "k": 200,                 # k': nearest training features in the surrogate
+        "k_class": 32,            # plus this many nearest of the target class
+        "refresh": 10,            # steps between re-finding the surrogate's neighbours
+        "kappa": 5.0,             # logit margin past which the CNN term stops pulling
+        "unbounded_steps": 40,    # steps of the unbounded-budget sanity check
+        "cw_n": 40,               # images of the CW confidence sweep (0 = none)
+        "cw_kappas": [0.0, 5.0, 10.0, 20.0, 40.0],
+        "cw_max_iter": 30,
+        "cw_binary_steps": 4,
+    },
     "scoring": {
         "k_max": 1000,                        # neighbours stored per evaluation image
         "k": 1000,                            # default k for scores
@@ -164,6 +182,22 @@ RANGES: dict[str, Range] = {
     "evaluation.n_boot": Range(100, 100_000),
     "thumbs.size": Range(8, 1024),
     "thumbs.per_layer": Range(1, 1000),
+    "adaptive.n": Range(0, 1_000_000),
+    "adaptive.linf": Range(0.0, 1.0, integer=False, lo_open=True),
+    "adaptive.l2": Range(0.0, 100.0, integer=False, lo_open=True),
+    "adaptive.steps": Range(1, 2000),
+    "adaptive.restarts": Range(1, 20),
+    "adaptive.lam": Range(0.0, 1000.0, integer=False, lo_open=True),
+    "adaptive.tau": Range(0.0, 100.0, integer=False, lo_open=True),
+    "adaptive.k": Range(1, MAX_K),
+    "adaptive.k_class": Range(1, MAX_K),
+    "adaptive.refresh": Range(1, 2000),
+    "adaptive.kappa": Range(0.0, 100.0, integer=False),
+    "adaptive.unbounded_steps": Range(1, 2000),
+    "adaptive.cw_n": Range(0, 1_000_000),
+    "adaptive.cw_kappas": Range(0.0, 50.0, integer=False),
+    "adaptive.cw_max_iter": Range(1, 1000),
+    "adaptive.cw_binary_steps": Range(1, 20),
     "scoring.k_max": Range(1, MAX_K),
     "scoring.k": Range(1, "scoring.k_max"),
     "scoring.k_sweep": Range(1, "scoring.k_max"),

@@ -1,8 +1,8 @@
 """The precompute stages, one function each, over one run folder.
 
-Order: ``data → train → features → processing → index → evalsets → neighbours → detectors → thumbs → report``. Each stage has
-an input key (a hash of the config values it reads and the keys of the stages before it); a stage whose
-key and output files match the manifest is skipped. Stages that make many files (evaluation sets,
+Order: ``data → train → features → processing → index → evalsets → neighbours → detectors → thumbs → report →
+adaptive``. Each stage has an input key (a hash of the config values it reads and the keys of the stages before
+it); a stage whose key and output files match the manifest is skipped. Stages that make many files (evaluation sets,
 neighbours, indexes) record each file with its key as soon as it is written, so a killed run resumes at
 the file it was writing. The shared inputs are in :mod:`precompute.context`, the evaluation sets in
 :mod:`precompute.evalsets`, the ``torchrun`` helpers in :mod:`precompute.distributed`.
@@ -21,7 +21,7 @@ import torch
 from core import index as knn_index
 from core import processing, zoo
 from core.data import ArraySource
-from precompute import distributed, evalsets, thumbs, training
+from precompute import adaptive_stage, distributed, evalsets, thumbs, training
 from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, check_sizes, stage_hash
 from precompute.context import Context
 from precompute.detectors_stage import stage_detectors
@@ -259,6 +259,7 @@ STAGES: list[tuple[str, Callable[[Context], list[str]], tuple[str, ...]]] = [
     ("detectors", stage_detectors, ("detectors", "scoring", "processing.modes", "evaluation")),
     ("thumbs", stage_thumbs, ("thumbs", "scoring.mode")),
     ("report", stage_report, ("scoring", "evaluation")),
+    ("adaptive", adaptive_stage.stage_adaptive, ("adaptive",)),
 ]
 STAGE_NAMES = [s[0] for s in STAGES]
 #: Stages whose artefacts changed meaning; a run made before keeps its stale key and is recomputed from there.

@@ -13,7 +13,10 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY = ["name=tiny", "seed=0", "threads=2", "data.n_train=1200", "data.n_test=600", "model.epochs=2",
         "features.layers=['conv2','fc1']", "evalsets.n_authentic=120", "evalsets.n_errors=60",
         "evalsets.attacks=['fgsm','ifgsm']", "attacks.fgsm.n=120", "attacks.ifgsm.n=60",
-        "scoring.k_max=50", "scoring.k=20", "scoring.k_sweep=[5,20,50]"]
+        "scoring.k_max=50", "scoring.k=20", "scoring.k_sweep=[5,20,50]",
+        "adaptive.n=16", "adaptive.steps=10", "adaptive.linf=[0.1]", "adaptive.l2=[2.0]", "adaptive.k=20",
+        "adaptive.k_class=8", "adaptive.refresh=5", "adaptive.unbounded_steps=40", "adaptive.cw_n=4",
+        "adaptive.cw_kappas=[0.0,20.0]", "adaptive.cw_max_iter=10", "adaptive.cw_binary_steps=1"]
 
 
 def need_fmnist() -> None:

@@ -29,10 +29,12 @@ Examples
 """
 from __future__ import annotations
 
+from .adaptive import AdaptiveL2, AdaptiveLinf
 from .art_attacks import FGSM, IFGSM, PGD, DeepFool
 from .base import ATTACKS, Attack, AttackResult, Param, available, param_spec, register, run_attack
 from .cw import CarliniL2
 from .lbfgs import LBFGS
+from .surrogate import KnnSurrogate
 from .utils import quantise, quantise_within, to_uint8
 
 __all__ = [
@@ -53,6 +55,9 @@ __all__ = [
     "CarliniL2",
     "DeepFool",
     "LBFGS",
+    "AdaptiveLinf",
+    "AdaptiveL2",
+    "KnnSurrogate",
 ]
 
 register(FGSM, IFGSM, PGD, CarliniL2, DeepFool, LBFGS)

@@ -1,0 +1,75 @@
+"""Adaptive attacks: how often an attacker who knows the detector gets through it, against the budget (the run's
+``report["adaptive"]``, built by the precompute's ``adaptive`` stage)."""
+import streamlit as st
+
+from app_pages import charts, loaders, state
+from app_pages._text import md
+
+#: Variant -> (label, colour).
+VARIANTS = {"oblivious": ("oblivious (fools the CNN only)", "#7f7f7f"),
+            "adaptive_layer": ("adaptive, aimed at the operating layer", "#d62728"),
+            "adaptive_all": ("adaptive, aimed at every layer", "#1f77b4")}
+NORMS = {"linf": "L∞ budget ε (per pixel)", "l2": "L2 budget ε (whole image)"}
+
+run = state.current_run()
+st.title("Attack the detector too")
+charts.how_to_read("How to read this: each curve is the share of attacks that fool the CNN **and** are still trusted "
+                   "by the detector at the run's operating point, against the attacker's budget. The grey curve "
+                   "ignores the detector; the coloured ones also push the image's features toward training images "
+                   "of the target class. Bands are 95 % bootstrap intervals.")
+ad = loaders.report(run).get("adaptive")
+if not ad:
+    st.info(f"This run has no adaptive-attack results yet. Build them with `{md(state.resume_command(run.manifest))}` "
+            "(the `adaptive` stage runs after the report).", icon=":material/info:")
+    st.stop()
+
+op = ad["operating_point"]
+st.caption(f"{ad['n']} test images, each pushed toward a random wrong class · operating point: layer "
+           f"**{md(op['layer'])}**, threshold {op['threshold']:.4f} · λ = {ad['params']['lam']}, "
+           f"{ad['params']['steps']} PGD steps")
+cols = st.columns(len(NORMS))
+for col, (norm, xtitle) in zip(cols, NORMS.items()):
+    data = []
+    for v, (label, colour) in VARIANTS.items():
+        c = ad["curves"][v][norm]
+        xs = c["budgets"]
+        if not xs:
+            continue
+        vals = [[None if e is None else 100 * e for e in r] for r in c["guarded_success"]]
+        data.append(dict(type="scatter", x=xs + xs[::-1], y=[r[2] for r in vals] + [r[1] for r in vals][::-1],
+                         fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                         showlegend=False))
+        data.append(dict(type="scatter", x=xs, y=[r[0] for r in vals], mode="lines+markers", name=label,
+                         line=dict(color=colour), customdata=[[r[1], r[2]] for r in vals],
+                         hovertemplate="ε = %{x}<br>%{y:.1f} % [%{customdata[0]:.1f}, %{customdata[1]:.1f}]"))
+    fig = charts.figure(data, title=f"{norm.upper()}: fools the CNN and trusted", ytitle="guarded success (%)",
+                        xtitle=xtitle, legend_below=True, yaxis=dict(range=[0, 100]), height=420)
+    col.plotly_chart(fig, key=f"adp_curve_{norm}")
+
+e = ad.get("extra_l2", {})
+if e.get("median") is not None:
+    st.metric("Median extra L2 the detector forces", f"{e['median']:.3f}",
+              help=f"{e['median_without']:.3f} to fool the CNN alone, {e['median_with']:.3f} to fool CNN and detector "
+                   f"({e['n']} of {e['of']} images succeed both ways on the budget grid)")
+if ad.get("cw_confidence"):
+    st.subheader("Carlini-Wagner at growing confidence κ")
+    st.caption("A larger margin over the runner-up class moves the image deeper into the target class, where its "
+               "features look more like the target's training images.")
+    st.dataframe([{"κ": r["kappa"], "CNN success": charts.ci_text(r["cnn_success"]),
+                   "guarded success": charts.ci_text(r["guarded_success"]),
+                   "detected of fooled": f"{100 * r['detected_of_fooled']:.1f} %",
+                   "mean L2 (fooled)": r["mean_l2_fooled"]} for r in ad["cw_confidence"]],
+                 hide_index=True, key="adp_cw")
+s = ad["sanity"]
+st.subheader("Is the attack any good? (sanity checks)")
+lines = [f"- unbounded {n} budget: guarded success {charts.ci_text(u['guarded_success'])} (should be near 100 %)"
+         for n, u in s["unbounded"].items()]
+lines += [f"- the loss falls ({n}): {v['first']:.2f} → {v['last']:.2f}" + ("" if v["ok"] else " — **it does not**")
+          for n, v in s["loss_falls"].items()]
+for n, rows in s["adaptive_beats_oblivious"].items():
+    bad = [r["budget"] for r in rows if not r["ok"]]
+    lines.append(f"- adaptive ≥ oblivious wherever the oblivious attack is caught ({n}): "
+                 + ("yes, at every budget" if not bad else f"**no** at {bad}"))
+st.markdown("\n".join(lines))
+(st.success if s["all_ok"] else st.warning)("All checks pass." if s["all_ok"] else
+                                            "Some checks fail: read the curves as a lower bound of the attacker.")

@@ -1,0 +1,307 @@
+"""The ``adaptive`` stage: attack the guarded model (CNN + detector at the report's operating point).
+
+On the first ``adaptive.n`` authentic images of the report's test split, each with a seeded random wrong target:
+
+- the guarded-success curve over the L∞ and L2 budgets for three variants: ``oblivious`` (the same PGD with
+  ``lam = 0``), ``adaptive_layer`` (surrogate at the operating point's layer) and ``adaptive_all`` (every tapped
+  layer); guarded success = the CNN is fooled (prediction != true class) and the operating point trusts it;
+- the median extra L2 the detector forces, the CW confidence sweep and the attack's sanity checks.
+
+Files: ``adaptive/results.npz`` (per item), ``adaptive/summary.json``, ``adaptive/curve.png``; the summary is also
+written into ``report.json`` as ``report["adaptive"]`` and rendered in ``report.md``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from core.attacks import AdaptiveL2, AdaptiveLinf, CarliniL2, KnnSurrogate, quantise, to_uint8
+from core.bootstrap import SourceBootstrap
+from core.data import to_float
+from core.detector import Detector
+from core.evaluation import RunData
+from core.honest import json_safe
+from core.operating_point import OperatingPoint, Setting
+from core.splits import split_sources
+
+__all__ = ["VARIANTS", "NORMS", "unbounded", "stage_adaptive", "render_adaptive", "operating_point", "guarded"]
+
+log = logging.getLogger(__name__)
+
+#: Attack variants, in display order: name -> what it aims at.
+VARIANTS = {"oblivious": "the CNN only (lam = 0)", "adaptive_layer": "the CNN and the operating point's layer",
+            "adaptive_all": "the CNN and every tapped layer"}
+#: Norms: name -> attack class.
+NORMS = {"linf": AdaptiveLinf, "l2": AdaptiveL2}
+def unbounded(norm: str, x: np.ndarray) -> float:
+    """The budget of the sanity check that bounds nothing: the whole [0, 1] box (L2: its diagonal)."""
+    return 1.0 if norm == "linf" else float(np.sqrt(x[0].size)) if len(x) else 1.0
+
+
+def operating_point(report: dict) -> OperatingPoint:
+    """The report's operating point as an :class:`~core.operating_point.OperatingPoint`."""
+    o = report["operating_point"]
+    return OperatingPoint(Setting(o["layer"], o["processing"], o["fn"], int(o["k"])), float(o["threshold"]),
+                          o.get("target_tpr"), float(o.get("criterion_validation") or np.nan),
+                          float(o.get("tpr_validation") or np.nan), o.get("rule", "target_tpr"))
+
+
+def guarded(det: Detector, op: OperatingPoint, x_adv: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+    """Score stored (uint8-rounded) adversarials at ``op``: ``fooled``, ``trusted``, ``guarded`` (bool (n,)),
+    ``score`` (n,) and ``predicted`` (n,); ``x_adv`` float (n, C, H, W)."""
+    s = op.setting
+    out = det.score(to_uint8(x_adv), mode=s.mode, fn=s.fn, k=s.k, layers=[s.layer])
+    score = out.scores[s.layer]
+    fooled = out.predicted != true
+    trusted = op.trusted(score)
+    return {"fooled": fooled, "trusted": trusted, "guarded": fooled & trusted, "score": score,
+            "predicted": out.predicted}
+
+
+def _norms(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L2 and L∞ norms (n,) of the stored (uint8-rounded) perturbations, shapes (n, C, H, W)."""
+    d = quantise(x_adv) - x
+    return np.linalg.norm(d.reshape(len(d), -1), axis=1), np.abs(d.reshape(len(d), -1)).max(1)
+
+
+def _sources(ctx: Any, report: dict, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images float (n, C, H, W), true (n,), source ids (n,)) of the first ``n`` test-side authentic images."""
+    data = RunData(ctx.run, verify=False)
+    ev = ctx.cfg["evaluation"]
+    split = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, ev["validation_share"],
+                          int(ctx.cfg["seed"]))
+    z = data.evalset("authentic")
+    m = np.flatnonzero(split.mask(z["source"], "test"))[:n]
+    return to_float(np.asarray(z["images"])[m]), np.asarray(z["true"])[m].astype(np.int64), \
+        np.asarray(z["source"])[m].astype(np.int64)
+
+
+def stage_adaptive(ctx: Any) -> list[str]:
+    """Run the adaptive attacks on the guarded model; write the artefacts and ``report["adaptive"]``."""
+    a = ctx.cfg["adaptive"]
+    t0 = time.perf_counter()
+    report = ctx.run.load_json("report.json")
+    op = operating_point(report)
+    man = ctx.run.manifest["summary"]
+    layers = list(man["layers"])
+    det = Detector(ctx.run, ctx.model(), ctx.run.load_json("classes.json"), ctx.run.load_npy("train_labels.npy"),
+                   layers, dict(man["defaults"]), verify=False)
+    x, true, src = _sources(ctx, report, a["n"])
+    n_classes = len(det.classes)
+    rng = np.random.default_rng(int(ctx.cfg["seed"]))
+    target = (true + rng.integers(1, n_classes, len(true))) % n_classes
+    sk = {"k": a["k"], "k_class": a["k_class"], "tau": a["tau"]}
+    surs = {"adaptive_layer": KnnSurrogate.from_detector(det, layers=[op.setting.layer], mode=op.setting.mode, **sk),
+            "adaptive_all": KnnSurrogate.from_detector(det, layers=layers, mode=op.setting.mode, **sk)}
+    common = {"steps": a["steps"], "restarts": a["restarts"], "kappa": a["kappa"], "refresh": a["refresh"]}
+    arrays: dict[str, np.ndarray] = {"source": src, "true": true, "target": target}
+    seed = int(ctx.cfg["seed"])
+    traces: dict[str, list[float]] = {}
+
+    def attack(norm: str, variant: str, eps: float, steps: int | None = None) -> dict[str, np.ndarray]:
+        lam = 0.0 if variant == "oblivious" else float(a["lam"])
+        atk = NORMS[norm](surs.get(variant), eps=float(eps), lam=lam, **{**common, "steps": steps or a["steps"]})
+        res = atk(det.model, x, target=target, seed=seed)
+        g = guarded(det, op, res.x_adv, true)
+        g["l2"], g["linf"] = _norms(x, res.x_adv)
+        g["trace"] = atk.trace.mean(0)
+        g["budget"] = np.float64(eps)
+        return g
+
+    n_boot = int(ctx.cfg["evaluation"]["n_boot"])
+    bs = SourceBootstrap(src, n_boot=n_boot, seed=seed) if len(src) else None
+    ci = (lambda flags: bs.rate(flags, src).interval() if bs is not None else [None] * 3)
+    curves: dict[str, dict] = {}
+    for norm in NORMS:
+        budgets = [float(b) for b in a[norm]]
+        for variant in VARIANTS:
+            rows = [attack(norm, variant, eps) for eps in budgets]
+            for key in ("guarded", "fooled", "trusted", "score", "l2", "linf"):
+                arrays[f"{variant}-{norm}-{key}"] = np.stack([r[key] for r in rows]) if rows else np.zeros((0, len(src)))
+            traces[f"{variant}-{norm}"] = [r["trace"].tolist() for r in rows]
+            curves.setdefault(variant, {})[norm] = {
+                "budgets": budgets, "guarded_success": [ci(r["guarded"]) for r in rows],
+                "cnn_success": [ci(r["fooled"]) for r in rows],
+                "detected_of_fooled": [float((r["fooled"] & ~r["trusted"]).sum() / max(r["fooled"].sum(), 1))
+                                       for r in rows]}
+    t_curves = time.perf_counter()
+    sanity = _sanity(a, arrays, curves, traces, lambda norm: attack(norm, "adaptive_layer", unbounded(norm, x),
+                                                                    a["unbounded_steps"]), ci)
+    t_sanity = time.perf_counter()
+    kappas = _cw_sweep(a, det, op, x, true, target, n_boot, seed)
+    t_cw = time.perf_counter()
+    summary = {
+        "n": int(len(src)), "layer": op.setting.layer, "layers": layers, "variants": VARIANTS,
+        "operating_point": report["operating_point"],
+        "params": {k: a[k] for k in ("lam", "tau", "k", "k_class", "steps", "restarts", "kappa", "refresh")},
+        "curves": curves, "extra_l2": _extra_l2(a, arrays), "sanity": sanity, "cw_confidence": kappas,
+        "traces": traces,
+        "timing": {"curves_s": round(t_curves - t0, 2), "sanity_s": round(t_sanity - t_curves, 2),
+                   "cw_s": round(t_cw - t_sanity, 2)},
+    }
+    summary = json_safe(summary)
+    ctx.run.save_npz("adaptive/results.npz", arrays)
+    ctx.run.save_json("adaptive/summary.json", summary)
+    files = ["adaptive/results.npz", "adaptive/summary.json"]
+    if len(src):
+        ctx.run.record_existing("adaptive/curve.png", lambda tmp: plot_curves(summary, tmp))
+        files.append("adaptive/curve.png")
+    from precompute.report import render_markdown
+
+    report["adaptive"] = {k: v for k, v in summary.items() if k != "traces"}
+    report["adaptive"]["plot"] = "adaptive/curve.png" if len(src) else None
+    ctx.run.save_json("report.json", report)
+    ctx.run.save_text("report.md", render_markdown(report))
+    log.info("adaptive stage in %.1f s (curves %.1f s, sanity %.1f s, CW sweep %.1f s)", time.perf_counter() - t0,
+             t_curves - t0, t_sanity - t_curves, t_cw - t_sanity)
+    return files
+
+
+def _sanity(a: dict, arrays: dict, curves: dict, traces: dict, run_unbounded, ci) -> dict:
+    """Tramèr et al.'s checks: unbounded budget, falling loss, adaptive >= oblivious where oblivious is caught."""
+    out: dict[str, Any] = {"unbounded": {}, "loss_falls": {}, "adaptive_beats_oblivious": {}}
+    for norm in NORMS:
+        u = run_unbounded(norm)
+        out["unbounded"][norm] = {"budget": float(np.max(u["budget"])), "steps": a["unbounded_steps"],
+                                  "guarded_success": ci(u["guarded"]), "mean_l2": float(np.mean(u["l2"]))
+                                  if len(u["l2"]) else None}
+        tr = traces.get(f"adaptive_layer-{norm}", [])
+        if tr:
+            first, last = float(np.mean([t[0] for t in tr])), float(np.mean([t[-1] for t in tr]))
+            out["loss_falls"][norm] = {"first": first, "last": last, "ok": bool(last < first)}
+        ob, ad = curves["oblivious"][norm], curves["adaptive_layer"][norm]
+        rows = []
+        for i, b in enumerate(ob["budgets"]):
+            caught = ob["detected_of_fooled"][i] > 0
+            rows.append({"budget": b, "oblivious": ob["guarded_success"][i][0], "adaptive": ad["guarded_success"][i][0],
+                         "oblivious_caught": bool(caught),
+                         "ok": bool(not caught or ad["guarded_success"][i][0] >= ob["guarded_success"][i][0])})
+        out["adaptive_beats_oblivious"][norm] = rows
+    out["unbounded_ok"] = all((v["guarded_success"][0] or 0) >= 0.9 for v in out["unbounded"].values())
+    out["all_ok"] = bool(out["unbounded_ok"] and all(v["ok"] for v in out["loss_falls"].values())
+                         and all(r["ok"] for rows in out["adaptive_beats_oblivious"].values() for r in rows))
+    return out
+
+
+def _extra_l2(a: dict, arrays: dict) -> dict:
+    """Median over images of (L2 of the smallest-budget guarded success of ``adaptive_layer``) − (L2 of the
+    smallest-budget CNN success of ``oblivious``), on the L2 budget grid."""
+    if not len(a["l2"]) or not len(arrays["source"]):
+        return {"median": None, "n": 0}
+    g, l2g = arrays["adaptive_layer-l2-guarded"], arrays["adaptive_layer-l2-l2"]
+    f, l2f = arrays["oblivious-l2-fooled"], arrays["oblivious-l2-l2"]
+    cols = np.arange(g.shape[1])
+    ok = g.any(0) & f.any(0)
+    with_det = l2g[g.argmax(0), cols]
+    without = l2f[f.argmax(0), cols]
+    diff = (with_det - without)[ok]
+    return {"median": float(np.median(diff)) if len(diff) else None,
+            "median_with": float(np.median(with_det[ok])) if ok.any() else None,
+            "median_without": float(np.median(without[ok])) if ok.any() else None, "n": int(ok.sum()),
+            "of": int(len(cols))}
+
+
+def _cw_sweep(a: dict, det: Detector, op: OperatingPoint, x: np.ndarray, true: np.ndarray, target: np.ndarray,
+              n_boot: int, seed: int) -> list[dict]:
+    """CW L2 at each confidence κ on the first ``cw_n`` sources: CNN and guarded success, mean L2."""
+    n = min(int(a["cw_n"]), len(x))
+    if n == 0:
+        return []
+    rows = []
+    for kappa in a["cw_kappas"]:
+        res = CarliniL2(confidence=float(kappa), max_iter=a["cw_max_iter"],
+                        binary_search_steps=a["cw_binary_steps"])(det.model, x[:n], target=target[:n], seed=seed)
+        g = guarded(det, op, res.x_adv, true[:n])
+        l2, _ = _norms(x[:n], res.x_adv)
+        fooled = g["fooled"]
+        bs = SourceBootstrap(np.arange(n), n_boot=n_boot, seed=seed)
+        rows.append({"kappa": float(kappa), "n": n, "cnn_success": bs.rate(fooled, np.arange(n)).interval(),
+                     "guarded_success": bs.rate(g["guarded"], np.arange(n)).interval(),
+                     "detected_of_fooled": float((fooled & ~g["trusted"]).sum() / max(fooled.sum(), 1)),
+                     "mean_l2_fooled": float(l2[fooled].mean()) if fooled.any() else None})
+    return rows
+
+
+def plot_curves(summary: dict, path: Any) -> None:
+    """Guarded success against the budget, one panel per norm, a line (with its 95 % band) per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(NORMS), figsize=(10, 4), constrained_layout=True)
+    for ax, norm in zip(np.atleast_1d(axes), NORMS):
+        for variant in VARIANTS:
+            c = summary["curves"][variant][norm]
+            if not c["budgets"]:
+                continue
+            v = np.array([[np.nan if e is None else e for e in r] for r in c["guarded_success"]], dtype=float)
+            ax.plot(c["budgets"], 100 * v[:, 0], marker="o", label=variant)
+            ax.fill_between(c["budgets"], 100 * v[:, 1], 100 * v[:, 2], alpha=0.2)
+        ax.set_xlabel("L∞ budget ε" if norm == "linf" else "L2 budget ε")
+        ax.set_ylabel("guarded success (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{norm.upper()}: fools the CNN and trusted at {summary['layer']}")
+        ax.legend()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+def _pct(x: Any) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(v: Any) -> str:
+    return "–" if not v or v[0] is None else f"{_pct(v[0])} [{_pct(v[1])}, {_pct(v[2])}]"
+
+
+def render_adaptive(ad: dict) -> list[str]:
+    """The report.md section of ``report["adaptive"]``, as lines."""
+    p = ad["params"]
+    L = ["", "## Adaptive attacks: success against the guarded model", "",
+         f"{ad['n']} test-split authentic images, each with a random wrong target. Guarded success = the CNN is "
+         f"fooled and the detector trusts it at the operating point (layer `{ad['layer']}`). Same PGD for every "
+         f"variant ({p['steps']} steps, {p['restarts']} restart(s), margin κ = {p['kappa']}); the adaptive ones add "
+         f"λ = {p['lam']} × the soft-kNN surrogate (k' = {p['k']} + {p['k_class']} of the target class, "
+         f"τ = {p['tau']} × median d², neighbours re-found every {p['refresh']} steps). 95 % bootstrap intervals.", ""]
+    if ad.get("plot"):
+        L += [f"![guarded success]({ad['plot']})", ""]
+    for norm in NORMS:
+        budgets = ad["curves"]["oblivious"][norm]["budgets"]
+        if not budgets:
+            continue
+        L += [f"| {norm} budget | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
+        for i, b in enumerate(budgets):
+            L.append(f"| {b:g} | " + " | ".join(_ci(ad["curves"][v][norm]["guarded_success"][i]) for v in VARIANTS)
+                     + " |")
+        L.append("")
+    e = ad["extra_l2"]
+    if e.get("median") is not None:
+        L += [f"Median extra L2 the detector forces: {e['median']:.3f} ({e['median_without']:.3f} without it, "
+              f"{e['median_with']:.3f} with it; {e['n']} of {e['of']} images succeed both ways on the L2 grid).", ""]
+    if ad.get("cw_confidence"):
+        L += ["### Carlini-Wagner L2 at growing confidence κ", "", "| κ | CNN success | guarded success | "
+              "detected of fooled | mean L2 (fooled) |", "|---|---|---|---|---|"]
+        for r in ad["cw_confidence"]:
+            l2 = "–" if r["mean_l2_fooled"] is None else f"{r['mean_l2_fooled']:.3f}"
+            L.append(f"| {r['kappa']:g} | {_ci(r['cnn_success'])} | {_ci(r['guarded_success'])} | "
+                     f"{_pct(r['detected_of_fooled'])} | {l2} |")
+        L.append("")
+    s = ad["sanity"]
+    L += ["### Sanity checks of the attack (Tramèr et al. 2020)", ""]
+    for norm, u in s["unbounded"].items():
+        L.append(f"- unbounded {norm} budget ({u['budget']:g}, {u['steps']} steps): guarded success "
+                 f"{_ci(u['guarded_success'])} (should be near 100)")
+    for norm, v in s["loss_falls"].items():
+        L.append(f"- loss falls ({norm}, adaptive_layer, mean over budgets): {v['first']:.3f} -> {v['last']:.3f} "
+                 f"({'ok' if v['ok'] else 'NOT falling'})")
+    for norm, rows in s["adaptive_beats_oblivious"].items():
+        bad = [r["budget"] for r in rows if not r["ok"]]
+        L.append(f"- adaptive >= oblivious where the oblivious attack is caught ({norm}): "
+                 + ("ok at every budget" if not bad else f"FAILS at {bad}"))
+    L.append(f"- all checks pass: {'yes' if s['all_ok'] else 'no'}")
+    return L

@@ -1,0 +1,68 @@
+"""The Adaptive attacks page and the Attack page's "attack the detector too" panel, with AppTest on the tiny run."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 180
+
+
+@pytest.fixture()
+def app(tiny_run, monkeypatch) -> AppTest:
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_adaptive_page_plots_the_reported_curves(app, tiny_run):
+    ad = json.loads((tiny_run / "report.json").read_text())["adaptive"]
+    _ok(app.switch_page("app_pages/adaptive.py").run())
+    charts = [json.loads(e.proto.spec) for e in app.get("plotly_chart")]
+    assert len(charts) == 2
+    for fig, norm in zip(charts, ("linf", "l2")):
+        lines = [t for t in fig["data"] if t.get("mode") == "lines+markers"]
+        assert len(lines) == 3
+        for t, variant in zip(lines, ("oblivious", "adaptive_layer", "adaptive_all")):
+            c = ad["curves"][variant][norm]
+            assert t["x"] == c["budgets"]
+            assert np.allclose(t["y"], [100 * v[0] for v in c["guarded_success"]])
+    text = " ".join(m.value for m in app.markdown)
+    assert "unbounded linf budget" in text
+
+
+def test_adaptive_panel_runs_oblivious_and_adaptive(app, tiny_run):
+    from core.detector import Detector
+
+    _ok(app.switch_page("app_pages/attack_live.py").run())
+    assert not [b for b in app.button if b.key == "adp_run"]  # hidden until the switch is on
+    _ok(app.toggle(key="adp_on").set_value(True).run())
+    _ok(app.slider(key="adp_steps").set_value(10).run())
+    _ok(app.button(key="adp_run").click().run())
+    res = app.session_state["adp_result"]
+    assert set(res["adv"]) == {"oblivious", "adaptive"}
+    det = Detector.load(tiny_run, verify="none")
+    rep = json.loads((tiny_run / "report.json").read_text())
+    layer = rep["operating_point"]["layer"]
+    table = app.dataframe[-1].value  # the panel's table (the page shows no other before an attack runs)
+    for name, adv in res["adv"].items():
+        s = det.score(adv[None])
+        row = table[table["attack"] == name].iloc[0]
+        assert row["prediction"] == det.classes[int(s.predicted[0])]
+        assert np.isclose(row[f"score {layer}"], s.scores[layer][0])
+    bullets = [m.value for m in app.markdown if m.value.startswith("- oblivious") or m.value.startswith("- adaptive")]
+    assert len(bullets) == 2
