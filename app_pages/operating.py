@@ -85,7 +85,8 @@ def layer(run: Run) -> str:
 
 def layer_select(run: Run, key: str, label: str, where=st, **kw) -> str:
     """A layer selectbox bound to the shared layer: it opens at it and writes it back."""
-    st.session_state[key] = layer(run)
+    if st.session_state.get(key) != layer(run):
+        st.session_state[key] = layer(run)
 
     def _write() -> None:
         st.session_state[LAYER] = st.session_state[key]
@@ -98,7 +99,8 @@ def overall_box(run: Run, scores: dict[str, float], *, key: str) -> verdict.Over
     st.session_state.setdefault(COMBINE, "validation")
     if st.session_state[COMBINE] not in verdict.COMBINATIONS:
         st.session_state[COMBINE] = "validation"
-    st.session_state[key] = st.session_state[COMBINE]
+    if st.session_state.get(key) != st.session_state[COMBINE]:
+        st.session_state[key] = st.session_state[COMBINE]
 
     def _write() -> None:
         st.session_state[COMBINE] = st.session_state[key]

@@ -41,7 +41,8 @@ if not len(sep.all_negatives):
 r = sep.roc
 eer_th = round(sep.eer_threshold, 3)
 shared = operating.thresholds(run)[layer]  # the shared operating point's threshold of this layer
-st.session_state["th_threshold"] = round(shared, 3)
+if st.session_state.get("th_threshold") != round(shared, 3):  # only then: a set value is sent to the browser
+    st.session_state["th_threshold"] = round(shared, 3)
 
 
 def _slide() -> None:

@@ -1,6 +1,7 @@
 """The view in the URL: image, layer, processing, score function, k, threshold and verdict combination as query
-parameters, so a reload, Back, a bookmark or a pasted link reopen the same view (the page is the URL's path).
+parameters, so a reload, a bookmark or a pasted link reopen the same view (the page is the URL's path).
 
+The URL is read once per session: a rerun's query string can be older than the last write.
 Query parameters are untrusted: each is checked against the run's own names and ranges; anything else is
 ignored (the default stays). Nothing from the URL ever reaches a path or Markdown unchecked.
 
@@ -15,7 +16,7 @@ import streamlit as st
 from app_pages import state
 from core.verdict import COMBINATIONS
 
-#: Session key of the parameters last written (a URL that differs was changed by the browser).
+#: Session key of the parameters last written (present once the session has read its URL).
 WRITTEN = "url_written"
 _INT = re.compile(r"\d{1,7}")
 _FLOAT = re.compile(r"(0|1)(\.\d{1,8})?|\.\d{1,8}")
@@ -66,11 +67,11 @@ def parse(params: dict[str, str], manifest: dict) -> dict:
 
 
 def restore(manifest: dict) -> dict:
-    """Apply the URL's valid parameters to the session when the browser changed them (a new session, a pasted
-    link, Back); call before the sidebar's widgets. Returns the parameters still to apply once the run is
+    """Apply the URL's valid parameters to a new session (a reload, a pasted link, a bookmark); call before the
+    sidebar's widgets. Returns the parameters still to apply once the run is
     loaded (:func:`restore_run`)."""
     qp = st.query_params.to_dict()
-    if not qp or qp == st.session_state.get(WRITTEN):
+    if WRITTEN in st.session_state:  # once per session: a rerun may carry a query string older than the last write
         return {}
     st.session_state[WRITTEN] = qp
     p = parse(qp, manifest)
