@@ -11,13 +11,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from app_pages import url_state
 from app_pages.state import PAGES, sidebar
 
 # A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
 st.set_page_config(page_title="knnguard", page_icon=str(FAVICON), layout="wide")
 page = st.navigation([
-    st.Page(PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="inspect", default=True),
+    st.Page(PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="home", default=True),
     st.Page(PAGES["attack"], title="Attack", icon=":material/bolt:", url_path="attack"),
     st.Page(PAGES["threshold"], title="Threshold", icon=":material/tune:", url_path="threshold"),
     st.Page(PAGES["layers"], title="Layers", icon=":material/stacked_bar_chart:", url_path="layers"),
@@ -25,6 +26,9 @@ page = st.navigation([
     st.Page(PAGES["compare"], title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     st.Page(PAGES["adaptive"], title="Adaptive attacks", icon=":material/gpp_maybe:", url_path="adaptive"),
     st.Page(PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
-])
+] + url_state.alias_pages())  # /inspect opened directly, /Threshold...
 sidebar()
-page.run()
+try:
+    page.run()
+finally:
+    url_state.write()  # the view in the URL, also when the page stopped early

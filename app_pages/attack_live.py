@@ -8,7 +8,7 @@ import streamlit as st
 from core.attacks import ATTACKS, available, param_spec, run_attack, to_uint8
 from core.data import to_float
 from core.evaluation import perturbation_norms
-from app_pages import adaptive_panel, bounded, charts, current, images, loaders, state
+from app_pages import adaptive_panel, bounded, charts, current, images, loaders, operating, state
 from app_pages._text import md, plotly_text
 
 run = state.current_run()
@@ -38,8 +38,9 @@ cur = current.current_image(run)
 image = cur["image"]
 before = loaders.inspect(run, image)
 pred0 = int(before.predicted[0])
-st.caption(f"Current image: {md(cur['source'])} (choose another on the Inspect page) · predicted "
-           f"**{md(classes[pred0])}** · detector: {run.settings_text}")
+thresholds = operating.thresholds(run)
+b = {la: float(before.scores[la][0]) for la in layers}
+top = st.container()  # the overall verdict, once: of the adversarial image after an attack, else of this one
 
 
 def _log_options(lo: float, hi: float, default: float) -> list[float]:
@@ -137,31 +138,53 @@ if clicked:
                                       "params": res.params, "seconds": seconds}
 
 out = st.session_state.get("atk_result")
-if out is None or out["key"] != cur["key"]:
-    st.info("Set the parameters and press **Run** to attack the current image.", icon=":material/arrow_upward:")
+if out is None or out["key"] != cur["key"] or out["attack"] != name:  # a result of another attack is not shown
+    with top:
+        operating.overall_box(run, b, key="atk_overall")
+        operating.ood_box(run, before)
+    st.divider()
+    i1, i2 = st.columns([1, 2.5], gap="medium")
+    images.show_image(image, f"current image: {md(cur['source'])} (choose another on the Inspect page)", size=200,
+                      where=i1)
+    with i2:
+        st.markdown(f"**The CNN says {md(classes[pred0])}** ({before.top5[0][1]:.0%}) · detector: {run.settings_text}")
+        st.info(f"Set the parameters and press **Run {cls.title}** to attack this image.",
+                icon=":material/arrow_upward:")
+        charts.legend()
+        st.plotly_chart(charts.layer_scores_figure(layers, b, thresholds,
+                                                   title=f"kNN score of '{plotly_text(classes[pred0])}' per layer"),
+                        key="atk_before_chart")
     st.stop()
 
 adv = out["adv"]
 after = loaders.inspect(run, adv)
 pred1 = int(after.predicted[0])
-thresholds = loaders.eer_thresholds(run)
 norms = perturbation_norms(image[None], adv[None])
 pert, amp = images.perturbation_image(image, adv)
 
-st.divider()
-if out["target"] is None:
-    outcome = "succeeded: the class changed" if pred1 != pred0 else "failed: the class did not change"
-else:
-    outcome = (f"reached its target {md(classes[out['target']])}" if out["success"] else
-               f"did not reach its target {md(classes[out['target']])}")
-st.markdown(f"### {out['title']} {outcome}: {md(classes[pred0])} → {md(classes[pred1])}")
-linf, l2, changed = float(norms.linf[0]), float(norms.l2[0]), float(norms.changed[0])
-st.caption(f"{out['seconds']:.2f} s · L∞ = {linf:.3f} ({linf * 255:.0f}/255) · L2 = {l2:.3f} · "
-           f"pixels changed: {changed:.0%}")
-
-b = {la: float(before.scores[la][0]) for la in layers}
 a = {la: float(after.scores[la][0]) for la in layers}
-noticed = [la for la in layers if a[la] < thresholds[la]]
+with top:
+    st.caption("After the attack: the verdict on the adversarial image.")
+    overall = operating.overall_box(run, a, key="atk_overall")
+    operating.ood_box(run, after, what="the adversarial image")
+st.divider()
+changed_class = pred1 != pred0
+if out["target"] is not None and out["success"]:
+    sentence = f"The attack succeeded: the CNN now says {md(classes[pred1])}, its target."
+elif changed_class:
+    sentence = f"The attack succeeded: the CNN now says {md(classes[pred1])}" + (
+        f" (it aimed at {md(classes[out['target']])})." if out["target"] is not None else ".")
+else:
+    sentence = f"The attack failed: the CNN still says {md(classes[pred0])}."
+if changed_class:
+    sentence += (" The detector caught it: the verdict is ✗ rejected." if not overall.trusted else
+                 " The detector did not catch it: the verdict is ✓ trusted.")
+st.markdown(f"### {sentence}")
+linf, l2, changed = float(norms.linf[0]), float(norms.l2[0]), float(norms.changed[0])
+st.caption(f"{out['title']}: {md(classes[pred0])} → {md(classes[pred1])} · {out['seconds']:.2f} s · "
+           f"L∞ = {linf:.3f} ({linf * 255:.0f}/255) · L2 = {l2:.3f} · pixels changed: {changed:.0%}")
+
+noticed = [la for la in layers if not operating.trusts(run, a[la], thresholds[la])]
 i1, i2, i3, msg = st.columns([1, 1, 1, 1.5], gap="medium")
 images.show_image(image, f"original: {md(classes[pred0])} ({before.top5[0][1]:.0%})", size=200, where=i1)
 images.show_image(adv, f"adversarial: {md(classes[pred1])} ({after.top5[0][1]:.0%})", size=200, where=i2)
@@ -171,11 +194,9 @@ with msg:
     if pred1 == pred0:
         st.info("The prediction did not change, so there is nothing to detect: raise eps or the iterations, or "
                 "pick another target.")
-    elif noticed:
-        st.success(f"**Detected**: {len(noticed)} of {len(layers)} layers reject the new prediction "
-                   f"({md(', '.join(noticed))}).", icon=":material/shield:")
     else:
-        st.error("**Not detected**: every layer trusts the adversarial prediction.", icon=":material/gpp_bad:")
+        st.markdown(f"Per layer: {len(noticed)} of {len(layers)} reject the new prediction"
+                    + (f" ({md(', '.join(noticed))})." if noticed else "."))
     if st.button("Inspect the adversarial image", key="atk_to_inspect", icon=":material/search:"):
         current.set_current(adv, source=f"{out['title']} of {cur['source']}")
         st.switch_page(state.PAGES["inspect"])

@@ -48,15 +48,27 @@ def current_image(run: Run) -> dict:
 def handle_upload(run: Run, data: bytes, *, invert: bool = False) -> str | None:
     """Decode an upload with :func:`core.uploads.read_upload` and make it the current image.
 
-    Returns None on success, else the :class:`~core.uploads.UploadError` message (the current image is kept).
-    Nothing is written anywhere.
+    Returns None on success, else the :class:`~core.uploads.UploadError` message: the failed upload replaces
+    any earlier upload, so an earlier upload's prediction is not left under the error (an evaluation image
+    stays current). Records ``upload_note`` ("upscaled from 5×5") when the upload is smaller than the model's
+    input. Nothing is written anywhere.
     """
     from core.upload_policy import UploadError
+    from core.uploads import read_upload
 
     try:
-        arr = model_view(data, run)
+        img = read_upload(data)
+        arr = model_view(img, run)
     except UploadError as e:
+        st.session_state.pop("upload_array", None)
+        st.session_state.pop("upload_note", None)
+        cur = st.session_state.get("current")
+        if cur is not None and cur.get("set") is None:  # an upload (or an image made from one) was current
+            st.session_state.pop("current", None)
         return str(e)
+    w, h = img.size
+    st.session_state["upload_note"] = (f"upscaled from {w}×{h}" if w < arr.shape[1] or h < arr.shape[0]
+                                       else None)
     st.session_state["upload_array"] = arr
     set_current(255 - arr if invert else arr, source="your upload" + (" (inverted)" if invert else ""))
     return None

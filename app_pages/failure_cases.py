@@ -2,10 +2,9 @@
 at the EER threshold, each with its nearest training image of the predicted class (from stored neighbours)."""
 import streamlit as st
 
-from app_pages import charts, current, images, loaders, state
+from app_pages import charts, current, images, loaders, operating, state
 from app_pages._text import md
 from core.evaluation import FailureCase
-from core.live import operating_layer
 
 run = state.current_run()
 data = loaders.rundata(run)
@@ -22,10 +21,10 @@ if not attacks:
     st.warning("This run has no adversarial images.")
     st.stop()
 
-st.session_state.setdefault("fail_layer", operating_layer(loaders.report(run), layers))
 st.session_state.setdefault("fail_attacks", list(attacks))
 c1, c2, c3 = st.columns([1, 3, 1])
-layer = c1.selectbox("Layer", layers, key="fail_layer", persist_state="session")
+layer = operating.layer_select(run, "fail_layer", "Layer", where=c1, persist_state="session",
+                               help="Shared by every page (Inspect opens at it).")
 chosen = c2.multiselect("Attacks", attacks, key="fail_attacks", persist_state="session",
                         format_func=lambda a: f"{a} ({state.attack_title(a)})")
 n_show = c3.slider("Images per side", 2, 16, 6, key="fail_n", persist_state="session")
@@ -33,9 +32,11 @@ if not chosen:
     st.warning("Choose at least one attack.")
     st.stop()
 
-cases = loaders.failure_cases(run, layer, chosen, n_show)
-th = cases.threshold
-st.markdown(f"EER threshold at {md(layer)} on {md(', '.join(chosen))}: **{th:.3f}** ({run.settings_text}) — "
+th = operating.thresholds(run)[layer]
+cases = loaders.failure_cases(run, layer, chosen, n_show, threshold=th, strict=operating.strict(run))
+st.markdown(f"Threshold at {md(layer)} (the shared operating point, "
+            f"{'set on the Threshold page' if operating.overridden(run, layer) else 'chosen on validation'}): "
+            f"**{th:.3f}**, trust {operating.trust_text(run)} ({run.settings_text}) — on {md(', '.join(chosen))}: "
             f"caught {cases.n_caught} of {cases.n_total} adversarial images, missed {cases.n_total - cases.n_caught}.")
 
 
@@ -54,12 +55,14 @@ def _card(case: FailureCase, kind: str) -> None:
         else:
             b.caption(f"nearest {md(classes[pred])}: training id {nn[0]} (d²={nn[1]:.3g})")
         c.markdown(f"actual **{md(classes[true])}**  \npredicted **{md(classes[pred])}**  \nscore **{score:.3f}**  \n"
-                   f":{'orange' if score < th else 'blue'}[**{charts.verdict(score, th)}**] ({kind})")
+                   f":{'blue' if operating.trusts(run, score, th) else 'orange'}"
+                   f"[**{'✓ trusted' if operating.trusts(run, score, th) else '✗ rejected'}**] ({kind})")
         if c.button("Inspect", key=f"fail_go_{case.set}_{case.index}", icon=":material/search:"):
             current.set_current_from_set(run, case.set, case.index)
             st.session_state["inspect_source"] = "Evaluation set"
             st.session_state["inspect_set"] = case.set
             st.session_state["inspect_index"] = case.index
+            st.session_state[operating.LAYER] = layer  # Inspect opens at this page's layer
             st.switch_page(state.PAGES["inspect"])
 
 

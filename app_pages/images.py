@@ -14,9 +14,20 @@ def upscale(image: np.ndarray, size: int = 224) -> np.ndarray:
     return np.repeat(np.repeat(img, f, axis=0), f, axis=1) if f > 1 else img
 
 
+#: Frame around a shown image (mid-grey: visible on a light and on a dark page, around white and black images).
+FRAME_PX, FRAME_GREY = 2, 128
+
+
+def framed(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) with a mid-grey frame of :data:`FRAME_PX` pixels around it."""
+    pad = ((FRAME_PX, FRAME_PX), (FRAME_PX, FRAME_PX)) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image, pad, constant_values=FRAME_GREY)
+
+
 def show_image(image: np.ndarray, caption: str | None = None, *, size: int = 224, where=st) -> None:
-    """Show an image at a readable size (nearest-neighbour upscaling) with a caption (Markdown: escape run text)."""
-    where.image(upscale(image, size), caption=caption, width=size)
+    """Show an image at a readable size (nearest-neighbour upscaling), framed so that a white or black image
+    stays visible, with a caption (Markdown: escape run text)."""
+    where.image(framed(upscale(image, size)), caption=caption, width=size)
 
 
 def image_grid(images: list[np.ndarray], captions: list[str], *, size: int = 96, where=st) -> None:

@@ -3,9 +3,11 @@ training images. The image comes from an evaluation set (by index or at random) 
 import numpy as np
 import streamlit as st
 
-from app_pages import charts, current, images, loaders, state
+from app_pages import charts, current, images, loaders, operating, state
 from app_pages._text import md, plotly_text
-from core.live import operating_layer, operating_point
+
+#: Neighbours shown per row.
+SHOWN = 8
 
 run = state.current_run()
 data = loaders.rundata(run)
@@ -47,6 +49,8 @@ def _uploaded() -> None:
         return
     err = current.handle_upload(run, f.getvalue(), invert=st.session_state.get("inspect_invert", False))
     st.session_state["upload_error"] = err
+    if err and "current" not in st.session_state:  # the failed upload dropped an earlier one: back to the set
+        _from_set()
 
 
 def _source() -> None:
@@ -92,21 +96,27 @@ with pick_col:
                              "dark object on a light background to match.")
         if st.session_state.get("upload_error"):
             st.error(st.session_state["upload_error"], icon=":material/broken_image:")
+        elif st.session_state.get("upload_note") and cur["source"].startswith("your upload"):
+            st.caption(f"Your upload was {st.session_state['upload_note']} pixels to the model's input.")
 
 cur = current.current_image(run)
 image = cur["image"]
 res = loaders.inspect(run, image)
 pred = int(res.predicted[0])
-thresholds = loaders.eer_thresholds(run)
+thresholds = operating.thresholds(run)
 layers = run.layers
 scores = {la: float(res.scores[la][0]) for la in layers}
+operating.overall_box(run, scores, key="inspect_overall")
+operating.ood_box(run, res)
 
 img_col, pred_col, chart_col = st.columns([1.1, 1.2, 2.4])
 with img_col:
     h, w, c = image.shape
     true = cur["true"]
-    images.show_image(image, f"{md(cur['source'])} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'})"
-                  + (f"; true class: {md(classes[true])}" if true is not None else ""), size=224)
+    note = st.session_state.get("upload_note") if cur["source"].startswith("your upload") else None
+    images.show_image(image, f"{md(cur['source'])} — as the model sees it ({h}×{w} {'grey' if c == 1 else 'RGB'}"
+                      + (f", {note}" if note else "") + ")"
+                      + (f"; true class: {md(classes[true])}" if true is not None else ""), size=224)
 with pred_col:
     st.markdown(f"### Prediction: {md(classes[pred])}")
     st.caption(f"{100 * res.top5[0][1]:.1f} % softmax probability"
@@ -122,21 +132,23 @@ with chart_col:
                                      title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
 
-rep = loaders.report(run)
-best = operating_layer(rep, layers)
-st.session_state.setdefault("inspect_layer", best)
-layer = st.selectbox("Layer for the verdict and the neighbours", layers, key="inspect_layer",
-                     persist_state="session", help=f"Opens at {md(best)}: "
-                     + ("the layer of the run's operating point, chosen on the validation split."
-                        if operating_point(rep) else "the last layer (this run has no operating point)."))
+layer = operating.layer_select(run, "inspect_layer", "Layer for the per-layer verdict and the neighbours",
+                               persist_state="session",
+                               help="Shared by every page (the Threshold page's layer too); opens at the layer of "
+                                    "the configuration chosen on validation.")
 s, t = scores[layer], thresholds[layer]
-msg = (f"**{charts.verdict(s, t)}** by layer {md(layer)}: score {s:.3f} {'≥' if s >= t else '<'} threshold {t:.3f} "
-       f"(that layer's EER threshold on the run's attacks).")
-(st.success if s >= t else st.error)(msg, icon=":material/check_circle:" if s >= t else ":material/cancel:")
+ok = operating.trusts(run, s, t)
+sign = ("≥" if ok else "<") if not operating.strict(run) else (">" if ok else "≤")
+where = "set on the Threshold page" if operating.overridden(run, layer) else (
+    "chosen on validation" if operating.validation(run)[1] else "that layer's EER threshold: this run has no split")
+msg = (f"**{'✓ trusted' if ok else '✗ rejected'}** by layer {md(layer)}: score {s:.3f} {sign} threshold {t:.3f} "
+       f"(the shared operating point, {where}).")
+(st.success if ok else st.error)(msg, icon=":material/check_circle:" if ok else ":material/cancel:")
 
 for title, nbs in (("Nearest training images", res.neighbours[layer]),
                    (f"Nearest training images of the predicted class ({md(classes[pred])})",
                     res.class_neighbours[layer])):
+    nbs = type(nbs)(nbs.ids[:SHOWN], nbs.distances[:SHOWN], nbs.labels[:SHOWN])
     st.markdown(f"**{title}** at {md(layer)} (d² = squared distance in the processed feature space; of the "
                 f"first {run.k} neighbours)")
     if not len(nbs.ids):

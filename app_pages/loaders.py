@@ -136,14 +136,17 @@ def eer_thresholds(run: Run) -> dict[str, float]:
 
 @st.cache_data(show_spinner="Ranking the adversarial images…", max_entries=64)
 def _failure_cases(path: str, stamp: int, layer: str, mode: str, fn: str, k: int, attacks: tuple[str, ...],
-                   n: int) -> evaluation.FailureCases:
-    return evaluation.failure_cases(_rundata(path, stamp), layer, mode, fn, k, attacks, n)
+                   n: int, threshold: float | None = None, strict: bool = False) -> evaluation.FailureCases:
+    return evaluation.failure_cases(_rundata(path, stamp), layer, mode, fn, k, attacks, n, threshold=threshold,
+                                    strict=strict)
 
 
-def failure_cases(run: Run, layer: str, attacks: Sequence[str], n: int) -> evaluation.FailureCases:
-    """:func:`core.evaluation.failure_cases` at the sidebar's settings."""
+def failure_cases(run: Run, layer: str, attacks: Sequence[str], n: int, *, threshold: float | None = None,
+                  strict: bool = False) -> evaluation.FailureCases:
+    """:func:`core.evaluation.failure_cases` at the sidebar's settings (at ``threshold``; default the EER one)."""
     with _guard(run):
-        return _failure_cases(run.path, run.stamp, layer, run.mode, run.fn, run.k, tuple(attacks), int(n))
+        return _failure_cases(run.path, run.stamp, layer, run.mode, run.fn, run.k, tuple(attacks), int(n),
+                              None if threshold is None else float(threshold), bool(strict))
 
 
 @st.cache_data(show_spinner="Scoring every layer from stored neighbours…")
@@ -159,11 +162,12 @@ def detection_rows(run: Run) -> list[dict]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _inspect(path: str, stamp: int, image: np.ndarray, mode: str, fn: str, k: int):
-    return _detector(path, stamp).inspect(image, mode=mode, fn=fn, k=k)
+    return _detector(path, stamp).inspect(image, mode=mode, fn=fn, k=k, n_neighbours=k)
 
 
 def inspect(run: Run, image: np.ndarray):
-    """:meth:`core.detector.Detector.inspect` of a uint8 (H, W, C) image at the sidebar's settings (cached)."""
+    """:meth:`core.detector.Detector.inspect` of a uint8 (H, W, C) image at the sidebar's settings (cached), with
+    all k neighbours per layer (the k-th one's distance is the out-of-distribution check's)."""
     detector(run)  # loaded (or refused) first, so a failure inside inspect() is never taken for a bad run
     with _guard(run):
         return _inspect(run.path, run.stamp, np.ascontiguousarray(image), run.mode, run.fn, run.k)
@@ -204,3 +208,37 @@ def live_eer(run: Run, layer: str, fn: str) -> dict | None:
         return None
     with _guard(run):
         return lf.eer((layer, run.mode, fn, run.k))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _validation_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) -> dict[str, float] | None:
+    from core.verdict import validation_thresholds
+
+    try:
+        return validation_thresholds(_rundata(path, stamp), mode, fn, k,
+                                     scores=lambda name, layer, m, f, kk: _scores(path, stamp, name, layer, m, f, kk))
+    except ValueError:  # a run older than the validation / test split
+        return None
+
+
+def validation_thresholds(run: Run) -> dict[str, float] | None:
+    """:func:`core.verdict.validation_thresholds` at the sidebar's settings; None for a run without a split."""
+    with _guard(run):
+        return _validation_thresholds(run.path, run.stamp, run.mode, run.fn, run.k)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _ood_references(path: str, stamp: int, mode: str, k: int):
+    from core import ood
+
+    data = _rundata(path, stamp)
+    try:
+        return ood.references(data, data.layers, mode, k)
+    except ValueError:  # no source ids, or k beyond the stored neighbours
+        return None
+
+
+def ood_references(run: Run):
+    """:func:`core.ood.references` of every layer at the sidebar's mode and k (None for a run without a split)."""
+    with _guard(run):
+        return _ood_references(run.path, run.stamp, run.mode, run.k)

@@ -139,6 +139,9 @@ def sidebar() -> None:
         if why:  # a run never supplies code: list it, do not open it
             st.warning(md(why), icon=":material/block:")
             st.stop()
+        from app_pages import url_state
+
+        pending = url_state.restore(m)
         s = m["summary"]
         d = s["defaults"]
         st.session_state.setdefault("det_mode", d["mode"])
@@ -152,7 +155,12 @@ def sidebar() -> None:
                      help="How the k neighbours vote for the predicted class (paper Table 1).")
         st.slider("k (neighbours that vote)", 1, int(s["k_max"]), key="det_k", persist_state="session",
                   help=f"Up to the {int(s['k_max'])} neighbours stored per evaluation image. The paper uses k = 1000.")
-        st.caption("A prediction is **trusted** when the kNN score of its class is at least the threshold.")
+        from core.verdict import is_strict
+
+        st.caption("A prediction is **trusted** when the kNN score of its class is "
+                   + ("above the threshold (score > threshold, the authors' protocol)." if is_strict(m.get("config", {}))
+                      else "at least the threshold (score ≥ threshold)."))
+    url_state.restore_run(pending)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ Fig. 4) and the TPR/FPR curves (Figs. 3 and 5) move. Scores come from stored nei
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, loaders, operating, state
 from app_pages._text import md, plotly_text
-from core.live import operating_layer, operating_point
+from core.live import operating_point
 
 run = state.current_run()
 layers = run.layers
@@ -20,12 +20,12 @@ charts.how_to_read("How to read this: positives are authentic images the CNN get
 
 rep = loaders.report(run)
 op = operating_point(rep)
-st.session_state.setdefault("th_layer", operating_layer(rep, layers))
 st.session_state.setdefault("th_negatives", list(attacks))
 st.session_state.setdefault("th_errors", not attacks)
 
 c1, c2, c3 = st.columns([1, 3, 1], vertical_alignment="bottom")
-layer = c1.selectbox("Layer", layers, key="th_layer", persist_state="session")
+layer = operating.layer_select(run, "th_layer", "Layer", where=c1, persist_state="session",
+                               help="Shared by every page; the slider sets this layer's threshold.")
 neg_sets = c2.multiselect("Adversarial sets counted as negatives", attacks, key="th_negatives",
                           format_func=lambda a: f"{a} ({run.summary['sets'][a]['n']})", persist_state="session")
 use_errors = c3.checkbox("Authentic errors too", key="th_errors", disabled=not has_errors, persist_state="session",
@@ -40,16 +40,23 @@ if not len(sep.all_negatives):
     st.stop()
 r = sep.roc
 eer_th = round(sep.eer_threshold, 3)
-st.session_state.setdefault("th_threshold", eer_th)
+shared = operating.thresholds(run)[layer]  # the shared operating point's threshold of this layer
+if st.session_state.get("th_threshold") != round(shared, 3):  # only then: a set value is sent to the browser
+    st.session_state["th_threshold"] = round(shared, 3)
+
+
+def _slide() -> None:
+    operating.set_threshold(run, layer, st.session_state["th_threshold"])
 
 
 def _jump(value: float) -> None:
-    st.session_state["th_threshold"] = value
+    operating.set_threshold(run, layer, value)
 
 
 def _use_operating_point() -> None:
-    st.session_state.update(th_layer=op["layer"], det_mode=op["processing"], det_fn=op["fn"],
-                            det_k=min(int(op["k"]), run.k_max), th_threshold=round(float(op["threshold"]), 3))
+    operating.reset()
+    st.session_state.update({operating.LAYER: op["layer"], "det_mode": op["processing"], "det_fn": op["fn"],
+                             "det_k": min(int(op["k"]), run.k_max)})
 
 
 with st.container(key="th_op"):
@@ -73,15 +80,26 @@ with st.container(key="th_op"):
                 "see it and the report's confidence intervals.", icon=":material/info:")
         st.code(state.resume_command(run.manifest), language="bash")
 
-s1, s2 = st.columns([4, 1.3], vertical_alignment="bottom")
-th = s1.slider("Threshold: trust a prediction when its score ≥ this", 0.0, 1.0, step=0.001, format="%.3f",
-               key="th_threshold", persist_state="session")
+s1, s2, s3 = st.columns([4, 1.3, 1.3], vertical_alignment="bottom")
+rule = operating.trust_text(run)
+s1.slider(f"Threshold of {md(layer)} (every page uses it): trust a prediction when {rule}", 0.0, 1.0, step=0.001,
+          format="%.3f", key="th_threshold", on_change=_slide)
 s2.button(f"Jump to EER ({eer_th:.3f})", key="th_jump_eer", on_click=_jump, args=(eer_th,), width="stretch",
           help="Set the threshold to the equal error rate point: the share of authentic images rejected equals "
                "the share of negatives trusted.")
+chosen_on_validation = operating.validation(run)[1]
+s3.button("Reset to validation-chosen", key="th_reset", on_click=operating.reset, width="stretch",
+          disabled=not chosen_on_validation,
+          help="Every layer's threshold back to the one chosen on the validation split by the run's protocol "
+               "(the run's operating point for its own setting).")
+if operating.overridden(run, layer):
+    st.caption(f"{md(layer)}'s threshold is set here; Inspect, Attack and Failure cases use it.")
+elif chosen_on_validation:
+    st.caption(f"{md(layer)}'s threshold {shared:.4f} was chosen on the validation split (at these settings, by the "
+               "run's protocol); Inspect, Attack and Failure cases use it.")
+th = exact = shared
 at_op = (op is not None and op.get("threshold") is not None and (layer, run.mode, run.fn, run.k)
-         == (op["layer"], op["processing"], op["fn"], int(op["k"])) and round(float(op["threshold"]), 3) == th)
-exact = float(op["threshold"]) if at_op else th  # the slider's 0.001 steps would move a tie at the threshold
+         == (op["layer"], op["processing"], op["fn"], int(op["k"])) and float(op["threshold"]) == exact)
 
 at = sep.at(th)
 with st.container(key="th_operating"):

@@ -189,15 +189,19 @@ class FailureCases:
 
 
 def failure_cases(data: RunData, layer: str, mode: str, fn: str, k: int, attacks: Sequence[str],
-                  n: int) -> FailureCases:
-    """Rank the adversarial images of ``attacks`` at the EER threshold of positives against all of them
-    (paper Table 3). NaN scores count as 0; ties keep set order, then index order."""
-    pos = data.positives(layer, mode, fn, k)
+                  n: int, *, threshold: float | None = None, strict: bool = False) -> FailureCases:
+    """Rank the adversarial images of ``attacks`` at ``threshold`` (default: the EER threshold of positives against
+    all of them, paper Table 3); trusted means ``score >= threshold`` (``>`` when ``strict``). NaN scores count
+    as 0; ties keep set order, then index order."""
     per_set = {a: data.scores(a, layer, mode, fn, k) for a in attacks}
-    th = float(metrics.roc(pos, np.concatenate(list(per_set.values()))).eer_threshold)
+    if threshold is None:
+        pos = data.positives(layer, mode, fn, k)
+        th = float(metrics.roc(pos, np.concatenate(list(per_set.values()))).eer_threshold)
+    else:
+        th = float(threshold)
     items = [(a, i, float(s)) for a, sc in per_set.items() for i, s in enumerate(np.nan_to_num(sc))]
-    caught = sorted((x for x in items if x[2] < th), key=lambda x: x[2])
-    missed = sorted((x for x in items if x[2] >= th), key=lambda x: -x[2])
+    caught = sorted((x for x in items if (x[2] <= th if strict else x[2] < th)), key=lambda x: x[2])
+    missed = sorted((x for x in items if (x[2] > th if strict else x[2] >= th)), key=lambda x: -x[2])
 
     def case(name: str, i: int, score: float) -> FailureCase:
         e = data.evalset(name)

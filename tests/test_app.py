@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -155,8 +156,9 @@ def test_attack_fgsm_shows_before_after_scores_for_every_layer(app, truth):
     assert (eps.min, eps.max) == (0.001, 1.0)  # bounded by core.attacks.param_spec
     _ok(eps.set_value(0.2).run())
     _ok(app.button(key="atk_run").click().run())
-    heads = [m for m in _markdown(app) if m.startswith("### FGSM")]
-    assert heads and "→" in heads[0]
+    heads = [m for m in _markdown(app) if m.startswith("### The attack")]
+    assert len(heads) == 1 and re.fullmatch(r"### The attack (failed: the CNN still says|succeeded: the CNN now says)"
+                                            r" .+\.( The detector (caught|did not catch) it: .+)?", heads[0])
     bars = _bars(_plotly(app, "atk_chart"))
     assert len(bars) == 2 and all(len(b["x"]) == len(truth["layers"]) for b in bars)
     adv = app.session_state["atk_result"]["adv"]
@@ -172,8 +174,8 @@ def test_attack_aim_switches_fgsm_to_a_target_class(app):
     _ok(app.button(key="atk_run").click().run())
     out = app.session_state["atk_result"]
     assert out["target"] is not None and out["params"]["targeted"] is True
-    heads = [m for m in _markdown(app) if m.startswith("### FGSM")]
-    assert heads and "its target" in heads[0]
+    heads = [m for m in _markdown(app) if m.startswith("### The attack")]
+    assert heads and ("its target" in heads[0] or "aimed at" in heads[0] or "failed" in heads[0])
 
 
 # --------------------------------------------------------------------------------------------- Threshold
@@ -199,10 +201,17 @@ def test_threshold_auc_equals_core_metrics(app, truth):
     r = metrics.roc(pos, neg)
     auc = {m.label: m.value for m in app.metric}["AUC"]
     assert auc == f"{r.auc:.4f}"
-    # The confusion counts are core.metrics.rates_at at the slider's threshold.
-    th = app.slider(key="th_threshold").value
+    # The page opens at the threshold chosen on validation; the confusion counts are core.metrics.rates_at at it.
+    th = _validation_threshold(truth)
+    assert app.slider(key="th_threshold").value == pytest.approx(round(th, 3))
     at = metrics.rates_at(pos, neg, th)
     assert _counts(app) == [at["tp"], at["fn"], at["fp"], at["tn"]]
+
+
+def _validation_threshold(truth, layer=None) -> float:
+    from core.verdict import validation_thresholds
+
+    return validation_thresholds(truth["data"], truth["mode"], truth["fn"], truth["k"])[layer or truth["best_layer"]]
 
 
 def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth):
@@ -220,7 +229,11 @@ def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth
     _ok(app.button(key="th_jump_eer").click().run())
     eer = round(float(np.clip(metrics.roc(pos, neg).eer_threshold, 0, 1)), 3)
     assert app.slider(key="th_threshold").value == pytest.approx(eer)
-    assert _counts(app) == before  # the page opens at the EER threshold
+    at = metrics.rates_at(pos, neg, metrics.roc(pos, neg).eer_threshold)
+    assert _counts(app) == [at["tp"], at["fn"], at["fp"], at["tn"]]
+    # Reset: back to the threshold chosen on validation.
+    _ok(app.button(key="th_reset").click().run())
+    assert _counts(app) == before
     # Counting authentic errors as negatives too changes the negatives' total.
     _ok(app.checkbox(key="th_errors").check().run())
     assert sum(_counts(app)[2:]) == len(neg) + len(truth["data"].evalset("errors")["predicted"])
@@ -315,8 +328,8 @@ def test_failure_cases_threshold_and_count_follow_the_scores(app, truth):
 
     _ok(app.switch_page(PAGES["failures"]).run())
     pos, neg = _threshold_scores(truth)
-    th = metrics.roc(pos, neg).eer_threshold
-    head = next(m for m in _markdown(app) if m.startswith("EER threshold at"))
+    th = _validation_threshold(truth)
+    head = next(m for m in _markdown(app) if m.startswith("Threshold at"))
     caught = int((np.nan_to_num(neg) < th).sum())
     assert f"**{th:.3f}**" in head and f"caught {caught} of {len(neg)}" in head
 
@@ -357,7 +370,7 @@ def test_layers_fig6_and_the_report_table(app, truth):
 # ----------------------------------------------------------------------------------------- Failure cases
 def test_failure_cases_gallery_and_click_through_to_inspect(app, truth):
     _ok(app.switch_page(PAGES["failures"]).run())
-    assert any(m.startswith("EER threshold at") for m in _markdown(app))
+    assert any(m.startswith("Threshold at") for m in _markdown(app))
     buttons = [b for b in app.button if b.key and b.key.startswith("fail_go_")]
     assert buttons
     name, idx = buttons[0].key[len("fail_go_"):].rsplit("_", 1)

@@ -149,7 +149,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     button = page.get_by_role("button", name=f"Run {attack}")
     button.wait_for()
     button.click()
-    page.locator("h3").filter(has_text="→").first.wait_for(timeout=180_000)
+    page.locator("h3").filter(has_text="The attack").first.wait_for(timeout=180_000)
     wait_idle(page)
     page.locator(".st-key-atk_chart .main-svg").first.wait_for()
     seen["attack"] = main_text(page)
@@ -165,6 +165,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     thumb.focus()
     for _ in range(40):
         page.keyboard.press("ArrowRight")
+        page.wait_for_timeout(40)  # each step reruns the app (it sets the shared threshold): let it land
     page.wait_for_function("t => document.querySelector('.st-key-th_operating').innerText !== t",
                            arg=seen["operating_before"], timeout=60_000)
     wait_idle(page)
@@ -182,7 +183,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     seen["shots"].append(shoot(page, out, "layers"))
 
     goto(page, "Failure cases")
-    page.get_by_text("EER threshold at").wait_for()
+    page.get_by_text("Threshold at").first.wait_for()
     seen["failure_cases"] = main_text(page)
     _no_exception(page, seen, "failure_cases")
     seen["shots"].append(shoot(page, out, "failure_cases"))
