@@ -126,12 +126,14 @@ def sidebar() -> None:
             m, err = {}, str(e)
         else:
             err = ""
-        todo = unfinished_stages(m)
-        if todo or err:
-            st.error(f"Run {md(Path(path).name)} is not finished (missing: {md(', '.join(todo) or err)}).")
-            st.markdown("Build or resume it with:")
-            st.code(resume_command(m), language="bash")
-            st.stop()
+    todo = [] if err else unfinished_stages(m)
+    if todo or err:  # in the main area: the sidebar would cut the command
+        st.error(f"Run {md(Path(path).name)} cannot be read: {md(err)}" if err else
+                 f"Run {md(Path(path).name)} is not finished (missing: {md(', '.join(todo))}).")
+        st.markdown("Rebuild it with:" if err else "Build or resume it with:")
+        st.code(resume_command(m), language="bash", wrap_lines=True)
+        st.stop()
+    with st.sidebar:
         from core.entrypoints import needs_entry
 
         why = needs_entry(m, where=f"Run {Path(path).name}")

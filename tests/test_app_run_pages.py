@@ -1,0 +1,72 @@
+"""The Run page, a run with a broken manifest, the Failure cases "caught" column and the Layers comparison, with
+``streamlit.testing.v1.AppTest`` on the tiny run of conftest.py.
+
+    .venv/bin/python -m pytest tests/test_app_run_pages.py -q
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+TIMEOUT = 120
+PAGES = {"threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
+         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _app(runs_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    return at
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture()
+def app(tiny_run, monkeypatch) -> AppTest:
+    return _ok(_app(tiny_run.parent, monkeypatch))
+
+
+def _frame(at: AppTest, key: str):
+    return next(d for d in at.dataframe if d.proto.id.endswith(key) or key in d.proto.id).value
+
+
+# ------------------------------------------------------------------------------------------ broken manifest
+def test_broken_manifest_shows_the_real_error_and_the_whole_command_in_the_main_area(tmp_path, monkeypatch):
+    run = tmp_path / "fmnist"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"config": {"name": "fmnist"}, "stages": ')
+    at = _ok(_app(tmp_path, monkeypatch))
+    err = " ".join(e.value for e in at.main.error)
+    assert "not valid JSON" in err and "not finished" not in err
+    assert [c.value for c in at.main.code] == ["python -m precompute --config precompute/configs/fmnist.toml"]
+    assert not at.sidebar.error and not at.sidebar.code
+
+
+def test_unfinished_run_is_reported_in_the_main_area(tmp_path, monkeypatch):
+    run = tmp_path / "fmnist"
+    run.mkdir()
+    stages = {s: {"status": "done"} for s in ("data", "train", "features")}
+    (run / "manifest.json").write_text(json.dumps({"config": {"name": "fmnist"}, "stages": stages, "files": {}}))
+    at = _ok(_app(tmp_path, monkeypatch))
+    err = " ".join(e.value for e in at.main.error)
+    assert "not finished" in err and "neighbours" in err and "report" in err
