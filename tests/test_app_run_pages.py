@@ -70,3 +70,26 @@ def test_unfinished_run_is_reported_in_the_main_area(tmp_path, monkeypatch):
     at = _ok(_app(tmp_path, monkeypatch))
     err = " ".join(e.value for e in at.main.error)
     assert "not finished" in err and "neighbours" in err and "report" in err
+
+
+# ------------------------------------------------------------------------------------------- failure cases
+def test_failure_cases_show_a_training_image_of_the_predicted_class_on_every_card(app, tiny_run):
+    from core.evaluation import RunData
+
+    data = RunData(tiny_run, verify=False)
+    layer = data.layers[-1]
+    _ok(app.switch_page(PAGES["failures"]).run())
+    app.selectbox(key="fail_layer").set_value(layer)
+    app.slider(key="fail_n").set_value(16)
+    _ok(app.run())
+    cards = [b.key[len("fail_go_"):].rsplit("_", 1) for b in app.button if b.key and b.key.startswith("fail_go_")]
+    assert cards
+    assert not [c.value for c in app.caption if c.value.startswith("No training")]
+    shown = [i.proto.imgs[0].caption for i in app.get("image") if i.proto.imgs[0].caption.startswith("nearest ")]
+    assert len(shown) == len(cards)  # one training image per card
+    missing = [(s, int(i)) for s, i in cards
+               if not (data.train_labels[data.neighbours(s, layer, data.summary["defaults"]["mode"]).I[int(i)]]
+                       == data.evalset(s)["predicted"][int(i)]).any()]
+    assert missing  # the tiny run has cards whose stored neighbours hold no training image of the class
+    caught = [s for s, _ in cards[:16]]
+    assert len(set(caught)) > 1  # ties mix the attacks
