@@ -216,12 +216,14 @@ def first_set(run: Run) -> str:
     return next(iter(ordered_sets(run)), "authentic")
 
 
+#: Short kinds of the sets for labels that must fit a select box (the long ones are SET_HELP).
+SET_KIND = {"authentic": "positives", "noise": "positives", "errors": "CNN wrong"}
+
+
 def set_label(run: Run, name: str) -> str:
-    """A readable label for an evaluation set, with its size."""
+    """A short label for an evaluation set, with its size (fits a select box: ``fgsm · 21 · adversarial``)."""
     n = run.summary.get("sets", {}).get(name, {}).get("n", "?")
-    if name in SET_HELP:
-        return f"{name} · {n} images · {SET_HELP[name]}"
-    return f"{name} · {n} images · adversarial ({attack_title(name)})"
+    return f"{name} · {n} · {SET_KIND.get(name, 'adversarial')}"
 
 
 def attack_title(name: str) -> str:

@@ -93,3 +93,30 @@ def test_failure_cases_show_a_training_image_of_the_predicted_class_on_every_car
     assert missing  # the tiny run has cards whose stored neighbours hold no training image of the class
     caught = [s for s, _ in cards[:16]]
     assert len(set(caught)) > 1  # ties mix the attacks
+
+
+# ---------------------------------------------------------------------------------------------- Run page
+def test_run_page_rates_in_one_format_whole_parameters_and_no_cpu_count_among_libraries(app, tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    _ok(app.switch_page(PAGES["run"]).run())
+    frames = list(app.dataframe)
+    sets = next(d for d in frames if "set" in d.value.columns)
+    cfg = json.loads(sets.proto.columns)
+    for col in ("success rate", "target reached"):
+        assert cfg[col]["type_config"]["format"] == "%.1f %%"  # "25.0 %" and "95.3 %", not "25%" and "95.33%"
+    rates = {k: v.get("success_rate") for k, v in m["summary"]["sets"].items()}
+    got = dict(zip(sets.value["set"], sets.value["success rate"]))
+    for k, v in rates.items():
+        assert (np.isnan(got[k]) if v is None else got[k] == pytest.approx(100 * v))
+    assert cfg["parameters"]["width"] == "large"
+    libs = next(d for d in frames if "library" in d.value.columns).value
+    assert "cpu_count" not in set(libs["library"]) and "torch" in set(libs["library"])
+    assert any(f"{m['versions']['cpu_count']} CPU cores" in c.value for c in app.caption)
+
+
+def test_evaluation_set_labels_fit_a_select_box(app, tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    opts = app.selectbox(key="inspect_set").options
+    assert len(opts) == sum(1 for v in m["summary"]["sets"].values() if v["n"])
+    assert all(len(o) <= 32 for o in opts), opts
+    assert any(o.endswith("adversarial") for o in opts) and opts[0].startswith("authentic · ")
