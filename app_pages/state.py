@@ -106,6 +106,9 @@ def sidebar() -> None:
 
     Sets ``st.session_state["run"]`` (the run folder), ``det_mode``, ``det_fn`` and ``det_k``.
     """
+    from app_pages.charts import note_theme
+
+    note_theme()  # chart colours follow the theme
     root = runs_root()
     runs = [str(p) for p in list_runs(root)]
     with st.sidebar:

@@ -65,3 +65,32 @@ def test_every_page_in_a_real_browser(tiny_run):
     for p in seen["shots"]:
         with Image.open(p) as im:
             assert im.width == browser.VIEWPORT["width"] and im.height >= 600, (p, im.size)
+
+
+def _figures(page) -> list[dict]:
+    """Every plotly figure drawn on the page: its traces and layout shapes (colours as drawn)."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(g => ({
+        data: g.data.map(t => ({name: t.name, line: t.line, marker: t.marker})),
+        shapes: (g.layout.shapes || []).map(s => s.line)}))""")
+
+
+@pytest.mark.parametrize("base", ["light", "dark"])
+def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
+    from app_pages.charts import INK
+
+    with serve(tiny_run.parent, env={"STREAMLIT_THEME_BASE": base}) as url, browser.browser_page() as page:
+        page.goto(url + "/")
+        browser.wait_idle(page)
+        ticks = [t for f in _figures(page) for t in f["data"] if t["name"] == "threshold"]
+        assert ticks and all(t["marker"]["color"] == INK[base] for t in ticks)
+        if base == "dark":
+            browser.shoot(page, OUT, "inspect_dark")
+        page.goto(url + "/threshold")
+        browser.wait_idle(page)
+        figs = _figures(page)
+        roc = [t for f in figs for t in f["data"] if (t["name"] or "").startswith("ROC")]
+        assert roc and roc[0]["line"]["color"] == INK[base]
+        lines = [s for f in figs for s in f["shapes"] if s and "color" in s and s.get("width") == 2]
+        assert lines and all(s["color"] == INK[base] for s in lines)  # the threshold line of the density chart
+        if base == "dark":
+            browser.shoot(page, OUT, "threshold_dark")
