@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, downloads, loaders, state
 from app_pages._text import md
 from core.live import operating_point
 from precompute.stages import STAGE_NAMES
@@ -176,6 +176,10 @@ with right:
                  hide_index=True, key="run_versions")
     if "cpu_count" in versions:
         st.caption(f"Built on a machine with {md(versions['cpu_count'])} CPU cores.")
+
+st.subheader("Report")
+st.markdown("The run's report (what `python -m precompute` wrote), as Markdown or as a standalone HTML page.")
+downloads.report_downloads(run)
 
 st.subheader("Make another run")
 st.markdown("Runs live in `data/runs/<name>/` (or `$KNNGUARD_RUNS_DIR`); every run there appears in the sidebar. "

@@ -172,3 +172,12 @@ with right:
     st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
                                   xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
                                   shapes=shapes, annotations=notes), key="th_rates")
+
+# ------------------------------------------------------------------------ downloads (the page's data as files)
+from app_pages import downloads  # noqa: E402
+
+st.subheader("Downloads")
+dl_sets = [x for x in (*loaders.rundata(run).positive_sets, *negs) if x in loaders.rundata(run).set_names]
+downloads.threshold_downloads(run, layer, th, sep, at, {x: loaders.rundata(run).evalset(x) for x in dl_sets},
+                              {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in dl_sets},
+                              {**loaders.eer_thresholds(run), layer: th}, loaders.classes(run))

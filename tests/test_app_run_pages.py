@@ -120,3 +120,12 @@ def test_evaluation_set_labels_fit_a_select_box(app, tiny_run):
     assert len(opts) == sum(1 for v in m["summary"]["sets"].values() if v["n"])
     assert all(len(o) <= 32 for o in opts), opts
     assert any(o.endswith("adversarial") for o in opts) and opts[0].startswith("authentic · ")
+
+
+# --------------------------------------------------------------------------------------------- downloads
+def test_threshold_and_run_pages_offer_their_downloads(app):
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    labels = sorted(b.proto.label for b in app.get("download_button"))
+    assert labels == ["Confusion counts (CSV)", "ROC points (CSV)", "Scores per image (CSV)"]
+    _ok(app.switch_page(PAGES["run"]).run())
+    assert sorted(b.proto.label for b in app.get("download_button")) == ["Report (HTML)", "Report (Markdown)"]

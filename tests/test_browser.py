@@ -94,3 +94,46 @@ def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
         assert lines and all(s["color"] == INK[base] for s in lines)  # the threshold line of the density chart
         if base == "dark":
             browser.shoot(page, OUT, "threshold_dark")
+
+
+def _download(page, key: str) -> bytes:
+    """Click the download button of widget ``key`` and return the file's bytes."""
+    with page.expect_download(timeout=60_000) as d:
+        page.locator(f".st-key-{key} button").first.click()
+    return Path(d.value.path()).read_bytes()
+
+
+def test_every_download_opens_and_parses(tiny_run):
+    import csv
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    with serve(tiny_run.parent) as url, browser.browser_page() as page:
+        page.goto(url + "/threshold")
+        browser.wait_idle(page)
+        scores = list(csv.DictReader(io.StringIO(_download(page, "dl_scores").decode())))
+        conf = list(csv.DictReader(io.StringIO(_download(page, "dl_confusion").decode())))
+        roc = list(csv.DictReader(io.StringIO(_download(page, "dl_roc").decode())))
+        browser.goto(page, "Run")
+        report_md = _download(page, "dl_report_md").decode()
+        report_html = _download(page, "dl_report_html").decode()
+        browser.goto(page, "Attack")
+        page.get_by_role("button", name="Run FGSM").click()
+        page.locator(".st-key-atk_chart .main-svg").first.wait_for(timeout=180_000)
+        browser.wait_idle(page)
+        png = Image.open(io.BytesIO(_download(page, "dl_adv_png")), formats=["PNG"])
+        arr = np.load(io.BytesIO(_download(page, "dl_adv_npy")), allow_pickle=False)
+        params = json.loads(_download(page, "dl_adv_json"))
+
+    assert scores and {"set", "index", "true", "predicted"} <= set(scores[0])
+    assert any(k.startswith("score_") for k in scores[0]) and any(k.startswith("verdict_") for k in scores[0])
+    assert scores[0]["set"] == "authentic" and {r["verdict_" + k[6:]] for r in scores for k in r
+                                                 if k.startswith("score_")} <= {"trusted", "rejected"}
+    assert conf[0]["quantity"] == "threshold" and len(roc) > 2 and float(roc[-1]["fpr"]) == 1.0
+    assert report_md == (tiny_run / "report.md").read_text()
+    assert report_html.startswith("<!DOCTYPE html>") and "<table>" in report_html
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and np.array_equal(np.asarray(png).reshape(arr.shape), arr)
+    assert params["attack"] == "fgsm" and "eps" in params["params"]
