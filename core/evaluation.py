@@ -19,7 +19,7 @@ from core import metrics, scoring
 from core.rundata import ERRORS_SET, POSITIVE_SETS, RestrictedRunData, RunData, SetNeighbours  # re-exported
 
 __all__ = ["POSITIVE_SETS", "ERRORS_SET", "FailureCase", "FailureCases", "Perturbation", "RestrictedRunData",
-           "RunData", "Separation", "SetNeighbours", "detection_row", "detection_table", "eer_thresholds",
+           "RunData", "Separation", "SetNeighbours", "Setting", "attack_rocs", "compared_rocs", "detection_row", "detection_table", "eer_thresholds",
            "failure_cases", "perturbation_norms", "rank_ties", "row_accuracy", "trusted_share"]
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,34 @@ class Separation:
         """
         grid = np.linspace(0, 1, points)
         return grid, [trusted_share(sc, grid) for sc in self.groups]
+
+
+# ------------------------------------------------------------------------------------------ comparisons
+#: A scoring setting: (layer, processing mode, score function, k).
+Setting = tuple[str, str, str, int]
+
+
+def compared_rocs(data: RunData, settings: Sequence[Setting], negatives: Sequence[str]) -> list[metrics.Roc]:
+    """One ROC per setting: the positives against the sets ``negatives`` pooled (as the Threshold page).
+
+    Returns
+    -------
+    list of Roc
+        In the order of ``settings``.
+    """
+    out = []
+    for layer, mode, fn, k in settings:
+        neg = np.concatenate([data.scores(s, layer, mode, fn, k) for s in negatives] or [np.zeros(0)])
+        out.append(metrics.roc(data.positives(layer, mode, fn, k), neg))
+    return out
+
+
+def attack_rocs(data: RunData, setting: Setting, attacks: Sequence[str]) -> dict[str, metrics.Roc]:
+    """Per attack set (non-empty ones), the ROC of the positives against that attack alone at ``setting``."""
+    layer, mode, fn, k = setting
+    pos = data.positives(layer, mode, fn, k)
+    negs = {a: data.scores(a, layer, mode, fn, k) for a in attacks}
+    return {a: metrics.roc(pos, n) for a, n in negs.items() if len(n)}
 
 
 # -------------------------------------------------------------------------------------------- failures

@@ -129,3 +129,58 @@ def test_threshold_and_run_pages_offer_their_downloads(app):
     assert labels == ["Confusion counts (CSV)", "ROC points (CSV)", "Scores per image (CSV)"]
     _ok(app.switch_page(PAGES["run"]).run())
     assert sorted(b.proto.label for b in app.get("download_button")) == ["Report (HTML)", "Report (Markdown)"]
+
+
+# ------------------------------------------------------------------------------------------ Layers: compare
+def _roc_fig(at: AppTest) -> dict:
+    charts = [c for c in at.get("plotly_chart") if "cmp_roc" in c.proto.id]
+    assert charts
+    return json.loads(charts[0].proto.spec)
+
+
+def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run):
+    from core import metrics
+    from core.evaluation import RunData
+
+    data = RunData(tiny_run, verify=False)
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    d = m["summary"]["defaults"]
+    k = min(d["k"], m["summary"]["k_max"])
+    attacks = [a for a in data.attack_sets if m["summary"]["sets"][a]["n"]]
+    pos = lambda la, fn=d["fn"]: np.concatenate([data.scores(s, la, d["mode"], fn, k)  # noqa: E731
+                                                 for s in ("authentic", "noise")])
+    _ok(app.switch_page(PAGES["layers"]).run())
+    assert any("Why the Threshold page's EER differs from Aggr." in mk.value for mk in app.markdown)
+    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    assert len(curves) == len(data.layers)
+    for la, t in zip(data.layers, curves):
+        neg = np.concatenate([data.scores(a, la, d["mode"], d["fn"], k) for a in attacks])
+        assert t["name"].startswith(f"{la} (AUC {metrics.roc(pos(la), neg).auc:.3f}")
+    app.session_state["cmp_vary"] = "fn"
+    _ok(app.run())
+    layer = app.selectbox(key="cmp_layer").value
+    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    assert len(curves) == 3
+    neg = np.concatenate([data.scores(a, layer, d["mode"], "knn", k) for a in attacks])
+    assert f"AUC {metrics.roc(pos(layer, 'knn'), neg).auc:.3f}" in curves[0]["name"]
+    app.session_state["cmp_vary"] = "attack"
+    _ok(app.run())
+    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    assert [t["name"].split(" ")[0] for t in curves] == attacks
+    for a, t in zip(attacks, curves):
+        auc = metrics.roc(pos(layer), data.scores(a, layer, d["mode"], d["fn"], k)).auc
+        assert f"AUC {auc:.3f}" in t["name"]
+
+
+def test_layers_k_box_and_quick_picks_set_the_sidebar_k(app):
+    _ok(app.switch_page(PAGES["layers"]).run())
+    _ok(app.number_input(key="layers_k").set_value(7).run())
+    assert app.session_state["det_k"] == 7 and app.slider(key="det_k").value == 7
+    assert app.number_input(key="layers_k").value == 7
+    _ok(app.slider(key="det_k").set_value(12).run())
+    assert app.number_input(key="layers_k").value == 12  # the box follows the slider
+    pills = app.get("button_group")
+    pick = next(p for p in pills if "layers_k_pick" in p.proto.id)
+    assert [o.content for o in pick.proto.options] == ["10", "50"]  # the report's k values up to K_max (50)
+    _ok(pick.set_value(50).run())
+    assert app.session_state["det_k"] == 50 and app.slider(key="det_k").value == 50
