@@ -104,7 +104,8 @@ def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
 
 def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str):
     """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict, with each
-    layer's threshold as a tick in the theme's ink (:func:`ink`). Layer names are escaped here; ``title`` is plotly text (escape run text)."""
+    layer's threshold as a tick in the theme's ink (:func:`ink`). Layer names are escaped here; ``title`` is plotly
+    text (escape run text)."""
     data = []
     for ok, color, word, pattern in ((True, TRUSTED_COLOR, TRUSTED, ""), (False, REJECTED_COLOR, REJECTED, "/")):
         xs = [la for la in layers if (scores[la] >= thresholds[la]) == ok]

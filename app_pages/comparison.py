@@ -17,13 +17,13 @@ PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#805ad5", "#c53030", "#d69e2e", "#0
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _rocs(path: str, stamp: int, settings: tuple, negatives: tuple) -> list:
-    return evaluation.compared_rocs(loaders._rundata(path, stamp), settings, negatives)
+def _rocs(path: str, stamp: int, settings: tuple, negatives: tuple, _data: evaluation.RunData) -> list:
+    return evaluation.compared_rocs(_data, settings, negatives)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _attack_rocs(path: str, stamp: int, setting: tuple, attacks: tuple) -> dict:
-    return evaluation.attack_rocs(loaders._rundata(path, stamp), setting, attacks)
+def _attack_rocs(path: str, stamp: int, setting: tuple, attacks: tuple, _data: evaluation.RunData) -> dict:
+    return evaluation.attack_rocs(_data, setting, attacks)
 
 
 def _set_k(key: str) -> None:
@@ -68,7 +68,7 @@ def roc_overlay(run: Run, attacks: list[str], default_layer: str) -> None:
         layer = c1.selectbox("Layer", run.layers, key="cmp_layer")
     base = (layer, run.mode, run.fn, run.k)
     if vary == "attack":
-        rocs = _attack_rocs(run.path, run.stamp, base, tuple(attacks))
+        rocs = _attack_rocs(run.path, run.stamp, base, tuple(attacks), loaders.rundata(run))
         curves = [(a, rocs[a]) for a in attacks if a in rocs]
         title = f"ROC per attack at {plotly_text(layer)}"
     else:
@@ -79,7 +79,7 @@ def roc_overlay(run: Run, attacks: list[str], default_layer: str) -> None:
         chosen = c2.multiselect(VARY[vary], options, default=options, key=f"cmp_{vary}", format_func=names)
         idx = {"layer": 0, "mode": 1, "fn": 2, "k": 3}[vary]
         settings = [tuple(v if j == idx else b for j, b in enumerate(base)) for v in chosen]
-        rocs = _rocs(run.path, run.stamp, tuple(settings), tuple(attacks))
+        rocs = _rocs(run.path, run.stamp, tuple(settings), tuple(attacks), loaders.rundata(run))
         curves = [(str(names(v)), r) for v, r in zip(chosen, rocs)]
         title = f"ROC per {VARY[vary].lower()[:-1]}, every attack pooled"
     if not curves:

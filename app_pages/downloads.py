@@ -60,13 +60,15 @@ def threshold_downloads(run: Run, layer: str, threshold: float, sep, at: Mapping
     c[1].download_button("Confusion counts (CSV)", lambda: exports.confusion_csv(at, threshold),
                          file_name=f"{name}-confusion.csv", mime="text/csv", key="dl_confusion", on_click="ignore",
                          icon=":material/download:")
-    c[2].download_button("ROC points (CSV)", lambda: exports.roc_csv(sep.roc), file_name=f"{name}-roc.csv", mime="text/csv",
+    c[2].download_button("ROC points (CSV)", lambda: exports.roc_csv(sep.roc), file_name=f"{name}-roc.csv",
+                         mime="text/csv",
                          key="dl_roc", on_click="ignore", icon=":material/download:")
 
 
 def adversarial_downloads(result: Mapping[str, Any], *, source: str) -> None:
-    """The Attack page's result as files: its uint8 image ``result["adv"]`` (H, W, C) as PNG and ``.npy``, the rest
-    of ``result`` but its cache ``key`` (attack, parameters, target, success, seconds) and the image's ``source`` as JSON."""
+    """The Attack page's result as files: its uint8 image ``result["adv"]`` (H, W, C) as PNG and ``.npy``; the rest
+    of ``result`` but its cache ``key`` (attack, parameters, target, success, seconds) and the image's ``source``
+    as JSON."""
     adv = np.asarray(result["adv"])
     info = {**{k: v for k, v in result.items() if k not in ("adv", "key")}, "source": source}
     name = str(result.get("attack", "attack"))

@@ -134,7 +134,8 @@ left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
     st.table(conf)
-    roc = [dict(type="scatter", x=r.fpr, y=r.tpr, mode="lines", name=f"ROC (AUC {r.auc:.3f})", line=dict(color=charts.ink())),
+    roc = [dict(type="scatter", x=r.fpr, y=r.tpr, mode="lines", name=f"ROC (AUC {r.auc:.3f})",
+                line=dict(color=charts.ink())),
            dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="#aaa")),
            dict(type="scatter", x=[r.eer], y=[1 - r.eer], mode="markers", name=f"EER point ({r.eer_accuracy:.1%})",
                 marker=dict(symbol="circle-open", size=12, color=charts.ink(), line=dict(width=2))),

@@ -19,8 +19,9 @@ from core import metrics, scoring
 from core.rundata import ERRORS_SET, POSITIVE_SETS, RestrictedRunData, RunData, SetNeighbours  # re-exported
 
 __all__ = ["POSITIVE_SETS", "ERRORS_SET", "FailureCase", "FailureCases", "Perturbation", "RestrictedRunData",
-           "RunData", "Separation", "SetNeighbours", "Setting", "attack_rocs", "compared_rocs", "detection_row", "detection_table", "eer_thresholds",
-           "failure_cases", "perturbation_norms", "rank_ties", "row_accuracy", "trusted_share"]
+           "RunData", "Separation", "SetNeighbours", "Setting", "attack_rocs", "compared_rocs", "detection_row",
+           "detection_table", "eer_thresholds", "failure_cases", "perturbation_norms", "rank_ties", "row_accuracy",
+           "trusted_share"]
 
 log = logging.getLogger(__name__)
 

@@ -147,8 +147,10 @@ def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run)
     d = m["summary"]["defaults"]
     k = min(d["k"], m["summary"]["k_max"])
     attacks = [a for a in data.attack_sets if m["summary"]["sets"][a]["n"]]
-    pos = lambda la, fn=d["fn"]: np.concatenate([data.scores(s, la, d["mode"], fn, k)  # noqa: E731
-                                                 for s in ("authentic", "noise")])
+
+    def pos(la, fn=d["fn"]):
+        return np.concatenate([data.scores(s, la, d["mode"], fn, k) for s in ("authentic", "noise")])
+
     _ok(app.switch_page(PAGES["layers"]).run())
     assert any("Why the Threshold page's EER differs from Aggr." in mk.value for mk in app.markdown)
     curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
