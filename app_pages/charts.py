@@ -14,6 +14,36 @@ TRUSTED = "✓ trusted"
 REJECTED = "✗ rejected"
 
 
+#: Neutral ink (threshold ticks, lines, curves) per Streamlit theme; the unknown theme gets a grey that reads on both.
+INK = {"light": "#222222", "dark": "#e2e8f0", None: "#808080"}
+
+
+def note_theme() -> None:
+    """Record the app's theme for this script run (call once per run, before any chart; :func:`theme` reads it).
+
+    The browser's (``st.context.theme``) except on a session's first run, where Streamlit may report it wrong: then
+    the configured ``theme.base`` (unknown when the theme follows the browser).
+    """
+    if "_theme" not in st.session_state:
+        t = st.get_option("theme.base")
+    else:
+        try:
+            t = st.context.theme.type
+        except AttributeError:
+            t = None
+    st.session_state["_theme"] = t if t in ("light", "dark") else None
+
+
+def theme() -> str | None:
+    """The app's theme as :func:`note_theme` recorded it this run: ``"light"``, ``"dark"`` or None (unknown)."""
+    return st.session_state.get("_theme")
+
+
+def ink() -> str:
+    """The neutral colour of lines and ticks for the current theme (:data:`INK`)."""
+    return INK[theme()]
+
+
 def verdict(score: float, threshold: float) -> str:
     """:data:`TRUSTED` when ``score >= threshold``, else :data:`REJECTED`."""
     return TRUSTED if score >= threshold else REJECTED
@@ -50,7 +80,7 @@ def figure(data: list[dict], *, title: str, ytitle: str, xtitle: str = "", heigh
 
 def vline(x: float, *, label: str | None = None) -> tuple[list[dict], list[dict]]:
     """(shapes, annotations) of a vertical line across the plot at ``x``."""
-    shapes = [dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color="#222", width=2))]
+    shapes = [dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=ink(), width=2))]
     notes = ([dict(x=x, y=1, yref="paper", text=label, showarrow=False, xanchor="left", yanchor="bottom")]
              if label else [])
     return shapes, notes
@@ -68,13 +98,14 @@ def vband(x0: float, x1: float, color: str, label: str, *, left: bool) -> tuple[
 def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
     return dict(type="scatter", x=[plotly_text(la) for la in layers], y=[thresholds[la] for la in layers],
                 mode="markers", name="threshold",
-                marker=dict(symbol="line-ew-open", size=60, color="#222", line=dict(width=3, color="#222")),
+                marker=dict(symbol="line-ew-open", size=60, color=ink(), line=dict(width=3, color=ink())),
                 hovertemplate="%{x}: threshold %{y:.3f}<extra></extra>")
 
 
 def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str):
     """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict, with each
-    layer's threshold as a black tick. Layer names are escaped here; ``title`` is plotly text (escape run text)."""
+    layer's threshold as a tick in the theme's ink (:func:`ink`). Layer names are escaped here; ``title`` is plotly
+    text (escape run text)."""
     data = []
     for ok, color, word, pattern in ((True, TRUSTED_COLOR, TRUSTED, ""), (False, REJECTED_COLOR, REJECTED, "/")):
         xs = [la for la in layers if (scores[la] >= thresholds[la]) == ok]

@@ -1,5 +1,6 @@
 """Failure cases (paper Table 3): adversarial images caught with the lowest scores and missed with the highest,
-at the EER threshold, each with its nearest training image of the predicted class (from stored neighbours)."""
+at the EER threshold, each with its nearest training image of the predicted class (from stored neighbours, else a
+search of the run's index within that class)."""
 import streamlit as st
 
 from app_pages import charts, current, images, loaders, operating, state
@@ -49,7 +50,7 @@ def _card(case: FailureCase, kind: str) -> None:
         nn = case.nearest
         nn_img = None if nn is None else loaders.train_image(run, nn[0])
         if nn is None:
-            b.caption(f"No training {md(classes[pred])} among its {run.k_max} stored nearest neighbours.")
+            b.caption(f"No training image of class {md(classes[pred])} in this run.")
         elif nn_img is not None:
             images.show_image(nn_img, f"nearest {md(classes[pred])} (d²={nn[1]:.3g})", size=104, where=b)
         else:

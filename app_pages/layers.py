@@ -3,9 +3,10 @@ layer × processing × score × attack of the run's report (paper Tables 2 and 4
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, comparison, loaders, state
 from app_pages._text import md, plotly_text
 from core.evaluation import row_accuracy
+from core.live import operating_layer
 
 run = state.current_run()
 rep = loaders.report(run)
@@ -24,6 +25,8 @@ COLUMNS = {"Aggr.": "aggr", "Errors": "errors"}
 def _value(row: dict, col: str) -> float:
     return row_accuracy(row, COLUMNS.get(col, col))
 
+
+comparison.k_box(run)
 
 lf = loaders.live(run)
 rows = [] if lf is not None else loaders.detection_rows(run)  # every stored image: a run without a split
@@ -94,6 +97,17 @@ else:
     st.caption(f"The paper's metric (each attack's own oracle threshold) on {split_text}, at the sidebar's "
                f"processing and k; error bars: 95 % confidence intervals, {lf.config.n_boot} bootstrap resamples of "
                f"source images ({src}).")
+
+st.markdown("**Why the Threshold page's EER differs from Aggr. here.** The Threshold page pools every chosen attack "
+            "into one set of negatives and draws one ROC, so its EER has one threshold for all attacks. Aggr. is the "
+            "paper's metric: each attack gets its own ROC and its own (oracle) EER threshold, and the EER "
+            "accuracies are averaged weighted by the attacks' set sizes. An attack that is easy at one threshold and "
+            "another easy at a different one both score well in Aggr., but not when pooled, so the two differ "
+            "(usually by a point or less); Aggr. is also on the test split here, the pooled ROC on every stored "
+            "image.")
+
+st.subheader("ROC curves side by side")
+comparison.roc_overlay(run, attacks, operating_layer(rep, layers))
 
 st.subheader("Every setting (paper Tables 2 and 4)")
 if rep is None:

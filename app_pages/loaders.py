@@ -137,13 +137,17 @@ def eer_thresholds(run: Run) -> dict[str, float]:
 @st.cache_data(show_spinner="Ranking the adversarial images…", max_entries=64)
 def _failure_cases(path: str, stamp: int, layer: str, mode: str, fn: str, k: int, attacks: tuple[str, ...],
                    n: int, threshold: float | None = None, strict: bool = False) -> evaluation.FailureCases:
-    return evaluation.failure_cases(_rundata(path, stamp), layer, mode, fn, k, attacks, n, threshold=threshold,
-                                    strict=strict)
+    data, det = _rundata(path, stamp), _detector(path, stamp)
+    return evaluation.failure_cases(data, layer, mode, fn, k, attacks, n, threshold=threshold, strict=strict,
+                                    nearest=lambda name, i, cls: (  # search within the class
+                                        det.nearest_of_class(data.evalset(name)["images"][i], layer, mode, cls)))
 
 
 def failure_cases(run: Run, layer: str, attacks: Sequence[str], n: int, *, threshold: float | None = None,
                   strict: bool = False) -> evaluation.FailureCases:
-    """:func:`core.evaluation.failure_cases` at the sidebar's settings (at ``threshold``; default the EER one)."""
+    """:func:`core.evaluation.failure_cases` at the sidebar's settings (at ``threshold``; default the EER one; the
+    detector searches within the class where the stored neighbours have none of it)."""
+    detector(run)
     with _guard(run):
         return _failure_cases(run.path, run.stamp, layer, run.mode, run.fn, run.k, tuple(attacks), int(n),
                               None if threshold is None else float(threshold), bool(strict))

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, downloads, loaders, state
 from app_pages._text import md
 from core.live import operating_point
 from precompute.stages import STAGE_NAMES
@@ -45,6 +45,15 @@ def _processing(layer: str, mode: str) -> str:
     return labels.get(layer, {}).get(mode) or state.MODE_NAMES.get(mode) or mode
 
 
+#: Rates as percent with one decimal everywhere on the page ("25.0 %", "95.3 %").
+PERCENT = st.column_config.NumberColumn(format="%.1f %%")
+
+
+def _pct(x) -> float | None:
+    """A fraction as percent (None stays None)."""
+    return None if x is None else 100 * float(x)
+
+
 st.subheader("Protocol and operating point")
 op = operating_point(rep)
 if op is None:
@@ -66,14 +75,13 @@ else:
     att = rep.get("attacks", {})
     if isinstance(att, dict) and att:
         st.dataframe(pd.DataFrame([{"attack": a, "test images": v.get("n_test"),
-                                    "success (prediction changed)": v.get("success_changed"),
-                                    "success (target reached)": v.get("success_target"),
+                                    "success (prediction changed)": _pct(v.get("success_changed")),
+                                    "success (target reached)": _pct(v.get("success_target")),
                                     "detection rate %": charts.ci_text(v.get("detection_rate")),
                                     "guarded success %": charts.ci_text(v.get("guarded_success")),
                                     "EER accuracy % (oracle)": charts.ci_text(v.get("eer_accuracy"))}
                                    for a, v in att.items()]), hide_index=True, key="run_attacks", placeholder="–",
-                     column_config={c: st.column_config.NumberColumn(format="percent")
-                                    for c in ("success (prediction changed)", "success (target reached)")})
+                     column_config={c: PERCENT for c in ("success (prediction changed)", "success (target reached)")})
         st.caption("On the test split at the operating point, [95 % confidence interval]. Guarded success: attack "
                    "attempts that fool the CNN and are trusted. EER accuracy: the paper's metric, each attack with "
                    "its own (oracle) threshold.")
@@ -107,15 +115,16 @@ rows = []
 for name in state.ordered_sets(run, nonempty=False):
     v = s["sets"][name]
     aim = (v.get("params") or {}).get("targeted") if isinstance(v.get("params"), dict) else None
-    rows.append({"set": name, "images": v.get("n"), "attempted": v.get("attempted"),
+    rows.append({"set": name, "what": state.SET_HELP.get(name) or f"adversarial ({state.attack_title(name)})",
+                 "images": v.get("n"), "attempted": v.get("attempted"),
                  "aim": None if aim is None else ("a target class" if aim else "any other class"),
-                 "success rate": v.get("success_rate"), "target reached": v.get("success_target"),
+                 "success rate": _pct(v.get("success_rate")), "target reached": _pct(v.get("success_target")),
                  "mean L2": v.get("mean_l2"), "mean L∞": v.get("mean_linf"),
                  "mean L∞ (/255)": None if v.get("mean_linf") is None else 255 * v["mean_linf"],
                  "seconds": v.get("seconds"), "parameters": _params(v.get("params"))})
 st.dataframe(pd.DataFrame(rows), hide_index=True, key="run_sets", placeholder="–",
-             column_config={"success rate": st.column_config.NumberColumn(format="percent"),
-                            "target reached": st.column_config.NumberColumn(format="percent"),
+             column_config={"success rate": PERCENT, "target reached": PERCENT,
+                            "parameters": st.column_config.TextColumn(width="large"),
                             "mean L2": st.column_config.NumberColumn(format="%.3f"),
                             "mean L∞": st.column_config.NumberColumn(format="%.3f"),
                             "mean L∞ (/255)": st.column_config.NumberColumn(format="%.1f")})
@@ -162,8 +171,15 @@ with left:
                  column_config={"seconds": st.column_config.NumberColumn(format="%.1f")})
 with right:
     st.subheader("Library versions")
-    st.dataframe(pd.DataFrame([{"library": k, "version": v} for k, v in m.get("versions", {}).items()]),
+    versions = m.get("versions", {})
+    st.dataframe(pd.DataFrame([{"library": k, "version": v} for k, v in versions.items() if k != "cpu_count"]),
                  hide_index=True, key="run_versions")
+    if "cpu_count" in versions:
+        st.caption(f"Built on a machine with {md(versions['cpu_count'])} CPU cores.")
+
+st.subheader("Report")
+st.markdown("The run's report (what `python -m precompute` wrote), as Markdown or as a standalone HTML page.")
+downloads.report_downloads(run)
 
 st.subheader("Make another run")
 st.markdown("Runs live in `data/runs/<name>/` (or `$KNNGUARD_RUNS_DIR`); every run there appears in the sidebar. "

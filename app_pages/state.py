@@ -107,6 +107,9 @@ def sidebar() -> None:
 
     Sets ``st.session_state["run"]`` (the run folder), ``det_mode``, ``det_fn`` and ``det_k``.
     """
+    from app_pages.charts import note_theme
+
+    note_theme()  # chart colours follow the theme
     root = runs_root()
     runs = [str(p) for p in list_runs(root)]
     with st.sidebar:
@@ -127,12 +130,14 @@ def sidebar() -> None:
             m, err = {}, str(e)
         else:
             err = ""
-        todo = unfinished_stages(m)
-        if todo or err:
-            st.error(f"Run {md(Path(path).name)} is not finished (missing: {md(', '.join(todo) or err)}).")
-            st.markdown("Build or resume it with:")
-            st.code(resume_command(m), language="bash")
-            st.stop()
+    todo = [] if err else unfinished_stages(m)
+    if todo or err:  # in the main area: the sidebar would cut the command
+        st.error(f"Run {md(Path(path).name)} cannot be read: {md(err)}" if err else
+                 f"Run {md(Path(path).name)} is not finished (missing: {md(', '.join(todo))}).")
+        st.markdown("Rebuild it with:" if err else "Build or resume it with:")
+        st.code(resume_command(m), language="bash", wrap_lines=True)
+        st.stop()
+    with st.sidebar:
         from core.entrypoints import needs_entry
 
         why = needs_entry(m, where=f"Run {Path(path).name}")
@@ -223,12 +228,14 @@ def first_set(run: Run) -> str:
     return next(iter(ordered_sets(run)), "authentic")
 
 
+#: Short kinds of the sets for labels that must fit a select box (the long ones are SET_HELP).
+SET_KIND = {"authentic": "positives", "noise": "positives", "errors": "CNN wrong"}
+
+
 def set_label(run: Run, name: str) -> str:
-    """A readable label for an evaluation set, with its size."""
+    """A short label for an evaluation set, with its size (fits a select box: ``fgsm · 21 · adversarial``)."""
     n = run.summary.get("sets", {}).get(name, {}).get("n", "?")
-    if name in SET_HELP:
-        return f"{name} · {n} images · {SET_HELP[name]}"
-    return f"{name} · {n} images · adversarial ({attack_title(name)})"
+    return f"{name} · {n} · {SET_KIND.get(name, 'adversarial')}"
 
 
 def attack_title(name: str) -> str:

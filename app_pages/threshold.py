@@ -152,10 +152,11 @@ left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
     st.table(conf)
-    roc = [dict(type="scatter", x=r.fpr, y=r.tpr, mode="lines", name=f"ROC (AUC {r.auc:.3f})", line=dict(color="#333")),
+    roc = [dict(type="scatter", x=r.fpr, y=r.tpr, mode="lines", name=f"ROC (AUC {r.auc:.3f})",
+                line=dict(color=charts.ink())),
            dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="#aaa")),
            dict(type="scatter", x=[r.eer], y=[1 - r.eer], mode="markers", name=f"EER point ({r.eer_accuracy:.1%})",
-                marker=dict(symbol="circle-open", size=12, color="#555", line=dict(width=2))),
+                marker=dict(symbol="circle-open", size=12, color=charts.ink(), line=dict(width=2))),
            dict(type="scatter", x=[at["fpr"]], y=[at["tpr"]], mode="markers+text", name="operating point",
                 text=[f"threshold {th:.3f}"], textposition="bottom right",
                 marker=dict(symbol="x", size=14, color="#c53030"))]
@@ -190,3 +191,12 @@ with right:
     st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
                                   xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
                                   shapes=shapes, annotations=notes), key="th_rates")
+
+# ------------------------------------------------------------------------ downloads (the page's data as files)
+from app_pages import downloads  # noqa: E402
+
+st.subheader("Downloads")
+dl_sets = [x for x in (*loaders.rundata(run).positive_sets, *negs) if x in loaders.rundata(run).set_names]
+downloads.threshold_downloads(run, layer, th, sep, at, {x: loaders.rundata(run).evalset(x) for x in dl_sets},
+                              {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in dl_sets},
+                              {**loaders.eer_thresholds(run), layer: th}, loaders.classes(run))

@@ -367,6 +367,16 @@ class RunDir:
             self._hash_check(rel, f, raw)
         return runfiles.read_json(raw, self.path / rel)
 
+    def load_text(self, rel: str) -> str:
+        """Load a UTF-8 text file, always hash-checked."""
+        with self._reading(rel) as f:
+            raw = f.read(self.manifest["files"][rel]["size"])
+            self._hash_check(rel, f, raw)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ArtefactError(f"{self.path / rel}: not UTF-8 text ({e})") from e
+
     def load_torch(self, rel: str, *, verify: bool = False) -> dict:
         """Load a ``state_dict`` with ``weights_only=True`` (no code execution)."""
         with self._reading(rel, verify) as f:

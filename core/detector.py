@@ -315,6 +315,38 @@ class Detector:
             scores[layer] = scoring.score(I, D, self.train_labels, pred, fn=fn)
         return Scores(pred, probs, scores, {"mode": mode, "fn": fn, "k": k})
 
+    def nearest_of_class(self, image: Any, layer: str, mode: str, cls: int) -> tuple[int, float] | None:
+        """The nearest training image of class ``cls`` to ``image`` at ``layer`` (processing ``mode``).
+
+        An exact search of the run's index restricted to the class's training ids (faiss ``IDSelectorBatch``).
+
+        Parameters
+        ----------
+        image : uint8 ndarray (H, W, C), or anything :meth:`prepare` takes (one image)
+
+        Returns
+        -------
+        (int, float) or None
+            Training id and squared distance; None when the class has no training image or the index finds none.
+        """
+        import faiss
+
+        images = self.prepare(image)[:1]
+        _, feats = self._forward(images)
+        params, index = self._get(layer, mode)
+        xq = np.ascontiguousarray(processing.apply(params, feats[layer]), dtype=np.float32)
+        if int(cls) not in self._class_ids:
+            self._class_ids[int(cls)] = np.flatnonzero(self.train_labels == int(cls)).astype(np.int64)
+        ids = self._class_ids[int(cls)]
+        if not len(ids):
+            return None
+        sel = faiss.IDSelectorBatch(ids)
+        ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
+        params_ = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nlist) if ivf is not None
+                   else faiss.SearchParameters(sel=sel))
+        D, I = index.search(xq, 1, params=params_)
+        return (int(I[0, 0]), float(D[0, 0])) if I[0, 0] >= 0 else None
+
     def inspect(self, image: Any, *, mode: str | None = None, fn: str | None = None, k: int | None = None,
                 n_neighbours: int = 8) -> Inspection:
         """Everything about one image: prediction, top-5, per-layer scores and nearest training images.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -19,8 +19,9 @@ from core import metrics, scoring
 from core.rundata import ERRORS_SET, POSITIVE_SETS, RestrictedRunData, RunData, SetNeighbours  # re-exported
 
 __all__ = ["POSITIVE_SETS", "ERRORS_SET", "FailureCase", "FailureCases", "Perturbation", "RestrictedRunData",
-           "RunData", "Separation", "SetNeighbours", "detection_row", "detection_table", "eer_thresholds",
-           "failure_cases", "perturbation_norms", "row_accuracy", "trusted_share"]
+           "RunData", "Separation", "SetNeighbours", "Setting", "attack_rocs", "compared_rocs", "detection_row",
+           "detection_table", "eer_thresholds", "failure_cases", "perturbation_norms", "rank_ties", "row_accuracy",
+           "trusted_share"]
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +163,40 @@ class Separation:
         return grid, [trusted_share(sc, grid) for sc in self.groups]
 
 
+# ------------------------------------------------------------------------------------------ comparisons
+#: A scoring setting: (layer, processing mode, score function, k).
+Setting = tuple[str, str, str, int]
+
+
+def compared_rocs(data: RunData, settings: Sequence[Setting], negatives: Sequence[str]) -> list[metrics.Roc]:
+    """One ROC per setting: the positives against the sets ``negatives`` pooled (as the Threshold page).
+
+    Returns
+    -------
+    list of Roc
+        In the order of ``settings``.
+    """
+    out = []
+    for layer, mode, fn, k in settings:
+        neg = np.concatenate([data.scores(s, layer, mode, fn, k) for s in negatives] or [np.zeros(0)])
+        out.append(metrics.roc(data.positives(layer, mode, fn, k), neg))
+    return out
+
+
+def attack_rocs(data: RunData, setting: Setting, attacks: Sequence[str]) -> dict[str, metrics.Roc]:
+    """Per attack set (non-empty ones), the ROC of the positives against that attack alone at ``setting``."""
+    layer, mode, fn, k = setting
+    pos = data.positives(layer, mode, fn, k)
+    negs = {a: data.scores(a, layer, mode, fn, k) for a in attacks}
+    return {a: metrics.roc(pos, n) for a, n in negs.items() if len(n)}
+
+
 # -------------------------------------------------------------------------------------------- failures
 @dataclass(frozen=True)
 class FailureCase:
     """One adversarial image: set, index, score, true and predicted class, and the nearest training image of the
-    predicted class among its stored neighbours (``(id, squared distance)``, None when none has that class)."""
+    predicted class (``(id, squared distance)``: from its stored neighbours, else from a search within the class;
+    None when neither finds one)."""
 
     set: str
     index: int
@@ -188,25 +218,67 @@ class FailureCases:
     n_total: int
 
 
+#: ``nearest(set, index, cls)``: the nearest training image of class ``cls`` to image ``index`` of ``set``.
+NearestOfClass = Callable[[str, int, int], "tuple[int, float] | None"]
+
+
+def rank_ties(items: Sequence[tuple[str, int, float, float]], *, descending: bool) -> list[tuple[str, int, float]]:
+    """Order ``(set, index, score, distance)`` items by score; equal scores by distance (far first when
+    ``descending`` is False, i.e. the surest catches; near first otherwise), taken round-robin over the sets.
+
+    Returns
+    -------
+    list of (set, index, score)
+    """
+    sign = -1.0 if descending else 1.0
+    out: list[tuple[str, int, float]] = []
+    by_score: dict[float, list[tuple[str, int, float, float]]] = {}
+    for x in items:
+        by_score.setdefault(x[2], []).append(x)
+    for score in sorted(by_score, key=lambda v: sign * v):
+        queues: dict[str, list] = {x[0]: [] for x in by_score[score]}  # the sets in their given order
+        for x in sorted(by_score[score], key=lambda x: -sign * x[3]):  # stable: set, then index order
+            queues[x[0]].append(x)
+        lists = list(queues.values())
+        for j in range(max(len(q) for q in lists)):
+            out.extend(q[j][:3] for q in lists if j < len(q))
+    return out
+
+
 def failure_cases(data: RunData, layer: str, mode: str, fn: str, k: int, attacks: Sequence[str],
-                  n: int, *, threshold: float | None = None, strict: bool = False) -> FailureCases:
+                  n: int, *, threshold: float | None = None, strict: bool = False,
+                  nearest: NearestOfClass | None = None) -> FailureCases:
     """Rank the adversarial images of ``attacks`` at ``threshold`` (default: the EER threshold of positives against
     all of them, paper Table 3); trusted means ``score >= threshold`` (``>`` when ``strict``). NaN scores count
-    as 0; ties keep set order, then index order."""
+    as 0; equal scores are ordered by :func:`rank_ties` on the distance to the nearest stored training neighbour.
+
+    Parameters
+    ----------
+    nearest : callable, optional, keyword-only
+        Search within the predicted class (``(set, index, cls) -> (id, d²) or None``), used when none of the
+        image's stored neighbours has that class.
+    """
     per_set = {a: data.scores(a, layer, mode, fn, k) for a in attacks}
     if threshold is None:
         pos = data.positives(layer, mode, fn, k)
         th = float(metrics.roc(pos, np.concatenate(list(per_set.values()))).eer_threshold)
     else:
         th = float(threshold)
-    items = [(a, i, float(s)) for a, sc in per_set.items() for i, s in enumerate(np.nan_to_num(sc))]
-    caught = sorted((x for x in items if (x[2] <= th if strict else x[2] < th)), key=lambda x: x[2])
-    missed = sorted((x for x in items if (x[2] > th if strict else x[2] >= th)), key=lambda x: -x[2])
+    items = []
+    for a, sc in per_set.items():
+        D = data.neighbours(a, layer, mode).D
+        d0 = D[:, 0] if D.ndim == 2 and D.shape[1] else np.zeros(len(sc))
+        items += [(a, i, float(s), float(d)) for i, (s, d) in enumerate(zip(np.nan_to_num(sc), d0))]
+    caught = rank_ties([x for x in items if (x[2] <= th if strict else x[2] < th)], descending=False)
+    missed = rank_ties([x for x in items if (x[2] > th if strict else x[2] >= th)], descending=True)
 
     def case(name: str, i: int, score: float) -> FailureCase:
         e = data.evalset(name)
         pred = int(e["predicted"][i])
-        return FailureCase(name, i, score, int(e["true"][i]), pred, data.nearest_of_class(name, i, layer, mode, pred))
+        hit = data.nearest_of_class(name, i, layer, mode, pred)
+        if hit is None and nearest is not None:
+            hit = nearest(name, i, pred)
+        return FailureCase(name, i, score, int(e["true"][i]), pred, hit)
 
     return FailureCases(th, [case(*x) for x in caught[:n]], [case(*x) for x in missed[:n]], len(caught), len(items))
 

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 0.002,           # peak learning rate (Adam, one-cycle)
         "weight_decay": 0.0001,
         "augment": [],         # training augmentations: "flip" (horizontal), "crop" (pad by 1/8, random crop)
+        "train_threads": 2,    # torch CPU threads while training: fixed, so the weights do not depend on the machine
     },
     "features": {
         "layers": [],          # node names to tap ([] = the zoo's default taps)
@@ -168,6 +169,7 @@ RANGES: dict[str, Range] = {
     "model.batch_size": Range(1, 65536),
     "model.lr": Range(0.0, 10.0, integer=False, lo_open=True),
     "model.weight_decay": Range(0.0, 1.0, integer=False),
+    "model.train_threads": Range(1, 1024),
     "features.batch_size": Range(1, 65536),
     "features.chunk": Range(1, _INT32),
     "features.workers": Range(0, 256),

@@ -5,8 +5,10 @@ from the last finished epoch of a killed run), and describe what was done for ``
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,34 @@ from core.artefacts import ArtefactError, atomic_path
 from core.data import ImageSource, to_float
 from core.runfiles import open_regular, read_torch
 
-__all__ = ["train", "predict_source", "wants_training", "fit", "check_outputs", "CHECKPOINT"]
+__all__ = ["train", "predict_source", "wants_training", "fit", "check_outputs", "deterministic", "CHECKPOINT",
+           "TRAIN_THREADS"]
 
 log = logging.getLogger(__name__)
 
 #: Per-epoch training state inside the run folder (removed when training finishes).
 CHECKPOINT = "train/checkpoint.pt"
+#: Torch CPU threads while training when the ``[model]`` table has no ``train_threads``.
+TRAIN_THREADS = 2
+
+
+@contextlib.contextmanager
+def deterministic(threads: int, *, algorithms: bool = True) -> Iterator[None]:
+    """Torch on ``threads`` CPU threads, with deterministic algorithms if ``algorithms``, inside the block; the
+    previous settings after.
+
+    On the CPU the same seed then gives the same weights bit for bit whatever the machine's core count or the
+    caller's thread setting (``OMP_NUM_THREADS``, ``torch.set_num_threads``).
+    """
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(max(1, int(threads)))
+    torch.use_deterministic_algorithms(algorithms or old_det, warn_only=old_warn and not algorithms)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.set_num_threads(old_threads)
 
 
 def wants_training(m: dict) -> bool:
@@ -112,7 +136,9 @@ def train(model: zoo.Classifier, source: ImageSource, m: dict, *, seed: int, dev
     source : ImageSource
         Training images and labels.
     m : dict
-        The config's ``[model]`` table: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``augment``.
+        The config's ``[model]`` table: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``augment`` and
+        ``train_threads`` (torch CPU threads while training, default :data:`TRAIN_THREADS`; see
+        :func:`deterministic`).
     seed : int, keyword-only
         Seeds the batch order, the augmentations and torch's global generator.
     device : torch.device, keyword-only
@@ -127,6 +153,13 @@ def train(model: zoo.Classifier, source: ImageSource, m: dict, *, seed: int, dev
     dict
         ``losses`` and ``accuracies``: mean training loss and accuracy of each epoch.
     """
+    # deterministic algorithms on the CPU only: CUDA would also need CUBLAS_WORKSPACE_CONFIG set before start
+    with deterministic(m.get("train_threads", TRAIN_THREADS), algorithms=torch.device(device).type == "cpu"):
+        return _train(model, source, m, seed=seed, device=device, progress=progress, checkpoint=checkpoint)
+
+
+def _train(model: zoo.Classifier, source: ImageSource, m: dict, *, seed: int, device: torch.device,
+           progress: bool, checkpoint: tuple[Path, str] | None) -> dict[str, list[float]]:
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)

@@ -86,3 +86,75 @@ def test_every_page_in_a_real_browser(tiny_run):
     for p in seen["shots"]:
         with Image.open(p) as im:
             assert im.width == browser.VIEWPORT["width"] and im.height >= 600, (p, im.size)
+
+
+def _figures(page) -> list[dict]:
+    """Every plotly figure drawn on the page: its traces and layout shapes (colours as drawn)."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(g => ({
+        data: g.data.map(t => ({name: t.name, line: t.line, marker: t.marker})),
+        shapes: (g.layout.shapes || []).map(s => s.line)}))""")
+
+
+@pytest.mark.parametrize("base", ["light", "dark"])
+def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
+    from app_pages.charts import INK
+
+    with serve(tiny_run.parent, env={"STREAMLIT_THEME_BASE": base}) as url, browser.browser_page() as page:
+        page.goto(url + "/")
+        browser.wait_idle(page)
+        ticks = [t for f in _figures(page) for t in f["data"] if t["name"] == "threshold"]
+        assert ticks and all(t["marker"]["color"] == INK[base] for t in ticks)
+        if base == "dark":
+            browser.shoot(page, OUT, "inspect_dark")
+        page.goto(url + "/threshold")
+        browser.wait_idle(page)
+        figs = _figures(page)
+        roc = [t for f in figs for t in f["data"] if (t["name"] or "").startswith("ROC")]
+        assert roc and roc[0]["line"]["color"] == INK[base]
+        lines = [s for f in figs for s in f["shapes"] if s and "color" in s and s.get("width") == 2]
+        assert lines and all(s["color"] == INK[base] for s in lines)  # the threshold line of the density chart
+        if base == "dark":
+            browser.shoot(page, OUT, "threshold_dark")
+
+
+def _download(page, key: str) -> bytes:
+    """Click the download button of widget ``key`` and return the file's bytes."""
+    with page.expect_download(timeout=60_000) as d:
+        page.locator(f".st-key-{key} button").first.click()
+    return Path(d.value.path()).read_bytes()
+
+
+def test_every_download_opens_and_parses(tiny_run):
+    import csv
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    with serve(tiny_run.parent) as url, browser.browser_page() as page:
+        page.goto(url + "/threshold")
+        browser.wait_idle(page)
+        scores = list(csv.DictReader(io.StringIO(_download(page, "dl_scores").decode())))
+        conf = list(csv.DictReader(io.StringIO(_download(page, "dl_confusion").decode())))
+        roc = list(csv.DictReader(io.StringIO(_download(page, "dl_roc").decode())))
+        browser.goto(page, "Run")
+        report_md = _download(page, "dl_report_md").decode()
+        report_html = _download(page, "dl_report_html").decode()
+        browser.goto(page, "Attack")
+        page.get_by_role("button", name="Run FGSM").click()
+        page.locator(".st-key-atk_chart .main-svg").first.wait_for(timeout=180_000)
+        browser.wait_idle(page)
+        png = Image.open(io.BytesIO(_download(page, "dl_adv_png")), formats=["PNG"])
+        arr = np.load(io.BytesIO(_download(page, "dl_adv_npy")), allow_pickle=False)
+        params = json.loads(_download(page, "dl_adv_json"))
+
+    assert scores and {"set", "index", "true", "predicted"} <= set(scores[0])
+    assert any(k.startswith("score_") for k in scores[0]) and any(k.startswith("verdict_") for k in scores[0])
+    assert scores[0]["set"] == "authentic" and {r["verdict_" + k[6:]] for r in scores for k in r
+                                                 if k.startswith("score_")} <= {"trusted", "rejected"}
+    assert conf[0]["quantity"] == "threshold" and len(roc) > 2 and float(roc[-1]["fpr"]) == 1.0
+    assert report_md == (tiny_run / "report.md").read_text()
+    assert report_html.startswith("<!DOCTYPE html>") and "<table>" in report_html
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and np.array_equal(np.asarray(png).reshape(arr.shape), arr)
+    assert params["attack"] == "fgsm" and "eps" in params["params"]

@@ -97,27 +97,77 @@ def test_eer_thresholds_fall_back_to_errors_then_to_one_half():
     assert ev.eer_thresholds(_Stub({"authentic": pos}), "m", "f", 1) == {"a": 0.5, "b": 0.5}
 
 
+def _round_robin(block: list[tuple[str, int, float]], sets: list[str]) -> list[tuple[str, int]]:
+    """Items (set, index, key) of one tie block, each set's in key order, interleaved set by set."""
+    per = [sorted([x for x in block if x[0] == s], key=lambda x: x[2]) for s in sets]
+    out = []
+    while any(per):
+        for q in per:
+            if q:
+                out.append(q.pop(0)[:2])
+    return out
+
+
 @pytest.mark.parametrize("n", [3, 1000])
-def test_failure_cases_rank_like_a_stable_sort(run, n):
+def test_failure_cases_rank_by_score_then_distance_mixing_attacks(run, n):
     data, layer, (pos_sets, attacks) = run["data"], run["data"].layers[-1], _sets(run)
     fc = ev.failure_cases(data, layer, run["mode"], FN, run["k"], attacks, n)
     pos = np.concatenate([_knn_scores(run, s, layer) for s in pos_sets])
     per = [_knn_scores(run, a, layer) for a in attacks]
     allsc = np.concatenate(per)
+    d0 = np.concatenate([_nb(run, a, layer)[1][:, 0] for a in attacks])
     th = metrics.roc(pos, allsc).eer_threshold
     assert fc.threshold == pytest.approx(th, abs=1e-12)
     where = [(a, i) for a, sc in zip(attacks, per) for i in range(len(sc))]
-    low, high = np.flatnonzero(allsc < th), np.flatnonzero(allsc >= th)
-    caught = low[np.argsort(allsc[low], kind="stable")][:n]
-    missed = high[np.argsort(-allsc[high], kind="stable")][:n]
-    assert (fc.n_caught, fc.n_total) == (len(low), len(allsc))
-    assert [(c.set, c.index) for c in fc.caught] == [where[j] for j in caught]
-    assert [(c.set, c.index) for c in fc.missed] == [where[j] for j in missed]
+    want = {"caught": [], "missed": []}
+    for side, mask, sign in (("caught", allsc < th, 1), ("missed", allsc >= th, -1)):
+        for v in sorted(set(allsc[mask]), key=lambda v: sign * v):  # caught: far first on ties; missed: near
+            block = [(*where[j], -sign * d0[j] + 1e-9 * j) for j in np.flatnonzero(mask & (allsc == v))]
+            want[side] += _round_robin(block, attacks)
+    assert (fc.n_caught, fc.n_total) == (int((allsc < th).sum()), len(allsc))
+    assert [(c.set, c.index) for c in fc.caught] == want["caught"][:n]
+    assert [(c.set, c.index) for c in fc.missed] == want["missed"][:n]
     for c in fc.caught + fc.missed:
         I, D = _nb(run, c.set, layer)
         assert c.predicted == _pred(run, c.set)[c.index]
         hits = np.flatnonzero(run["labels"][I[c.index]] == c.predicted)
         assert c.nearest == ((int(I[c.index, hits[0]]), float(D[c.index, hits[0]])) if len(hits) else None)
+
+
+def test_rank_ties_mixes_sets_on_equal_scores():
+    items = [("a", 0, 0.0, 1.0), ("a", 1, 0.0, 3.0), ("a", 2, 0.0, 2.0), ("b", 0, 0.0, 5.0), ("b", 1, 0.5, 9.0)]
+    assert [x[:2] for x in ev.rank_ties(items, descending=False)] == [("a", 1), ("b", 0), ("a", 2), ("a", 0),
+                                                                     ("b", 1)]
+    assert [x[:2] for x in ev.rank_ties(items, descending=True)] == [("b", 1), ("a", 0), ("b", 0), ("a", 2),
+                                                                    ("a", 1)]
+
+
+def test_failure_cases_search_within_the_class_when_no_stored_neighbour_has_it(run):
+    from core import processing
+    from core.detector import Detector
+
+    data, layer, (_, attacks) = run["data"], run["data"].layers[-1], _sets(run)
+    det = Detector.load(run["path"], verify="none")
+    asked = []
+
+    def nearest(name, i, cls):
+        asked.append((name, i))
+        return det.nearest_of_class(data.evalset(name)["images"][i], layer, run["mode"], cls)
+
+    fc = ev.failure_cases(data, layer, run["mode"], FN, run["k"], attacks, 1000, nearest=nearest)
+    assert all(c.nearest is not None for c in fc.caught + fc.missed)
+    feats = np.load(run["path"] / "features" / f"{layer}.npy")
+    params = dict(np.load(run["path"] / "processing" / f"{layer}-{run['mode']}.npz"))
+    xb = processing.apply(params, feats)
+    for name, i in asked[:5]:
+        c = next(c for c in fc.caught + fc.missed if (c.set, c.index) == (name, i))
+        I, _ = _nb(run, name, layer)
+        assert not (run["labels"][I[i]] == c.predicted).any()  # asked only when no stored neighbour has the class
+        _, f = det._forward(det.prepare(data.evalset(name)["images"][i]))
+        xq = processing.apply(params, f[layer])
+        ids = np.flatnonzero(run["labels"] == c.predicted)
+        d2 = ((xb[ids].astype(np.float64) - xq) ** 2).sum(axis=1)
+        assert c.nearest[0] == ids[d2.argmin()] and c.nearest[1] == pytest.approx(d2.min(), rel=1e-4)
 
 
 def test_trusted_share_equals_one_pass_per_threshold():

@@ -136,3 +136,44 @@ def test_check_outputs_probes_on_the_models_device():
     """The probe input goes where the model is: a model already on a GPU failed with 'cuda:0 and cpu' (seen on
     an H100); the meta device stands in for it here."""
     training.check_outputs(_model().to("meta"), 3, (3, 16, 16))
+
+
+_TRAIN_IN_A_PROCESS = """
+import hashlib, sys
+import numpy as np, torch
+from core import zoo
+from core.data import ArraySource
+from precompute import training
+rng = np.random.default_rng(0)
+src = ArraySource(rng.integers(0, 256, (384, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 384).astype(np.int64))
+torch.manual_seed(0)
+model = zoo.from_config({"name": "fmnist-cnn", "weights": "none"})[0]
+training.train(model, src, {"epochs": 1, "batch_size": 64, "lr": 0.002, "weight_decay": 1e-4, "augment": []},
+               seed=0, device=torch.device("cpu"))
+h = hashlib.sha256()
+for v in model.state_dict().values():
+    h.update(v.numpy().tobytes())
+print(torch.get_num_threads(), h.hexdigest())
+"""
+
+
+def test_training_gives_the_same_weights_bit_for_bit_whatever_the_callers_threads():
+    import os
+    import subprocess
+    import sys
+
+    got = {}
+    for n in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
+        out = subprocess.run([sys.executable, "-c", _TRAIN_IN_A_PROCESS], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300, check=True).stdout.split()
+        assert out[0] == n  # the caller's setting is back after training
+        got[n] = out[1]
+    assert got["1"] == got["2"]
+
+
+def test_deterministic_sets_and_restores_torch():
+    n, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with training.deterministic(1):
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == n and torch.are_deterministic_algorithms_enabled() == det

@@ -1,0 +1,188 @@
+"""The Run page, a run with a broken manifest, the Failure cases "caught" column and the Layers comparison, with
+``streamlit.testing.v1.AppTest`` on the tiny run of conftest.py.
+
+    .venv/bin/python -m pytest tests/test_app_run_pages.py -q
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+TIMEOUT = 120
+PAGES = {"threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
+         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _app(runs_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    return at
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture()
+def app(tiny_run, monkeypatch) -> AppTest:
+    return _ok(_app(tiny_run.parent, monkeypatch))
+
+
+def _frame(at: AppTest, key: str):
+    return next(d for d in at.dataframe if d.proto.id.endswith(key) or key in d.proto.id).value
+
+
+# ------------------------------------------------------------------------------------------ broken manifest
+def test_broken_manifest_shows_the_real_error_and_the_whole_command_in_the_main_area(tmp_path, monkeypatch):
+    run = tmp_path / "fmnist"
+    run.mkdir()
+    (run / "manifest.json").write_text('{"config": {"name": "fmnist"}, "stages": ')
+    at = _ok(_app(tmp_path, monkeypatch))
+    err = " ".join(e.value for e in at.main.error)
+    assert "not valid JSON" in err and "not finished" not in err
+    assert [c.value for c in at.main.code] == ["python -m precompute --config precompute/configs/fmnist.toml"]
+    assert not at.sidebar.error and not at.sidebar.code
+
+
+def test_unfinished_run_is_reported_in_the_main_area(tmp_path, monkeypatch):
+    run = tmp_path / "fmnist"
+    run.mkdir()
+    stages = {s: {"status": "done"} for s in ("data", "train", "features")}
+    (run / "manifest.json").write_text(json.dumps({"config": {"name": "fmnist"}, "stages": stages, "files": {}}))
+    at = _ok(_app(tmp_path, monkeypatch))
+    err = " ".join(e.value for e in at.main.error)
+    assert "not finished" in err and "neighbours" in err and "report" in err
+
+
+# ------------------------------------------------------------------------------------------- failure cases
+def test_failure_cases_show_a_training_image_of_the_predicted_class_on_every_card(app, tiny_run):
+    from core.evaluation import RunData
+
+    data = RunData(tiny_run, verify=False)
+    layer = data.layers[-1]
+    _ok(app.switch_page(PAGES["failures"]).run())
+    app.selectbox(key="fail_layer").set_value(layer)
+    app.slider(key="fail_n").set_value(16)
+    _ok(app.run())
+    cards = [b.key[len("fail_go_"):].rsplit("_", 1) for b in app.button if b.key and b.key.startswith("fail_go_")]
+    assert cards
+    assert not [c.value for c in app.caption if c.value.startswith("No training")]
+    shown = [i.proto.imgs[0].caption for i in app.get("image") if i.proto.imgs[0].caption.startswith("nearest ")]
+    assert len(shown) == len(cards)  # one training image per card
+    missing = [(s, int(i)) for s, i in cards
+               if not (data.train_labels[data.neighbours(s, layer, data.summary["defaults"]["mode"]).I[int(i)]]
+                       == data.evalset(s)["predicted"][int(i)]).any()]
+    assert missing  # the tiny run has cards whose stored neighbours hold no training image of the class
+    caught = [s for s, _ in cards[:16]]
+    assert len(set(caught)) > 1  # ties mix the attacks
+
+
+# ---------------------------------------------------------------------------------------------- Run page
+def test_run_page_rates_in_one_format_whole_parameters_and_no_cpu_count_among_libraries(app, tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    _ok(app.switch_page(PAGES["run"]).run())
+    frames = list(app.dataframe)
+    sets = next(d for d in frames if "set" in d.value.columns)
+    cfg = json.loads(sets.proto.columns)
+    for col in ("success rate", "target reached"):
+        assert cfg[col]["type_config"]["format"] == "%.1f %%"  # "25.0 %" and "95.3 %", not "25%" and "95.33%"
+    rates = {k: v.get("success_rate") for k, v in m["summary"]["sets"].items()}
+    got = dict(zip(sets.value["set"], sets.value["success rate"]))
+    for k, v in rates.items():
+        assert (np.isnan(got[k]) if v is None else got[k] == pytest.approx(100 * v))
+    assert cfg["parameters"]["width"] == "large"
+    libs = next(d for d in frames if "library" in d.value.columns).value
+    assert "cpu_count" not in set(libs["library"]) and "torch" in set(libs["library"])
+    assert any(f"{m['versions']['cpu_count']} CPU cores" in c.value for c in app.caption)
+
+
+def test_evaluation_set_labels_fit_a_select_box(app, tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    opts = app.selectbox(key="inspect_set").options
+    assert len(opts) == sum(1 for v in m["summary"]["sets"].values() if v["n"])
+    assert all(len(o) <= 32 for o in opts), opts
+    assert any(o.endswith("adversarial") for o in opts) and opts[0].startswith("authentic · ")
+
+
+# --------------------------------------------------------------------------------------------- downloads
+def test_threshold_and_run_pages_offer_their_downloads(app):
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    labels = sorted(b.proto.label for b in app.get("download_button"))
+    assert labels == ["Confusion counts (CSV)", "ROC points (CSV)", "Scores per image (CSV)"]
+    _ok(app.switch_page(PAGES["run"]).run())
+    assert sorted(b.proto.label for b in app.get("download_button")) == ["Report (HTML)", "Report (Markdown)"]
+
+
+# ------------------------------------------------------------------------------------------ Layers: compare
+def _roc_fig(at: AppTest) -> dict:
+    charts = [c for c in at.get("plotly_chart") if "cmp_roc" in c.proto.id]
+    assert charts
+    return json.loads(charts[0].proto.spec)
+
+
+def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run):
+    from core import metrics
+    from core.evaluation import RunData
+
+    data = RunData(tiny_run, verify=False)
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    d = m["summary"]["defaults"]
+    k = min(d["k"], m["summary"]["k_max"])
+    attacks = [a for a in data.attack_sets if m["summary"]["sets"][a]["n"]]
+
+    def pos(la, fn=d["fn"]):
+        return np.concatenate([data.scores(s, la, d["mode"], fn, k) for s in ("authentic", "noise")])
+
+    _ok(app.switch_page(PAGES["layers"]).run())
+    assert any("Why the Threshold page's EER differs from Aggr." in mk.value for mk in app.markdown)
+    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    assert len(curves) == len(data.layers)
+    for la, t in zip(data.layers, curves):
+        neg = np.concatenate([data.scores(a, la, d["mode"], d["fn"], k) for a in attacks])
+        assert t["name"].startswith(f"{la} (AUC {metrics.roc(pos(la), neg).auc:.3f}")
+    app.session_state["cmp_vary"] = "fn"
+    _ok(app.run())
+    layer = app.selectbox(key="cmp_layer").value
+    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    assert len(curves) == 3
+    neg = np.concatenate([data.scores(a, layer, d["mode"], "knn", k) for a in attacks])
+    assert f"AUC {metrics.roc(pos(layer, 'knn'), neg).auc:.3f}" in curves[0]["name"]
+    app.session_state["cmp_vary"] = "attack"
+    _ok(app.run())
+    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    assert [t["name"].split(" ")[0] for t in curves] == attacks
+    for a, t in zip(attacks, curves):
+        auc = metrics.roc(pos(layer), data.scores(a, layer, d["mode"], d["fn"], k)).auc
+        assert f"AUC {auc:.3f}" in t["name"]
+
+
+def test_layers_k_box_and_quick_picks_set_the_sidebar_k(app):
+    _ok(app.switch_page(PAGES["layers"]).run())
+    _ok(app.number_input(key="layers_k").set_value(7).run())
+    assert app.session_state["det_k"] == 7 and app.slider(key="det_k").value == 7
+    assert app.number_input(key="layers_k").value == 7
+    _ok(app.slider(key="det_k").set_value(12).run())
+    assert app.number_input(key="layers_k").value == 12  # the box follows the slider
+    pills = app.get("button_group")
+    pick = next(p for p in pills if "layers_k_pick" in p.proto.id)
+    assert [o.content for o in pick.proto.options] == ["10", "50"]  # the report's k values up to K_max (50)
+    _ok(pick.set_value(50).run())
+    assert app.session_state["det_k"] == 50 and app.slider(key="det_k").value == 50
