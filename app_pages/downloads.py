@@ -2,7 +2,7 @@
 cached report text."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,12 +47,16 @@ def report_downloads(run: Run) -> None:
 
 
 def threshold_downloads(run: Run, layer: str, threshold: float, sep, at: Mapping[str, float],
-                        sets: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str, Mapping[str, np.ndarray]],
-                        thresholds: Mapping[str, float], classes: Sequence[str]) -> None:
-    """Per-image scores and verdicts of ``sets``, the confusion counts at ``threshold`` and the ROC of ``sep``."""
+                        table: Callable[[], tuple[Mapping, Mapping, Mapping[str, float]]],
+                        classes: Sequence[str]) -> None:
+    """Per-image scores and verdicts, the confusion counts at ``threshold`` and the ROC of ``sep``.
+
+    ``table()`` gives the per-image data when the scores are downloaded: (``sets``, ``scores``, ``thresholds``) as
+    :func:`core.exports.scores_csv` takes them.
+    """
     name = f"{_slug(run.manifest.get('config', {}).get('name', 'run'))}-{_slug(layer)}-{run.mode}-{run.fn}-k{run.k}"
     c = st.columns(3)
-    c[0].download_button("Scores per image (CSV)", lambda: exports.scores_csv(sets, scores, thresholds, classes),
+    c[0].download_button("Scores per image (CSV)", lambda: exports.scores_csv(*table(), classes),
                          file_name=f"{name}-scores.csv", mime="text/csv", key="dl_scores", on_click="ignore",
                          icon=":material/download:",
                          help="Every stored image of these sets: score per layer and verdict at each layer's "

@@ -196,7 +196,14 @@ with right:
 from app_pages import downloads  # noqa: E402
 
 st.subheader("Downloads")
-dl_sets = [x for x in (*loaders.rundata(run).positive_sets, *negs) if x in loaders.rundata(run).set_names]
-downloads.threshold_downloads(run, layer, th, sep, at, {x: loaders.rundata(run).evalset(x) for x in dl_sets},
-                              {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in dl_sets},
-                              {**loaders.eer_thresholds(run), layer: th}, loaders.classes(run))
+
+
+def _table() -> tuple[dict, dict, dict]:
+    """The stored sets of this page, their scores at every layer and each layer's threshold (on download)."""
+    data = loaders.rundata(run)
+    names = [x for x in (*data.positive_sets, *negs) if x in data.set_names]
+    scores = {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in names}
+    return {x: data.evalset(x) for x in names}, scores, {**loaders.eer_thresholds(run), layer: th}
+
+
+downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run))
