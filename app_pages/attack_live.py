@@ -8,7 +8,8 @@ import streamlit as st
 from core.attacks import ATTACKS, available, param_spec, run_attack, to_uint8
 from core.data import to_float
 from core.evaluation import perturbation_norms
-from app_pages import adaptive_panel, bounded, charts, current, images, loaders, operating, state
+from app_pages import (adaptive_panel, bounded, charts, current, detector_verdicts, images, loaders, operating,
+                       state)
 from app_pages.downloads import adversarial_downloads
 from app_pages._text import md, plotly_text
 
@@ -206,4 +207,6 @@ st.plotly_chart(charts.before_after_figure(layers, b, a, thresholds,
                                        title=f"Score per layer: before ({plotly_text(classes[pred0])}, faded "
                                              f"left bar) and after ({plotly_text(classes[pred1])}, right bar)"),
                 key="atk_chart")
+with st.expander("Peer detectors on the adversarial image (Deep kNN, Mahalanobis, LID, max softmax, …)"):
+    detector_verdicts.show_verdicts(run, adv)
 adversarial_downloads(out, source=cur["source"])  # i13b: the adversarial image and its parameters as files

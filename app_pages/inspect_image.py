@@ -3,7 +3,7 @@ training images. The image comes from an evaluation set (by index or at random) 
 import numpy as np
 import streamlit as st
 
-from app_pages import charts, current, images, loaders, operating, state
+from app_pages import charts, current, detector_verdicts, images, loaders, operating, state
 from app_pages._text import md, plotly_text
 
 #: Neighbours shown per row.
@@ -131,6 +131,8 @@ with chart_col:
     fig = charts.layer_scores_figure(layers, scores, thresholds,
                                      title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
+with st.expander("Peer detectors on this image (Deep kNN, Mahalanobis, LID, max softmax, …)"):
+    detector_verdicts.show_verdicts(run, image)
 
 layer = operating.layer_select(run, "inspect_layer", "Layer for the per-layer verdict and the neighbours",
                                persist_state="session",

@@ -90,3 +90,18 @@ def test_the_verdict_panel_shows_every_detectors_verdict(tiny_run, monkeypatch):
     for e, verdict, th in zip(df["detector"], df["verdict"], df["threshold"]):
         s = store.load_scores(run, e)["authentic"][3]
         assert verdict == ("trusted" if s >= th - 1e-9 else "rejected")
+
+
+def test_inspect_shows_each_peer_detectors_verdict_on_the_current_image(tiny_run, monkeypatch):
+    from core.artefacts import RunDir
+    from core.detectors import store
+
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    tables = [d for d in at.dataframe if {"detector", "verdict", "method"} <= set(d.value.columns)]
+    assert tables, "no peer-detector verdicts on Inspect"
+    df = tables[0].value
+    assert list(df["detector"]) == list(store.entries(RunDir(tiny_run)))
+    assert set(df["verdict"]) <= {"trusted", "rejected"}
