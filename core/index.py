@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 __all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "Refined", "choose_kind", "build",
-           "search", "refine_rel", "open_refined", "set_threads", "threads"]
+           "search", "refine_rel", "open_refined", "open_saved", "set_threads", "threads"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,23 @@ def open_refined(index, xb16: np.ndarray | None):
     if xb16 is None or not isinstance(index, faiss.IndexIVFPQFastScan):
         return index
     return Refined(index, xb16)
+
+
+def open_saved(run, rel: str):
+    """Read the faiss file ``rel`` of ``run`` (a :class:`core.artefacts.RunDir`) as searched: an IVF-PQ fast-scan
+    index comes back as :class:`Refined` over its float16 vectors (:func:`refine_rel`, memory-mapped).
+
+    Raises
+    ------
+    core.artefacts.ArtefactError
+        An IVF-PQ index whose float16 vectors are not recorded in the run.
+    """
+    import faiss
+
+    index = run.load_faiss(rel)
+    if not isinstance(index, faiss.IndexIVFPQFastScan):
+        return index
+    return open_refined(index, run.load_npy(refine_rel(rel), mmap=True))
 
 
 def set_threads(n: int) -> None:

@@ -171,7 +171,7 @@ RANGES: dict[str, Range] = {
 ATTACK_N = Range(1, 10_000_000)
 
 CHOICES = {("device",): ("auto", "cpu", "cuda"), ("data", "dataset"): ("fashion-mnist", "imagefolder"),
-            ("index", "kind"): ("auto", "flat", "ivf", "hnsw"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
+            ("index", "kind"): ("auto", "flat", "ivf", "hnsw", "ivfpq"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
             ("scoring", "mode"): ("none", "l2", "pca", "pca_nw"), ("evalsets", "noise"): ("uniform", "sign"),
             ("evaluation", "protocol"): ("paper", "authors"),
             ("detectors", "enabled"): ("knn", "knn_lr", "knn_mean", "dknn", "mahalanobis", "lid", "knn_ood", "msp")}
