@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
         "pca_dim": 256,                  # PCA output dims (capped by the layer's dims)
     },
     "index": {
-        "kind": "auto",  # auto | flat | ivf | hnsw (auto: flat below 500k training images)
+        "kind": "auto",  # auto | flat | ivf | hnsw | ivfpq (auto: flat below 500k training images)
         "nprobe": 16,    # IVF cells visited per query
     },
     "evalsets": {
