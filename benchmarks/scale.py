@@ -25,6 +25,9 @@ from benchmarks.summary import publish
 
 log = logging.getLogger(__name__)
 
+#: ``ivfpq`` settings swept: (nlist (0 = the default), nprobe, refine factor).
+IVFPQ_SWEEP = ((0, 64, 8), (0, 256, 8), (0, 256, 16), (1024, 256, 8), (1024, 1024, 8))
+
 
 def _index_mb(index) -> float:
     """Size of the index's data in MB (its serialised form: vectors, ids, lists or graph)."""
@@ -73,8 +76,11 @@ def _latency(index, xq: np.ndarray, k: int, nq: int) -> dict[str, float]:
 
 def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hnsw_n: int, nlists: tuple[int, ...],
                    nprobes: tuple[int, ...], ef_search: int, seed: int,
-                   flat_sizes: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Flat / IVF (each nlist, nprobe sweep) / HNSW (on ``hnsw_n`` rows) on synthetic features."""
+                   flat_sizes: tuple[int, ...] = (), ivfpq: tuple[tuple[int, int, int], ...] = (),
+                   layers: int = 12) -> dict[str, Any]:
+    """Flat / IVF (each nlist, nprobe sweep) / IVF-PQ re-ranked (each ``(nlist, nprobe, refine)`` of ``ivfpq``;
+    ``nlist`` 0 = the default) / HNSW (on ``hnsw_n`` rows) on synthetic features, and the inspect-time memory of
+    ``layers`` IVF-PQ indexes with the default settings."""
     import faiss
 
     from core import index as knn_index
@@ -99,6 +105,26 @@ def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hns
     rows.append({"kind": "flat", "n": n, "params": "-", "build_s": t_flat, "memory_mb": _index_mb(flat),
                  **_latency(flat, xq, k, n_single), "recall": 1.0})
     del flat
+    flat_p50 = rows[0]["single_p50_ms"]
+    built: dict[int, Any] = {}
+    for nlist, nprobe, refine in ivfpq:
+        if nlist not in built:
+            built.clear()
+            built[nlist] = build("ivfpq", xb, nlist=nlist or None)
+        idx, t_pq = built[nlist]
+        idx.coarse.nprobe, idx.factor = nprobe, refine
+        _, I = knn_index.search(idx, xq, k)
+        lat = _latency(idx, xq, k, n_single)
+        rows.append({"kind": "ivfpq", "n": n, "params": f"nlist={idx.coarse.nlist} nprobe={nprobe} refine={refine}k "
+                     f"pq={idx.coarse.code_size}B", "build_s": t_pq, "memory_mb": _index_mb(idx.coarse), **lat,
+                     "recall": _recall(I, I_gt), "found_k": float((I >= 0).sum(1).mean()),
+                     "speedup": flat_p50 / lat["single_p50_ms"], "loadavg": C.loadavg()[0]})
+    built.clear()
+    memory = None
+    if ivfpq:
+        idx, _ = build("ivfpq", xb)
+        memory = inspect_memory(idx, xq, k, n_single, layers)
+        del idx
     flat_latency = []
     for m in sorted({min(m, n) for m in flat_sizes}):
         sub = faiss.IndexFlatL2(d)
@@ -132,12 +158,61 @@ def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hns
     del hn
     return {"n": n, "d": d, "n_queries": n_queries, "n_single": n_single, "hnsw_n": hnsw_n,
             "generate_s": gen_s, "ground_truth_s": gt_s, "label_agreement": agreement, "rows": rows,
-            "flat_latency": flat_latency}
+            "flat_latency": flat_latency, "ivfpq_memory": memory}
+
+
+def _rss_mb() -> dict[str, float]:
+    """This process's resident memory in MB: anonymous (heap) and file-backed (mapped files) pages."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
+def inspect_memory(idx: Any, xq: np.ndarray, k: int, n_single: int, layers: int) -> dict[str, Any]:
+    """Memory of ``layers`` IVF-PQ indexes as an inspecting app holds them: each read back from its own faiss
+    file (codes, ids, cells resident) with its float16 vectors memory-mapped, then searched one query at a time.
+
+    Returns
+    -------
+    dict
+        Resident heap growth (RssAnon) and touched mapped pages (RssFile) after the searches, the serialised
+        index size × ``layers``, and the files' size on disk × ``layers``.
+    """
+    import gc
+    import tempfile
+    from pathlib import Path
+
+    import faiss
+
+    from core import index as knn_index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fi, fv = Path(tmp) / "layer.faiss", Path(tmp) / knn_index.refine_rel("layer.faiss")
+        faiss.write_index(idx.coarse, str(fi))
+        np.save(fv, idx.xb16)
+        gc.collect()
+        before = _rss_mb()
+        held = []
+        for _ in range(layers):
+            held.append(knn_index.open_refined(faiss.read_index(str(fi)), np.load(fv, mmap_mode="r")))
+            for i in range(n_single):
+                knn_index.search(held[-1], xq[i:i + 1], k)
+        after = _rss_mb()
+        index_mb, f16_mb = fi.stat().st_size / 2 ** 20, fv.stat().st_size / 2 ** 20
+        del held
+    anon = after["RssAnon"] - before["RssAnon"]
+    resident_gb = max(anon, layers * index_mb) / 1024
+    return {"layers": layers, "rss_anon_growth_mb": anon, "rss_file_growth_mb": after["RssFile"] - before["RssFile"],
+            "index_file_mb": index_mb, "f16_file_mb": f16_mb, "resident_gb": resident_gb,
+            "disk_gb": layers * (index_mb + f16_mb) / 1024, "loadavg": C.loadavg()[0]}
 
 
 # ----------------------------------------------------------------------------- approximate search on the run
 def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int, ...], ef_search: int,
-              seed: int) -> dict[str, Any]:
+              seed: int, kinds: tuple[str, ...] = ("ivf", "ivfpq", "hnsw")) -> dict[str, Any]:
     """EER accuracy (aggregated over attacks, and errors) with IVF / HNSW next to the stored exact neighbours."""
     from core import index as knn_index
     from core import processing
@@ -184,14 +259,29 @@ def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int
     n = len(xb)
     nlist = max(1, int(4 * math.sqrt(n)))
     t = time.perf_counter()
-    ivf = knn_index.build(xb, kind="ivf", nlist=nlist, seed=seed)
+    ivf = knn_index.build(xb, kind="ivf", nlist=nlist, seed=seed) if "ivf" in kinds else None
     t_ivf = time.perf_counter() - t
-    for nprobe in nprobes:
+    for nprobe in nprobes if ivf is not None else ():
         ivf.nprobe = nprobe
         t = time.perf_counter()
         s = summary(approx(ivf))
         rows.append({"index": f"ivf nlist={nlist} nprobe={nprobe}", "build_s": t_ivf,
                      "search_s": time.perf_counter() - t, **_flat(s), "delta_aggr": s["aggr"] - ref["aggr"]})
+    t = time.perf_counter()
+    pq = knn_index.build(xb, kind="ivfpq", seed=seed) if "ivfpq" in kinds else None
+    if pq is None:
+        return {"run": str(run), "layer": layer, "mode": mode, "fn": fn, "k": k, "n_train": n,
+                "d": int(xb.shape[1]), "n_eval": {s: int(len(f)) for s, f in feats.items()}, "rows": rows}
+    t_pq = time.perf_counter() - t
+    t = time.perf_counter()
+    s = summary(approx(pq))
+    rows.append({"index": f"ivfpq nlist={pq.coarse.nlist} nprobe={pq.coarse.nprobe} refine={pq.factor}k",
+                 "build_s": t_pq, "search_s": time.perf_counter() - t, **_flat(s), "delta_aggr": s["aggr"] - ref["aggr"],
+                 "loadavg": C.loadavg()[0]})
+    del pq
+    if "hnsw" not in kinds:
+        return {"run": str(run), "layer": layer, "mode": mode, "fn": fn, "k": k, "n_train": n,
+                "d": int(xb.shape[1]), "n_eval": {s: int(len(f)) for s, f in feats.items()}, "rows": rows}
     t = time.perf_counter()
     hn = knn_index.build(xb, kind="hnsw", ef_search=ef_search, seed=seed)
     t_h = time.perf_counter() - t
@@ -211,7 +301,7 @@ def _flat(s: dict[str, Any]) -> dict[str, Any]:
 def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: int = 1000, n_queries: int = 100,
         n_single: int = 20, hnsw_n: int = 50_000, nlists: tuple[int, ...] = (1024,),
         nprobes: tuple[int, ...] = (16, 64, 256), real_nprobes: tuple[int, ...] = (16, 64, 256),
-        flat_sizes: tuple[int, ...] = (60_000, 200_000, 500_000),
+        flat_sizes: tuple[int, ...] = (60_000, 200_000, 500_000), ivfpq: tuple[tuple[int, int, int], ...] = IVFPQ_SWEEP,
         ef_search: int = 1200, layer: str | None = None, threads: int = 0, seed: int = 0,
         out_dir: str | None = None) -> dict[str, Any]:
     """Both parts; print the tables; write ``scale.json``."""
@@ -221,7 +311,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: i
     mach = C.machine()
     t0 = time.perf_counter()
     syn = synthetic_part(n, d, k=k, n_queries=n_queries, n_single=n_single, hnsw_n=hnsw_n, nlists=nlists,
-                         nprobes=nprobes, ef_search=ef_search, seed=seed, flat_sizes=flat_sizes)
+                         nprobes=nprobes, ef_search=ef_search, seed=seed, flat_sizes=flat_sizes, ivfpq=ivfpq)
     syn["seconds"] = time.perf_counter() - t0
     real = None
     if C.run_exists(run):
@@ -232,10 +322,27 @@ def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: i
               "settings": {"n": n, "d": d, "k": k, "n_queries": n_queries, "hnsw_n": hnsw_n, "nlists": nlists,
                            "nprobes": nprobes, "ef_search": ef_search, "threads": nthreads,
                            "auto_ivf_min": knn_index.AUTO_IVF_MIN},
-              "synthetic": syn, "real": real,
+              "synthetic": syn, "real": real, "targets": _targets(syn, real),
               "note": None if real else f"no finished run at {run}: real-run part skipped"}
     publish("scale", result, out_dir)
     return result
+
+
+def _targets(syn: dict[str, Any], real: dict[str, Any] | None) -> dict[str, bool]:
+    """Issue targets for ``ivfpq``: recall@k ≥ 0.95 at ≥ 10× flat's single-query speed (some setting), ≤ 2 GB
+    resident for 12 layers, |Δ Aggr. EER accuracy| < 0.5 point on the real run."""
+    pq = [r for r in syn["rows"] if r["kind"] == "ivfpq"]
+    out = {}
+    if pq:
+        out["ivfpq recall ≥ 0.95 at ≥ 10× flat (1 query)"] = any(r["recall"] >= 0.95 and r["speedup"] >= 10
+                                                                  for r in pq)
+    if syn.get("ivfpq_memory"):
+        m = syn["ivfpq_memory"]
+        out[f"ivfpq ≤ 2 GB for {m['layers']} layers"] = m["resident_gb"] <= 2
+    d = [r["delta_aggr"] for r in (real or {}).get("rows", []) if r["index"].startswith("ivfpq")]
+    if d:
+        out["ivfpq EER shift < 0.5 point"] = abs(d[0]) < 0.005
+    return out
 
 
 def _auto_note(syn: dict[str, Any], real: dict[str, Any] | None, auto_min: int) -> str:
@@ -268,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if a.quick:
         run(a.run, n=50_000, hnsw_n=10_000, n_queries=20, n_single=5, k=100, nlists=(128,), nprobes=(16, 64),
-            flat_sizes=(20_000,), threads=a.threads, out_dir=a.out, layer=a.layer)
+            flat_sizes=(20_000,), ivfpq=((0, 64, 8),), threads=a.threads, out_dir=a.out, layer=a.layer)
     else:
         run(a.run, n=a.n, hnsw_n=a.hnsw_n, n_queries=a.queries, threads=a.threads, out_dir=a.out, layer=a.layer,
             nlists=tuple(a.nlist or (1024,)))

@@ -130,7 +130,14 @@ def scale(r: dict[str, Any]) -> str:
              _md(s["rows"], [("kind", "index"), ("n", "N"), ("params", "parameters"), ("build_s", "build s"),
                              ("memory_mb", "memory MB"), ("single_p50_ms", "1 query p50 ms"),
                              ("single_p95_ms", "p95 ms"), ("batch_qps", "batched q/s"), ("recall", "recall@k"),
-                             ("found_k", "found of k")])]
+                             ("found_k", "found of k"), ("speedup", "× flat (1 query)"), ("loadavg", "load")])]
+    m = s.get("ivfpq_memory")
+    if m:
+        lines += ["", f"ivfpq at inspect time, {m['layers']} layers each read from its faiss file with float16 vectors "
+                      f"memory-mapped, searched {s['n_single']} single queries each: heap +{m['rss_anon_growth_mb']:.0f} MB, "
+                      f"mapped pages touched +{m['rss_file_growth_mb']:.0f} MB; index file {m['index_file_mb']:.0f} MB "
+                      f"+ float16 file {m['f16_file_mb']:.0f} MB per layer, {m['disk_gb']:.2f} GB on disk for "
+                      f"{m['layers']}; resident {m['resident_gb']:.2f} GB (load {m['loadavg']})."]
     if s.get("flat_latency"):
         lines += ["", "Flat single-query latency by database size (what `AUTO_IVF_MIN` trades):", "",
                   _md(s["flat_latency"], [("n", "N"), ("d", "D"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
@@ -148,6 +155,7 @@ def scale(r: dict[str, Any]) -> str:
         lines.append(f"\nNOTE: {r['note']}")
     if r.get("auto"):
         lines += ["", f"Automatic index choice: {r['auto']}"]
+    lines += ["", _targets(r)]
     return "\n".join(lines)
 
 

@@ -203,10 +203,11 @@ class Detector:
             with self._lock:
                 if key not in self._indexes:
                     rels = [f"processing/{layer}-{mode}.npz", f"index/{layer}-{mode}.faiss"]
+                    rels += [r for r in [knn_index.refine_rel(rels[1])] if self.run.is_recorded(r)]
                     if self._verify:
                         self.run.verify(rels, full=self._verify_full)
                     self._params[key] = self.run.load_npz(rels[0])
-                    self._indexes[key] = self.run.load_faiss(rels[1])
+                    self._indexes[key] = knn_index.open_saved(self.run, rels[1])
         return self._params[key], self._indexes[key]
 
     # ------------------------------------------------------------------ inputs

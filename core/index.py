@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 __all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "Refined", "choose_kind", "build",
-           "search", "refine_rel", "open_refined", "set_threads", "threads"]
+           "search", "refine_rel", "open_refined", "open_saved", "set_threads", "threads"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,11 @@ IVF_TRAIN_PER_LIST = 64
 IVF_TRAIN_ITERS = 10
 #: ``ivfpq``: PQ bytes per vector (4-bit fast-scan codes, two sub-quantisers a byte), cells probed, and the
 #: shortlist re-ranked exactly (``REFINE_FACTOR`` · k candidates).
-PQ_BYTES = 32
+PQ_BYTES = 64
 IVFPQ_NPROBE = 64
 REFINE_FACTOR = 8
+#: ``ivfpq``: training vectors at least (the PQ codebooks learn from the same sample as the cells).
+PQ_TRAIN_MIN = 1 << 16
 #: Distance block size of the blocked path, in float32 entries (rows × database size).
 _BLOCK_ENTRIES = 1 << 24
 #: Top-k selection: every ``_SAMPLE_STRIDE``-th column sets the candidates' threshold, when rows hold at least
@@ -119,6 +121,23 @@ def open_refined(index, xb16: np.ndarray | None):
     return Refined(index, xb16)
 
 
+def open_saved(run, rel: str):
+    """Read the faiss file ``rel`` of ``run`` (a :class:`core.artefacts.RunDir`) as searched: an IVF-PQ fast-scan
+    index comes back as :class:`Refined` over its float16 vectors (:func:`refine_rel`, memory-mapped).
+
+    Raises
+    ------
+    core.artefacts.ArtefactError
+        An IVF-PQ index whose float16 vectors are not recorded in the run.
+    """
+    import faiss
+
+    index = run.load_faiss(rel)
+    if not isinstance(index, faiss.IndexIVFPQFastScan):
+        return index
+    return open_refined(index, run.load_npy(refine_rel(rel), mmap=True))
+
+
 def set_threads(n: int) -> None:
     """Set faiss's OpenMP thread count (one thread is fastest for single queries)."""
     import faiss
@@ -143,13 +162,13 @@ def threads(n: int) -> Iterator[None]:
 
 
 def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
-          ef_search: int = 1200, seed: int = 0):
+          ef_search: int = 1200, pq_bytes: int = PQ_BYTES, refine: int = REFINE_FACTOR, seed: int = 0):
     """Build a faiss index on database vectors ``xb`` (n, d) under L2.
 
     Parameters
     ----------
     xb : ndarray (n, d)
-    kind : {"auto", "flat", "ivf", "hnsw"}
+    kind : {"auto", "flat", "ivf", "hnsw", "ivfpq"}
         ``auto`` picks by size (:func:`choose_kind`).
     nlist : int, optional
         IVF cells (default ``4·sqrt(n)``).
@@ -157,6 +176,10 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
         IVF cells visited per query (stored on the index).
     hnsw_m, ef_search : int
         HNSW graph degree and search breadth (ef_search must exceed the largest k searched).
+    pq_bytes, refine : int
+        ``ivfpq``: bytes of 4-bit PQ code per vector (when they divide d in pairs of sub-quantisers, else one
+        dimension per sub-quantiser) and shortlist size over k. ``ivfpq`` probes :data:`IVFPQ_NPROBE` cells
+        when ``nprobe`` is left at 16.
 
     Returns
     -------
@@ -175,9 +198,9 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
         index = faiss.IndexFlatL2(d)
     elif kind == "ivfpq":
         nlist = nlist or max(1, int(4 * math.sqrt(n)))
-        m = PQ_BYTES * 2 if d % (PQ_BYTES * 2) == 0 else d
+        m = pq_bytes * 2 if d % (pq_bytes * 2) == 0 else d
         index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(d), d, nlist, m, 4)
-        sample = IVF_TRAIN_PER_LIST * nlist
+        sample = max(IVF_TRAIN_PER_LIST * nlist, PQ_TRAIN_MIN)
         train = xb if n <= sample else xb[np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))]
         index.cp.seed = seed
         index.cp.niter = IVF_TRAIN_ITERS
@@ -185,7 +208,7 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
         index.nprobe = IVFPQ_NPROBE if nprobe == 16 else nprobe
         index.add(xb)
         log.info("built ivfpq index on %d×%d in %.2fs", n, d, time.perf_counter() - t0)
-        return Refined(index, xb.astype(np.float16))
+        return Refined(index, xb.astype(np.float16), refine)
     elif kind == "ivf":
         nlist = nlist or max(1, int(4 * math.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)

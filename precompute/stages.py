@@ -168,14 +168,21 @@ def stage_index(ctx: Context) -> list[str]:
     files = []
     key = ctx.keys["index"]
     for layer, mode in tqdm(ctx.pairs(), desc="indexes", disable=not ctx.progress, dynamic_ncols=True):
-        rel = f"index/{layer}-{mode}.faiss"
-        files.append(rel)
-        if ctx.run.item_done(rel, key):
+        rel, f16 = f"index/{layer}-{mode}.faiss", knn_index.refine_rel(f"index/{layer}-{mode}.faiss")
+        pair = [rel, f16] if ctx.run.manifest["files"].get(f16, {}).get("key") == key else [rel]
+        if all(ctx.run.item_done(r, key) for r in pair):
+            files += pair
             continue
+        files.append(rel)
         params = ctx.run.load_npz(f"processing/{layer}-{mode}.npz")
         xb = processing.apply(params, ctx.run.load_npy(f"features/{layer}.npy", mmap=True))
         idx = knn_index.build(xb, kind=ctx.cfg["index"]["kind"], nprobe=ctx.cfg["index"]["nprobe"],
                               ef_search=max(1200, ctx.cfg["scoring"]["k_max"] + 200), seed=ctx.cfg["seed"])
+        ctx.run.forget(f16)
+        if isinstance(idx, knn_index.Refined):
+            ctx.run.save_npy(f16, idx.xb16, key=key)
+            files.append(f16)
+            idx = idx.coarse
         ctx.run.save_faiss(rel, idx, key=key)
     return files
 
@@ -218,7 +225,7 @@ def stage_neighbours(ctx: Context) -> list[str]:
         for la, mo in todo:
             if len(images):
                 if (la, mo) not in indexes:
-                    indexes[(la, mo)] = ctx.run.load_faiss(f"index/{la}-{mo}.faiss")
+                    indexes[(la, mo)] = knn_index.open_saved(ctx.run, f"index/{la}-{mo}.faiss")
                 D, I = knn_index.search(indexes[(la, mo)], processing.apply(params[(la, mo)], feats[la]), k_max,
                                         device=ctx.device)
             else:

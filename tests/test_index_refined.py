@@ -1,5 +1,6 @@
 """The ``ivfpq`` kind: an IVF-PQ shortlist re-ranked exactly on float16 vectors, saved as a faiss file + npy."""
 import numpy as np
+import pytest
 
 from core import index
 
@@ -30,3 +31,43 @@ def test_ivfpq_reranks_exactly_and_reopens_from_faiss_and_npy(tmp_path):
     np.testing.assert_array_equal(I1, I[:1])
     flat = index.build(xb, kind="flat")
     assert index.open_refined(flat, idx.xb16) is flat
+
+
+def test_run_built_with_ivfpq_stores_hashes_and_searches_float16(tiny_run, tiny_run_copy):
+    """A run whose index stage used ``kind = "ivfpq"``: the float16 vectors are recorded and hashed, and the
+    neighbours stage and the Detector search through the re-ranked index (recall of the exact neighbours)."""
+    from core.artefacts import RunDir
+    from core.detector import Detector
+    from core.artefacts import sha256_file
+    from tests.test_pipeline import _cli
+
+    assert _cli(tiny_run_copy, "--set=index.kind='ivfpq'") == 0
+    run, exact = RunDir(tiny_run_copy), RunDir(tiny_run)
+    run.verify()
+    layers, modes = run.manifest["summary"]["layers"], run.manifest["summary"]["modes"]
+    for la in layers:
+        for mo in modes:
+            rel = f"index/{la}-{mo}.faiss"
+            f16 = index.refine_rel(rel)
+            assert f16 in run.manifest["stages"]["index"]["files"]
+            assert run.manifest["files"][f16]["sha256"] == sha256_file(tiny_run_copy / f16)
+            x16 = run.load_npy(f16)
+            assert x16.dtype == np.float16 and x16.shape[0] == len(run.load_npy("train_labels.npy"))
+            assert isinstance(index.open_saved(run, rel), index.Refined)
+            for s in run.manifest["summary"]["sets"]:
+                a, b = run.load_npz(f"neighbours/{s}/{la}-{mo}.npz"), exact.load_npz(f"neighbours/{s}/{la}-{mo}.npz")
+                if not len(b["I"]):
+                    continue
+                recall = np.mean([len(np.intersect1d(p, q)) / len(q) for p, q in zip(a["I"], b["I"])])
+                assert recall >= 0.95, (s, la, mo, recall)
+    det = Detector.load(tiny_run_copy)
+    la, mo = layers[0], det.defaults["mode"]
+    _, idx = det._get(la, mo)
+    assert isinstance(idx, index.Refined) and isinstance(idx.xb16, np.memmap)
+    auth = run.load_npz("evalsets/authentic.npz")
+    nb = run.load_npz(f"neighbours/authentic/{la}-{mo}.npz")
+    one = det.inspect(auth["images"][0], n_neighbours=5)
+    np.testing.assert_array_equal(one.neighbours[la].ids, nb["I"][0, :5])
+    (tiny_run_copy / f16).unlink()
+    with pytest.raises(Exception):
+        Detector.load(tiny_run_copy)
