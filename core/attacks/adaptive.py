@@ -191,6 +191,8 @@ class AdaptiveLinf(_Adaptive):
     ----------
     surrogate : KnnSurrogate, optional
         The detector's surrogate (required when ``lam > 0``).
+    stop : callable, optional
+        Per-image success test, as for the shared loop (``_Adaptive``).
     eps, steps, step, restarts, lam, kappa, refresh
         See :func:`core.attacks.param_spec`-style ``spec``.
     """
@@ -216,8 +218,8 @@ class AdaptiveL2(_Adaptive):
 
     Parameters
     ----------
-    surrogate : KnnSurrogate, optional
-        The detector's surrogate (required when ``lam > 0``).
+    surrogate, stop : optional
+        As :class:`AdaptiveLinf`.
     eps, steps, step, restarts, lam, kappa, refresh
         As :class:`AdaptiveLinf`, ``eps`` an L2 radius.
     """
