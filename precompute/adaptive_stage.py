@@ -26,6 +26,7 @@ from core.evaluation import RunData
 from core.honest import json_safe
 from core.operating_point import OperatingPoint, Setting
 from core.splits import split_sources
+from core.threads import one_torch_thread
 
 __all__ = ["VARIANTS", "NORMS", "unbounded", "stage_adaptive", "render_adaptive", "operating_point", "guarded"]
 
@@ -81,6 +82,11 @@ def _sources(ctx: Any, report: dict, n: int) -> tuple[np.ndarray, np.ndarray, np
 
 def stage_adaptive(ctx: Any) -> list[str]:
     """Run the adaptive attacks on the guarded model; write the artefacts and ``report["adaptive"]``."""
+    with one_torch_thread():  # small batches, many steps: extra threads only contend
+        return _stage(ctx)
+
+
+def _stage(ctx: Any) -> list[str]:
     a = ctx.cfg["adaptive"]
     t0 = time.perf_counter()
     report = ctx.run.load_json("report.json")
@@ -101,15 +107,42 @@ def stage_adaptive(ctx: Any) -> list[str]:
     seed = int(ctx.cfg["seed"])
     traces: dict[str, list[float]] = {}
 
-    def attack(norm: str, variant: str, eps: float, steps: int | None = None) -> dict[str, np.ndarray]:
+    def attack(norm: str, variant: str, eps: float, todo: np.ndarray, steps: int | None = None,
+               restarts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Attack the images ``todo``; the adaptive variants stop per image at guarded success."""
         lam = 0.0 if variant == "oblivious" else float(a["lam"])
-        atk = NORMS[norm](surs.get(variant), eps=float(eps), lam=lam, **{**common, "steps": steps or a["steps"]})
-        res = atk(det.model, x, target=target, seed=seed)
-        g = guarded(det, op, res.x_adv, true)
-        g["l2"], g["linf"] = _norms(x, res.x_adv)
-        g["trace"] = atk.trace.mean(0)
-        g["budget"] = np.float64(eps)
-        return g
+        stop = None if variant == "oblivious" else \
+            (lambda xa, rows: guarded(det, op, xa, true[todo[rows]])["guarded"])
+        atk = NORMS[norm](surs.get(variant), stop=stop, eps=float(eps), lam=lam,
+                          **{**common, "steps": steps or a["steps"], "restarts": restarts or a["restarts"]})
+        res = atk(det.model, x[todo], target=target[todo], seed=seed)
+        return res.x_adv, atk.trace.mean(0)
+
+    oblivious_adv: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def curve(norm: str, variant: str, budgets: list[float]) -> list[dict[str, np.ndarray]]:
+        """Budgets from small to large. An adaptive variant keeps a success for the larger budgets and starts
+        from the oblivious attack's guarded successes at the same budget (it knows the detector's verdict)."""
+        x_adv, ok, rows = x.copy(), np.zeros(len(x), dtype=bool), []
+        for j, eps in enumerate(budgets):
+            todo = np.arange(len(x))
+            if variant != "oblivious":
+                ob_adv, ob_ok = oblivious_adv[norm][j]
+                take = ob_ok & ~ok
+                x_adv[take], ok = ob_adv[take], ok | take
+                todo = np.flatnonzero(~ok)
+            trace = np.zeros(0)
+            if len(todo):
+                x_adv[todo], trace = attack(norm, variant, eps, todo)
+            g = guarded(det, op, x_adv, true)
+            g["l2"], g["linf"] = _norms(x, x_adv)
+            g["trace"], g["budget"], g["attacked"] = trace, np.float64(eps), np.int64(len(todo))
+            if variant == "oblivious":
+                oblivious_adv.setdefault(norm, []).append((x_adv.copy(), g["guarded"]))
+            else:
+                ok = g["guarded"]
+            rows.append(g)
+        return rows
 
     n_boot = int(ctx.cfg["evaluation"]["n_boot"])
     bs = SourceBootstrap(src, n_boot=n_boot, seed=seed) if len(src) else None
@@ -118,18 +151,26 @@ def stage_adaptive(ctx: Any) -> list[str]:
     for norm in NORMS:
         budgets = [float(b) for b in a[norm]]
         for variant in VARIANTS:
-            rows = [attack(norm, variant, eps) for eps in budgets]
+            rows = curve(norm, variant, budgets)
             for key in ("guarded", "fooled", "trusted", "score", "l2", "linf"):
                 arrays[f"{variant}-{norm}-{key}"] = np.stack([r[key] for r in rows]) if rows else np.zeros((0, len(src)))
-            traces[f"{variant}-{norm}"] = [r["trace"].tolist() for r in rows]
+            traces[f"{variant}-{norm}"] = [r["trace"].tolist() for r in rows if len(r["trace"])]
             curves.setdefault(variant, {})[norm] = {
                 "budgets": budgets, "guarded_success": [ci(r["guarded"]) for r in rows],
                 "cnn_success": [ci(r["fooled"]) for r in rows],
                 "detected_of_fooled": [float((r["fooled"] & ~r["trusted"]).sum() / max(r["fooled"].sum(), 1))
                                        for r in rows]}
     t_curves = time.perf_counter()
-    sanity = _sanity(a, arrays, curves, traces, lambda norm: attack(norm, "adaptive_layer", unbounded(norm, x),
-                                                                    a["unbounded_steps"]), ci)
+    def run_unbounded(norm: str) -> dict[str, np.ndarray]:
+        todo = np.arange(len(x))
+        x_adv, _ = attack(norm, "adaptive_layer", unbounded(norm, x), todo, a["unbounded_steps"],
+                          a["unbounded_restarts"])
+        g = guarded(det, op, x_adv, true)
+        g["l2"], g["linf"] = _norms(x, x_adv)
+        g["budget"] = np.float64(unbounded(norm, x))
+        return g
+
+    sanity = _sanity(a, arrays, curves, traces, run_unbounded, ci)
     t_sanity = time.perf_counter()
     kappas = _cw_sweep(a, det, op, x, true, target, n_boot, seed)
     t_cw = time.perf_counter()
@@ -166,6 +207,7 @@ def _sanity(a: dict, arrays: dict, curves: dict, traces: dict, run_unbounded, ci
     for norm in NORMS:
         u = run_unbounded(norm)
         out["unbounded"][norm] = {"budget": float(np.max(u["budget"])), "steps": a["unbounded_steps"],
+                                  "restarts": a["unbounded_restarts"],
                                   "guarded_success": ci(u["guarded"]), "mean_l2": float(np.mean(u["l2"]))
                                   if len(u["l2"]) else None}
         tr = traces.get(f"adaptive_layer-{norm}", [])
@@ -212,8 +254,8 @@ def _cw_sweep(a: dict, det: Detector, op: OperatingPoint, x: np.ndarray, true: n
         return []
     rows = []
     for kappa in a["cw_kappas"]:
-        res = CarliniL2(confidence=float(kappa), max_iter=a["cw_max_iter"],
-                        binary_search_steps=a["cw_binary_steps"])(det.model, x[:n], target=target[:n], seed=seed)
+        res = CarliniL2(confidence=float(kappa), max_iter=a["cw_max_iter"], binary_search_steps=a["cw_binary_steps"],
+                        initial_const=a["cw_initial_const"], learning_rate=a["cw_learning_rate"])(det.model, x[:n], target=target[:n], seed=seed)
         g = guarded(det, op, res.x_adv, true[:n])
         l2, _ = _norms(x[:n], res.x_adv)
         fooled = g["fooled"]
@@ -294,14 +336,16 @@ def render_adaptive(ad: dict) -> list[str]:
     s = ad["sanity"]
     L += ["### Sanity checks of the attack (Tramèr et al. 2020)", ""]
     for norm, u in s["unbounded"].items():
-        L.append(f"- unbounded {norm} budget ({u['budget']:g}, {u['steps']} steps): guarded success "
+        L.append(f"- unbounded {norm} budget ({u['budget']:g}, {u['steps']} steps, {u.get('restarts', 1)} restart(s), "
+                 f"each image stopping at guarded success): guarded success "
                  f"{_ci(u['guarded_success'])} (should be near 100)")
     for norm, v in s["loss_falls"].items():
         L.append(f"- loss falls ({norm}, adaptive_layer, mean over budgets): {v['first']:.3f} -> {v['last']:.3f} "
                  f"({'ok' if v['ok'] else 'NOT falling'})")
     for norm, rows in s["adaptive_beats_oblivious"].items():
         bad = [r["budget"] for r in rows if not r["ok"]]
-        L.append(f"- adaptive >= oblivious where the oblivious attack is caught ({norm}): "
+        L.append(f"- adaptive >= oblivious where the oblivious attack is caught ({norm}; by construction, the adaptive "
+                 "attacker keeps the oblivious guarded successes): "
                  + ("ok at every budget" if not bad else f"FAILS at {bad}"))
     L.append(f"- all checks pass: {'yes' if s['all_ok'] else 'no'}")
     return L

@@ -109,13 +109,16 @@ DEFAULTS: dict[str, Any] = {
         "tau": 0.5,               # soft-kNN temperature, times the median candidate squared distance
         "k": 200,                 # k': nearest training features in the surrogate
         "k_class": 32,            # plus this many nearest of the target class
-        "refresh": 10,            # steps between re-finding the surrogate's neighbours
+        "refresh": 2,             # steps between re-finding the surrogate's neighbours (and checking success)
         "kappa": 5.0,             # logit margin past which the CNN term stops pulling
-        "unbounded_steps": 40,    # steps of the unbounded-budget sanity check
+        "unbounded_steps": 100,   # steps of the unbounded-budget sanity check (each image stops at success)
+        "unbounded_restarts": 2,  # its random starts (only the images not yet through are restarted)
         "cw_n": 40,               # images of the CW confidence sweep (0 = none)
         "cw_kappas": [0.0, 5.0, 10.0, 20.0, 40.0],
         "cw_max_iter": 30,
-        "cw_binary_steps": 4,
+        "cw_binary_steps": 3,
+        "cw_initial_const": 10.0,  # first trade-off constant c of the CW sweep
+        "cw_learning_rate": 0.5,   # its Adam step size (tanh space)
     },
     "scoring": {
         "k_max": 1000,                        # neighbours stored per evaluation image
@@ -196,10 +199,13 @@ RANGES: dict[str, Range] = {
     "adaptive.refresh": Range(1, 2000),
     "adaptive.kappa": Range(0.0, 100.0, integer=False),
     "adaptive.unbounded_steps": Range(1, 2000),
+    "adaptive.unbounded_restarts": Range(1, 20),
     "adaptive.cw_n": Range(0, 1_000_000),
     "adaptive.cw_kappas": Range(0.0, 50.0, integer=False),
     "adaptive.cw_max_iter": Range(1, 1000),
     "adaptive.cw_binary_steps": Range(1, 20),
+    "adaptive.cw_initial_const": Range(0.001, 1000.0, integer=False),
+    "adaptive.cw_learning_rate": Range(0.0001, 1.0, integer=False),
     "scoring.k_max": Range(1, MAX_K),
     "scoring.k": Range(1, "scoring.k_max"),
     "scoring.k_sweep": Range(1, "scoring.k_max"),

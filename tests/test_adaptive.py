@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from core import index as knn_index
 from core.attacks import AdaptiveL2, AdaptiveLinf, KnnSurrogate
 
 
@@ -18,10 +17,7 @@ def _two_clusters(mode: str = "none") -> KnnSurrogate:
     xb[:, 1] += 1.0  # keep away from the origin so l2 normalisation stays well defined
     labels = np.r_[np.zeros(200), np.ones(200)].astype(np.int64)
     params = {"mode": np.array(mode)}
-    from core import processing
-
-    idx = knn_index.build(processing.apply(params, xb), kind="flat")
-    return KnnSurrogate(["f"], {"f": params}, {"f": idx}, {"f": xb}, labels, k=50, k_class=8, tau=0.5)
+    return KnnSurrogate(["f"], {"f": params}, {"f": xb}, labels, k=50, k_class=8, tau=0.5)
 
 
 @pytest.mark.parametrize("mode", ["none", "l2"])
@@ -108,3 +104,24 @@ def test_adaptive_stage_on_the_tiny_run(tiny_run):
     assert (tiny_run / "adaptive/curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tiny_run / "report.md").read_text()
     assert "## Adaptive attacks" in md and "adaptive/curve.png" in md
+
+
+@pytest.mark.parametrize("cls,eps", [(AdaptiveLinf, 1.0), (AdaptiveL2, 4.0)])
+def test_stop_test_freezes_each_image_at_its_first_passing_iterate(cls, eps):
+    model = _Tiny().eval()
+    x = np.random.default_rng(1).random((8, 1, 4, 4)).astype(np.float32)
+    target = (model(torch.from_numpy(x)).argmax(1).numpy() + 1) % 3
+    seen: list[np.ndarray] = []
+
+    def stop(x_adv, rows):
+        seen.append(rows.copy())
+        return rows % 2 == 0  # even images pass as soon as they reach the target
+
+    atk = cls(lam=0.0, eps=eps, steps=30, refresh=3, stop=stop)
+    res = atk(model, x, target=target)
+    assert seen and all(((r >= 0) & (r < 8)).all() for r in seen)
+    assert atk.stopped[1::2].sum() == 0 and atk.stopped[::2].all()
+    assert (res.predicted[::2] == target[::2]).all()
+    # a stopped image is never offered again
+    offered = np.concatenate(seen)
+    assert all((offered == i).sum() == 1 for i in range(0, 8, 2))

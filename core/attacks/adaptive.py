@@ -6,8 +6,9 @@ Per image, with ``t`` the target class and ``Z`` the logits, each step descends:
 
 (:class:`core.attacks.surrogate.KnnSurrogate`, candidates re-found every ``refresh`` steps), with a step size
 that decays from ``step · eps / steps`` to 0 along a half cosine. ``lam = 0`` is the
-oblivious attack with the same optimiser. Among the iterates of every restart that reach ``t``, the one with
-the lowest objective is kept; where none does, the last iterate. See docs/design.md#adaptive-attacks.
+oblivious attack with the same optimiser. With a ``stop`` test (e.g. "fools the CNN and the detector trusts it"),
+an image stops at the first checked iterate that passes; otherwise, among the iterates of every restart that
+reach ``t``, the one with the lowest objective is kept; where none does, the last iterate. See docs/design.md#adaptive-attacks.
 
 >>> sur = KnnSurrogate.from_detector(det, layers=["conv3"], mode="l2")                    # doctest: +SKIP
 >>> res = AdaptiveLinf(sur, eps=0.1, lam=1.0)(det.model, x, target=t)                     # doctest: +SKIP
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,11 +25,20 @@ import torch
 
 from .base import Attack, Param
 from .surrogate import KnnSurrogate
-from .utils import BATCH, model_device, quantise_within
+from .utils import model_device, quantise, quantise_within
 
-__all__ = ["AdaptiveLinf", "AdaptiveL2"]
+__all__ = ["AdaptiveLinf", "AdaptiveL2", "Stop"]
 
 log = logging.getLogger(__name__)
+
+#: ``stop(x_adv (B, C, H, W) snapped, rows (B,)) -> bool (B,)``: whether each iterate is good enough to keep.
+Stop = Callable[[np.ndarray, np.ndarray], np.ndarray]
+CHUNK = 512  # images attacked together
+
+
+def quantise_t(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The uint8-grid version of float images (B, C, H, W) as a tensor on ``device``."""
+    return torch.from_numpy(quantise(x)).to(device)
 
 
 def _spec(eps: Param) -> dict[str, Param]:
@@ -43,19 +54,35 @@ def _spec(eps: Param) -> dict[str, Param]:
 
 
 class _Adaptive(Attack):
-    """Shared PGD loop; subclasses give the norm's start, step and projection."""
+    """Shared PGD loop; subclasses give the norm's start, step and projection.
+
+    Parameters
+    ----------
+    surrogate : KnnSurrogate, optional
+        The detector's surrogate (required when ``lam > 0``).
+    stop : callable, optional
+        ``stop(x_adv, rows) -> bool (B,)`` on snapped iterates (B, C, H, W) of the images ``rows`` (indices into
+        the attacked batch) that reach the target: an image it passes is kept and no longer attacked. Checked
+        every ``refresh`` steps and after the last.
+    **params
+        See ``spec``.
+    """
 
     targeted = True
     modes = (True,)
     random = True
 
-    def __init__(self, surrogate: KnnSurrogate | None = None, **params: Any) -> None:
+    def __init__(self, surrogate: KnnSurrogate | None = None, *, stop: Stop | None = None, **params: Any) -> None:
         super().__init__(**params)
         if surrogate is None and self.params["lam"] > 0:
             raise ValueError(f"{self.name}: lam > 0 needs a KnnSurrogate (KnnSurrogate.from_detector(det))")
         self.surrogate = surrogate
-        #: Mean objective per restart and step of the last call, float64 (restarts, steps).
+        self.stop = stop
+        #: Mean objective per restart and step of the last call, float64 (restarts, steps); a stopped image
+        #: keeps the value it stopped at.
         self.trace = np.zeros((0, 0))
+        #: Whether ``stop`` passed each image of the last call, bool (N,).
+        self.stopped = np.zeros(0, dtype=bool)
 
     def __repr__(self) -> str:
         layers = self.surrogate.layers if self.surrogate is not None else []
@@ -74,55 +101,87 @@ class _Adaptive(Attack):
         layers = self.surrogate.layers if self.surrogate is not None and self.params["lam"] > 0 else []
         ext = FeatureExtractor(model, layers) if layers else None
         out = x.copy()
+        self.stopped = np.zeros(len(x), dtype=bool)
         traces = []
-        for s in range(0, len(x), BATCH):
-            out[s:s + BATCH], tr = self._batch(model, ext, x[s:s + BATCH], target[s:s + BATCH], device)
-            traces.append(tr * min(BATCH, len(x) - s))
-        self.trace = np.sum(traces, axis=0) / len(x)
+        for s in range(0, len(x), CHUNK):
+            e = min(s + CHUNK, len(x))
+            out[s:e], tr, self.stopped[s:e] = self._batch(model, ext, x, target, np.arange(s, e), device)
+            traces.append(tr * (e - s))
+        self.trace = np.sum(traces, axis=0) / max(len(x), 1)
         return out
 
-    def _batch(self, model, ext, x: np.ndarray, target: np.ndarray,
-               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-        """One batch (B, C, H, W) -> adversarial (B, C, H, W) and its trace (restarts, steps)."""
+    def _batch(self, model, ext, x_all: np.ndarray, target_all: np.ndarray, rows: np.ndarray,
+               device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images ``rows`` of the batch -> adversarial (B, C, H, W), trace (restarts, steps), stopped (B,)."""
         p = self.params
-        eps, steps, lam = p["eps"], p["steps"], p["lam"]
+        eps, steps, lam, every = p["eps"], p["steps"], p["lam"], p["refresh"]
         size = p["step"] * eps / steps
+        x, target = x_all[rows], target_all[rows]
         xt = torch.from_numpy(x).to(device)
         tt = torch.from_numpy(target).to(device)
         n = len(x)
         best = xt.clone()
         best_obj = torch.full((n,), math.inf, device=device)
+        last_obj = torch.zeros(n, dtype=torch.float64, device=device)
         reached = torch.zeros(n, dtype=torch.bool, device=device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
         trace = np.zeros((p["restarts"], steps))
 
         for r in range(p["restarts"]):
-            delta = (torch.clamp(xt + self._start(xt.shape, eps), 0, 1) - xt).detach()
-            for i in range(steps):
-                delta.requires_grad_(True)
+            act = torch.nonzero(~done)[:, 0]
+            if not len(act):
+                trace[r:] = trace[r - 1, -1] if r else 0.0
+                break
+            delta = torch.zeros_like(xt)
+            delta[act] = (torch.clamp(xt[act] + self._start(xt[act].shape, eps), 0, 1) - xt[act]).detach()
+            for i in range(steps + 1):
+                if self.stop is not None and len(act) and (i == steps or (i > 0 and i % every == 0)):
+                    act = self._check(xt, delta, tt, act, rows, model, best, done)
+                if i == steps or not len(act):
+                    trace[r, i:] = float(last_obj.mean())
+                    break
+                xa, ta, da = xt[act], tt[act], delta[act].requires_grad_(True)
                 with torch.enable_grad():
-                    adv = xt + delta
+                    adv = xa + da
                     if ext is None:
                         z, feats = model(adv), None
                     else:
                         z, feats = ext(adv)
-                        if i % p["refresh"] == 0:
-                            self.surrogate.refresh(feats, target)
-                    z_t = z.gather(1, tt[:, None])[:, 0]
-                    other = z.scatter(1, tt[:, None], -math.inf).amax(1)
+                        if i % every == 0:
+                            self.surrogate.refresh(feats, target[act.cpu().numpy()])
+                    z_t = z.gather(1, ta[:, None])[:, 0]
+                    other = z.scatter(1, ta[:, None], -math.inf).amax(1)
                     obj = (other - z_t).clamp(min=-p["kappa"])
                     if feats is not None:
                         obj = obj + lam * self.surrogate.loss(feats)
-                    grad, = torch.autograd.grad(obj.sum(), delta)
+                    grad, = torch.autograd.grad(obj.sum(), da)
                 with torch.no_grad():
-                    trace[r, i] = float(obj.mean())
-                    hit = z.argmax(1) == tt
-                    better = torch.where(reached, hit & (obj < best_obj), hit | ~reached)
-                    best = torch.where(better[:, None, None, None], adv.detach(), best)
-                    best_obj = torch.where(better, obj.detach(), best_obj)
-                    reached |= hit
-                    delta = self._step(delta.detach(), grad, size * 0.5 * (1 + math.cos(math.pi * i / steps)), eps)
-                    delta = torch.clamp(xt + delta, 0, 1) - xt
-        return best.cpu().numpy(), trace
+                    last_obj[act] = obj.detach().double()
+                    trace[r, i] = float(last_obj.mean())
+                    hit = z.argmax(1) == ta
+                    ra, bo = reached[act], best_obj[act]
+                    better = torch.where(ra, hit & (obj < bo), hit | ~ra)
+                    best[act] = torch.where(better[:, None, None, None], adv.detach(), best[act])
+                    best_obj[act] = torch.where(better, obj.detach(), bo)
+                    reached[act] = ra | hit
+                    da = self._step(da.detach(), grad, size * 0.5 * (1 + math.cos(math.pi * i / steps)), eps)
+                    delta[act] = torch.clamp(xa + da, 0, 1) - xa
+        return best.cpu().numpy(), trace, done.cpu().numpy()
+
+    @torch.no_grad()
+    def _check(self, xt, delta, tt, act, rows, model, best, done) -> torch.Tensor:
+        """Apply ``stop`` to the active images that reach the target; freeze those it passes; the rest of ``act``."""
+        adv = xt[act] + delta[act]
+        x0 = xt[act].cpu().numpy()
+        snapped = np.asarray(self.snap(x0, np.clip(adv.cpu().numpy(), 0, 1)), dtype=np.float32)
+        hit = (model(quantise_t(snapped, adv.device)).argmax(1) == tt[act]).cpu().numpy()
+        ok = np.zeros(len(act), dtype=bool)
+        if hit.any():
+            ok[hit] = np.asarray(self.stop(snapped[hit], rows[act.cpu().numpy()[hit]]), dtype=bool)
+        okt = torch.from_numpy(ok).to(act.device)
+        best[act[okt]] = torch.from_numpy(snapped[ok]).to(best.device)
+        done[act[okt]] = True
+        return act[~okt]
 
 
 class AdaptiveLinf(_Adaptive):
@@ -132,6 +191,8 @@ class AdaptiveLinf(_Adaptive):
     ----------
     surrogate : KnnSurrogate, optional
         The detector's surrogate (required when ``lam > 0``).
+    stop : callable, optional
+        Per-image success test, as for the shared loop (``_Adaptive``).
     eps, steps, step, restarts, lam, kappa, refresh
         See :func:`core.attacks.param_spec`-style ``spec``.
     """
@@ -157,8 +218,8 @@ class AdaptiveL2(_Adaptive):
 
     Parameters
     ----------
-    surrogate : KnnSurrogate, optional
-        The detector's surrogate (required when ``lam > 0``).
+    surrogate, stop : optional
+        As :class:`AdaptiveLinf`.
     eps, steps, step, restarts, lam, kappa, refresh
         As :class:`AdaptiveLinf`, ``eps`` an L2 radius.
     """

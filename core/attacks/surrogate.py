@@ -1,13 +1,14 @@
 """A differentiable stand-in for the kNN score: the soft-kNN share of a class among nearby training features.
 
 For a query ``q`` (the processed features of an image at one tapped layer) and a candidate set of training
-features ``x_j`` (its ``k`` nearest, found with the run's index, plus the ``k_class`` nearest of the class aimed
-at), the share of class ``c`` is ``sum_{j: y_j = c} exp(-d_j² / τ) / sum_j exp(-d_j² / τ)``, with ``τ`` a
-multiple ``tau`` of the median candidate distance of that query (so one value fits every layer and processing).
-Candidates are re-found by :meth:`KnnSurrogate.refresh`; between refreshes they are constants.
+features ``x_j`` (its ``k`` nearest plus the ``k_class`` nearest of the class aimed at, found by an exact search
+over the processed training features held in memory), the share of class ``c`` is
+``sum_{j: y_j = c} exp(-d_j² / τ) / sum_j exp(-d_j² / τ)``, with ``τ`` a multiple ``tau`` of the median
+candidate distance of that query (so one value fits every layer and processing). Candidates are re-found by
+:meth:`KnnSurrogate.refresh`; between refreshes they are constants. See docs/design.md#adaptive-attacks.
 
 >>> sur = KnnSurrogate.from_detector(det, layers=["conv3"], mode="l2", k=200)     # doctest: +SKIP
->>> sur.refresh(feats, target); loss = sur.loss(feats, target)                    # (B,)  # doctest: +SKIP
+>>> sur.refresh(feats, target); loss = sur.loss(feats)                            # (B,)  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import index as knn_index
 from core import processing
 
 __all__ = ["KnnSurrogate", "torch_processing"]
@@ -52,10 +52,8 @@ class KnnSurrogate:
         Layers aimed at.
     params : mapping of layer -> processing params
         As :func:`core.processing.fit` returns them.
-    indexes : mapping of layer -> faiss index
-        Over the processed training features (the run's ``index/<layer>-<mode>.faiss``).
     train_features : mapping of layer -> ndarray (N, D)
-        Raw training features (may be memory-mapped); rows are processed when gathered.
+        Raw training features (may be memory-mapped); processed and held in memory on first use.
     train_labels : int ndarray (N,)
     k : int
         Nearest training features per query (k').
@@ -66,7 +64,7 @@ class KnnSurrogate:
     """
 
     def __init__(self, layers: Sequence[str], params: Mapping[str, Mapping[str, np.ndarray]],
-                 indexes: Mapping[str, Any], train_features: Mapping[str, np.ndarray], train_labels: np.ndarray, *,
+                 train_features: Mapping[str, np.ndarray], train_labels: np.ndarray, *,
                  k: int = 200, k_class: int = 32, tau: float = 0.5):
         if not layers:
             raise ValueError("aim at one layer at least")
@@ -74,11 +72,10 @@ class KnnSurrogate:
             raise ValueError(f"need k >= 1, k_class >= 1 and tau > 0, got {k}, {k_class}, {tau}")
         self.layers = list(layers)
         self.params = {la: params[la] for la in self.layers}
-        self.indexes = {la: indexes[la] for la in self.layers}
         self.train_features = {la: train_features[la] for la in self.layers}
         self.train_labels = np.asarray(train_labels, dtype=np.int64)
         self.k, self.k_class, self.tau = int(min(k, len(self.train_labels))), int(k_class), float(tau)
-        self._class_rows: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._bank: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._cand: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -87,30 +84,21 @@ class KnnSurrogate:
         """The surrogate of a loaded :class:`core.detector.Detector` (its processing ``mode``, default the run's)."""
         layers = list(layers or det.layers)
         mode = mode or det.defaults["mode"]
-        parts = {la: det._get(la, mode) for la in layers}
+        params = {la: det._get(la, mode)[0] for la in layers}
         feats = {la: det.run.load_npy(f"features/{la}.npy", mmap=True, verify=False) for la in layers}
-        return cls(layers, {la: p[0] for la, p in parts.items()}, {la: p[1] for la, p in parts.items()}, feats,
-                   det.train_labels, **kw)
+        return cls(layers, params, feats, det.train_labels, **kw)
 
-    def _rows(self, layer: str, ids: np.ndarray) -> np.ndarray:
-        """Processed training features of ``ids`` (any shape S) -> float32 (*S, d)."""
-        flat = ids.ravel()
-        order = np.argsort(flat, kind="stable")
-        rows = np.empty((len(flat), 0), np.float32)
-        if len(flat):
-            got = processing.apply(self.params[layer], np.asarray(self.train_features[layer][flat[order]]))
-            rows = np.empty_like(got)
-            rows[order] = got
-        return rows.reshape(*ids.shape, -1)
+    def _bank_of(self, layer: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Processed training features of ``layer`` sorted by class (N, d), their squared norms (N,) and labels
+        (N,), built once."""
+        if layer not in self._bank:
+            order = np.argsort(self.train_labels, kind="stable")
+            x = processing.apply(self.params[layer], np.asarray(self.train_features[layer], dtype=np.float32)[order])
+            xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            self._bank[layer] = (xb, xb.pow(2).sum(1), torch.from_numpy(self.train_labels[order]))
+        return tuple(t.to(device) for t in self._bank[layer])  # type: ignore[return-value]
 
-    def _class_bank(self, layer: str, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, processed features) of the training items of class ``c``, cached."""
-        key = (layer, int(c))
-        if key not in self._class_rows:
-            ids = np.flatnonzero(self.train_labels == c)
-            self._class_rows[key] = (ids, self._rows(layer, ids))
-        return self._class_rows[key]
-
+    @torch.no_grad()
     def refresh(self, feats: Mapping[str, torch.Tensor], target: np.ndarray | torch.Tensor) -> None:
         """Re-find the candidates of each query: its ``k`` nearest and the ``k_class`` nearest of ``target``.
 
@@ -122,26 +110,25 @@ class KnnSurrogate:
             Class aimed at per image.
         """
         target = np.asarray(torch.as_tensor(target).cpu(), dtype=np.int64)
+        bounds = np.searchsorted(self.train_labels[np.argsort(self.train_labels, kind="stable")],
+                                 np.arange(int(target.max(initial=0)) + 2))
+        kc = min([self.k_class, *(int(bounds[c + 1] - bounds[c]) for c in np.unique(target))])
         for la in self.layers:
-            f = feats[la]
-            q = processing.apply(self.params[la], f.detach().float().cpu().numpy())
-            _, I = knn_index.search(self.indexes[la], q, self.k)
-            I = np.where(I < 0, 0, I)
-            banks = {int(c): self._class_bank(la, int(c)) for c in np.unique(target)}
-            kc = min([self.k_class, *(len(b[0]) for b in banks.values())])
-            extra = np.zeros((len(q), kc), np.int64)
-            for c, (ids, bank) in banks.items():
-                if kc == 0:
-                    break
-                m = target == c
-                d2 = (q[m] ** 2).sum(1)[:, None] - 2 * q[m] @ bank.T + (bank ** 2).sum(1)[None]
-                extra[m] = ids[np.argpartition(d2, kc - 1, axis=1)[:, :kc]]
-            cand = np.concatenate([I.astype(np.int64), extra], axis=1) if extra.shape[1] else I.astype(np.int64)
-            xs = torch.from_numpy(self._rows(la, cand)).to(f.device)
-            same = torch.from_numpy(self.train_labels[cand] == target[:, None]).to(f.device)
-            with torch.no_grad():
-                d2 = (xs - torch.from_numpy(q).to(f.device)[:, None]).pow(2).sum(-1)
-                tau = (self.tau * d2.median(dim=1).values).clamp(min=1e-12)
+            f = feats[la].detach().float()
+            xb, n2, labels = self._bank_of(la, f.device)
+            q = torch_processing(self.params[la], f)
+            d2 = (n2[None] - 2 * q @ xb.T + q.pow(2).sum(1, keepdim=True)).clamp(min=0)  # (B, N)
+            near = d2.topk(self.k, dim=1, largest=False).indices
+            if kc > 0:
+                own = torch.empty((len(q), kc), dtype=torch.int64, device=f.device)
+                for c in np.unique(target):
+                    m = torch.from_numpy(target == c).to(f.device)
+                    lo, hi = int(bounds[c]), int(bounds[c + 1])
+                    own[m] = d2[m, lo:hi].topk(kc, dim=1, largest=False).indices + lo
+                near = torch.cat([near, own], dim=1)
+            tt = torch.from_numpy(target).to(f.device)
+            xs, same = xb[near], labels[near] == tt[:, None]
+            tau = (self.tau * d2.gather(1, near).median(dim=1).values).clamp(min=1e-12)
             self._cand[la] = (xs, same, tau)
 
     def share(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
