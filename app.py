@@ -11,8 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import url_state
-from app_pages.state import PAGES, sidebar
+from app_pages import loaders, url_state
+from app_pages.state import PAGES, current_run, sidebar
 
 # A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
@@ -28,7 +28,9 @@ page = st.navigation([
     st.Page(PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
 ] + url_state.alias_pages())  # /inspect opened directly, /Threshold...
 sidebar()
+loaders.warm(current_run())  # the detector loads in the background while the page draws
 try:
     page.run()
 finally:
     url_state.write()  # the view in the URL, also when the page stopped early
+    loaders.warm_imports()  # what the other pages import, while the browser draws this one

@@ -101,9 +101,10 @@ with pick_col:
 
 cur = current.current_image(run)
 image = cur["image"]
+thresholds = operating.thresholds(run)  # stored data only: done while the detector loads in the background
+loaders.ood_references(run)
 res = loaders.inspect(run, image)
 pred = int(res.predicted[0])
-thresholds = operating.thresholds(run)
 layers = run.layers
 scores = {la: float(res.scores[la][0]) for la in layers}
 operating.overall_box(run, scores, key="inspect_overall")

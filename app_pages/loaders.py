@@ -1,7 +1,7 @@
 """Cached loaders of a run for the pages, and the library calls whose results the pages show.
 
-``st.cache_resource`` holds the heavy shared objects (the :class:`~core.detector.Detector`,
-:class:`~core.evaluation.RunData`), ``st.cache_data`` small arrays and tables (scores of a stored set for one
+``st.cache_resource`` holds the heavy shared objects (the :class:`~core.detector.Detector`, whose load
+:func:`warm` starts in a background thread on the first page; :class:`~core.evaluation.RunData`), ``st.cache_data`` small arrays and tables (scores of a stored set for one
 setting, EER thresholds, failure cases), each keyed by the run folder and its manifest's modification time. A
 damaged or missing run file stops the page with the command that rebuilds the run. The precomputed evaluation
 sets are only ever scored from their stored neighbours: no page searches them.
@@ -9,7 +9,10 @@ sets are only ever scored from their stored neighbours: no page searches them.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +42,62 @@ def _guard(run: Run, *also: type[Exception]) -> Iterator[None]:
         _refuse(run, e)
 
 
-@st.cache_resource(show_spinner="Loading the detector (model and faiss indexes)…")
-def _detector(path: str, stamp: int):
+#: Modules the other pages import on their first visit (ROC curves): imported in the background after the
+#: first page's script run.
+WARM_IMPORTS = ("sklearn.metrics",)
+
+
+@st.cache_resource(show_spinner=False)
+def _background() -> ThreadPoolExecutor:
+    """One worker thread per process for loads that a page will wait on later."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="knnguard-warm")
+
+
+@st.cache_resource(show_spinner=False)
+def _loading(path: str, stamp: int) -> dict:
+    """The run's detector load: ``{"lock", "future"}`` (one per run and manifest stamp)."""
+    return {"lock": threading.Lock(), "future": None}
+
+
+def _load_detector(path: str):
     from core.detector import Detector
 
     return Detector.load(path, verify="full")  # one-image work picks its threads: core.threads
+
+
+def _import_warm() -> None:
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+
+
+@st.cache_resource(show_spinner=False)
+def _imports() -> Future:
+    return _background().submit(_import_warm)
+
+
+def _detector_future(path: str, stamp: int) -> Future:
+    """The detector's load, started in the background on first call (again after a failed one)."""
+    slot = _loading(path, stamp)
+    with slot["lock"]:
+        f = slot["future"]
+        if f is None or (f.done() and f.exception() is not None):
+            f = slot["future"] = _background().submit(_load_detector, path)
+    return f
+
+
+def warm(run: Run) -> None:
+    """Start loading the run's detector in the background (returns at once; pages wait in :func:`detector`)."""
+    _detector_future(run.path, run.stamp)
+
+
+def warm_imports() -> None:
+    """Import :data:`WARM_IMPORTS` in the background, once per process (after the detector's load)."""
+    _imports()
+
+
+@st.cache_resource(show_spinner="Loading the detector (model and faiss indexes)…")
+def _detector(path: str, stamp: int):
+    return _detector_future(path, stamp).result()
 
 
 def detector(run: Run):

@@ -7,7 +7,8 @@ session, from navigation start to the page's last element drawn (Chromium driven
 A page counts as drawn when the app reports its script run over, no skeleton, spinner or stale element is
 left, every image has loaded and every plotly chart has its SVG. Each round starts a new server (so the first
 page pays the imports, the model and the verification of the run), opens the first page, then each page by URL
-in a fresh browser context (a new session on the warm server). Targets: the first page under 3 s, every page
+in a new tab of the same browser profile (a new session on the warm server; ``--cold``: a new profile, so an
+empty browser cache, for every page). Targets: the first page under 3 s, every page
 under 1 s. Needs Debian's Chromium and the ``playwright`` package (requirements-dev.txt).
 """
 from __future__ import annotations
@@ -32,22 +33,29 @@ _DRAWN = """() => document.querySelector('[data-testid="stApp"][data-test-script
              .every(c => c.querySelector('.main-svg'))"""
 
 
-def _open(browser, url: str, timeout_s: float) -> float:
-    """Seconds from navigation start to the page drawn, in a new browser context (a new session)."""
+def _open(browser, url: str, timeout_s: float, ctx=None) -> float:
+    """Seconds from navigation start to the page drawn, in a new tab (a new session) of ``ctx`` (the user's
+    browser profile: its cache holds the app's scripts once loaded), or of a new context (an empty cache)."""
     from tools import browser as B
 
-    ctx = browser.new_context(viewport=B.VIEWPORT)
+    own = ctx is None
+    ctx = browser.new_context(viewport=B.VIEWPORT) if own else ctx
+    page = ctx.new_page()
     try:
-        page = ctx.new_page()
         page.goto(url, wait_until="commit", timeout=timeout_s * 1000)
         page.wait_for_function(_DRAWN, timeout=timeout_s * 1000, polling=50)
         return float(page.evaluate("performance.now()")) / 1000
     finally:
-        ctx.close()
+        page.close()
+        if own:
+            ctx.close()
 
 
-def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180) -> dict:
-    """Per round: the fresh server's first page and each page by URL (seconds); medians over rounds."""
+def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: bool = False) -> dict:
+    """Per round: the fresh server's first page and each page by URL (seconds); medians over rounds.
+
+    One user: every page opens in a new tab of one browser profile per round (a new session on the server, the
+    browser's cache kept), or, with ``cold``, in a new profile each (an empty browser cache every time)."""
     from playwright.sync_api import sync_playwright
 
     from tools import browser as B
@@ -63,12 +71,16 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180) -> dict
         try:
             for r in range(rounds):
                 t0 = time.perf_counter()
+                user = None if cold else browser.new_context(viewport=B.VIEWPORT)
                 with serve(runs_dir) as url:
                     started = time.perf_counter() - t0
-                    row = {"round": r, "server_start_s": started, "first_page_s": _open(browser, url, timeout_s)}
-                    row["second_session_s"] = _open(browser, url, timeout_s)
-                    row["pages"] = {title: _open(browser, f"{url}/{path}", timeout_s)
+                    row = {"round": r, "server_start_s": started,
+                           "first_page_s": _open(browser, url, timeout_s, user)}
+                    row["second_session_s"] = _open(browser, url, timeout_s, user)
+                    row["pages"] = {title: _open(browser, f"{url}/{path}", timeout_s, user)
                                     for title, path in B.URLS.items()}
+                if user is not None:
+                    user.close()
                 rows.append(row)
                 print(f"round {r}: first page {row['first_page_s']:.2f} s, second session "
                       f"{row['second_session_s']:.2f} s, pages "
@@ -77,7 +89,7 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180) -> dict
             browser.close()
     first = statistics.median(r["first_page_s"] for r in rows)
     pages = {t: statistics.median(r["pages"][t] for r in rows) for t in rows[0]["pages"]}
-    return {"run": str(run), "rounds": rows, "first_page_s": first,
+    return {"run": str(run), "browser_cache": "empty" if cold else "kept", "rounds": rows, "first_page_s": first,
             "second_session_s": statistics.median(r["second_session_s"] for r in rows), "pages_s": pages,
             "targets": {"first_page_under_3s": first < TARGETS_S["first_page"],
                         "every_page_under_1s": all(v < TARGETS_S["every_page"] for v in pages.values())}}
@@ -86,11 +98,12 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180) -> dict
 def main(argv: list[str] | None = None) -> int:
     p = C.parser(__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cold", action="store_true", help="a new browser profile (empty cache) for every page")
     a = p.parse_args(argv)
     if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
         raise SystemExit("needs Debian's Chromium: apt-get install -y chromium")
     C.require_run(a.run)
-    res = measure(a.run, rounds=1 if a.quick else a.rounds)
+    res = measure(a.run, rounds=1 if a.quick else a.rounds, cold=a.cold)
     t = res["targets"]
     print(f"first page (median) {res['first_page_s']:.2f} s: under 3 s {'yes' if t['first_page_under_3s'] else 'no'}; "
           f"every page under 1 s {'yes' if t['every_page_under_1s'] else 'no'} ("

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,11 @@ from core.runfiles import MANIFEST, ArtefactError, open_regular, sha256_file
 __all__ = ["ArtefactError", "RunDir", "sha256_file", "open_regular", "atomic_path", "MANIFEST"]
 
 log = logging.getLogger(__name__)
+
+#: Files whose sha256 matched, by (device, inode, size, mtime, ctime, digest) of the open file: a file is
+#: hashed once per process until any of these change (a write or a replacement changes the ctime).
+_HASHED: set[tuple[int, int, int, int, int, str]] = set()
+_HASHED_LOCK = threading.Lock()
 
 TMP_SUFFIX = ".tmp"
 #: Temporary names made by :func:`atomic_path`: ``.<final name>.knnguard-<pid>-<random>.tmp``.
@@ -264,13 +270,22 @@ class RunDir:
         return f
 
     def _hash_check(self, rel: str, f: BinaryIO, data: bytes | None = None) -> None:
-        """Compare the sha256 of ``data`` (or of ``f`` up to its recorded size, then rewound) with the manifest."""
+        """Compare the sha256 of ``data`` (or of ``f`` up to its recorded size, then rewound; once per unchanged
+        file and process) with the manifest."""
         entry = self.manifest["files"][rel]
         if data is not None:
             digest = hashlib.sha256(data).hexdigest()
         else:
+            st = os.fstat(f.fileno())
+            seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, entry["sha256"])
+            with _HASHED_LOCK:
+                if seen in _HASHED:
+                    return
             digest = runfiles.sha256_of(f, entry["size"])
             f.seek(0)
+            if digest == entry["sha256"]:
+                with _HASHED_LOCK:
+                    _HASHED.add(seen)
         if digest != entry["sha256"]:
             raise ArtefactError(f"{self.path / rel}: sha256 differs from the manifest (file changed after the "
                                 "run); refusing to load it")

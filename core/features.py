@@ -1,6 +1,7 @@
 """One forward pass that returns the logits and every tapped layer, global-average-pooled for conv maps.
 
-Built on ``torchvision.models.feature_extraction.create_feature_extractor``; the model is a
+Taps that are leaf modules are read by forward hooks; any other tap through
+``torchvision.models.feature_extraction.create_feature_extractor``. The model is a
 :class:`core.zoo.Classifier` (normalisation inside, taps are node names of ``model.net``).
 
 >>> ext = FeatureExtractor(model, ["conv2", "fc1"])          # doctest: +SKIP
@@ -30,6 +31,23 @@ def gap(t: torch.Tensor) -> torch.Tensor:
     return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
 
 
+def _traced_whole(m: nn.Module, leaf: tuple[type, ...]) -> bool:
+    """Whether FX traces module ``m`` as one node (torch.fx's default leaves, or a class of ``leaf``)."""
+    if isinstance(m, leaf):
+        return True
+    mod = type(m).__module__
+    return (mod.startswith("torch.nn") or mod.startswith("torch.ao.nn")) and not isinstance(m, nn.Sequential)
+
+
+def _one_node(mods: dict[str, nn.Module], layer: str, leaf: tuple[type, ...]) -> bool:
+    """Whether tap ``layer`` is a module traced as one node and not inside another such module (its node's
+    value is then the module's output)."""
+    if not layer or layer not in mods or not _traced_whole(mods[layer], leaf):
+        return False
+    parts = layer.split(".")
+    return not any(_traced_whole(mods[".".join(parts[:i])], leaf) for i in range(1, len(parts)))
+
+
 class FeatureExtractor(nn.Module):
     """Logits and GAP-ed activations of ``layers`` in one forward pass.
 
@@ -48,29 +66,66 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, model: nn.Module, layers: list[str]):
         super().__init__()
+        self.layers = list(layers)
+        self.model = model
+        self._ext: nn.Module | None = None
+        mods = dict(model.net.named_modules())
+        leaf = tuple(getattr(model, "leaf_modules", ()))
+        self._hooked = all(_one_node(mods, layer, leaf) for layer in layers)
+        if self._hooked:
+            self._mods = [mods[layer] for layer in self.layers]
+        else:
+            self._trace()
+
+    def _trace(self) -> None:
+        """The torchvision FX extractor of the taps (raises ValueError for a tap that is not a node)."""
         from torchvision.models.feature_extraction import create_feature_extractor
 
         from core.zoo import graph_nodes
 
+        model, layers = self.model, self.layers
         nodes = graph_nodes(model)
         # a module name stands for its last node (torchvision resolves it the same way), e.g. "Mixed_5b"
         bad = [layer for layer in layers if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes)]
         if bad:
             raise ValueError(f"layer(s) {bad} are not nodes of {type(model.net).__name__}. Hint: run "
                              f"`python -m precompute --list-layers CONFIG`; valid examples: {nodes[-8:]}")
-        self.layers = list(layers)
-        self.model = model
         was_training = model.training
         model.eval()
-        self._ext = create_feature_extractor(
+        ext = create_feature_extractor(
             model.net, return_nodes={**{layer: layer for layer in layers}, nodes[-1]: _LOGITS},
             tracer_kwargs={"leaf_modules": list(model.leaf_modules)})
-        self._ext.eval()
+        ext.eval()
         model.train(was_training)
+        self._hooked, self._ext = False, ext
+
+    def _hooked_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """Logits and taps read by forward hooks; None when a tap did not run exactly once."""
+        seen: list[list[torch.Tensor]] = [[] for _ in self._mods]
+        handles = [m.register_forward_hook(lambda _m, _i, out, acc=acc: acc.append(out))
+                   for m, acc in zip(self._mods, seen)]
+        try:
+            logits = self.model.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if not isinstance(logits, torch.Tensor) or any(len(acc) != 1 or not isinstance(acc[0], torch.Tensor)
+                                                       for acc in seen):
+            return None
+        return logits, {layer: acc[0] for layer, acc in zip(self.layers, seen)}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` float (N, C, H, W) in [0, 1] -> (logits (N, K), {layer: (N, D_layer)})."""
-        out = self._ext(self.model.normalize(x))
+        x = self.model.normalize(x)
+        if self._hooked and not any(m.training for m in self.model.net.modules()):
+            got = self._hooked_forward(x)
+            if got is not None:
+                logits, out = got
+                return logits, {k: gap(v) for k, v in out.items()}
+            self._trace()  # a tap ran twice or never: the traced graph decides
+        if self._ext is None:
+            self._trace()
+        out = self._ext(x)
         logits = out.pop(_LOGITS)
         return logits, {k: gap(v) for k, v in out.items()}
 

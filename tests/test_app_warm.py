@@ -1,0 +1,29 @@
+"""The app starts loading the run's detector in a background thread on the first page, so a page that does
+not need it (Threshold) does not wait for it, and the pages that do get that same detector."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+
+def test_first_page_loads_the_detector_in_the_background(tiny_run_copy, monkeypatch):
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run_copy.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("app_pages/threshold.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    from app_pages import loaders
+    from app_pages.state import stamp
+
+    path = at.session_state["run"]
+    future = loaders._loading(path, stamp(path))["future"]
+    assert future is not None  # started by the page run, which never asked for the detector itself
+    det = future.result(timeout=300)
+    assert str(det.run.path) == path
+    at.switch_page("app_pages/inspect_image.py").run()  # Inspect takes the detector loaded in the background
+    assert not at.exception, [e.value for e in at.exception]
+    assert loaders._detector(path, stamp(path)) is det
+    assert loaders._imports().result(timeout=300) is None
