@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app_pages import bounded, charts, loaders
+from app_pages import bounded, charts, loaders, operating
 from app_pages._text import md
 
 #: Interactive cap on the PGD steps of the panel.
@@ -75,7 +75,8 @@ def show(run, image: np.ndarray, pred0: int) -> None:
     if res is None or res["image"] != image.tobytes():
         st.caption("Press **Run oblivious and adaptive** to compare the two on the current image.")
         return
-    thresholds = loaders.eer_thresholds(run)
+    thresholds = operating.thresholds(run)  # the one operating point every page uses
+    at = operating.op_layer(run)
     before = loaders.inspect(run, image)
     rows, figs = [], []
     for name, adv in res["adv"].items():
@@ -83,20 +84,16 @@ def show(run, image: np.ndarray, pred0: int) -> None:
         pred = int(after.predicted[0])
         sc = {la: float(after.scores[la][0]) for la in layers}
         fooled = pred != pred0
-        if op.get("layer") in sc:
-            ok = sc[op["layer"]] > op["threshold"] if op.get("rule") == "nearest_eer" else \
-                sc[op["layer"]] >= op["threshold"]
-            verdict = ("not fooled" if not fooled else "**slips through** (trusted)" if ok else "**caught** (rejected)")
-        else:
-            verdict = "not fooled" if not fooled else "no operating point in this run"
+        ok = operating.trusts(run, sc[at], thresholds[at])
+        verdict = ("not fooled" if not fooled else "**slips through** (trusted)" if ok else "**caught** (rejected)")
         d = adv.astype(np.float64) - image.astype(np.float64)
         rows.append({"attack": name, "prediction": classes[pred], "verdict at the operating point": verdict,
                      "L∞": float(np.abs(d).max() / 255), "L2": float(np.linalg.norm(d) / 255),
                      **{f"score {la}": sc[la] for la in layers}})
         figs.append((name, sc, classes[pred]))
     st.markdown(f"**Toward {md(classes[res['target']])}**, {NORMS[res['norm']][0]} ε = {res['eps']:g}, "
-                f"λ = {res['lam']:g}, aimed at {md(', '.join(res['layers']))}. Operating point: layer "
-                f"{md(op.get('layer', '–'))}, threshold {op.get('threshold', float('nan')):.4f}.")
+                f"λ = {res['lam']:g}, aimed at {md(', '.join(res['layers']))}. Verdict at layer {md(at)}, threshold "
+                f"{thresholds[at]:.4f} ({operating.trust_text(run)}).")
     for r in rows:
         st.markdown(f"- {r['attack']}: {md(r['prediction'])}, {r['verdict at the operating point']}")
     st.dataframe(rows, hide_index=True, key="adp_table")

@@ -77,6 +77,10 @@ def stage_detectors(ctx: Context) -> list[str]:
         if ctx.run.item_done(meta_rel, key):
             files += [f for f in ctx.run.manifest["files"] if f.startswith(f"{store.ROOT}/{entry}/")]
             continue
+        if det.supervised and len(val.attacks) < 2:
+            log.warning("detector %s skipped: a supervised detector is fitted leave-one-attack-out and needs the "
+                        "validation adversarials of at least two attacks (this run has %d)", entry, len(val.attacks))
+            continue
         fits = fitting.fit_all(det, train, val, rule=rule, target_tpr=ev["target_tpr"])
         meta = {"name": det.name, "entry": entry, "label": det.label, "supervised": det.supervised,
                 "calibrated": det.calibrated, "params": det.params(), "rule": rule, "fits": {}}
