@@ -12,11 +12,15 @@ run = state.current_run()
 layers = run.layers
 attacks = state.attack_sets(run)
 has_errors = "errors" in state.ordered_sets(run)
+strict = operating.strict(run)  # the trust rule of the run's protocol
+rule = operating.trust_text(run)
+below = "score ≤ threshold" if strict else "score < threshold"
 
 st.title("Threshold")
 charts.how_to_read("How to read this: positives are authentic images the CNN gets right; negatives are adversarial "
-                   "images (and, if ticked, the CNN's natural errors). Every image with a score at or above the "
-                   "threshold is trusted. A good layer puts the blue curve (authentic) to the right of the others.")
+                   "images (and, if ticked, the CNN's natural errors). Every image with a score "
+                   f"{'above' if strict else 'at or above'} the threshold is trusted. A good layer puts the blue "
+                   "curve (authentic) to the right of the others.")
 
 rep = loaders.report(run)
 op = operating_point(rep)
@@ -81,7 +85,6 @@ with st.container(key="th_op"):
         st.code(state.resume_command(run.manifest), language="bash")
 
 s1, s2, s3 = st.columns([4, 1.3, 1.3], vertical_alignment="bottom")
-rule = operating.trust_text(run)
 s1.slider(f"Threshold of {md(layer)} (every page uses it): trust a prediction when {rule}", 0.0, 1.0, step=0.001,
           format="%.3f", key="th_threshold", on_change=_slide)
 s2.button(f"Jump to EER ({eer_th:.3f})", key="th_jump_eer", on_click=_jump, args=(eer_th,), width="stretch",
@@ -101,7 +104,7 @@ th = exact = shared
 at_op = (op is not None and op.get("threshold") is not None and (layer, run.mode, run.fn, run.k)
          == (op["layer"], op["processing"], op["fn"], int(op["k"])) and float(op["threshold"]) == exact)
 
-at = sep.at(th)
+at = sep.at(th, strict=strict)
 with st.container(key="th_operating"):
     st.markdown(f"**All stored images** at threshold **{th:.3f}**: {at['tpr']:.1%} of authentic images trusted "
                 f"(TPR), {at['fpr']:.1%} of negatives trusted, i.e. missed (FPR); "
@@ -144,8 +147,8 @@ else:
                    "trusted by the detector (the attack's success against the guarded model).")
     st.caption("The charts below use every stored image (validation and test) and the negatives chosen above.")
 
-conf = pd.DataFrame({"trusted (score ≥ threshold)": [at["tp"], at["fp"]],
-                     "rejected (score < threshold)": [at["fn"], at["tn"]]},
+conf = pd.DataFrame({f"trusted ({rule})": [at["tp"], at["fp"]],
+                     f"rejected ({below})": [at["fn"], at["tn"]]},
                     index=[f"authentic ({len(sep.positives)})",
                            f"negatives ({len(sep.all_negatives)}: {md(', '.join(negs))})"])
 left, right = st.columns([1, 1])
@@ -181,7 +184,7 @@ with right:
                                   xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3),
                     key="th_density")
 
-    grid, shares = sep.trusted_shares()
+    grid, shares = sep.trusted_shares(strict=strict)
     rates = [dict(type="scatter", x=grid, y=shares[0], name="TPR: authentic trusted",
                   line=dict(color=charts.TRUSTED_COLOR, width=3))]
     rates += [dict(type="scatter", x=grid, y=share, name=f"FPR: {name.split(' ')[0]} trusted",
@@ -198,12 +201,16 @@ from app_pages import downloads  # noqa: E402
 st.subheader("Downloads")
 
 
+shared_all = operating.thresholds(run)  # read now: the download is built later, outside this script run
+
+
 def _table() -> tuple[dict, dict, dict]:
-    """The stored sets of this page, their scores at every layer and each layer's threshold (on download)."""
+    """The stored sets of this page, their scores at every layer and each layer's threshold of the shared
+    operating point (on download)."""
     data = loaders.rundata(run)
     names = [x for x in (*data.positive_sets, *negs) if x in data.set_names]
     scores = {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in names}
-    return {x: data.evalset(x) for x in names}, scores, {**loaders.eer_thresholds(run), layer: th}
+    return {x: data.evalset(x) for x in names}, scores, shared_all
 
 
-downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run))
+downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run), strict=strict)

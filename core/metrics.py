@@ -121,8 +121,9 @@ def roc(pos: np.ndarray, neg: np.ndarray) -> Roc:
     return Roc(fpr, tpr, th, float(_auc(fpr, tpr)), rate, threshold, 1.0 - rate, len(pos), len(neg))
 
 
-def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, float]:
-    """Confusion counts and rates when trusting ``score >= threshold``.
+def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float, *, strict: bool = False) -> dict[str, float]:
+    """Confusion counts and rates when trusting ``score >= threshold`` (``score > threshold`` when ``strict``:
+    :func:`core.operating_point.trusted`).
 
     Returns
     -------
@@ -132,9 +133,11 @@ def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, fl
         At ``Roc.eer_threshold`` this ``accuracy`` equals ``Roc.eer_accuracy`` only where the ROC has a point
         with FPR = FNR: the EER is interpolated between ROC points, and tied scores leave such gaps.
     """
+    from core.operating_point import trusted
+
     pos, neg = _clean(pos), _clean(neg)
-    tp = int((pos >= threshold).sum())
-    fp = int((neg >= threshold).sum())
+    tp = int(trusted(pos, threshold, strict=strict).sum())
+    fp = int(trusted(neg, threshold, strict=strict).sum())
     tpr = tp / len(pos) if len(pos) else np.nan
     fpr = fp / len(neg) if len(neg) else np.nan
     return {"tp": tp, "fn": len(pos) - tp, "fp": fp, "tn": len(neg) - fp, "tpr": tpr, "fpr": fpr,

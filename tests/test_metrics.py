@@ -64,3 +64,14 @@ def test_rates_at_eer_threshold_differs_from_eer_accuracy_with_ties():
     assert at["accuracy"] == pytest.approx(0.85)  # the threshold lies in (0, 1]: TPR 0.7, TNR 1
     assert at["accuracy"] != pytest.approx(r.eer_accuracy)
     assert "equals ``Roc.eer_accuracy`` only where" in metrics.rates_at.__doc__
+
+
+def test_rates_at_and_trusted_share_follow_the_strict_rule():
+    from core.evaluation import trusted_share
+
+    pos, neg = np.array([0.2, 0.5, 0.5, 0.9]), np.array([0.1, 0.5])
+    assert metrics.rates_at(pos, neg, 0.5)["tp"] == 3 and metrics.rates_at(pos, neg, 0.5)["fp"] == 1
+    strict = metrics.rates_at(pos, neg, 0.5, strict=True)
+    assert (strict["tp"], strict["fn"], strict["fp"], strict["tn"]) == (1, 3, 0, 2)
+    assert trusted_share(pos, np.array([0.5])).tolist() == [0.75]
+    assert trusted_share(pos, np.array([0.5]), strict=True).tolist() == [0.25]
