@@ -1,12 +1,17 @@
 """Threshold: the run's operating point (chosen on validation) and, at the slider's threshold, the test-split
 figures with 95 % intervals; drag the threshold of one layer and watch the ROC point, the score densities (paper
 Fig. 4) and the TPR/FPR curves (Figs. 3 and 5) move. Scores come from stored neighbours only."""
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app_pages import charts, loaders, operating, state
 from app_pages._text import md, plotly_text
+from core.evaluation import Separation
 from core.live import operating_point
+from core.metrics import roc_corners
 
 run = state.current_run()
 layers = run.layers
@@ -38,7 +43,31 @@ negs = list(neg_sets) + (["errors"] if use_errors and has_errors else [])
 positives = " + ".join(loaders.rundata(run).positive_sets)
 st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: {md(positives)} images.")
 
-sep = loaders.separation(run, layer, negs)
+@dataclass(frozen=True)
+class _Curves:
+    """What the page draws that does not move with the threshold, at one setting and set of negatives."""
+
+    sep: Separation
+    roc_xy: tuple[np.ndarray, np.ndarray]  # the ROC's corners (c,), (c,)
+    centres: np.ndarray  # (bins,)
+    densities: list[np.ndarray]  # one (bins,) per group
+    grid: np.ndarray  # (points,)
+    shares: list[np.ndarray]  # one (points,) per group
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _curves(_run, path: str, stamp: int, layer: str, mode: str, fn: str, k: int, negatives: tuple[str, ...],
+            strict: bool) -> _Curves:
+    sep = loaders.separation(_run, layer, list(negatives))
+    if not len(sep.all_negatives):
+        return _Curves(sep, (np.zeros(0), np.zeros(0)), np.zeros(0), [], np.zeros(0), [])
+    centres, densities = sep.densities()
+    grid, shares = sep.trusted_shares(strict=strict)
+    return _Curves(sep, roc_corners(sep.roc), centres, densities, grid, shares)
+
+
+curves = _curves(run, run.path, run.stamp, layer, run.mode, run.fn, int(run.k), tuple(negs), strict)
+sep = curves.sep
 if not len(sep.all_negatives):
     st.warning("Choose at least one set of negatives (an attack, or authentic errors).")
     st.stop()
@@ -155,7 +184,7 @@ left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
     st.table(conf)
-    roc = [dict(type="scatter", x=r.fpr, y=r.tpr, mode="lines", name=f"ROC (AUC {r.auc:.3f})",
+    roc = [dict(type="scatter", x=curves.roc_xy[0], y=curves.roc_xy[1], mode="lines", name=f"ROC (AUC {r.auc:.3f})",
                 line=dict(color=charts.ink())),
            dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="#aaa")),
            dict(type="scatter", x=[r.eer], y=[1 - r.eer], mode="markers", name=f"EER point ({r.eer_accuracy:.1%})",
@@ -165,14 +194,15 @@ with left:
                 marker=dict(symbol="x", size=14, color="#c53030"))]
     st.plotly_chart(charts.figure(roc, title=f"ROC at {plotly_text(layer)}", ytitle="TPR: share of authentic trusted",
                                   xtitle="FPR: share of negatives trusted", height=420,
-                                  xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02])), key="th_roc")
+                                  xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02]),
+                                  validate=False), key="th_roc")
 
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
 groups = [(f"{plotly_text(positives)} (positives)", charts.TRUSTED_COLOR)]
 groups += [(f"{plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
             palette[i % len(palette)]) for i, s in enumerate(negs)]
 with right:
-    centres, densities = sep.densities()
+    centres, densities = curves.centres, curves.densities
     dens = [dict(type="scatter", x=centres, y=d, mode="lines", line_shape="hvh", name=f"{name}, n={len(sc)}",
                  line=dict(color=color, width=2), fill="tozeroy" if name.startswith("authentic") else "none")
             for (name, color), sc, d in zip(groups, sep.groups, densities)]
@@ -181,10 +211,11 @@ with right:
                                     charts.vline(th))
     st.plotly_chart(charts.figure(dens, title="Score densities (paper Fig. 4)", ytitle="density",
                                   xtitle="kNN score of the predicted class", height=460, legend_below=True,
-                                  xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3),
+                                  xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3,
+                                  validate=False),
                     key="th_density")
 
-    grid, shares = sep.trusted_shares(strict=strict)
+    grid, shares = curves.grid, curves.shares
     rates = [dict(type="scatter", x=grid, y=shares[0], name="TPR: authentic trusted",
                   line=dict(color=charts.TRUSTED_COLOR, width=3))]
     rates += [dict(type="scatter", x=grid, y=share, name=f"FPR: {name.split(' ')[0]} trusted",
@@ -193,7 +224,7 @@ with right:
     shapes, notes = charts.vline(th, label=f"{th:.3f}")
     st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
                                   xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
-                                  shapes=shapes, annotations=notes), key="th_rates")
+                                  shapes=shapes, annotations=notes, validate=False), key="th_rates")
 
 # ------------------------------------------------------------------------ downloads (the page's data as files)
 from app_pages import downloads  # noqa: E402

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Roc", "roc", "eer", "rates_at", "aggregate", "rejected_at_tpr"]
+__all__ = ["Roc", "roc", "roc_corners", "eer", "rates_at", "aggregate", "rejected_at_tpr"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,21 @@ def roc(pos: np.ndarray, neg: np.ndarray) -> Roc:
     fpr, tpr, th = roc_curve(y, s, drop_intermediate=False)
     rate, threshold = eer(fpr, tpr, th)
     return Roc(fpr, tpr, th, float(_auc(fpr, tpr)), rate, threshold, 1.0 - rate, len(pos), len(neg))
+
+
+def roc_corners(r: Roc) -> tuple[np.ndarray, np.ndarray]:
+    """The points of ``r`` where the curve turns (its ends kept): the same polyline as ``(r.fpr, r.tpr)``, with the
+    points inside straight runs left out (found on the integer counts, so exactly).
+
+    Returns
+    -------
+    fpr, tpr : float64 ndarray (c,)
+    """
+    if r.n_pos == 0 or r.n_neg == 0 or len(r.fpr) < 3:
+        return r.fpr, r.tpr
+    fps, tps = np.rint(r.fpr * r.n_neg).astype(np.int64), np.rint(r.tpr * r.n_pos).astype(np.int64)
+    keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+    return r.fpr[keep], r.tpr[keep]
 
 
 def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float, *, strict: bool = False) -> dict[str, float]:
