@@ -44,9 +44,26 @@ def ink() -> str:
     return INK[theme()]
 
 
-def verdict(score: float, threshold: float) -> str:
-    """:data:`TRUSTED` when ``score >= threshold``, else :data:`REJECTED`."""
-    return TRUSTED if score >= threshold else REJECTED
+def rule_strict(strict: bool | None = None) -> bool:
+    """``strict`` if given, else the trust rule of the current run's protocol (:func:`core.verdict.is_strict`):
+    True for ``score > threshold``."""
+    if strict is not None:
+        return bool(strict)
+    from app_pages import operating, state
+
+    return operating.strict(state.current_run())
+
+
+def trusted(score: float, threshold: float, strict: bool | None = None) -> bool:
+    """Whether ``score`` is trusted at ``threshold`` by the rule of :func:`rule_strict` (NaN counts as 0)."""
+    from core.verdict import trusts
+
+    return trusts(score, threshold, rule_strict(strict))
+
+
+def verdict(score: float, threshold: float, strict: bool | None = None) -> str:
+    """:data:`TRUSTED` when :func:`trusted`, else :data:`REJECTED`."""
+    return TRUSTED if trusted(score, threshold, strict) else REJECTED
 
 
 def how_to_read(text: str) -> None:
@@ -54,19 +71,22 @@ def how_to_read(text: str) -> None:
     st.info(text, icon=":material/school:")
 
 
-def legend() -> None:
-    """The score colour legend, in colour and in words."""
+def legend(strict: bool | None = None) -> None:
+    """The score colour legend, in colour and in words, with the trust rule of :func:`rule_strict`."""
+    ok, no = ("score > threshold", "score ≤ threshold") if rule_strict(strict) else ("score ≥ threshold",
+                                                                                      "score < threshold")
     chip = ("<span style='background:{c};color:white;padding:1px 8px;border-radius:4px;font-weight:600'>{w}"
             "</span>")
-    st.markdown(chip.format(c=TRUSTED_COLOR, w=TRUSTED) + " score ≥ threshold &nbsp;·&nbsp; "
-                + chip.format(c=REJECTED_COLOR, w=REJECTED) + " score < threshold (hatched) &nbsp;·&nbsp; "
+    st.markdown(chip.format(c=TRUSTED_COLOR, w=TRUSTED) + f" {ok} &nbsp;·&nbsp; "
+                + chip.format(c=REJECTED_COLOR, w=REJECTED) + f" {no} (hatched) &nbsp;·&nbsp; "
                 "<b>▬</b> the layer's threshold", unsafe_allow_html=True)
 
 
 def figure(data: list[dict], *, title: str, ytitle: str, xtitle: str = "", height: int = 360,
-           legend_below: bool = False, xaxis: dict | None = None, yaxis: dict | None = None, **layout: Any):
+           legend_below: bool = False, xaxis: dict | None = None, yaxis: dict | None = None, validate: bool = True,
+           **layout: Any):
     """A plotly figure from plain trace dicts, built and validated once (cheaper per rerun than adding traces
-    one by one)."""
+    one by one); ``validate=False`` skips plotly's validation (same JSON for valid dicts, about half the time)."""
     import plotly.graph_objects as go
 
     legend = (dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0) if legend_below else
@@ -75,7 +95,7 @@ def figure(data: list[dict], *, title: str, ytitle: str, xtitle: str = "", heigh
                margin=dict(l=10, r=10, t=50, b=10),
                xaxis=dict(title=dict(text=xtitle), **(xaxis or {})),
                yaxis=dict(title=dict(text=ytitle), **(yaxis or {})), **layout)
-    return go.Figure(dict(data=data, layout=lay))
+    return go.Figure(dict(data=data, layout=lay), _validate=validate)
 
 
 def vline(x: float, *, label: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -102,13 +122,16 @@ def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
                 hovertemplate="%{x}: threshold %{y:.3f}<extra></extra>")
 
 
-def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str):
-    """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict, with each
-    layer's threshold as a tick in the theme's ink (:func:`ink`). Layer names are escaped here; ``title`` is plotly
-    text (escape run text)."""
+def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str,
+                        strict: bool | None = None):
+    """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict (the rule of
+    :func:`rule_strict`), with each layer's threshold as a tick in the theme's ink (:func:`ink`). Layer names are
+    escaped here; ``title`` is plotly text (escape run text)."""
+    strict = rule_strict(strict)
+    verdicts = {la: trusted(scores[la], thresholds[la], strict) for la in layers}
     data = []
     for ok, color, word, pattern in ((True, TRUSTED_COLOR, TRUSTED, ""), (False, REJECTED_COLOR, REJECTED, "/")):
-        xs = [la for la in layers if (scores[la] >= thresholds[la]) == ok]
+        xs = [la for la in layers if verdicts[la] == ok]
         if xs:
             data.append(dict(type="bar", x=[plotly_text(la) for la in xs], y=[scores[la] for la in xs], name=word,
                              marker=dict(color=color, pattern=dict(shape=pattern)),
@@ -122,11 +145,13 @@ def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds:
 
 
 def before_after_figure(layers: list[str], before: dict[str, float], after: dict[str, float],
-                        thresholds: dict[str, float], *, title: str):
-    """Grouped bars per layer: score before and after the attack, coloured by verdict, with thresholds."""
+                        thresholds: dict[str, float], *, title: str, strict: bool | None = None):
+    """Grouped bars per layer: score before and after the attack, coloured by verdict (the rule of
+    :func:`rule_strict`), with thresholds."""
+    strict = rule_strict(strict)
     data = []
     for name, sc, opacity in (("before attack (left bar)", before, 0.55), ("after attack (right bar)", after, 1.0)):
-        ok = [sc[la] >= thresholds[la] for la in layers]
+        ok = [trusted(sc[la], thresholds[la], strict) for la in layers]
         data.append(dict(type="bar", x=[plotly_text(la) for la in layers], y=[sc[la] for la in layers], name=name,
                          marker=dict(color=[TRUSTED_COLOR if o else REJECTED_COLOR for o in ok], opacity=opacity,
                                      pattern=dict(shape=["" if o else "/" for o in ok])),

@@ -48,19 +48,20 @@ def report_downloads(run: Run) -> None:
 
 def threshold_downloads(run: Run, layer: str, threshold: float, sep, at: Mapping[str, float],
                         table: Callable[[], tuple[Mapping, Mapping, Mapping[str, float]]],
-                        classes: Sequence[str]) -> None:
+                        classes: Sequence[str], *, strict: bool) -> None:
     """Per-image scores and verdicts, the confusion counts at ``threshold`` and the ROC of ``sep``.
 
     ``table()`` gives the per-image data when the scores are downloaded: (``sets``, ``scores``, ``thresholds``) as
-    :func:`core.exports.scores_csv` takes them.
+    :func:`core.exports.scores_csv` takes them; ``strict``: the run's trust rule (``score > threshold``).
     """
     name = f"{_slug(run.manifest.get('config', {}).get('name', 'run'))}-{_slug(layer)}-{run.mode}-{run.fn}-k{run.k}"
     c = st.columns(3)
-    c[0].download_button("Scores per image (CSV)", lambda: exports.scores_csv(*table(), classes),
+    c[0].download_button("Scores per image (CSV)", lambda: exports.scores_csv(*table(), classes, strict=strict),
                          file_name=f"{name}-scores.csv", mime="text/csv", key="dl_scores", on_click="ignore",
                          icon=":material/download:",
                          help="Every stored image of these sets: score per layer and verdict at each layer's "
-                              f"threshold ({layer}: this page's slider; other layers: their EER thresholds).")
+                              "threshold of the shared operating point (set here or chosen on validation), "
+                              f"trusting {'score > threshold' if strict else 'score ≥ threshold'}.")
     c[1].download_button("Confusion counts (CSV)", lambda: exports.confusion_csv(at, threshold),
                          file_name=f"{name}-confusion.csv", mime="text/csv", key="dl_confusion", on_click="ignore",
                          icon=":material/download:")

@@ -1,22 +1,31 @@
 """Threshold: the run's operating point (chosen on validation) and, at the slider's threshold, the test-split
 figures with 95 % intervals; drag the threshold of one layer and watch the ROC point, the score densities (paper
 Fig. 4) and the TPR/FPR curves (Figs. 3 and 5) move. Scores come from stored neighbours only."""
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app_pages import charts, loaders, operating, state
 from app_pages._text import md, plotly_text
+from core.evaluation import Separation
 from core.live import operating_point
+from core.metrics import roc_corners
 
 run = state.current_run()
 layers = run.layers
 attacks = state.attack_sets(run)
 has_errors = "errors" in state.ordered_sets(run)
+strict = operating.strict(run)  # the trust rule of the run's protocol
+rule = operating.trust_text(run)
+below = "score ≤ threshold" if strict else "score < threshold"
 
 st.title("Threshold")
 charts.how_to_read("How to read this: positives are authentic images the CNN gets right; negatives are adversarial "
-                   "images (and, if ticked, the CNN's natural errors). Every image with a score at or above the "
-                   "threshold is trusted. A good layer puts the blue curve (authentic) to the right of the others.")
+                   "images (and, if ticked, the CNN's natural errors). Every image with a score "
+                   f"{'above' if strict else 'at or above'} the threshold is trusted. A good layer puts the blue "
+                   "curve (authentic) to the right of the others.")
 
 rep = loaders.report(run)
 op = operating_point(rep)
@@ -34,7 +43,31 @@ negs = list(neg_sets) + (["errors"] if use_errors and has_errors else [])
 positives = " + ".join(loaders.rundata(run).positive_sets)
 st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: {md(positives)} images.")
 
-sep = loaders.separation(run, layer, negs)
+@dataclass(frozen=True)
+class _Curves:
+    """What the page draws that does not move with the threshold, at one setting and set of negatives."""
+
+    sep: Separation
+    roc_xy: tuple[np.ndarray, np.ndarray]  # the ROC's corners (c,), (c,)
+    centres: np.ndarray  # (bins,)
+    densities: list[np.ndarray]  # one (bins,) per group
+    grid: np.ndarray  # (points,)
+    shares: list[np.ndarray]  # one (points,) per group
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _curves(_run, path: str, stamp: int, layer: str, mode: str, fn: str, k: int, negatives: tuple[str, ...],
+            strict: bool) -> _Curves:
+    sep = loaders.separation(_run, layer, list(negatives))
+    if not len(sep.all_negatives):
+        return _Curves(sep, (np.zeros(0), np.zeros(0)), np.zeros(0), [], np.zeros(0), [])
+    centres, densities = sep.densities()
+    grid, shares = sep.trusted_shares(strict=strict)
+    return _Curves(sep, roc_corners(sep.roc), centres, densities, grid, shares)
+
+
+curves = _curves(run, run.path, run.stamp, layer, run.mode, run.fn, int(run.k), tuple(negs), strict)
+sep = curves.sep
 if not len(sep.all_negatives):
     st.warning("Choose at least one set of negatives (an attack, or authentic errors).")
     st.stop()
@@ -81,7 +114,6 @@ with st.container(key="th_op"):
         st.code(state.resume_command(run.manifest), language="bash")
 
 s1, s2, s3 = st.columns([4, 1.3, 1.3], vertical_alignment="bottom")
-rule = operating.trust_text(run)
 s1.slider(f"Threshold of {md(layer)} (every page uses it): trust a prediction when {rule}", 0.0, 1.0, step=0.001,
           format="%.3f", key="th_threshold", on_change=_slide)
 s2.button(f"Jump to EER ({eer_th:.3f})", key="th_jump_eer", on_click=_jump, args=(eer_th,), width="stretch",
@@ -101,7 +133,7 @@ th = exact = shared
 at_op = (op is not None and op.get("threshold") is not None and (layer, run.mode, run.fn, run.k)
          == (op["layer"], op["processing"], op["fn"], int(op["k"])) and float(op["threshold"]) == exact)
 
-at = sep.at(th)
+at = sep.at(th, strict=strict)
 with st.container(key="th_operating"):
     st.markdown(f"**All stored images** at threshold **{th:.3f}**: {at['tpr']:.1%} of authentic images trusted "
                 f"(TPR), {at['fpr']:.1%} of negatives trusted, i.e. missed (FPR); "
@@ -144,15 +176,15 @@ else:
                    "trusted by the detector (the attack's success against the guarded model).")
     st.caption("The charts below use every stored image (validation and test) and the negatives chosen above.")
 
-conf = pd.DataFrame({"trusted (score ≥ threshold)": [at["tp"], at["fp"]],
-                     "rejected (score < threshold)": [at["fn"], at["tn"]]},
+conf = pd.DataFrame({f"trusted ({rule})": [at["tp"], at["fp"]],
+                     f"rejected ({below})": [at["fn"], at["tn"]]},
                     index=[f"authentic ({len(sep.positives)})",
                            f"negatives ({len(sep.all_negatives)}: {md(', '.join(negs))})"])
 left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
     st.table(conf)
-    roc = [dict(type="scatter", x=r.fpr, y=r.tpr, mode="lines", name=f"ROC (AUC {r.auc:.3f})",
+    roc = [dict(type="scatter", x=curves.roc_xy[0], y=curves.roc_xy[1], mode="lines", name=f"ROC (AUC {r.auc:.3f})",
                 line=dict(color=charts.ink())),
            dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="#aaa")),
            dict(type="scatter", x=[r.eer], y=[1 - r.eer], mode="markers", name=f"EER point ({r.eer_accuracy:.1%})",
@@ -162,14 +194,15 @@ with left:
                 marker=dict(symbol="x", size=14, color="#c53030"))]
     st.plotly_chart(charts.figure(roc, title=f"ROC at {plotly_text(layer)}", ytitle="TPR: share of authentic trusted",
                                   xtitle="FPR: share of negatives trusted", height=420,
-                                  xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02])), key="th_roc")
+                                  xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02]),
+                                  validate=False), key="th_roc")
 
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
 groups = [(f"{plotly_text(positives)} (positives)", charts.TRUSTED_COLOR)]
 groups += [(f"{plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
             palette[i % len(palette)]) for i, s in enumerate(negs)]
 with right:
-    centres, densities = sep.densities()
+    centres, densities = curves.centres, curves.densities
     dens = [dict(type="scatter", x=centres, y=d, mode="lines", line_shape="hvh", name=f"{name}, n={len(sc)}",
                  line=dict(color=color, width=2), fill="tozeroy" if name.startswith("authentic") else "none")
             for (name, color), sc, d in zip(groups, sep.groups, densities)]
@@ -178,10 +211,11 @@ with right:
                                     charts.vline(th))
     st.plotly_chart(charts.figure(dens, title="Score densities (paper Fig. 4)", ytitle="density",
                                   xtitle="kNN score of the predicted class", height=460, legend_below=True,
-                                  xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3),
+                                  xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3,
+                                  validate=False),
                     key="th_density")
 
-    grid, shares = sep.trusted_shares()
+    grid, shares = curves.grid, curves.shares
     rates = [dict(type="scatter", x=grid, y=shares[0], name="TPR: authentic trusted",
                   line=dict(color=charts.TRUSTED_COLOR, width=3))]
     rates += [dict(type="scatter", x=grid, y=share, name=f"FPR: {name.split(' ')[0]} trusted",
@@ -190,7 +224,7 @@ with right:
     shapes, notes = charts.vline(th, label=f"{th:.3f}")
     st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
                                   xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
-                                  shapes=shapes, annotations=notes), key="th_rates")
+                                  shapes=shapes, annotations=notes, validate=False), key="th_rates")
 
 # ------------------------------------------------------------------------ downloads (the page's data as files)
 from app_pages import downloads  # noqa: E402
@@ -198,12 +232,16 @@ from app_pages import downloads  # noqa: E402
 st.subheader("Downloads")
 
 
+shared_all = operating.thresholds(run)  # read now: the download is built later, outside this script run
+
+
 def _table() -> tuple[dict, dict, dict]:
-    """The stored sets of this page, their scores at every layer and each layer's threshold (on download)."""
+    """The stored sets of this page, their scores at every layer and each layer's threshold of the shared
+    operating point (on download)."""
     data = loaders.rundata(run)
     names = [x for x in (*data.positive_sets, *negs) if x in data.set_names]
     scores = {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in names}
-    return {x: data.evalset(x) for x in names}, scores, {**loaders.eer_thresholds(run), layer: th}
+    return {x: data.evalset(x) for x in names}, scores, shared_all
 
 
-downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run))
+downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run), strict=strict)

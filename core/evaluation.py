@@ -96,11 +96,11 @@ def eer_thresholds(data: RunData, mode: str, fn: str, k: int) -> dict[str, float
     return out
 
 
-def trusted_share(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Share of ``scores`` (n,) at or above each threshold of ``grid`` (m,) -> (m,); NaN scores count as 0 (and
-    no scores as all trusted)."""
+def trusted_share(scores: np.ndarray, grid: np.ndarray, *, strict: bool = False) -> np.ndarray:
+    """Share of ``scores`` (n,) at or above (above when ``strict``) each threshold of ``grid`` (m,) -> (m,); NaN
+    scores count as 0 (and no scores as all trusted)."""
     s = np.sort(np.nan_to_num(scores))
-    return 1.0 - np.searchsorted(s, grid, side="left") / max(len(s), 1)
+    return 1.0 - np.searchsorted(s, grid, side="right" if strict else "left") / max(len(s), 1)
 
 
 class Separation:
@@ -134,9 +134,9 @@ class Separation:
         """The EER threshold clipped to [0, 1]."""
         return float(np.clip(self.roc.eer_threshold, 0, 1))
 
-    def at(self, threshold: float) -> dict[str, float]:
+    def at(self, threshold: float, *, strict: bool = False) -> dict[str, float]:
         """:func:`core.metrics.rates_at` of the positives against every negative."""
-        return metrics.rates_at(self.positives, self.all_negatives, threshold)
+        return metrics.rates_at(self.positives, self.all_negatives, threshold, strict=strict)
 
     def densities(self, bins: int = 40) -> tuple[np.ndarray, list[np.ndarray]]:
         """Score densities on ``bins`` equal bins of [0, 1].
@@ -151,8 +151,9 @@ class Separation:
         return ((edges[:-1] + edges[1:]) / 2,
                 [np.histogram(np.nan_to_num(sc), bins=edges, density=True)[0] for sc in self.groups])
 
-    def trusted_shares(self, points: int = 501) -> tuple[np.ndarray, list[np.ndarray]]:
-        """:func:`trusted_share` of each group of :attr:`groups` on ``points`` thresholds of [0, 1].
+    def trusted_shares(self, points: int = 501, *, strict: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+        """:func:`trusted_share` of each group of :attr:`groups` on ``points`` thresholds of [0, 1] (``strict``: the
+        rule ``score > threshold``).
 
         Returns
         -------
@@ -160,7 +161,7 @@ class Separation:
         shares : list of ndarray (points,)
         """
         grid = np.linspace(0, 1, points)
-        return grid, [trusted_share(sc, grid) for sc in self.groups]
+        return grid, [trusted_share(sc, grid, strict=strict) for sc in self.groups]
 
 
 # ------------------------------------------------------------------------------------------ comparisons

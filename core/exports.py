@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.metrics import Roc
+from core.operating_point import trusted
 
 __all__ = ["scores_csv", "confusion_csv", "roc_csv", "image_png", "image_npy", "params_json", "report_html"]
 
@@ -41,7 +42,7 @@ def _cell(text: str) -> str:
 
 
 def scores_csv(sets: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str, Mapping[str, np.ndarray]],
-               thresholds: Mapping[str, float], classes: Sequence[str]) -> str:
+               thresholds: Mapping[str, float], classes: Sequence[str], *, strict: bool = False) -> str:
     """Per-image scores and verdicts of the evaluation sets, one row per image.
 
     Parameters
@@ -54,6 +55,8 @@ def scores_csv(sets: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str
         Per layer, the threshold: ``trusted`` when score >= threshold.
     classes : sequence of str
         Class names by id.
+    strict : bool
+        Trust ``score > threshold`` instead (the authors' protocol, :func:`core.verdict.is_strict`).
 
     Returns
     -------
@@ -66,10 +69,11 @@ def scores_csv(sets: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str
     rows = []
     for name, e in sets.items():
         sc = {la: np.nan_to_num(np.asarray(scores[name][la], np.float64)) for la in layers}
+        ok = {la: trusted(sc[la], thresholds[la], strict=strict) for la in layers}
         for i, (t, p) in enumerate(zip(e["true"], e["predicted"])):
             rows.append([_cell(name), i, _cell(classes[int(t)]), _cell(classes[int(p)]),
                          *(f"{sc[la][i]:.6f}" for la in layers),
-                         *(TRUSTED if sc[la][i] >= thresholds[la] else REJECTED for la in layers)])
+                         *(TRUSTED if ok[la][i] else REJECTED for la in layers)])
     return _csv([_cell(h) for h in header], rows)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Roc", "roc", "eer", "rates_at", "aggregate", "rejected_at_tpr"]
+__all__ = ["Roc", "roc", "roc_corners", "eer", "rates_at", "aggregate", "rejected_at_tpr"]
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,24 @@ def roc(pos: np.ndarray, neg: np.ndarray) -> Roc:
     return Roc(fpr, tpr, th, float(_auc(fpr, tpr)), rate, threshold, 1.0 - rate, len(pos), len(neg))
 
 
-def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, float]:
-    """Confusion counts and rates when trusting ``score >= threshold``.
+def roc_corners(r: Roc) -> tuple[np.ndarray, np.ndarray]:
+    """The points of ``r`` where the curve turns (its ends kept): the same polyline as ``(r.fpr, r.tpr)``, with the
+    points inside straight runs left out (found on the integer counts, so exactly).
+
+    Returns
+    -------
+    fpr, tpr : float64 ndarray (c,)
+    """
+    if r.n_pos == 0 or r.n_neg == 0 or len(r.fpr) < 3:
+        return r.fpr, r.tpr
+    fps, tps = np.rint(r.fpr * r.n_neg).astype(np.int64), np.rint(r.tpr * r.n_pos).astype(np.int64)
+    keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+    return r.fpr[keep], r.tpr[keep]
+
+
+def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float, *, strict: bool = False) -> dict[str, float]:
+    """Confusion counts and rates when trusting ``score >= threshold`` (``score > threshold`` when ``strict``:
+    :func:`core.operating_point.trusted`).
 
     Returns
     -------
@@ -132,9 +148,11 @@ def rates_at(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, fl
         At ``Roc.eer_threshold`` this ``accuracy`` equals ``Roc.eer_accuracy`` only where the ROC has a point
         with FPR = FNR: the EER is interpolated between ROC points, and tied scores leave such gaps.
     """
+    from core.operating_point import trusted
+
     pos, neg = _clean(pos), _clean(neg)
-    tp = int((pos >= threshold).sum())
-    fp = int((neg >= threshold).sum())
+    tp = int(trusted(pos, threshold, strict=strict).sum())
+    fp = int(trusted(neg, threshold, strict=strict).sum())
     tpr = tp / len(pos) if len(pos) else np.nan
     fpr = fp / len(neg) if len(neg) else np.nan
     return {"tp": tp, "fn": len(pos) - tp, "fp": fp, "tn": len(neg) - fp, "tpr": tpr, "fpr": fpr,

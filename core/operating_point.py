@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike
 
 from core.bootstrap import SourceBootstrap
 
-__all__ = ["RULES", "Setting", "OperatingPoint", "threshold_at_tpr", "detection_rate", "selection_criterion",
+__all__ = ["RULES", "Setting", "OperatingPoint", "trusted", "threshold_at_tpr", "detection_rate", "selection_criterion",
            "choose_operating_point", "AttackItems", "measure", "nearest_eer_threshold"]
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,18 @@ class OperatingPoint:
 
     def trusted(self, scores: ArrayLike) -> np.ndarray:
         """Bool (n,): the scores (n,) trusted at this operating point (NaN counts as 0)."""
-        s = _scores(scores)
-        return s > self.threshold if self.strict else s >= self.threshold
+        return trusted(scores, self.threshold, strict=self.strict)
 
 
 def _scores(x: ArrayLike) -> np.ndarray:
     return np.nan_to_num(np.asarray(x, dtype=np.float64).ravel(), nan=0.0)
+
+
+def trusted(scores: ArrayLike, threshold: float, *, strict: bool) -> np.ndarray:
+    """Bool (n,): which scores (n,) are trusted at ``threshold``: ``score > threshold`` when ``strict`` (the
+    ``nearest_eer`` rule), else ``score >= threshold``; NaN counts as 0."""
+    s = _scores(scores)
+    return s > threshold if strict else s >= threshold
 
 
 def threshold_at_tpr(pos: ArrayLike, tpr: float = 0.95) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from core.evaluation import RunData
 from core.honest import PROTOCOLS
 from core.live import EvaluationConfig
-from core.operating_point import nearest_eer_threshold, threshold_at_tpr
+from core.operating_point import nearest_eer_threshold, threshold_at_tpr, trusted
 from core.splits import split_sources
 
 __all__ = ["COMBINATIONS", "is_strict", "trusts", "trust_text", "Overall", "overall_verdict",
@@ -37,8 +37,7 @@ def is_strict(config: Mapping) -> bool:
 
 def trusts(score: float, threshold: float, strict: bool) -> bool:
     """Whether ``score`` is trusted at ``threshold`` (``>`` when ``strict``, else ``>=``; NaN counts as 0)."""
-    s = 0.0 if np.isnan(score) else float(score)
-    return s > threshold if strict else s >= threshold
+    return bool(trusted([score], threshold, strict=strict)[0])
 
 
 def trust_text(strict: bool) -> str:

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/screenshots.py                          # runs in data/runs -> docs/screenshots/
     .venv/bin/python scripts/screenshots.py --runs /tmp/apprun --out /tmp/shots
+    .venv/bin/python scripts/screenshots.py --runs /tmp/apprun --dark-only     # inspect_dark.png, threshold_dark.png
 
 Needs `apt-get install -y chromium` (Playwright's own browser download does not work offline). The server and
 browser helpers are in tools/ (tools.app_server, tools.browser); tests/test_browser.py runs the same tour on the
@@ -17,7 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file: make the repository's packages importable
 
 from tools.app_server import serve  # noqa: E402
-from tools.browser import CHROMIUM, browser_page, tour  # noqa: E402
+from tools.browser import CHROMIUM, browser_page, shoot, tour, wait_ready  # noqa: E402
+
+
+def dark(runs: str, out: Path) -> list[Path]:
+    """Inspect and Threshold in the dark theme (threshold ticks, lines and ROC in the theme's ink)."""
+    with serve(runs, env={"STREAMLIT_THEME_BASE": "dark"}) as url, browser_page() as page:
+        page.goto(url + "/")
+        wait_ready(page, "Inspect")
+        shots = [shoot(page, out, "inspect_dark")]
+        page.goto(url + "/threshold")
+        wait_ready(page, "Threshold")
+        return shots + [shoot(page, out, "threshold_dark")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attack", default="Iterative targeted FGSM", help="attack title to run on the Attack page")
     ap.add_argument("--target", default="Bag", help="target class name, if the image is not already one "
                                                      "(else the page's random wrong class)")
+    ap.add_argument("--dark-only", action="store_true", help="only the dark-theme shots of Inspect and Threshold")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"error: {CHROMIUM} missing; install it with `apt-get install -y chromium`", file=sys.stderr)
         return 2
+    if not args.dark_only:
+        _tour(args)
+    for p in dark(args.runs, Path(args.out)):
+        print(p)
+    return 0
+
+
+def _tour(args: argparse.Namespace) -> None:
     with serve(args.runs) as url, browser_page() as page:
         seen = tour(page, url, Path(args.out), attack=args.attack, target=args.target or None,
                     attack_evalset_image=True)
@@ -38,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: exception shown on {e}", file=sys.stderr)
     for p in seen["shots"]:
         print(p)
-    return 0
 
 
 if __name__ == "__main__":

@@ -166,3 +166,59 @@ def test_url_parse_is_strict():
                 {"th": "nan"}, {"th": "inf"}, {"layer": "FC1"}, {"mode": "pca"}, {"fn": "x"}, {"verdict": "x"},
                 {"img": "authentic:1" * 20}):
         assert parse(bad, manifest) == {}, bad
+
+
+def _authors_run(run) -> None:
+    """Turn a copy of the tiny run into one evaluated under the authors' protocol (trust ``score > threshold``):
+    the recorded config and the report say so (the report's hash in the manifest follows)."""
+    import hashlib
+
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"].setdefault("evaluation", {})["protocol"] = "authors"
+    rep = json.loads((run / "report.json").read_text())
+    rep["protocol"] = "authors"
+    raw = json.dumps(rep).encode()
+    (run / "report.json").write_bytes(raw)
+    m["files"]["report.json"].update(sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+    (run / "manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
+    (run / "manifest.sig").unlink(missing_ok=True)
+
+
+def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, monkeypatch, truth):
+    """Under the authors' protocol a score equal to the threshold is rejected on every chart and count."""
+    from tests.test_app import _array, _bars, _plotly
+
+    _authors_run(tiny_run_copy)
+    app = _ok(_app(tiny_run_copy.parent, monkeypatch))
+    layer, mode, fn, k = truth["best_layer"], truth["mode"], truth["fn"], truth["k"]
+
+    def bar_of(fig: dict) -> dict:
+        """{trace name: scores} of the bars at ``layer``."""
+        out = {}
+        for t in _bars(fig):
+            xs, ys = list(t["x"]), _array(t["y"])
+            if layer in xs:
+                out[t["name"]] = float(ys[xs.index(layer)])
+        return out
+
+    # The threshold set exactly at the image's score: the bar, the legend and the verdict say rejected.
+    score = next(iter(bar_of(_plotly(app, "inspect_layers_chart")).values()))
+    app.session_state["op_overrides"] = {(layer, mode, fn, int(k)): score}
+    _ok(app.run())
+    assert bar_of(_plotly(app, "inspect_layers_chart")) == {"✗ rejected": score}
+    assert "✗ rejected" in _layer_msg(app) and any("score ≤ threshold" in m for m in _markdown(app))
+    _ok(app.switch_page(PAGES["attack"]).run())
+    assert bar_of(_plotly(app, "atk_before_chart")) == {"✗ rejected": score}
+
+    # The Threshold page's counts at a threshold equal to a positive's score (the authors' positives).
+    from core.honest import PROTOCOLS
+
+    pos = np.nan_to_num(np.concatenate([truth["data"].scores(s, layer, mode, fn, k)
+                                        for s in PROTOCOLS["authors"][0]]).astype(np.float64))
+    th = float(np.sort(pos)[len(pos) // 2])
+    assert (pos > th).sum() != (pos >= th).sum()  # the check below can tell the rules apart
+    app.session_state["op_overrides"] = {(layer, mode, fn, int(k)): th}
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    conf = app.table[0].value
+    assert list(conf.columns) == ["trusted (score > threshold)", "rejected (score ≤ threshold)"]
+    assert int(conf.iloc[0, 0]) == (pos > th).sum() and int(conf.iloc[0, 1]) == (pos <= th).sum()

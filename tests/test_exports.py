@@ -94,3 +94,12 @@ def test_report_html_renders_markdown_and_escapes_the_runs_html():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;iframe" in page
     assert "<h1>Report <code>x</code>" in page and "<strong>bold</strong>" in page and "<em>em</em>" in page
     assert p.tags.count("tr") == 2 and p.tags.count("li") == 2 and "<title>run &lt;x&gt;</title>" in page
+
+
+def test_scores_csv_follows_the_strict_rule_at_a_tie():
+    sets = {"s": {"true": np.array([0, 1]), "predicted": np.array([0, 1])}}
+    scores = {"s": {"a": np.array([0.5, 0.7])}}
+    loose = _rows(exports.scores_csv(sets, scores, {"a": 0.5}, ["A", "B"]))
+    strict = _rows(exports.scores_csv(sets, scores, {"a": 0.5}, ["A", "B"], strict=True))
+    assert [r["verdict_a"] for r in loose] == ["trusted", "trusted"]
+    assert [r["verdict_a"] for r in strict] == ["rejected", "trusted"]

@@ -64,3 +64,27 @@ def test_rates_at_eer_threshold_differs_from_eer_accuracy_with_ties():
     assert at["accuracy"] == pytest.approx(0.85)  # the threshold lies in (0, 1]: TPR 0.7, TNR 1
     assert at["accuracy"] != pytest.approx(r.eer_accuracy)
     assert "equals ``Roc.eer_accuracy`` only where" in metrics.rates_at.__doc__
+
+
+def test_rates_at_and_trusted_share_follow_the_strict_rule():
+    from core.evaluation import trusted_share
+
+    pos, neg = np.array([0.2, 0.5, 0.5, 0.9]), np.array([0.1, 0.5])
+    assert metrics.rates_at(pos, neg, 0.5)["tp"] == 3 and metrics.rates_at(pos, neg, 0.5)["fp"] == 1
+    strict = metrics.rates_at(pos, neg, 0.5, strict=True)
+    assert (strict["tp"], strict["fn"], strict["fp"], strict["tn"]) == (1, 3, 0, 2)
+    assert trusted_share(pos, np.array([0.5])).tolist() == [0.75]
+    assert trusted_share(pos, np.array([0.5]), strict=True).tolist() == [0.25]
+
+
+def test_roc_corners_draw_the_same_curve():
+    rng = np.random.default_rng(0)
+    pos, neg = 0.5 + 0.5 * rng.random(400), 0.6 * rng.random(300)  # overlap on [0.5, 0.6] only: long straight runs
+    r = metrics.roc(pos, neg)
+    fx, fy = metrics.roc_corners(r)
+    assert len(fx) < len(r.fpr) / 4 and (fx[0], fy[0], fx[-1], fy[-1]) == (r.fpr[0], r.tpr[0], r.fpr[-1], r.tpr[-1])
+    assert np.trapezoid(fy, fx) == pytest.approx(r.auc, abs=1e-12)
+    # every point of the full curve lies on a segment of the thinned one
+    for x, y in zip(r.fpr, r.tpr):
+        j = np.flatnonzero((fx[:-1] <= x) & (x <= fx[1:]) & (fy[:-1] <= y) & (y <= fy[1:]))
+        assert any(abs((fx[q + 1] - fx[q]) * (y - fy[q]) - (fy[q + 1] - fy[q]) * (x - fx[q])) < 1e-12 for q in j)

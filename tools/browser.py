@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "VIEWPORT", "URLS", "browser_page", "wait_idle", "goto", "main_text",
-           "shoot", "png_bytes", "choose", "tour"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "VIEWPORT", "URLS", "READY", "browser_page", "wait_idle", "goto",
+           "wait_ready", "main_text", "view", "slide", "shoot", "png_bytes", "choose", "tour"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -20,7 +21,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 VIEWPORT = {"width": 1400, "height": 1000}
 #: page title in the navigation -> its url path (app.py)
 URLS = {"Inspect": "", "Attack": "attack", "Threshold": "threshold", "Layers": "layers",
-        "Failure cases": "failures", "Run": "run"}
+        "Failure cases": "failures", "Compare": "compare", "Adaptive attacks": "adaptive", "Run": "run"}
+#: page title in the navigation -> a selector drawn once its script run is complete
+READY = {"Inspect": ".st-key-inspect_layers_chart .main-svg", "Attack": ".st-key-atk_run button",
+         "Threshold": ".st-key-th_roc .main-svg", "Layers": ".st-key-layers_fig6 .main-svg",
+         "Failure cases": "text=Threshold at", "Compare": "h1", "Adaptive attacks": "h1",
+         "Run": "text=Make another run"}
 
 
 @contextlib.contextmanager
@@ -51,14 +57,47 @@ def wait_idle(page, timeout: float = 90) -> None:
 
 
 def goto(page, title: str) -> None:
-    """Click the navigation link ``title`` (keeps the session, unlike a new URL)."""
+    """Click the navigation link ``title`` (keeps the session, unlike a new URL) and wait for the page."""
     page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
-    page.wait_for_url(f"**/{URLS[title]}", timeout=60_000)
+    page.wait_for_url(re.compile(rf"^https?://[^/]+/{re.escape(URLS[title])}(\?.*)?$"), timeout=60_000)
+    wait_ready(page, title)
+
+
+def wait_ready(page, title: str) -> None:
+    """Wait until page ``title`` is drawn: its :data:`READY` element, then :func:`wait_idle`."""
+    page.locator(READY[title]).first.wait_for()
     wait_idle(page)
 
 
 def main_text(page) -> str:
     return page.locator('[data-testid="stMain"]').inner_text()
+
+
+def view(page) -> str:
+    """What the page shows in words: the sidebar's settings and the main area's text (charts' text left out)."""
+    return page.evaluate("""() => ['[data-testid=stSidebarUserContent]', '[data-testid=stMain]'].map(sel => {
+        const e = document.querySelector(sel);
+        if (!e) return '';
+        const c = e.cloneNode(true);
+        c.querySelectorAll('.js-plotly-plot, svg, canvas, [data-testid=stDataFrame]').forEach(x => x.remove());
+        document.body.appendChild(c);
+        const t = c.innerText;
+        c.remove();
+        return t;
+    }).join(' | ')""")
+
+
+def slide(page, key: str, press: str) -> str:
+    """Press ``press`` (e.g. ``"Home"``, ``"End"``) on the slider of widget ``key`` and wait until the Threshold
+    page's operating text changed and the rerun is drawn; returns that text."""
+    op = page.locator(".st-key-th_operating")
+    before = op.inner_text()
+    page.locator(f".st-key-{key} input").first.focus()  # the slider thumb's focusable input
+    page.keyboard.press(press)
+    page.wait_for_function("t => document.querySelector('.st-key-th_operating').innerText !== t", arg=before,
+                           timeout=60_000)
+    wait_idle(page)
+    return op.inner_text()
 
 
 def shoot(page, out: Path, name: str) -> Path:
