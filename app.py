@@ -32,5 +32,5 @@ loaders.warm(current_run())  # the detector loads in the background while the pa
 try:
     page.run()
 finally:
-    url_state.write()  # the view in the URL, also when the page stopped early
+    url_state.write(page.url_path)  # the view in the URL, also when the page stopped early
     loaders.warm_imports()  # what the other pages import, while the browser draws this one

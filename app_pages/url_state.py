@@ -102,8 +102,11 @@ def restore_run(p: dict) -> None:
         st.session_state.update(inspect_source="Evaluation set", inspect_set=img[0], inspect_index=img[1])
 
 
-def write() -> None:
-    """Put the session's view in the URL (only when it changed)."""
+def write(page: str = "") -> None:
+    """Put the session's view in the URL when it or the page (``page``, its url path) changed.
+
+    The browser drops the query string on a navigation while the server may keep the old one, so a new page
+    writes it again even when the server's copy already matches."""
     ss = st.session_state
     if "det_mode" not in ss:
         return
@@ -121,6 +124,6 @@ def write() -> None:
             want["th"] = f"{float(th):.6g}"
     if ss.get("op_combine", "validation") != "validation":
         want["verdict"] = str(ss["op_combine"])
-    if st.query_params.to_dict() != want:
+    if st.query_params.to_dict() != want or ss.get(WRITTEN) != (page, want):
         st.query_params.from_dict(want)
-    ss[WRITTEN] = want
+    ss[WRITTEN] = (page, want)
