@@ -80,7 +80,7 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_table")
 for comb, res in rep.get("detector_comparison", {}).items():
     m = res.get("mean")
     if m:
-        st.markdown(f"**{md(comb)}** against the best single kNN layer (`{md(m['best_layer'])}`, chosen on test), "
+        st.markdown(f"**{md(comb)}** against the best single kNN layer ({md(m['best_layer'])}, chosen on test), "
                     f"mean AUC difference over attacks {m['auc_difference'][0] * 100:+.1f} points "
                     f"[{m['auc_difference'][1] * 100:+.1f}, {m['auc_difference'][2] * 100:+.1f}]: "
                     f"**{m['verdict_auc']}**.")
