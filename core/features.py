@@ -10,6 +10,7 @@ Taps that are leaf modules are read by forward hooks; any other tap through
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 
@@ -24,6 +25,7 @@ __all__ = ["FeatureExtractor", "extract", "gap"]
 log = logging.getLogger(__name__)
 
 _LOGITS = "__logits__"
+_TRACE_LOCK = threading.RLock()  # FX tracing patches nn.Module.__call__ process-wide
 
 
 def gap(t: torch.Tensor) -> torch.Tensor:
@@ -83,27 +85,33 @@ class FeatureExtractor(nn.Module):
 
         from core.zoo import graph_nodes
 
-        model, layers = self.model, self.layers
-        nodes = graph_nodes(model)
-        # a module name stands for its last node (torchvision resolves it the same way), e.g. "Mixed_5b"
-        bad = [layer for layer in layers if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes)]
-        if bad:
-            raise ValueError(f"layer(s) {bad} are not nodes of {type(model.net).__name__}. Hint: run "
-                             f"`python -m precompute --list-layers CONFIG`; valid examples: {nodes[-8:]}")
-        was_training = model.training
-        model.eval()
-        ext = create_feature_extractor(
-            model.net, return_nodes={**{layer: layer for layer in layers}, nodes[-1]: _LOGITS},
-            tracer_kwargs={"leaf_modules": list(model.leaf_modules)})
-        ext.eval()
-        model.train(was_training)
+        with _TRACE_LOCK:
+            model, layers = self.model, self.layers
+            nodes = graph_nodes(model)
+            # a module name stands for its last node (torchvision resolves it the same way), e.g. "Mixed_5b"
+            bad = [layer for layer in layers
+                   if layer not in nodes and not any(n.startswith(layer + ".") for n in nodes)]
+            if bad:
+                raise ValueError(f"layer(s) {bad} are not nodes of {type(model.net).__name__}. Hint: run "
+                                 f"`python -m precompute --list-layers CONFIG`; valid examples: {nodes[-8:]}")
+            was_training = model.training
+            model.eval()
+            ext = create_feature_extractor(
+                model.net, return_nodes={**{layer: layer for layer in layers}, nodes[-1]: _LOGITS},
+                tracer_kwargs={"leaf_modules": list(model.leaf_modules)})
+            ext.eval()
+            model.train(was_training)
         self._hooked, self._ext = False, ext
 
     def _hooked_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         """Logits and taps read by forward hooks; None when a tap did not run exactly once."""
         seen: list[list[torch.Tensor]] = [[] for _ in self._mods]
-        handles = [m.register_forward_hook(lambda _m, _i, out, acc=acc: acc.append(out))
-                   for m, acc in zip(self._mods, seen)]
+        me = threading.get_ident()  # the model is shared across threads: keep only this thread's outputs
+
+        def keep(acc: list[torch.Tensor]):
+            return lambda _m, _i, out: acc.append(out) if threading.get_ident() == me else None
+
+        handles = [m.register_forward_hook(keep(acc)) for m, acc in zip(self._mods, seen)]
         try:
             logits = self.model.net(x)
         finally:

@@ -70,3 +70,33 @@ def test_default_model_taps_do_not_import_torchvision():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_threads_sharing_one_extractor_each_get_their_own_taps():
+    """App sessions share one cached model: a hook must keep only its own thread's outputs (another thread's
+    forward in between used to fill it twice, and the fallback FX trace broke every concurrent forward)."""
+    import threading
+    import time
+
+    model = _fmnist()
+    ext = FeatureExtractor(model, TAPS)
+    model.net.conv1.register_forward_hook(lambda *_: time.sleep(0.02))  # forwards overlap for sure
+    xs = [torch.rand(2, 1, 28, 28) for _ in range(6)]
+    with torch.no_grad():
+        want = [ext(x) for x in xs]
+    got: list = [None] * len(xs)
+    barrier = threading.Barrier(len(xs))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        with torch.no_grad():
+            got[i] = ext(xs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ext._hooked
+    for (lw, fw), (lg, fg) in zip(want, got):
+        assert torch.equal(lw, lg) and all(torch.equal(fw[k], fg[k]) for k in TAPS)
