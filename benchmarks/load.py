@@ -87,7 +87,7 @@ async def _session(url: str, s: int, n: int, rounds: int, truth: dict, gate: asy
                 eps = 8 + 3 * s  # this session's own budget (x/255): its result must show it
                 text = (await step("attack", ses.rerun(ses.set_slider("atk_fgsm_eps", round(eps / 255, 3)),
                                                        ses.click("atk_run"), timeout=timeout))).text()
-                heads = re.findall(r"^(FGSM[^\n]*→[^\n]*)$", text, re.M)
+                heads = [h.split(" · ")[0] for h in re.findall(r"^(FGSM[^\n]*→[^\n]*)$", text, re.M)]
                 expect(len(heads) == 1 and re.match(rf"FGSM[^:]*: {re.escape(want)} → .+", heads[0]) is not None,
                        f"attack result {heads} does not start from image #{index}'s {want!r}")
                 linf = [int(x) for x in re.findall(r"L∞ = [0-9.]+ \(([0-9]+)/255\)", text)]
