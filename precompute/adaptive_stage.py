@@ -96,6 +96,9 @@ def _stage(ctx: Any) -> list[str]:
     det = Detector(ctx.run, ctx.model(), ctx.run.load_json("classes.json"), ctx.run.load_npy("train_labels.npy"),
                    layers, dict(man["defaults"]), verify=False)
     x, true, src = _sources(ctx, report, a["n"])
+    if not len(x):
+        log.info("adaptive stage: no source image (adaptive.n = %d), nothing to attack", a["n"])
+        return []
     n_classes = len(det.classes)
     rng = np.random.default_rng(int(ctx.cfg["seed"]))
     target = (true + rng.integers(1, n_classes, len(true))) % n_classes

@@ -226,7 +226,8 @@ class AdaptiveL2(_Adaptive):
 
     name = "adaptive_l2"
     title = "Adaptive PGD (L2), detector-aware"
-    spec = _spec(Param(2.0, "float", 0.0, 100.0, "L2 budget of the whole perturbation"))
+    spec = _spec(Param(2.0, "float", 0.0, 1e4,
+                       "L2 budget of the whole perturbation (the unbounded check uses the image box's diameter)"))
 
     def _start(self, shape, eps):
         d = torch.randn(shape)
