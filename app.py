@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import loaders, url_state
-from app_pages.state import PAGES, current_run, sidebar
+from app_pages.state import PAGES, PageEnd, current_run, sidebar
 
 # A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
@@ -31,6 +31,8 @@ sidebar()
 loaders.warm(current_run())  # the detector loads in the background while the page draws
 try:
     page.run()
+except PageEnd:  # a page that ended early (state.end_page): the view is still written below
+    pass
 finally:
     url_state.write(page.url_path)  # the view in the URL, also when the page stopped early
     loaders.warm_imports()  # what the other pages import, while the browser draws this one

@@ -21,7 +21,7 @@ ad = loaders.report(run).get("adaptive")
 if not ad:
     st.info(f"This run has no adaptive-attack results yet. Build them with `{md(state.resume_command(run.manifest))}` "
             "(the `adaptive` stage runs after the report).", icon=":material/info:")
-    st.stop()
+    state.end_page()
 
 op = ad["operating_point"]
 st.caption(f"{ad['n']} test images, each pushed toward a random wrong class · operating point: layer "

@@ -125,14 +125,14 @@ if clicked:
                                       seed=int(seed), targeted=aimed, **params)
         except (ValueError, TypeError) as e:
             st.error(f"The attack refused these settings: {e}")
-            st.stop()
+            state.end_page()
         except bounded.AttackTimeout as e:
             st.error(f"{cls.title} {e} (the limit of one live attack): lower the steps or iterations, or pick a "
                      "faster attack, and run it again.", icon=":material/timer_off:")
-            st.stop()
+            state.end_page()
         except bounded.AttackBusy as e:
             st.error(f"Not started: {e}. Wait a few seconds and run it again.", icon=":material/hourglass_top:")
-            st.stop()
+            state.end_page()
         seconds = time.perf_counter() - t0
     adv = to_uint8(res.x_adv)[0]
     st.session_state["atk_result"] = {"key": cur["key"], "adv": adv, "attack": name, "title": cls.title,
@@ -156,7 +156,7 @@ if out is None or out["key"] != cur["key"] or out["attack"] != name:  # a result
         st.plotly_chart(charts.layer_scores_figure(layers, b, thresholds,
                                                    title=f"kNN score of '{plotly_text(classes[pred0])}' per layer"),
                         key="atk_before_chart")
-    st.stop()
+    state.end_page()
 
 adv = out["adv"]
 after = loaders.inspect(run, adv)

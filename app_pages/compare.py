@@ -20,7 +20,7 @@ charts.how_to_read("How to read this: each curve is one detector against one att
 if not dets:
     st.info("This run's report has no peer detectors. Rebuild it with the detectors stage: "
             f"`{state.resume_command(run.manifest)}`")
-    st.stop()
+    state.end_page()
 
 labels = rep.get("detector_labels", {})
 entries = list(dets)

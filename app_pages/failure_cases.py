@@ -20,7 +20,7 @@ charts.how_to_read("How to read this: left, adversarial images the detector caug
                    "class.")
 if not attacks:
     st.warning("This run has no adversarial images.")
-    st.stop()
+    state.end_page()
 
 st.session_state.setdefault("fail_attacks", list(attacks))
 c1, c2, c3 = st.columns([1, 3, 1])
@@ -31,7 +31,7 @@ chosen = c2.multiselect("Attacks", attacks, key="fail_attacks", persist_state="s
 n_show = c3.slider("Images per side", 2, 16, 6, key="fail_n", persist_state="session")
 if not chosen:
     st.warning("Choose at least one attack.")
-    st.stop()
+    state.end_page()
 
 th = operating.thresholds(run)[layer]
 cases = loaders.failure_cases(run, layer, chosen, n_show, threshold=th, strict=operating.strict(run))

@@ -113,7 +113,7 @@ st.subheader("Every setting (paper Tables 2 and 4)")
 if rep is None:
     st.warning("This run has no report.json; rebuild it with:")
     st.code(state.resume_command(run.manifest), language="bash")
-    st.stop()
+    state.end_page()
 cols = list(rep.get("attack_sets") or rep["attacks"]) + ["Aggr.", "Errors"]
 table = pd.DataFrame([{"layer": r["layer"], "processing": r["mode"], "score": state.FN_NAMES[r["fn"]].split(" ")[0],
                        **{c: None if _value(r, c) is None else 100 * _value(r, c) for c in cols}}

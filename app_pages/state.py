@@ -32,6 +32,18 @@ MODE_NAMES = {"none": "none (raw features)", "l2": "L2-normalised", "pca": "whit
               "pca_nw": "the authors' (PCA-256 without whitening above 256 dims, else none)"}
 
 
+class PageEnd(Exception):
+    """Raised by :func:`end_page`; app.py catches it after the page ran."""
+
+
+def end_page() -> None:
+    """End the page here, like ``st.stop()``, but let app.py still write the view into the URL.
+
+    ``st.stop()`` asks the script runner to stop, and every later Streamlit call (the URL write in app.py's
+    ``finally`` too) is then dropped: a page that ended early lost its query string."""
+    raise PageEnd
+
+
 # ----------------------------------------------------------------------------------------------- runs
 def runs_root() -> Path:
     """Folder holding the runs: ``$KNNGUARD_RUNS_DIR`` or ``data/runs`` of the repository."""

@@ -70,7 +70,7 @@ curves = _curves(run, run.path, run.stamp, layer, run.mode, run.fn, int(run.k), 
 sep = curves.sep
 if not len(sep.all_negatives):
     st.warning("Choose at least one set of negatives (an attack, or authentic errors).")
-    st.stop()
+    state.end_page()
 r = sep.roc
 eer_th = round(sep.eer_threshold, 3)
 shared = operating.thresholds(run)[layer]  # the shared operating point's threshold of this layer

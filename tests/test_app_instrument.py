@@ -155,6 +155,18 @@ def test_url_restores_the_view_and_ignores_bad_values(tiny_run, monkeypatch, tru
     assert bad.session_state["op_layer"] == truth["best_layer"]
 
 
+def test_a_page_that_ends_early_still_writes_its_view_into_the_url(app):
+    """The Attack page ends before any attack is run; the view (here a new k) still reaches the URL.
+
+    With ``st.stop()`` the runner dropped app.py's URL write: the query string kept the old k."""
+    for key in ("attack", "threshold"):
+        _ok(app.switch_page(PAGES[key]).run())
+        k = 3 if app.session_state["det_k"] != 3 else 4
+        _ok(app.slider(key="det_k").set_value(k).run())
+        qp = {n: v[0] if isinstance(v, list) else v for n, v in app.query_params.items()}
+        assert qp.get("k") == str(k), (key, qp)
+
+
 def test_url_parse_is_strict():
     from app_pages.url_state import parse
 

@@ -134,8 +134,7 @@ def test_every_page_in_a_real_browser(tiny_run):
 
     # Last: the view in the URL of every page, and the same view after a reload and from the pasted link.
     lost = [t for t, (link, *_) in restored.items() if "?" not in link]
-    if lost:  # issue 13, open: the Attack page (it ends with st.stop() before an attack) still loses it
-        pytest.xfail(f"the URL has no view after the navigation to {lost}: app defect, query string dropped")
+    assert not lost, f"the URL has no view after the navigation to {lost}"
     for title, (link, want, reloaded, again) in restored.items():
         assert f"img=authentic%3A{img}" in link and f"k={k}" in link and "th=0" in link, (title, link)
         assert "Page not found" not in want and want == reloaded == again, title

@@ -62,7 +62,8 @@ async def _main_has(page, *parts: str) -> None:
 
 async def _goto(page, title: str, path: str) -> None:
     await page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
-    await page.wait_for_url(f"**/{path}", timeout=ACTION_TIMEOUT_MS)
+    # The page writes the view into the query string after the navigation: match the path, any query.
+    await page.wait_for_url(re.compile(rf"^https?://[^/]+/{re.escape(path)}(\?.*)?$"), timeout=ACTION_TIMEOUT_MS)
     await _idle(page)
 
 
