@@ -69,15 +69,15 @@ def floor(xb: np.ndarray, xq: np.ndarray, k: int, rounds: int) -> dict[str, floa
     import faiss
     import torch
 
-    from core import index as knn_index
+    from core import flat_search
 
     nt = max(1, min(faiss.omp_get_max_threads(), 16))
     n = len(xb)
-    bs = int(min(max(knn_index._BLOCK_ENTRIES // max(n, 1), 16 * nt), 1024))
+    bs = int(min(max(flat_search.BLOCK_ENTRIES // max(n, 1), 16 * nt), 1024))
     t_gemm = C.timeit(lambda: [xq[s:s + bs] @ xb.T for s in range(0, len(xq), bs)], repeat=rounds)
     blk = xq[:bs] @ xb.T
     cuts = np.linspace(0, len(blk), nt + 1).astype(int)
-    pool = knn_index._executor(nt)
+    pool = flat_search.executor(nt)
     ids = np.arange(n, dtype=np.int64)
 
     def argpartition():
@@ -131,6 +131,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, n_queries: int = 1000, k: int = 1000, 
     """Measure every method on every layer, write and print ``knn_search.json``; return the result."""
     from sklearn.neighbors import NearestNeighbors
 
+    from core import flat_search
     from core import index as knn_index
 
     nthreads = C.set_threads(threads)
@@ -154,7 +155,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, n_queries: int = 1000, k: int = 1000, 
                 res[m] = fn()
                 best[m] = min(best[m], time.perf_counter() - t0)
         blk = xq[:256] @ xb.T  # the top-k selection alone on a distance block: the floor at this k
-        t_sel = C.timeit(lambda: knn_index._topk_rows(blk, kk), repeat=rounds)
+        t_sel = C.timeit(lambda: flat_search.topk_rows(blk, kk), repeat=rounds)
         qps = {m: len(xq) / t for m, t in best.items()}
         fl = floor(xb, xq, kk, rounds)
         row = {"layer": layer, "mode": dd["mode"], "n": n, "d": d, "nq": len(xq), "k": kk, "loadavg": load,

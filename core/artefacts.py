@@ -18,9 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,44 +27,13 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from core import runfiles, signing
+from core.atomic import TMP_NAME, TMP_SUFFIX, atomic_path
+from core.hash_cache import sha256_matches
 from core.runfiles import MANIFEST, ArtefactError, open_regular, sha256_file
 
-__all__ = ["ArtefactError", "RunDir", "sha256_file", "open_regular", "atomic_path", "MANIFEST"]
+__all__ = ["ArtefactError", "RunDir", "sha256_file", "open_regular", "atomic_path", "MANIFEST", "TMP_NAME", "TMP_SUFFIX"]
 
 log = logging.getLogger(__name__)
-
-#: Files whose sha256 matched, by (device, inode, size, mtime, ctime, digest) of the open file: a file is
-#: hashed once per process until any of these change (a write or a replacement changes the ctime).
-_HASHED: set[tuple[int, int, int, int, int, str]] = set()
-_HASHED_LOCK = threading.Lock()
-
-TMP_SUFFIX = ".tmp"
-#: Temporary names made by :func:`atomic_path`: ``.<final name>.knnguard-<pid>-<random>.tmp``.
-TMP_NAME = re.compile(r"\..+\.knnguard-\d+-[A-Za-z0-9_]+\.tmp")
-
-
-@contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
-
-    The temporary name matches :data:`TMP_NAME` (``.<name>.knnguard-<pid>-<random>.tmp``) and is removed on
-    error, so readers never see a partial file and cleaning never touches a file it did not make.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.knnguard-{os.getpid()}-", suffix=TMP_SUFFIX,
-                               dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
 
 class RunDir:
     """One run folder: typed atomic writers, hash-checked readers and the manifest.
@@ -273,20 +239,9 @@ class RunDir:
         """Compare the sha256 of ``data`` (or of ``f`` up to its recorded size, then rewound; once per unchanged
         file and process) with the manifest."""
         entry = self.manifest["files"][rel]
-        if data is not None:
-            digest = hashlib.sha256(data).hexdigest()
-        else:
-            st = os.fstat(f.fileno())
-            seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, entry["sha256"])
-            with _HASHED_LOCK:
-                if seen in _HASHED:
-                    return
-            digest = runfiles.sha256_of(f, entry["size"])
-            f.seek(0)
-            if digest == entry["sha256"]:
-                with _HASHED_LOCK:
-                    _HASHED.add(seen)
-        if digest != entry["sha256"]:
+        ok = (hashlib.sha256(data).hexdigest() == entry["sha256"] if data is not None
+              else sha256_matches(f, entry["size"], entry["sha256"]))
+        if not ok:
             raise ArtefactError(f"{self.path / rel}: sha256 differs from the manifest (file changed after the "
                                 "run); refusing to load it")
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import entrypoints
 from core import index as knn_index
 from core import processing, scoring, zoo
 from core.artefacts import ArtefactError, RunDir
@@ -34,6 +33,7 @@ from core.entrypoints import NeedsEntryPoint
 from core.data import to_float
 from core.features import FeatureExtractor
 from core.results import Inspection, NeighbourList, Scores
+from core.run_model import model_builder, recorded_config
 from core.threads import single_image_threads
 from core.transforms import image_to_array
 from core.uploads import read_upload
@@ -48,45 +48,10 @@ MAX_K = 10_000
 FULL_VERIFY_MAX_BYTES = 4 << 30
 #: Largest batch :meth:`Detector.score` takes in one call (split bigger inputs yourself).
 MAX_BATCH = 4096
+
+
 class IncompleteRun(ArtefactError):
     """The run folder is missing or unfinished; the message gives the command that builds it."""
-
-
-def _recorded_config(run: RunDir) -> dict:
-    """The run's recorded config, checked by the precompute CLI's validator (defaults filled in).
-
-    Raises
-    ------
-    ArtefactError
-        The recorded config is not one the CLI accepts (the message names the manifest).
-    """
-    from precompute.config import ConfigError, validate_recorded
-
-    try:
-        return validate_recorded(run.manifest.get("config"))
-    except (ConfigError, KeyError, TypeError, ValueError) as e:
-        raise ArtefactError(f"{run.path / 'manifest.json'}: the recorded config is invalid ({e}); refusing the "
-                            "run") from e
-
-
-def _model_builder(run: RunDir, model_cfg: dict,
-                   entry: str | Callable[[], torch.nn.Module] | None) -> Callable[[], torch.nn.Module] | None:
-    """The builder of a custom-model run, from the caller or the operator's allow-list (never from the run).
-
-    Returns None for a zoo model. Raises :class:`NeedsEntryPoint` for a custom model nobody supplied, and
-    ``ValueError`` for an ``entry`` given with a zoo model or one that cannot be imported.
-    """
-    if not entrypoints.is_custom(model_cfg):
-        if entry is not None:
-            raise ValueError(f"run {run.path} uses the zoo model {model_cfg.get('name')!r}; entry applies to "
-                             "custom models only")
-        return None
-    if entry is None:
-        why = entrypoints.needs_entry(run.manifest, where=f"run {run.path}")
-        if why:
-            raise NeedsEntryPoint(why)
-        entry = model_cfg["entry"]  # on the operator's allow-list
-    return entry if callable(entry) else entrypoints.load(entry)
 
 
 class Detector:
@@ -164,8 +129,8 @@ class Detector:
                                 f"`python -m precompute --config <its config>` (name = {m.get('config', {}).get('name')!r})")
         if verify not in ("auto", "full", "size", "none"):
             raise ValueError("verify must be 'auto', 'full', 'size' or 'none'")
-        cfg = _recorded_config(run)
-        builder = _model_builder(run, cfg["model"], entry)
+        cfg = recorded_config(run)
+        builder = model_builder(run, cfg["model"], entry)
         if verify == "auto":
             total = sum(f["size"] for f in m["files"].values())
             verify = "full" if total <= FULL_VERIFY_MAX_BYTES else "size"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from core import index, processing
+from core import flat_search, index, processing
 
 
 @pytest.fixture()
@@ -146,10 +146,10 @@ def test_sampled_selection_matches_whole_row_partition():
         dd[5, ::16] = -100  # every sampled column below the rest
         dd[6, 1::16] = -100  # the k smallest all outside the sample
         dd[7, 7] = np.nan
-        stride = min(index._SAMPLE_STRIDE, n // (index._SAMPLE_MIN_RATIO * k))
+        stride = min(flat_search.SAMPLE_STRIDE, n // (flat_search.SAMPLE_MIN_RATIO * k))
         assert stride >= 4  # the sampled path is the one tested
-        v, c = index._topk_rows(dd, k)
-        vp, _ = index._topk_partition(dd, k)
+        v, c = flat_search.topk_rows(dd, k)
+        vp, _ = flat_search.topk_partition(dd, k)
         np.testing.assert_array_equal(v, vp)
         np.testing.assert_array_equal(np.take_along_axis(dd, c, 1), v)
         assert all(len(set(r.tolist())) == k for r in c)
