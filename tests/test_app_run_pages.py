@@ -10,40 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-TIMEOUT = 120
-PAGES = {"threshold": "app_pages/threshold.py", "layers": "app_pages/layers.py",
-         "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def _app(runs_dir, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    return at
-
-
-def _ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-@pytest.fixture()
-def app(tiny_run, monkeypatch) -> AppTest:
-    return _ok(_app(tiny_run.parent, monkeypatch))
+from tests.test_app import PAGES, _app, _ok, _restore_torch_threads, app  # noqa: E402,F401  (shared setup)
 
 
 def _frame(at: AppTest, key: str):

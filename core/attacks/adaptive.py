@@ -187,14 +187,8 @@ class _Adaptive(Attack):
 class AdaptiveLinf(_Adaptive):
     """Adaptive PGD in the L∞ ball of radius ``eps``, signed steps; results on the uint8 grid inside the ball.
 
-    Parameters
-    ----------
-    surrogate : KnnSurrogate, optional
-        The detector's surrogate (required when ``lam > 0``).
-    stop : callable, optional
-        Per-image success test, as for the shared loop (``_Adaptive``).
-    eps, steps, step, restarts, lam, kappa, refresh
-        See :func:`core.attacks.param_spec`-style ``spec``.
+    Parameters as the shared loop (``_Adaptive``): ``surrogate``, ``stop`` and the ``spec``'s parameters
+    (``eps``, ``steps``, ``step``, ``restarts``, ``lam``, ``kappa``, ``refresh``).
     """
 
     name = "adaptive_linf"
@@ -216,12 +210,7 @@ class AdaptiveL2(_Adaptive):
     """Adaptive PGD in the L2 ball of radius ``eps``, normalised-gradient steps (not rounded: the base class
     scores the uint8 rounding, which may add about 0.03 to the norm at 28×28).
 
-    Parameters
-    ----------
-    surrogate, stop : optional
-        As :class:`AdaptiveLinf`.
-    eps, steps, step, restarts, lam, kappa, refresh
-        As :class:`AdaptiveLinf`, ``eps`` an L2 radius.
+    Parameters as :class:`AdaptiveLinf`, ``eps`` an L2 radius.
     """
 
     name = "adaptive_l2"

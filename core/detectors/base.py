@@ -179,6 +179,13 @@ class LogisticLayer:
         self.coef, self.intercept = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
         return self
 
+    def fit_on(self, val: Validation, features: Callable[[Inputs], np.ndarray]) -> LogisticLayer:
+        """Fit on ``features`` (n, f) of the validation positives against those of every attack's validation
+        adversarials in ``val`` (the caller leaves the tested attack out)."""
+        pos = features(val.positives)
+        neg = [features(v) for v in val.attacks.values() if len(v)]
+        return self.fit(pos, np.vstack(neg) if neg else np.zeros((0, pos.shape[1])))
+
     def decision(self, X: np.ndarray) -> np.ndarray:
         """Logits (n,) of ``X`` (n, f)."""
         return ((np.asarray(X, np.float64) - self.mean) / self.scale) @ self.coef + self.intercept

@@ -49,6 +49,30 @@ class KNNLayer(PeerDetector):
         return _knn_scores(x, self.layer, self.mode, self.fn, self.k)
 
 
+class _LogisticOverFeatures(PeerDetector):
+    """A logistic regression over per-item ``features`` (N, f), fitted on the validation positives against the
+    validation adversarials it is given; the score is its logit."""
+
+    supervised = True
+
+    def features(self, x: Inputs) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit(self, train: TrainSet, val: Validation) -> _LogisticOverFeatures:
+        self.lr = LogisticLayer().fit_on(val, self.features)
+        return self
+
+    def score(self, x: Inputs) -> np.ndarray:
+        return self.lr.decision(self.features(x))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.lr.state()
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> _LogisticOverFeatures:
+        self.lr = LogisticLayer().load_state(state)
+        return self
+
+
 class _KNNLayers(PeerDetector):
     def __init__(self, layers: Sequence[str], mode: str, fn: str, k: int):
         self.layers, self.mode, self.fn, self.k = list(layers), mode, fn, int(k)
@@ -75,28 +99,15 @@ class KNNMean(_KNNLayers):
         return self.log_scores(x).mean(axis=1)
 
 
-class KNNLogistic(_KNNLayers):
+class KNNLogistic(_LogisticOverFeatures, _KNNLayers):
     """Every layer's kNN score combined by a logistic regression over the per-layer log-scores, fitted on the
     validation positives against the validation adversarials it is given."""
 
     name = "knn_lr"
     label = "kNN, all layers: logistic regression (trained on other attacks)"
-    supervised = True
 
-    def fit(self, train: TrainSet, val: Validation) -> KNNLogistic:
-        neg = [self.log_scores(v) for v in val.attacks.values() if len(v)]
-        self.lr = LogisticLayer().fit(self.log_scores(val.positives), np.vstack(neg) if neg else np.zeros((0, 1)))
-        return self
-
-    def score(self, x: Inputs) -> np.ndarray:
-        return self.lr.decision(self.log_scores(x))
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self.lr.state()
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> KNNLogistic:
-        self.lr = LogisticLayer().load_state(state)
-        return self
+    def features(self, x: Inputs) -> np.ndarray:
+        return self.log_scores(x)
 
 
 class DeepKNN(PeerDetector):
@@ -192,9 +203,7 @@ class Mahalanobis(PeerDetector):
     def fit(self, train: TrainSet, val: Validation) -> Mahalanobis:
         if not self.means:
             self.fit_gaussians(train)
-        neg = [self.layer_scores(v) for v in val.attacks.values() if len(v)]
-        self.lr = LogisticLayer().fit(self.layer_scores(val.positives),
-                                      np.vstack(neg) if neg else np.zeros((0, len(self.layers))))
+        self.lr = LogisticLayer().fit_on(val, self.layer_scores)
         return self
 
     def score(self, x: Inputs) -> np.ndarray:
@@ -225,13 +234,12 @@ def lid_mle(D: np.ndarray, k: int) -> np.ndarray:
         return np.where(m < 0, -1.0 / m, np.inf)
 
 
-class LID(PeerDetector):
+class LID(_LogisticOverFeatures):
     """Local intrinsic dimensionality (Ma et al. 2018) per layer from the k nearest training features, combined
     by a logistic regression fitted on the validation positives against the validation adversarials given."""
 
     name = "lid"
     label = "LID (Ma et al. 2018; trained on other attacks)"
-    supervised = True
 
     def __init__(self, layers: Sequence[str], mode: str, k: int = 20):
         self.layers, self.mode, self.k = list(layers), mode, int(k)
@@ -247,20 +255,8 @@ class LID(PeerDetector):
         return np.minimum(np.stack([lid_mle(x.neighbours(la, self.mode, self.k)[1], self.k) for la in self.layers],
                                    axis=1), 1e6)
 
-    def fit(self, train: TrainSet, val: Validation) -> LID:
-        neg = [self.lids(v) for v in val.attacks.values() if len(v)]
-        self.lr = LogisticLayer().fit(self.lids(val.positives), np.vstack(neg) if neg else np.zeros((0, 1)))
-        return self
-
-    def score(self, x: Inputs) -> np.ndarray:
-        return self.lr.decision(self.lids(x))
-
-    def state(self) -> dict[str, np.ndarray]:
-        return self.lr.state()
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> LID:
-        self.lr = LogisticLayer().load_state(state)
-        return self
+    def features(self, x: Inputs) -> np.ndarray:
+        return self.lids(x)
 
 
 class KthNeighbour(PeerDetector):
