@@ -18,6 +18,12 @@ TINY = ["name=tiny", "seed=0", "threads=2", "data.n_train=1200", "data.n_test=60
         "adaptive.k_class=8", "adaptive.refresh=5", "adaptive.unbounded_steps=40", "adaptive.cw_n=4",
         "adaptive.cw_kappas=[0.0,20.0]", "adaptive.cw_max_iter=10", "adaptive.cw_binary_steps=1"]
 
+#: The adaptive stage at its smallest, for tests whose runs only need it to work (its defaults took 490 s on the
+#: InceptionV3 test config with 2 cores).
+ADAPTIVE_SMALL = ["adaptive.n=2", "adaptive.steps=2", "adaptive.linf=[0.1]", "adaptive.l2=[2.0]", "adaptive.k=10",
+                  "adaptive.k_class=4", "adaptive.unbounded_steps=2", "adaptive.unbounded_restarts=1",
+                  "adaptive.cw_n=0"]
+
 
 def need_fmnist() -> None:
     if not (FMNIST / "train-images-idx3-ubyte.gz").exists():

@@ -17,7 +17,7 @@ from core.artefacts import RunDir
 from core.detector import Detector
 from precompute import config
 from precompute.__main__ import main
-from tests.conftest import ROOT
+from tests.conftest import ADAPTIVE_SMALL, ROOT
 
 CONFIGS = ROOT / "precompute" / "configs"
 
@@ -47,7 +47,7 @@ def _common(folder, runs, name, *extra_paths):
             "--set=evalsets.attacks=['fgsm']", "--set=evalsets.attack_batch=8", "--set=scoring.k_max=20",
             "--set=scoring.k=10", "--set=scoring.k_sweep=[5,10]", "--set=features.workers=0",
             "--set=features.chunk=16", "--set=threads=2", "--set=thumbs.size=32", "--set=thumbs.per_layer=2",
-            "--no-progress"]
+            *[f"--set={s}" for s in ADAPTIVE_SMALL], "--no-progress"]
 
 
 @pytest.mark.parametrize("cfg, size, layers, modes", [

@@ -13,7 +13,7 @@ from core.data import FolderSource
 from examples.make_shapes import write_folder
 from precompute import config, training
 from precompute.__main__ import main
-from tests.conftest import ROOT
+from tests.conftest import ADAPTIVE_SMALL, ROOT
 
 CUSTOM = str(ROOT / "precompute/configs/custom-example.toml")
 M = {"epochs": 2, "batch_size": 8, "lr": 0.004, "weight_decay": 1e-4, "augment": ["flip", "crop"]}
@@ -107,7 +107,7 @@ def _custom_args(folder, tmp_path, *extra):
             f"--set=data.eval_dir='{folder / 'test'}'", "--set=model.state_dict=''", "--set=threads=2",
             "--set=model.epochs=2", "--set=scoring.k_max=20", "--set=scoring.k=10", "--set=scoring.k_sweep=[5,10]",
             "--set=evalsets.n_authentic=6", "--set=evalsets.attacks=['fgsm']", "--set=evaluation.n_boot=100",
-            "--set=processing.pca_dim=8", *extra]
+            "--set=processing.pca_dim=8", *[f"--set={s}" for s in ADAPTIVE_SMALL], *extra]
 
 
 def test_custom_model_without_weights_is_trained_here_end_to_end(folder, tmp_path):
