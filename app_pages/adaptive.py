@@ -18,6 +18,9 @@ charts.how_to_read("How to read this: each curve is the share of attacks that fo
                    "ignores the detector; the coloured ones also push the image's features toward training images "
                    "of the target class. Bands are 95 % bootstrap intervals.")
 ad = loaders.report(run).get("adaptive")
+if not ad and run.manifest.get("config", {}).get("adaptive", {}).get("n") == 0:
+    st.info("This run's config sets `adaptive.n = 0`: no adaptive attack was run.", icon=":material/info:")
+    state.end_page()
 if not ad:
     st.info(f"This run has no adaptive-attack results yet. Build them with `{md(state.resume_command(run.manifest))}` "
             "(the `adaptive` stage runs after the report).", icon=":material/info:")

@@ -98,6 +98,11 @@ def _stage(ctx: Any) -> list[str]:
     x, true, src = _sources(ctx, report, a["n"])
     if not len(x):
         log.info("adaptive stage: no source image (adaptive.n = %d), nothing to attack", a["n"])
+        if report.pop("adaptive", None) is not None:  # an earlier build's results no longer describe this config
+            from precompute.report import render_markdown
+
+            ctx.run.save_json("report.json", report)
+            ctx.run.save_text("report.md", render_markdown(report))
         return []
     n_classes = len(det.classes)
     rng = np.random.default_rng(int(ctx.cfg["seed"]))

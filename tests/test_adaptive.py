@@ -125,3 +125,26 @@ def test_stop_test_freezes_each_image_at_its_first_passing_iterate(cls, eps):
     # a stopped image is never offered again
     offered = np.concatenate(seen)
     assert all((offered == i).sum() == 1 for i in range(0, 8, 2))
+
+
+def test_unbounded_budget_is_accepted_by_the_attack_on_large_images():
+    from precompute.adaptive_stage import unbounded
+
+    small, large = np.zeros((2, 1, 28, 28)), np.zeros((1, 3, 299, 299))
+    assert unbounded("l2", small) == pytest.approx(28.0) and unbounded("linf", large) == 1.0
+    assert unbounded("l2", large) == pytest.approx(np.sqrt(3 * 299 * 299))
+    assert unbounded("l2", large) <= AdaptiveL2.spec["eps"].max
+    AdaptiveL2(eps=unbounded("l2", large), lam=0.0)  # accepted by the attack's parameter check
+
+
+def test_adaptive_n_zero_attacks_nothing_and_drops_earlier_results(tiny_run_copy):
+    from precompute.__main__ import main
+    from tests.conftest import ROOT, TINY
+
+    assert "adaptive" in json.loads((tiny_run_copy / "report.json").read_text())
+    rc = main(["--config", str(ROOT / "precompute/configs/fmnist.toml"), "--no-progress",
+               f"--set=runs_dir='{tiny_run_copy.parent}'", f"--set=data_root='{tiny_run_copy.parent}'",
+               *[f"--set={s}" for s in TINY], "--set=adaptive.n=0"])
+    assert rc == 0
+    assert "adaptive" not in json.loads((tiny_run_copy / "report.json").read_text())  # not the n = 16 results
+    assert "## Adaptive attacks" not in (tiny_run_copy / "report.md").read_text()
