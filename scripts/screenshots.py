@@ -3,6 +3,7 @@
     .venv/bin/python scripts/screenshots.py                          # runs in data/runs -> docs/screenshots/
     .venv/bin/python scripts/screenshots.py --runs /tmp/apprun --out /tmp/shots
     .venv/bin/python scripts/screenshots.py --runs /tmp/apprun --dark-only     # inspect_dark.png, threshold_dark.png
+    .venv/bin/python scripts/screenshots.py --adaptive-only                  # attack_adaptive.png
 
 Needs `apt-get install -y chromium` (Playwright's own browser download does not work offline). The server and
 browser helpers are in tools/ (tools.app_server, tools.browser); tests/test_browser.py runs the same tour on the
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file: make the repository's packages importable
 
 from tools.app_server import serve  # noqa: E402
-from tools.browser import CHROMIUM, browser_page, shoot, tour, wait_ready  # noqa: E402
+from tools.browser import CHROMIUM, adaptive_switch, browser_page, shoot, tour, wait_ready  # noqa: E402
 
 
 def dark(runs: str, out: Path) -> list[Path]:
@@ -32,6 +33,17 @@ def dark(runs: str, out: Path) -> list[Path]:
         return shots + [shoot(page, out, "threshold_dark")]
 
 
+def adaptive(runs: str, out: Path) -> Path:
+    """The Attack page with "attack the detector too" run on the default image (attack_adaptive.png)."""
+    with serve(runs) as url, browser_page() as page:
+        page.goto(url + "/attack")
+        wait_ready(page, "Attack")
+        seen = adaptive_switch(page, out)
+    for e in seen.get("exceptions", []):
+        print(f"warning: exception shown on {e}", file=sys.stderr)
+    return seen["shot"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default=str(ROOT / "data" / "runs"), help="folder of runs (KNNGUARD_RUNS_DIR)")
@@ -40,12 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", default="Bag", help="target class name, if the image is not already one "
                                                      "(else the page's random wrong class)")
     ap.add_argument("--dark-only", action="store_true", help="only the dark-theme shots of Inspect and Threshold")
+    ap.add_argument("--adaptive-only", action="store_true", help="only the Attack page's adaptive switch")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"error: {CHROMIUM} missing; install it with `apt-get install -y chromium`", file=sys.stderr)
         return 2
+    if args.adaptive_only:
+        print(adaptive(args.runs, Path(args.out)))
+        return 0
     if not args.dark_only:
         _tour(args)
+        print(adaptive(args.runs, Path(args.out)))
     for p in dark(args.runs, Path(args.out)):
         print(p)
     return 0

@@ -210,3 +210,22 @@ def test_every_download_opens_and_parses(tiny_run):
     assert report_html.startswith("<!DOCTYPE html>") and "<table>" in report_html
     assert arr.dtype == np.uint8 and arr.ndim == 3 and np.array_equal(np.asarray(png).reshape(arr.shape), arr)
     assert params["attack"] == "fgsm" and "eps" in params["params"]
+
+
+def test_adaptive_switch_on_the_attack_page(tiny_run):
+    """The Attack page's "attack the detector too" switch: both PGD runs finish and each gets its verdict."""
+    with serve(tiny_run.parent) as url, browser.browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/attack")
+        browser.wait_ready(page, "Attack")
+        seen = browser.adaptive_switch(page, OUT)
+    assert not errors and "exceptions" not in seen, (errors, seen.get("exceptions"))
+    text = seen["text"]
+    for variant in ("oblivious", "adaptive"):
+        assert re.search(rf"{variant}: .+, (not fooled|slips through|caught)", text), text
+    assert "Verdict at layer" in text
+    from PIL import Image
+
+    with Image.open(seen["shot"]) as im:
+        assert im.width == browser.VIEWPORT["width"] and im.height > browser.VIEWPORT["height"]

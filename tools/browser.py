@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "VIEWPORT", "URLS", "READY", "browser_page", "wait_idle", "goto",
-           "wait_ready", "main_text", "view", "slide", "shoot", "png_bytes", "choose", "tour"]
+           "wait_ready", "main_text", "view", "slide", "shoot", "png_bytes", "choose", "tour", "adaptive_switch"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -232,4 +232,25 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     seen["run"] = main_text(page)
     _no_exception(page, seen, "run")
     seen["shots"].append(shoot(page, out, "run"))
+    return seen
+
+
+def adaptive_switch(page, out: Path, name: str = "attack_adaptive") -> dict:
+    """On the Attack page: turn "attack the detector too" on, run the oblivious and the adaptive PGD with the
+    panel's defaults, wait for both before/after charts and save a full-page screenshot ``name``.
+
+    Returns ``{"text": main text, "shot": path}`` plus ``"exceptions"`` if a Streamlit exception box showed.
+    """
+    seen: dict = {}
+    page.locator(".st-key-adp_on label").first.click()
+    button = page.locator(".st-key-adp_run button").first
+    button.wait_for()
+    wait_idle(page)
+    button.click()
+    for variant in ("oblivious", "adaptive"):
+        page.locator(f".st-key-adp_chart_{variant} .main-svg").first.wait_for(timeout=180_000)
+    wait_idle(page, timeout=180)
+    seen["text"] = main_text(page)
+    _no_exception(page, seen, name)
+    seen["shot"] = shoot(page, out, name)
     return seen
