@@ -43,6 +43,16 @@ def tiny_run(tmp_path_factory) -> Path:
     return runs / "tiny"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_torch_threads():
+    """Give each test module torch's thread count back (the app and the library's one-image path change it)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture()
 def tiny_run_copy(tiny_run, tmp_path) -> Path:
     """A private copy of the tiny run that a test may damage."""

@@ -27,14 +27,6 @@ PAGES = {"inspect": "app_pages/inspect_image.py", "attack": "app_pages/attack_li
          "failures": "app_pages/failure_cases.py", "run": "app_pages/run_info.py"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    """The app sets torch to one thread (its one-image path); give the rest of the session its setting back."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _app(runs_dir, monkeypatch) -> AppTest:

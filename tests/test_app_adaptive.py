@@ -3,30 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 180
-
-
-@pytest.fixture()
-def app(tiny_run, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+pytest.importorskip("streamlit")
+from tests.test_app import _ok, app  # noqa: E402,F401  (shared AppTest setup)
 
 
 def test_adaptive_page_plots_the_reported_curves(app, tiny_run):

@@ -14,13 +14,6 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 TIMEOUT = 120
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _roc(at: AppTest) -> dict:

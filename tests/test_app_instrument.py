@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_app import PAGES, _app, _markdown, _ok, _restore_torch_threads, truth  # noqa: F401
+from tests.test_app import PAGES, _app, _markdown, _ok, truth  # noqa: F401
 
 pytest.importorskip("streamlit")
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from tests.test_app import PAGES, _app, _ok, _restore_torch_threads, app  # noqa: E402,F401  (shared setup)
+from tests.test_app import PAGES, _app, _ok, app  # noqa: E402,F401  (shared setup)
 
 
 def _frame(at: AppTest, key: str):

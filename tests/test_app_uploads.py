@@ -14,13 +14,12 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.test_uploads import CATEGORIES, corpus
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-TIMEOUT = 120
+from tests.test_app import _app, _ok  # noqa: E402  (shared AppTest setup)
 #: Files per category of tests/test_uploads.py's corpus (only cases read with the default limits, as the app
 #: reads them), plus every named special case below: >= 60 files, every category.
 PER_CATEGORY = 10
@@ -30,24 +29,8 @@ MUST = ("empty", "animated.gif", "animated.webp", "animated.png (APNG)", "png-16
         "photo.png (JPEG bytes)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
-def _ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _app(runs_dir, monkeypatch) -> AppTest:
-    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(runs_dir))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    return _ok(at.run())
 
 
 def _png(color=(200, 180, 160)) -> bytes:
@@ -80,7 +63,7 @@ def test_upload_corpus_through_the_inspect_page(tiny_run, monkeypatch):
 
     cases = _selection()
     assert len(cases) >= 60
-    at = _app(tiny_run.parent, monkeypatch)
+    at = _ok(_app(tiny_run.parent, monkeypatch))
     _ok(at.radio(key="inspect_source").set_value("Upload").run())
     t0 = time.perf_counter()
     outcomes: dict[str, int] = {}
@@ -128,7 +111,7 @@ def test_attack_past_its_time_limit_says_so_and_the_page_keeps_working(tiny_run,
         release.wait(5)
         return real(*args, **kwargs)
 
-    at = _app(tiny_run.parent, monkeypatch)
+    at = _ok(_app(tiny_run.parent, monkeypatch))
     _ok(at.switch_page("app_pages/attack_live.py").run())
     # Interactive caps on top of param_spec's bounds.
     assert at.slider(key="atk_fgsm_eps").max == 1.0
@@ -154,7 +137,7 @@ def test_attack_past_its_time_limit_says_so_and_the_page_keeps_working(tiny_run,
 
 
 def test_iteration_sliders_are_capped_for_interactive_use(tiny_run, monkeypatch):
-    at = _app(tiny_run.parent, monkeypatch)
+    at = _ok(_app(tiny_run.parent, monkeypatch))
     _ok(at.switch_page("app_pages/attack_live.py").run())
     for name in ("ifgsm", "pgd", "cw"):
         if name not in at.selectbox(key="atk_name").options:

@@ -140,13 +140,6 @@ PAGES = ["app_pages/inspect_image.py", "app_pages/attack_live.py", "app_pages/th
          "app_pages/failure_cases.py", "app_pages/run_info.py"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _app(runs_dir: Path, monkeypatch) -> AppTest:
