@@ -53,7 +53,8 @@ e = ad.get("extra_l2", {})
 if e.get("median") is not None:
     st.metric("Median extra L2 the detector forces", f"{e['median']:.3f}",
               help=f"{e['median_without']:.3f} to fool the CNN alone, {e['median_with']:.3f} to fool CNN and detector "
-                   f"({e['n']} of {e['of']} images succeed both ways on the budget grid)")
+                   f"({e['n']} of {e['of']} images succeed both ways). Each is the L2 of the first successful "
+                   "iterate of the same early-stopping L2 PGD: an upper bound of the image's minimal perturbation.")
 if ad.get("cw_confidence"):
     st.subheader("Carlini-Wagner at growing confidence κ")
     st.caption("A larger margin over the runner-up class moves the image deeper into the target class, where its "

@@ -101,6 +101,11 @@ def test_adaptive_stage_on_the_tiny_run(tiny_run):
     assert [r["kappa"] for r in ad["cw_confidence"]] == [0.0, 20.0]
     res = run.load_npz("adaptive/results.npz")
     assert res["adaptive_layer-linf-guarded"].shape == (1, ad["n"])
+    e = ad["extra_l2"]  # first successful iterates of the early-stopping L2 PGD, with and without the detector
+    assert res["first-oblivious-l2"].shape == res["first-adaptive_layer-l2"].shape == (ad["n"],)
+    assert e["of"] == ad["n"] and 0 <= e["n"] <= ad["n"]
+    if e["n"]:
+        assert 0 < e["median_without"] <= e["radius"] + 0.1 and 0 < e["median_with"] <= e["radius"] + 0.1
     assert (tiny_run / "adaptive/curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tiny_run / "report.md").read_text()
     assert "## Adaptive attacks" in md and "adaptive/curve.png" in md
@@ -125,6 +130,23 @@ def test_stop_test_freezes_each_image_at_its_first_passing_iterate(cls, eps):
     # a stopped image is never offered again
     offered = np.concatenate(seen)
     assert all((offered == i).sum() == 1 for i in range(0, 8, 2))
+
+
+def test_without_random_start_the_first_success_is_a_small_perturbation():
+    """From the image itself with small steps, the first successful iterate stops far inside a large ball
+    (the extra-L2 measure of the adaptive stage); a random start lands near the ball's surface."""
+    model = _Tiny().eval()
+    x = np.random.default_rng(2).random((8, 1, 4, 4)).astype(np.float32)
+    target = (model(torch.from_numpy(x)).argmax(1).numpy() + 1) % 3
+    kw = dict(lam=0.0, eps=4.0, steps=200, refresh=1, stop=lambda xa, rows: np.ones(len(rows), dtype=bool))
+    near = AdaptiveL2(random_start=False, **kw)
+    res = near(model, x, target=target)
+    far = AdaptiveL2(**kw)(model, x, target=target)
+    ok = near.stopped
+    assert ok.sum() >= 4 and (res.predicted[ok] == target[ok]).all()
+    l2 = np.linalg.norm((res.x_adv - x).reshape(8, -1), axis=1)
+    l2_far = np.linalg.norm((far.x_adv - x).reshape(8, -1), axis=1)
+    assert np.median(l2[ok]) < 0.5 * np.median(l2_far[ok])
 
 
 def test_unbounded_budget_is_accepted_by_the_attack_on_large_images():

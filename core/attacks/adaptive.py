@@ -64,6 +64,8 @@ class _Adaptive(Attack):
         ``stop(x_adv, rows) -> bool (B,)`` on snapped iterates (B, C, H, W) of the images ``rows`` (indices into
         the attacked batch) that reach the target: an image it passes is kept and no longer attacked. Checked
         every ``refresh`` steps and after the last.
+    random_start : bool, default True
+        Start in a random point of the ball; False starts at the image.
     **params
         See ``spec``.
     """
@@ -72,8 +74,12 @@ class _Adaptive(Attack):
     modes = (True,)
     random = True
 
-    def __init__(self, surrogate: KnnSurrogate | None = None, *, stop: Stop | None = None, **params: Any) -> None:
+    def __init__(self, surrogate: KnnSurrogate | None = None, *, stop: Stop | None = None, random_start: bool = True,
+                 **params: Any) -> None:
         super().__init__(**params)
+        #: Start each restart at a random point of the ball (else at the image itself: with ``stop``, the
+        #: first successful iterate's norm then bounds the image's minimal perturbation).
+        self.random_start = bool(random_start)
         if surrogate is None and self.params["lam"] > 0:
             raise ValueError(f"{self.name}: lam > 0 needs a KnnSurrogate (KnnSurrogate.from_detector(det))")
         self.surrogate = surrogate
@@ -133,7 +139,8 @@ class _Adaptive(Attack):
                 trace[r:] = trace[r - 1, -1] if r else 0.0
                 break
             delta = torch.zeros_like(xt)
-            delta[act] = (torch.clamp(xt[act] + self._start(xt[act].shape, eps), 0, 1) - xt[act]).detach()
+            if self.random_start:
+                delta[act] = (torch.clamp(xt[act] + self._start(xt[act].shape, eps), 0, 1) - xt[act]).detach()
             for i in range(steps + 1):
                 if self.stop is not None and len(act) and (i == steps or (i > 0 and i % every == 0)):
                     act = self._check(xt, delta, tt, act, rows, model, best, done)
