@@ -175,6 +175,15 @@ def app(r: dict[str, Any]) -> str:
                         ("e2e50", "AppTest p50"), ("e2e95", "AppTest p95")])]
     if "skipped" in e2e:
         lines.append(f"\nAppTest skipped: {e2e['skipped']}")
+    if r.get("pages"):
+        prow = [{"page": name, "k50": v.get("k_change", {}).get("p50"), "k95": v.get("k_change", {}).get("p95"),
+                 "widget": v.get("widget") or "–", "w50": (v.get("widget_change") or {}).get("p50"),
+                 "w95": (v.get("widget_change") or {}).get("p95"), "error": v.get("error", "")}
+                for name, v in r["pages"].items()]
+        lines += ["", "Every page (AppTest, whole script rerun; ms):", "",
+                  _md(prow, [("page", "page"), ("k50", "k change p50"), ("k95", "k change p95"),
+                             ("widget", "own widget"), ("w50", "its change p50"), ("w95", "p95"),
+                             ("error", "error")])]
     lines += ["", _targets(r)]
     return "\n".join(lines)
 
@@ -211,7 +220,7 @@ load_post_script_gc = load
 
 TITLES = {"knn_search": "kNN search: ours vs scikit-learn and faiss, and the matmul limit",
           "inspect_latency": "One image, all layers (Detector.inspect)",
-          "precompute": "Precompute", "scale": "Scale: flat vs IVF vs HNSW", "app": "App: Threshold page",
+          "precompute": "Precompute", "scale": "Scale: flat vs IVF vs HNSW", "app": "App: widget changes (Threshold page, every page)",
           "app_latency": "App: a threshold change and an upload's inspect, whole reruns",
           "load": "Load: concurrent app sessions (Streamlit's server, websocket clients)",
           "load_post_script_gc": "Load, with Streamlit's default full gc.collect after every rerun (before the fix)"}

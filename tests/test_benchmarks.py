@@ -97,6 +97,18 @@ def test_app_library(tiny_run, tmp_path):
     assert r["apptest"] == {"skipped": "not asked"}
 
 
+def test_app_every_page_answers_widget_changes(tiny_run):
+    from app_pages.state import PAGES
+    from benchmarks import app
+
+    pages = app.every_page(str(tiny_run), changes=1)
+    assert set(pages) == set(PAGES)
+    for name, v in pages.items():
+        assert "error" not in v and not v["errors"], (name, v)
+        assert v["k_change"]["p50"] > 0
+        assert (v["widget_change"] is not None) == (name in app.PAGE_WIDGETS), name
+
+
 def test_summary_renders_every_result(tiny_run, tmp_path):
     from benchmarks import app, knn_search, summary
 
