@@ -188,7 +188,8 @@ st.caption(f"{out['title']}: {md(classes[pred0])} → {md(classes[pred1])} · {o
 
 noticed = [la for la in layers if not operating.trusts(run, a[la], thresholds[la])]
 i1, i2, i3, msg = st.columns([1, 1, 1, 1.5], gap="medium")
-images.show_image(image, f"original: {md(classes[pred0])} ({before.top5[0][1]:.0%})", size=200, where=i1)
+images.show_image(image, f"original, {md(cur['source'])}: {md(classes[pred0])} ({before.top5[0][1]:.0%})", size=200,
+                  where=i1)
 images.show_image(adv, f"adversarial: {md(classes[pred1])} ({after.top5[0][1]:.0%})", size=200, where=i2)
 images.show_image(pert, f"perturbation ×{amp:.0f}: grey = unchanged, light = raised, dark = lowered", size=200,
               where=i3)

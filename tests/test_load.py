@@ -72,6 +72,7 @@ async def _session(chromium, url: str, s: int, truth: dict, lat: dict, problems:
     ctx.set_default_timeout(ACTION_TIMEOUT_MS)
     page = await ctx.new_page()
     page.on("pageerror", lambda e: problems.append(f"session {s}: page error {e}"))
+    step = "open"
     try:
         index = s + 1  # index 0 is every session's default image
         want = truth["classes"][int(truth["predicted"][index])]
@@ -80,6 +81,7 @@ async def _session(chromium, url: str, s: int, truth: dict, lat: dict, problems:
         await _idle(page)
 
         # Inspect: this session's own evaluation image.
+        step = "inspect"
         box = page.locator(".st-key-inspect_index input").first
         await box.fill(str(index))
         t0 = time.perf_counter()
@@ -92,6 +94,7 @@ async def _session(chromium, url: str, s: int, truth: dict, lat: dict, problems:
             problems.append(f"session {s}: image #{index} shows {shown.strip()!r}, stored prediction {want!r}")
 
         # Threshold: this session's own number of steps.
+        step = "threshold"
         await _goto(page, "Threshold", "threshold")
         op = page.locator(".st-key-th_operating")
         await op.wait_for()
@@ -113,29 +116,38 @@ async def _session(chromium, url: str, s: int, truth: dict, lat: dict, problems:
             problems.append(f"session {s}: threshold shows {got}, expected {expected}")
 
         # Attack: FGSM on this session's image.
+        step = "attack"
         await _goto(page, "Attack", "attack")
-        await _main_has(page, f"Current image: authentic #{index} ")
+        await _main_has(page, f"current image: authentic #{index} ")
         button = page.get_by_role("button", name="Run FGSM")
         await button.wait_for()
         t0 = time.perf_counter()
         await button.click()
-        await page.locator("h3").filter(has_text="→").first.wait_for(timeout=ACTION_TIMEOUT_MS)
+        caption = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="→").first
+        await caption.wait_for(timeout=ACTION_TIMEOUT_MS)  # "FGSM: <before> → <after> · 0.05 s · L∞ = …"
         await _idle(page)
         lat["attack"].append(time.perf_counter() - t0)
-        head = await page.locator("h3").filter(has_text="→").first.inner_text()
-        if not re.match(rf"FGSM .+: {re.escape(want)} → .+", head.strip()):
-            problems.append(f"session {s}: attack heading {head.strip()!r} does not start from {want!r}")
-        if f"Current image: authentic #{index} " not in await page.locator('[data-testid="stMain"]').inner_text():
+        head = (await caption.inner_text()).split(" · ")[0].strip()
+        if not re.fullmatch(rf"FGSM: {re.escape(want)} → .+", head):
+            problems.append(f"session {s}: attack caption {head!r} does not start from {want!r}")
+        if not await page.locator("h3").filter(has_text="The attack").count():
+            problems.append(f"session {s}: no outcome sentence after the attack")
+        if f"original, authentic #{index}: " not in await page.locator('[data-testid="stMain"]').inner_text():
             problems.append(f"session {s}: attack page lost its image #{index}")
         n = await page.locator('[data-testid="stException"]').count()
         if n:
             problems.append(f"session {s}: {n} exception element(s)")
         errs = [t for t in await page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
-                if "by layer" not in t and "Not detected" not in t]
+                if not any(v in t for v in ("by layer", "Not detected", "Overall: "))]  # verdicts, not errors
         if errs:
             problems.append(f"session {s}: error messages {errs}")
     except Exception as e:  # noqa: BLE001 - every failure is a finding of this session
-        problems.append(f"session {s}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        try:  # what the page showed, for the failure message
+            shown = (await page.locator('[data-testid="stMain"]').inner_text(timeout=5000))[-600:]
+        except Exception:  # noqa: BLE001
+            shown = "?"
+        problems.append(f"session {s} at {step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        f"; the page showed …{shown!r}")
     finally:
         await ctx.close()
 
