@@ -38,9 +38,17 @@ metric = st.segmented_control("Negatives", metric_options, key="layers_metric", 
                               help="Aggr. = mean over the attacks weighted by their sizes; Errors = the CNN's "
                                    "natural misclassifications as negatives.") or "Aggr."
 column = COLUMNS.get(metric, metric)
-# rows of the report measured on the test split with intervals (issue 12), at the sidebar's mode and k
-stored = {(r["layer"], r["fn"]): r for r in (rep or {}).get("rows", [])
-          if "ci" in r and r["mode"] == run.mode and int((rep or {}).get("k", -1)) == run.k}
+# rows of the report measured on the test split with intervals (issue 12), at the sidebar's mode and the report's k
+report_k = int((rep or {}).get("k", -1))
+stored = {(r["layer"], r["fn"]): r for r in (rep or {}).get("rows", []) if "ci" in r and r["mode"] == run.mode}
+fig_k = run.k
+if len(stored) == len(layers) * 3 and lf is not None and run.k != report_k:
+    # 15 bootstraps at a new k take seconds: on request; until then the report's figure at its own k
+    if not st.toggle(f"Bootstrap this figure at the sidebar's k = {run.k} (a few seconds)", key="layers_live_k",
+                     help=f"Off: the run's report at k = {report_k} (its intervals are precomputed)."):
+        fig_k = report_k
+if fig_k != report_k:
+    stored = {}
 
 
 def _interval(layer: str, fn: str) -> list:
@@ -83,7 +91,7 @@ for fn, (color, dash) in styles.items():
 split_text = ("the test split" if lf is None else
               f"the test split ({len(lf.split.test)} source images, validation share {lf.config.validation_share:g})")
 st.plotly_chart(charts.figure(lines, title=f"EER accuracy per layer, {plotly_text(metric)} (paper Fig. 6) — "
-                                       f"{state.MODE_NAMES.get(run.mode, plotly_text(run.mode))}, k = {run.k}",
+                                       f"{state.MODE_NAMES.get(run.mode, plotly_text(run.mode))}, k = {fig_k}",
                               ytitle="EER accuracy", xtitle="layer (input → output)", height=420,
                               yaxis=dict(ticksuffix=" %"),
                               xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers])),
@@ -94,8 +102,10 @@ if lf is None:
 else:
     src = ("from the run's report" if len(stored) == len(layers) * len(styles) else
            "computed live" if not stored else "from the run's report where it has the sidebar's settings, else live")
+    at_k = ("the sidebar's k" if fig_k == run.k else
+            f"the report's k = {fig_k} (the sidebar's k = {run.k} sets the ROC comparison below)")
     st.caption(f"The paper's metric (each attack's own oracle threshold) on {split_text}, at the sidebar's "
-               f"processing and k; error bars: 95 % confidence intervals, {lf.config.n_boot} bootstrap resamples of "
+               f"processing and {at_k}; error bars: 95 % confidence intervals, {lf.config.n_boot} bootstrap resamples of "
                f"source images ({src}).")
 
 st.markdown("**Why the Threshold page's EER differs from Aggr. here.** The Threshold page pools every chosen attack "

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from core import scoring
+from core.prefix_scores import PrefixScores
 from core.artefacts import RunDir
 
 __all__ = ["POSITIVE_SETS", "ERRORS_SET", "RunData", "RestrictedRunData", "SetNeighbours"]
@@ -67,6 +67,7 @@ class RunData:
         self.config: dict = m.get("config", {})
         self._sets: dict[str, dict[str, np.ndarray]] = {}
         self._nb: dict[tuple[str, str, str], SetNeighbours] = {}
+        self._prefix: dict[tuple[str, str, str, str], PrefixScores] = {}
         self._lock = threading.Lock()  # one load per file however many threads ask at once
         self.train_labels = _read_only(self.run.load_npy("train_labels.npy", verify=verify))
 
@@ -158,9 +159,14 @@ class RunData:
         return (int(nb.I[index, hit[0]]), float(nb.D[index, hit[0]])) if len(hit) else None
 
     def scores(self, name: str, layer: str, mode: str, fn: str, k: int) -> np.ndarray:
-        """kNN scores (n,) of the predicted class for every image of set ``name``."""
+        """kNN scores (n,) of the predicted class for every image of set ``name``: ``core.scoring.score``'s, from
+        prefix sums kept per (set, layer, mode, fn) (:class:`core.prefix_scores.PrefixScores`), so a new k costs
+        a few neighbour rows, not all of them."""
         nb = self.neighbours(name, layer, mode)
-        return scoring.score(nb.I, nb.D, self.train_labels, self.evalset(name)["predicted"], k=k, fn=fn)
+        predicted = self.evalset(name)["predicted"]
+        prefix = self._once(self._prefix, (name, layer, mode, fn),
+                            lambda: PrefixScores(nb.I, nb.D, self.train_labels, predicted, fn))
+        return prefix.at(k)
 
     #: Sets whose images are positives (images to trust).
     positive_sets: tuple[str, ...] = POSITIVE_SETS
@@ -199,6 +205,7 @@ class RestrictedRunData(RunData):
         self._sets: dict[str, dict[str, np.ndarray]] = {}
         self._nb: dict[tuple[str, str, str], SetNeighbours] = {}
         self._masks: dict[str, np.ndarray] = {}
+        self._prefix: dict[tuple[str, str, str, str], PrefixScores] = {}
         self._scores: dict[tuple, np.ndarray] = {}
         self._lock = threading.RLock()  # a score's load reads the view's neighbours under the same lock
 

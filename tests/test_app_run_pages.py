@@ -157,3 +157,17 @@ def test_layers_k_box_and_quick_picks_set_the_sidebar_k(app):
     assert [o.content for o in pick.proto.options] == ["10", "50"]  # the report's k values up to K_max (50)
     _ok(pick.set_value(50).run())
     assert app.session_state["det_k"] == 50 and app.slider(key="det_k").value == 50
+
+
+def test_layers_figure_bootstraps_a_new_k_only_on_request(app):
+    """At a k other than the report's, Fig. 6 shows the report's (precomputed intervals) until asked: 15 bootstraps
+    per k change took 4 s on the default run."""
+    from tests.test_app import _plotly
+
+    _ok(app.switch_page(PAGES["layers"]).run())
+    report_k = int(app.slider(key="det_k").value)
+    _ok(app.slider(key="det_k").set_value(7).run())
+    assert _plotly(app, "layers_fig6")["layout"]["title"]["text"].endswith(f"k = {report_k}")
+    assert app.toggle(key="layers_live_k").value is False
+    _ok(app.toggle(key="layers_live_k").set_value(True).run())
+    assert _plotly(app, "layers_fig6")["layout"]["title"]["text"].endswith("k = 7")

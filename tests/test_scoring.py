@@ -145,3 +145,25 @@ def test_score_leaves_inputs_unchanged(nq):
 def test_out_of_range_neighbour_id_raises():
     with pytest.raises(IndexError):
         scoring.score(np.array([[0, 99]]), np.ones((1, 2)), LABELS, np.array([0]), fn="knn")
+
+
+@pytest.mark.parametrize("fn", ["knn", "wknn", "dwknn"])
+@pytest.mark.parametrize("missing", [False, True])
+def test_prefix_scores_equal_score_at_every_k(fn, missing):
+    """core.prefix_scores keeps running sums every few neighbours; every k gives score()'s values bit for bit."""
+    from core.prefix_scores import PrefixScores
+
+    rng = np.random.default_rng(3)
+    nq, K, n_train = 40, 77, 500
+    I = rng.integers(0, n_train, (nq, K))
+    D = np.sort(rng.random((nq, K)).astype(np.float32), axis=1)
+    if missing:  # an approximate index that found fewer than K
+        I[::3, 60:] = -1
+        I[1, 5] = -1
+    labels = rng.integers(0, 4, n_train)
+    classes = rng.integers(0, 4, nq)
+    p = PrefixScores(I, D, labels, classes, fn, every=8)
+    for k in range(1, K + 1):
+        assert np.array_equal(p.at(k), scoring.score(I, D, labels, classes, k=k, fn=fn), equal_nan=True), k
+    with pytest.raises(ValueError, match="k must be"):
+        p.at(K + 1)
