@@ -78,7 +78,7 @@ def show(run, image: np.ndarray, pred0: int) -> None:
     thresholds = operating.thresholds(run)  # the one operating point every page uses
     at = operating.op_layer(run)
     before = loaders.inspect(run, image)
-    rows, figs = [], []
+    rows, figs, verdicts = [], [], []
     for name, adv in res["adv"].items():
         after = loaders.inspect(run, adv)
         pred = int(after.predicted[0])
@@ -86,16 +86,18 @@ def show(run, image: np.ndarray, pred0: int) -> None:
         fooled = pred != pred0
         ok = operating.trusts(run, sc[at], thresholds[at])
         verdict = ("not fooled" if not fooled else "**slips through** (trusted)" if ok else "**caught** (rejected)")
+        verdicts.append(verdict)
         d = adv.astype(np.float64) - image.astype(np.float64)
-        rows.append({"attack": name, "prediction": classes[pred], "verdict at the operating point": verdict,
+        rows.append({"attack": name, "prediction": classes[pred],
+                     "verdict at the operating point": verdict.replace("**", ""),  # a table shows no Markdown
                      "L∞": float(np.abs(d).max() / 255), "L2": float(np.linalg.norm(d) / 255),
                      **{f"score {la}": sc[la] for la in layers}})
         figs.append((name, sc, classes[pred]))
     st.markdown(f"**Toward {md(classes[res['target']])}**, {NORMS[res['norm']][0]} ε = {res['eps']:g}, "
                 f"λ = {res['lam']:g}, aimed at {md(', '.join(res['layers']))}. Verdict at layer {md(at)}, threshold "
                 f"{thresholds[at]:.4f} ({operating.trust_text(run)}).")
-    for r in rows:
-        st.markdown(f"- {r['attack']}: {md(r['prediction'])}, {r['verdict at the operating point']}")
+    for r, v in zip(rows, verdicts):
+        st.markdown(f"- {r['attack']}: {md(r['prediction'])}, {v}")
     st.dataframe(rows, hide_index=True, key="adp_table")
     b = {la: float(before.scores[la][0]) for la in layers}
     cols = st.columns(len(figs))

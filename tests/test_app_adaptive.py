@@ -47,5 +47,6 @@ def test_adaptive_panel_runs_oblivious_and_adaptive(app, tiny_run):
         row = table[table["attack"] == name].iloc[0]
         assert row["prediction"] == det.classes[int(s.predicted[0])]
         assert np.isclose(row[f"score {layer}"], s.scores[layer][0])
+        assert "*" not in row["verdict at the operating point"]  # a table cell shows no Markdown
     bullets = [m.value for m in app.markdown if m.value.startswith("- oblivious") or m.value.startswith("- adaptive")]
     assert len(bullets) == 2
