@@ -9,7 +9,9 @@ left, every image has loaded and every plotly chart has its SVG. Each round star
 page pays the imports, the model and the verification of the run), opens the first page, then each page by URL
 in a new tab of the same browser profile (a new session on the warm server; ``--cold``: a new profile, so an
 empty browser cache, for every page). Targets: the first page under 3 s, every page
-under 1 s. Needs Debian's Chromium and the ``playwright`` package (requirements-dev.txt).
+under 1 s. Each round also measures the floor on this machine and browser: a one-heading Streamlit page
+(``FLOOR_PAGE``) served the same way and opened in a new tab of the same profile. Needs Debian's Chromium and the
+``playwright`` package (requirements-dev.txt).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from pathlib import Path
 from benchmarks import _common as C
 
 TARGETS_S = {"first_page": 3.0, "every_page": 1.0}
+#: The floor: what Streamlit itself costs here (its frontend, the websocket, one script run).
+FLOOR_PAGE = 'import streamlit as st\nst.title("floor")\nst.markdown("one heading and one line")\n'
 
 _DRAWN = """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]')
       && document.querySelector('[data-testid="stMain"] [data-testid="stMarkdown"], [data-testid="stMain"] h1')
@@ -79,18 +83,28 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
                     row["second_session_s"] = _open(browser, url, timeout_s, user)
                     row["pages"] = {title: _open(browser, f"{url}/{path}", timeout_s, user)
                                     for title, path in B.URLS.items()}
+                floor = Path(tmp) / "floor.py"
+                floor.write_text(FLOOR_PAGE)
+                with serve(runs_dir, script=floor) as url:
+                    ctx = user or browser.new_context(viewport=B.VIEWPORT)
+                    _open(browser, url, timeout_s, ctx)  # the profile's cache holds the frontend, as for the pages
+                    row["floor_s"] = _open(browser, url, timeout_s, None if cold else ctx)
+                    if ctx is not user:
+                        ctx.close()
                 if user is not None:
                     user.close()
                 rows.append(row)
                 print(f"round {r}: first page {row['first_page_s']:.2f} s, second session "
                       f"{row['second_session_s']:.2f} s, pages "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in row["pages"].items()), flush=True)
+                      + ", ".join(f"{k} {v:.2f}" for k, v in row["pages"].items())
+                      + f"; a one-heading Streamlit page {row['floor_s']:.2f} s", flush=True)
         finally:
             browser.close()
     first = statistics.median(r["first_page_s"] for r in rows)
     pages = {t: statistics.median(r["pages"][t] for r in rows) for t in rows[0]["pages"]}
     return {"run": str(run), "browser_cache": "empty" if cold else "kept", "rounds": rows, "first_page_s": first,
             "second_session_s": statistics.median(r["second_session_s"] for r in rows), "pages_s": pages,
+            "floor_s": statistics.median(r["floor_s"] for r in rows),
             "targets": {"first_page_under_3s": first < TARGETS_S["first_page"],
                         "every_page_under_1s": all(v < TARGETS_S["every_page"] for v in pages.values())}}
 
@@ -107,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     t = res["targets"]
     print(f"first page (median) {res['first_page_s']:.2f} s: under 3 s {'yes' if t['first_page_under_3s'] else 'no'}; "
           f"every page under 1 s {'yes' if t['every_page_under_1s'] else 'no'} ("
-          + ", ".join(f"{k} {v:.2f}" for k, v in res["pages_s"].items()) + ")")
+          + ", ".join(f"{k} {v:.2f}" for k, v in res["pages_s"].items()) + f"); floor (a one-heading Streamlit "
+          f"page here) {res['floor_s']:.2f} s")
     C.write_result("first_page", res, a.out)
     return 0
 

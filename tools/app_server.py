@@ -31,8 +31,9 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: float = 90,
-          env: dict[str, str] | None = None, pids: list[int] | None = None) -> Iterator[str]:
-    """Serve the app over ``runs_dir`` until the block ends.
+          env: dict[str, str] | None = None, pids: list[int] | None = None,
+          script: str | os.PathLike = "app.py") -> Iterator[str]:
+    """Serve the app (or another Streamlit ``script``) over ``runs_dir`` until the block ends.
 
     Parameters
     ----------
@@ -46,6 +47,8 @@ def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: floa
         Added to the server's environment.
     pids : list, optional
         The server's process id is appended to it.
+    script : path
+        The Streamlit script, relative to the repository (default the app) or absolute.
 
     Yields
     ------
@@ -63,7 +66,7 @@ def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: floa
     env = dict(os.environ, KNNGUARD_RUNS_DIR=str(runs_dir), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                **(env or {}))
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.fileWatcherType", "none"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
