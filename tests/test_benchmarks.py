@@ -208,3 +208,21 @@ def test_screenshots_cli_runs_as_a_file():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshots.py"), "--help"], cwd="/",
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--runs" in out.stdout, out.stderr
+
+
+def test_the_first_page_floor_script_is_served(tmp_path):
+    """benchmarks.first_page serves its one-heading floor page with tools.app_server.serve(script=...)."""
+    import urllib.request
+
+    from benchmarks.first_page import FLOOR_PAGE
+    from tools.app_server import serve
+
+    floor = tmp_path / "floor.py"
+    floor.write_text(FLOOR_PAGE)
+    compile(FLOOR_PAGE, str(floor), "exec")
+    with serve(tmp_path, script=floor) as url:
+        with urllib.request.urlopen(url + "/_stcore/health", timeout=10) as r:
+            assert r.status == 200
+    with pytest.raises(RuntimeError, match="streamlit exited"):  # the script named is the one run
+        with serve(tmp_path, script=tmp_path / "missing.py"):
+            pass
