@@ -33,6 +33,21 @@ def test_ivfpq_reranks_exactly_and_reopens_from_faiss_and_npy(tmp_path):
     assert index.open_refined(flat, idx.xb16) is flat
 
 
+def test_ivfpq_probes_enough_cells_for_a_large_k():
+    """A small database in many cells: the probed cells must hold the shortlist (refine · k), or the re-rank sees
+    too few candidates (64 cells of about 35 vectors held 2 240 for a shortlist of 4 000 at k = 500)."""
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(30, 16)).astype(np.float32)
+    xb = (centres[rng.integers(0, 30, 20000)] + 0.5 * rng.normal(size=(20000, 16))).astype(np.float32)
+    xq = xb[:20] + 0.01
+    idx = index.build(xb, kind="ivfpq")
+    assert idx.coarse.nprobe == index.IVFPQ_NPROBE and idx.nprobe(500) > 3 * idx.coarse.nprobe
+    _, I = index.search(idx, xq, 500)
+    _, Ig = index.search(index.build(xb, kind="flat"), xq, 500)
+    assert np.mean([len(np.intersect1d(a, b)) / 500 for a, b in zip(I, Ig)]) >= 0.95
+    assert idx.nprobe(1) == idx.coarse.nprobe  # a small k keeps the index's own count
+
+
 def test_run_built_with_ivfpq_stores_hashes_and_searches_float16(tiny_run, tiny_run_copy):
     """A run whose index stage used ``kind = "ivfpq"``: the float16 vectors are recorded and hashed, and the
     neighbours stage and the Detector search through the re-ranked index (recall of the exact neighbours)."""
