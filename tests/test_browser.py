@@ -28,6 +28,14 @@ pytestmark = pytest.mark.skipif(
            "Playwright's own browser download does not work offline")
 
 
+@pytest.fixture(scope="module")
+def url(tiny_run):
+    """One app server on the tiny run for the default-theme tests (each opens its own browser, so its own
+    sessions); a fresh server's first page costs seconds of imports and loading."""
+    with serve(tiny_run.parent) as u:
+        yield u
+
+
 def _threshold(text: str) -> float:
     return float(re.search(r"at threshold ([0-9.]+)", text).group(1))
 
@@ -49,8 +57,8 @@ def _image_to_flip(tiny_run, k: int) -> tuple[int, str]:
     return int(np.flatnonzero((s > 0.2) & (s < 0.8))[0]), layer
 
 
-def test_every_page_in_a_real_browser(tiny_run):
-    with serve(tiny_run.parent) as url, browser.browser_page() as page:
+def test_every_page_in_a_real_browser(tiny_run, url):
+    with browser.browser_page() as page:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         seen = browser.tour(page, url, OUT, attack="FGSM")
@@ -176,7 +184,7 @@ def _download(page, key: str) -> bytes:
     return Path(d.value.path()).read_bytes()
 
 
-def test_every_download_opens_and_parses(tiny_run):
+def test_every_download_opens_and_parses(tiny_run, url):
     import csv
     import io
     import json
@@ -184,7 +192,7 @@ def test_every_download_opens_and_parses(tiny_run):
     import numpy as np
     from PIL import Image
 
-    with serve(tiny_run.parent) as url, browser.browser_page() as page:
+    with browser.browser_page() as page:
         page.goto(url + "/threshold")
         browser.wait_idle(page)
         scores = list(csv.DictReader(io.StringIO(_download(page, "dl_scores").decode())))
@@ -212,9 +220,9 @@ def test_every_download_opens_and_parses(tiny_run):
     assert params["attack"] == "fgsm" and "eps" in params["params"]
 
 
-def test_adaptive_switch_on_the_attack_page(tiny_run):
+def test_adaptive_switch_on_the_attack_page(tiny_run, url):
     """The Attack page's "attack the detector too" switch: both PGD runs finish and each gets its verdict."""
-    with serve(tiny_run.parent) as url, browser.browser_page() as page:
+    with browser.browser_page() as page:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url + "/attack")

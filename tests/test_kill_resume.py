@@ -12,7 +12,7 @@ import pytest
 from core.artefacts import RunDir
 from tests.conftest import ROOT, TINY, need_fmnist
 
-N_KILLS = int(os.environ.get("KNNGUARD_KILLS", "10"))
+N_KILLS = int(os.environ.get("KNNGUARD_KILLS", "8"))
 
 
 def _strip_timings(obj):
