@@ -266,12 +266,12 @@ def _extra_l2(a: dict, arrays: dict) -> dict:
     l2f, okf = arrays["first-oblivious-l2"], arrays["first-oblivious-ok"]
     l2g, okg = arrays["first-adaptive_layer-l2"], arrays["first-adaptive_layer-ok"]
     ok = okf & okg
+    out = {"n": int(ok.sum()), "of": int(len(ok)), "radius": float(max(a["l2"])), "steps": int(a["unbounded_steps"])}
+    if not ok.any():
+        return {"median": None, **out}
     diff = (l2g - l2f)[ok]
-    return {"median": float(np.median(diff)) if ok.any() else None,
-            "median_with": float(np.median(l2g[ok])) if ok.any() else None,
-            "median_without": float(np.median(l2f[ok])) if ok.any() else None,
-            "share_more": float(np.mean(diff > 0)) if ok.any() else None, "n": int(ok.sum()), "of": int(len(ok)),
-            "radius": float(max(a["l2"])), "steps": int(a["unbounded_steps"])}
+    return {"median": float(np.median(diff)), "median_with": float(np.median(l2g[ok])),
+            "median_without": float(np.median(l2f[ok])), "share_more": float(np.mean(diff > 0)), **out}
 
 
 def _cw_sweep(a: dict, det: Detector, op: OperatingPoint, x: np.ndarray, true: np.ndarray, target: np.ndarray,
