@@ -3,12 +3,15 @@ aimed at the chosen layers) on the current image, with each one's scores per lay
 verdict."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import streamlit as st
 
 from app_pages import bounded, charts, loaders, operating
 from app_pages._text import md
 
+logger = logging.getLogger(__name__)
 #: Interactive cap on the PGD steps of the panel.
 MAX_STEPS = 100
 NORMS = {"linf": ("L∞", 0.0, 0.5, 0.1, 0.005), "l2": ("L2", 0.0, 10.0, 2.0, 0.1)}
@@ -68,6 +71,11 @@ def show(run, image: np.ndarray, pred0: int) -> None:
                    for name, lam_v in (("oblivious", 0.0), ("adaptive", float(lam)))}
         except (bounded.AttackTimeout, bounded.AttackBusy) as e:
             st.error(f"Not finished: {e}. Lower the steps and run it again.", icon=":material/timer_off:")
+            return
+        except Exception as e:  # noqa: BLE001 - the attack's own failure: said here, its traceback in the log
+            logger.exception("adaptive attack failed")
+            st.error(f"The attack failed ({type(e).__name__}; the server log has the details). Run it again.",
+                     icon=":material/error:")
             return
         st.session_state["adp_result"] = {"image": image.tobytes(), "adv": out, "layers": tuple(aim), "norm": norm,
                                           "eps": float(eps), "lam": float(lam), "target": int(target)}

@@ -1,5 +1,6 @@
 """Attack: run an adversarial attack live on the current image (from Inspect) and see, layer by layer, whether
 the kNN scores of the new predicted class fall under the threshold (the detector notices) or not."""
+import logging
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from app_pages import (adaptive_panel, bounded, charts, current, detector_verdic
 from app_pages.downloads import adversarial_downloads
 from app_pages._text import md, plotly_text
 
+logger = logging.getLogger("app_pages.attack_live")  # a page runs as __main__
 run = state.current_run()
 classes = loaders.classes(run)
 layers = run.layers
@@ -132,6 +134,11 @@ if clicked:
             state.end_page()
         except bounded.AttackBusy as e:
             st.error(f"Not started: {e}. Wait a few seconds and run it again.", icon=":material/hourglass_top:")
+            state.end_page()
+        except Exception as e:  # noqa: BLE001 - the attack's own failure: said here, its traceback in the log
+            logger.exception("live %s attack failed", name)
+            st.error(f"{cls.title} failed ({type(e).__name__}; the server log has the details). Run it again; if "
+                     "it fails again, pick other settings or another attack.", icon=":material/error:")
             state.end_page()
         seconds = time.perf_counter() - t0
     adv = to_uint8(res.x_adv)[0]

@@ -170,6 +170,28 @@ def test_attack_aim_switches_fgsm_to_a_target_class(app):
     assert heads and ("its target" in heads[0] or "aimed at" in heads[0] or "failed" in heads[0])
 
 
+def test_attack_that_raises_says_so_and_keeps_the_page(app, monkeypatch, caplog):
+    """An attack's own exception (the load test once met one) is a message on the page, not Streamlit's generic
+    "This app has encountered an error"; the traceback goes to the log, and the next run works again."""
+    import core.attacks
+
+    real = core.attacks.run_attack
+
+    def broken(*a, **kw):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(core.attacks, "run_attack", broken)
+    _ok(app.switch_page(PAGES["attack"]).run())
+    _ok(app.button(key="atk_run").click().run())
+    errors = [e.value for e in app.error]
+    assert any("FGSM failed (RuntimeError; the server log has the details)" in e for e in errors), errors
+    assert not any("secret detail" in e for e in errors)  # the exception's text stays in the log
+    assert "secret detail" in caplog.text and "atk_result" not in app.session_state
+    monkeypatch.setattr(core.attacks, "run_attack", real)
+    _ok(app.button(key="atk_run").click().run())
+    assert "atk_result" in app.session_state and not app.error
+
+
 # --------------------------------------------------------------------------------------------- Threshold
 def _threshold_scores(truth) -> tuple[np.ndarray, np.ndarray]:
     data, layer = truth["data"], truth["best_layer"]

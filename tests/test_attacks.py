@@ -314,3 +314,63 @@ def test_modes(setup):
         run_attack("fgsm", model, x[:2], target=target[:2], targeted=1)
     with pytest.raises(ValueError, match="targeted attack"):
         run_attack("fgsm", model, x[:2], target=None, targeted=True)
+
+
+
+_ART_IMPORTS_IN_TWO_ORDERS = """
+import threading
+from core.attacks.utils import import_locked
+orders = [("art.attacks.evasion", "art.estimators.classification"),
+          ("art.estimators.classification", "art.attacks.evasion")] * 2
+errors, start = [], threading.Barrier(len(orders))
+def load(order):
+    start.wait()
+    try:
+        for module in order:
+            import_locked(module)
+    except Exception as e:
+        errors.append(f"{order[0]} first: {type(e).__name__}: {e}")
+threads = [threading.Thread(target=load, args=(o,)) for o in orders]
+[t.start() for t in threads]; [t.join() for t in threads]
+print("\\n".join(errors) or "ok")
+"""
+
+
+def test_art_imported_from_threads_in_two_orders():
+    """Four threads importing ART's attacks and estimators, two in each order, in a fresh process: without the one
+    import lock three of them failed (``_DeadlockError``, or "cannot import name 'attacks' from partially
+    initialized module 'art'"), ART's package importing itself in a circle."""
+    import subprocess
+    import sys
+
+    root = Path(attacks.__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _ART_IMPORTS_IN_TWO_ORDERS], cwd=root, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1:] == ["ok"], out.stdout[-3000:]
+
+
+def test_import_locked_retries_an_import_race_only(monkeypatch):
+    from core.attacks import utils
+
+    calls = []
+
+    def flaky(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise ImportError("cannot import name 'attacks' from partially initialized module 'art'")
+        return ast
+
+    monkeypatch.setattr(utils.importlib, "import_module", flaky)
+    monkeypatch.setattr(utils.time, "sleep", lambda s: None)
+    assert utils.import_locked("art") is ast and calls == ["art", "art"]
+
+    def missing(name):
+        calls.append(name)
+        raise ImportError("No module named 'art'")
+
+    calls.clear()
+    monkeypatch.setattr(utils.importlib, "import_module", missing)
+    with pytest.raises(ImportError, match="No module named"):
+        utils.import_locked("art")
+    assert calls == ["art"]  # not a race: not tried again

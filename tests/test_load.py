@@ -180,13 +180,14 @@ def test_concurrent_browser_sessions(tiny_run, tmp_path):
              "classes": json.loads((tiny_run / "classes.json").read_text())}
     assert len(truth["predicted"]) > SESSIONS
     t0 = time.perf_counter()
-    with serve(tiny_run.parent) as url:
+    log = tmp_path / "server.log"
+    with serve(tiny_run.parent, log_to=log) as url:
         load_before = os.getloadavg()
         lat, problems = asyncio.run(_drive(url, truth))
         load_after = os.getloadavg()
     wall = time.perf_counter() - t0
 
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(problems) + "\nthe server's log ends:\n" + log.read_text(errors="replace")[-4000:]
     assert all(len(v) == SESSIONS for v in lat.values()), {k: len(v) for k, v in lat.items()}
     stats = {k: _pct(v) for k, v in lat.items()}
     result = {"sessions": SESSIONS, "run": "tests/conftest.py tiny run", "browser": "Debian Chromium, 1 browser, "

@@ -32,7 +32,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: float = 90,
           env: dict[str, str] | None = None, pids: list[int] | None = None,
-          script: str | os.PathLike = "app.py") -> Iterator[str]:
+          script: str | os.PathLike = "app.py", log_to: str | os.PathLike | None = None) -> Iterator[str]:
     """Serve the app (or another Streamlit ``script``) over ``runs_dir`` until the block ends.
 
     Parameters
@@ -49,6 +49,9 @@ def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: floa
         The server's process id is appended to it.
     script : path
         The Streamlit script, relative to the repository (default the app) or absolute.
+    log_to : path, optional
+        The server's output (its log: the tracebacks users do not see) goes to this file, kept after the block;
+        by default to a temporary file deleted with it.
 
     Yields
     ------
@@ -65,7 +68,7 @@ def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: floa
     port = port or free_port()
     env = dict(os.environ, KNNGUARD_RUNS_DIR=str(runs_dir), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                **(env or {}))
-    log = tempfile.TemporaryFile()
+    log = open(log_to, "w+b") if log_to else tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.fileWatcherType", "none"],

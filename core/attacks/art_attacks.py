@@ -1,6 +1,7 @@
 """Attacks that wrap ART (Adversarial Robustness Toolbox): PGD, iterative FGSM, FGSM and DeepFool.
 
-ART is imported inside :meth:`run`, never at module level (``import art`` takes seconds).
+ART is imported inside :meth:`run`, never at module level (``import art`` takes seconds), and through
+:func:`~core.attacks.utils.import_locked` (two threads importing ART at once fail).
 """
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import numpy as np
 import torch
 
 from .base import Attack, Param
-from .utils import BATCH, model_device, quantise_within
+from .utils import BATCH, import_locked, model_device, quantise_within
 
 __all__ = ["DeepFool", "FGSM", "IFGSM", "PGD"]
 
 
 def _art_classifier(model: torch.nn.Module, x: np.ndarray) -> Any:
     """Wrap ``model`` in ART's ``PyTorchClassifier`` (box [0, 1], cross-entropy, on the model's device)."""
-    from art.estimators.classification import PyTorchClassifier
+    PyTorchClassifier = import_locked("art.estimators.classification").PyTorchClassifier
 
     device = model_device(model)
     with torch.no_grad():
@@ -90,7 +91,7 @@ class PGD(Attack):
         return quantise_within(x_adv, x, self.params["eps"])
 
     def run(self, model, x, target, *, progress=False):
-        from art.attacks.evasion import ProjectedGradientDescent
+        ProjectedGradientDescent = import_locked("art.attacks.evasion").ProjectedGradientDescent
 
         clf = _art_classifier(model, x)
         p = self._schedule()
@@ -176,7 +177,7 @@ class DeepFool(Attack):
     }
 
     def run(self, model, x, target, *, progress=False):
-        from art.attacks.evasion import DeepFool as ArtDeepFool
+        ArtDeepFool = import_locked("art.attacks.evasion").DeepFool
 
         clf = _art_classifier(model, x)
         p = self.params

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .base import Attack, Param
-from .utils import BATCH, logits, model_device, quantise
+from .utils import BATCH, import_locked, logits, model_device, quantise
 
 __all__ = ["LBFGS"]
 
@@ -168,7 +168,8 @@ class LBFGS(Attack):
         """
         from concurrent.futures import ThreadPoolExecutor
 
-        from scipy.optimize import Bounds, minimize
+        optimize = import_locked("scipy.optimize")  # lazily, as ART (two threads importing at once can fail)
+        Bounds, minimize = optimize.Bounds, optimize.minimize
 
         shape = x.shape[1:]
         x64 = x.astype(np.float64).reshape(len(x), -1)
