@@ -9,7 +9,6 @@ sets are only ever scored from their stored neighbours: no page searches them.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,8 +65,10 @@ def _load_detector(path: str):
 
 
 def _import_warm() -> None:
+    from core.lazy_import import import_locked
+
     for name in WARM_IMPORTS:
-        importlib.import_module(name)
+        import_locked(name)  # under the lock the attacks import ART with: ART imports scikit-learn too
 
 
 @st.cache_resource(show_spinner=False)

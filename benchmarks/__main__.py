@@ -1,11 +1,11 @@
 """Run every benchmark, each in its own process, then write benchmarks/README.md from the results.
 
-    python -m benchmarks                          # all, on data/runs/fmnist (about 15 minutes on 2 cores)
+    python -m benchmarks                          # all, on data/runs/fmnist (about 20 minutes on 2 cores)
     python -m benchmarks --quick                  # smoke run: small sizes, figures not comparable
     python -m benchmarks --only knn_search,app    # a subset
     python -m benchmarks --run data/runs/other    # another run
 
-Each benchmark also runs alone (``python -m benchmarks.<name> --help``). A benchmark that fails is reported and
+It ends with every target of the result files, yes or no. Each benchmark also runs alone (``python -m benchmarks.<name> --help``). A benchmark that fails is reported and
 the others still run; the exit status is 1 if any failed.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("scale", []),
     ("app", []),
     ("app_latency", []),
+    ("first_page", []),
     ("load", []),
 ]
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
           + f"; total {time.perf_counter() - t_all:.0f} s")
     if not a.no_summary and not a.quick:
         summary.main(["--results", a.out])
+    print("\nTargets (from the result files in " + a.out + "):")
+    print("\n".join("  " + line for line in summary.targets(a.out)) or "  none recorded")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -13,7 +13,8 @@ from typing import Any
 
 from benchmarks import _common as C
 
-ORDER = ("knn_search", "inspect_latency", "precompute", "scale", "app", "app_latency", "load", "load_post_script_gc")
+ORDER = ("knn_search", "inspect_latency", "precompute", "scale", "app", "app_latency", "first_page", "load",
+         "load_post_script_gc")
 COMMANDS = {
     "knn_search": "python -m benchmarks.knn_search",
     "inspect_latency": "python -m benchmarks.inspect_latency",
@@ -21,6 +22,7 @@ COMMANDS = {
     "scale": "python -m benchmarks.scale",
     "app": "python -m benchmarks.app",
     "app_latency": "python -m benchmarks.app_latency",
+    "first_page": "python -m benchmarks.first_page",
     "load": "python -m benchmarks.load",
     "load_post_script_gc": "python -m benchmarks.load --post-script-gc",
 }
@@ -200,6 +202,17 @@ def app_latency(r: dict[str, Any]) -> str:
                       f"Cold first run (imports, model, indexes): {r['cold_first_run_s']:.1f} s."])
 
 
+def first_page(r: dict[str, Any]) -> str:
+    rows = [{"page": t, "switch": (r.get("switches_s") or {}).get(t), "url": v} for t, v in r["pages_s"].items()]
+    return "\n".join([
+        f"Chromium (Playwright), one user, default run, browser cache {r['browser_cache']}, median of "
+        f"{len(r['rounds'])} round(s), each with a new server. A fresh server's first page: "
+        f"{r['first_page_s']:.2f} s; a second session: {r['second_session_s']:.2f} s; the floor (a one-heading "
+        f"Streamlit page served and opened the same way): {r['floor_s']:.2f} s. Seconds to each page drawn:", "",
+        _md(rows, [("page", "page"), ("switch", "click in the app"), ("url", "its URL in a new tab")]),
+        "", _targets(r)])
+
+
 def load(r: dict[str, Any]) -> str:
     rows = [{"action": a, **v} for a, v in r["latency_ms"].items()]
     lines = [f"{r['sessions']} concurrent sessions x {r['rounds']} round(s) in {r['drive_s']} s, {r['errors']} "
@@ -222,6 +235,7 @@ TITLES = {"knn_search": "kNN search: ours vs scikit-learn and faiss, and the mat
           "inspect_latency": "One image, all layers (Detector.inspect)",
           "precompute": "Precompute", "scale": "Scale: flat vs IVF vs HNSW", "app": "App: widget changes (Threshold page, every page)",
           "app_latency": "App: a threshold change and an upload's inspect, whole reruns",
+          "first_page": "App in a browser: the first page and every page",
           "load": "Load: concurrent app sessions (Streamlit's server, websocket clients)",
           "load_post_script_gc": "Load, with Streamlit's default full gc.collect after every rerun (before the fix)"}
 
@@ -265,6 +279,18 @@ def render(results: Path = C.RESULTS) -> str:
             continue
         out += [section(name, json.loads(p.read_text())), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def targets(results: Path = C.RESULTS) -> list[str]:
+    """One line per target of every result found in ``results``: benchmark, target, yes/no."""
+    out = []
+    for name in ORDER:
+        p = Path(results) / f"{name}.json"
+        if p.exists():
+            for k, v in (json.loads(p.read_text()).get("targets") or {}).items():
+                if isinstance(v, bool):
+                    out.append(f"{name}: {k.replace('_', ' ')}: {'yes' if v else 'NO'}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

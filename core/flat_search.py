@@ -12,7 +12,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["BLOCK_ENTRIES", "SAMPLE_STRIDE", "SAMPLE_MIN_RATIO", "is_flat_l2", "flat_vectors", "topk_rows",
+__all__ = ["AUGMENTED_MAX_BYTES", "BLOCK_ENTRIES", "augmented_vectors", "SAMPLE_STRIDE", "SAMPLE_MIN_RATIO", "is_flat_l2", "flat_vectors", "topk_rows",
            "topk_sampled", "topk_partition", "executor", "flat_l2_blocked"]
 
 #: Distance block size of the blocked path, in float32 entries (rows × database size).
@@ -22,7 +22,12 @@ BLOCK_ENTRIES = 1 << 24
 SAMPLE_STRIDE = 16
 SAMPLE_MIN_RATIO = 2
 
+#: Up to this many bytes, the blocked path keeps an augmented copy ``[x, |x|²/2]`` (n, d + 1) of a flat index's
+#: vectors: one sgemm with ``[-q, 1]`` then gives ``|x|²/2 - q·x`` without a second pass over the distance block.
+AUGMENTED_MAX_BYTES = 1 << 29
+
 _norms_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_aug_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _norms_lock = threading.Lock()
 
 
@@ -44,6 +49,23 @@ def flat_vectors(index) -> tuple[np.ndarray, np.ndarray]:
             hit = np.einsum("ij,ij->i", xb, xb)
             _norms_cache[index] = hit
     return xb, hit
+
+
+def augmented_vectors(index) -> np.ndarray | None:
+    """``[x, |x|²/2]`` (n, d + 1) float32 of a flat index's vectors (cached per index), or None above
+    :data:`AUGMENTED_MAX_BYTES`."""
+    n, d = index.ntotal, index.d
+    if n * (d + 1) * 4 > AUGMENTED_MAX_BYTES:
+        return None
+    xb, nb = flat_vectors(index)
+    with _norms_lock:
+        hit = _aug_cache.get(index)
+        if hit is None or len(hit) != n:
+            hit = np.empty((n, d + 1), np.float32)
+            hit[:, :d] = xb
+            hit[:, d] = nb * np.float32(0.5)
+            _aug_cache[index] = hit
+    return hit
 
 
 def topk_rows(dd: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,22 +188,31 @@ def executor(n: int):
 
 def flat_l2_blocked(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """What ``IndexFlatL2.search`` returns, by blocks of queries: one sgemm per block, then :func:`topk_rows`
-    on ``|x|²/2 - q·x`` (same order as the squared distance ``|q|² + |x|² - 2 q·x``, one pass fewer), split
+    on ``|x|²/2 - q·x`` (same order as the squared distance ``|q|² + |x|² - 2 q·x``, one pass fewer; the sgemm
+    computes it whole on :func:`augmented_vectors` when they are kept), split
     over faiss's thread count. Distances of the k kept are then computed like faiss's BLAS path (clamped at 0).
     """
     import faiss
 
     xb, nb = flat_vectors(index)
+    aug = augmented_vectors(index)
     half = nb * np.float32(0.5)
     nq, n = len(xq), len(xb)
+    d = xb.shape[1]
     D = np.empty((nq, k), np.float32)
     I = np.empty((nq, k), np.int64)
     nt = max(1, min(faiss.omp_get_max_threads(), 16))
     bs = int(min(max(BLOCK_ENTRIES // max(n, 1), 16 * nt), 1024))
     for s in range(0, nq, bs):
         q = xq[s:s + bs]
-        dd = q @ xb.T
-        np.subtract(half, dd, out=dd)
+        if aug is not None:
+            qa = np.empty((len(q), d + 1), np.float32)
+            np.negative(q, out=qa[:, :d])
+            qa[:, d] = 1.0
+            dd = qa @ aug.T
+        else:
+            dd = q @ xb.T
+            np.subtract(half, dd, out=dd)
         b = len(q)
         if nt > 1 and b >= 2 * nt:
             cuts = np.linspace(0, b, nt + 1).astype(int)

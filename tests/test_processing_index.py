@@ -155,8 +155,12 @@ def test_sampled_selection_matches_whole_row_partition():
         assert all(len(set(r.tolist())) == k for r in c)
 
 
-def test_blocked_search_on_a_large_database_matches_brute_force():
-    """k = 500 of 20 000 integer vectors (ties at the k-th distance): the sampled selection inside search."""
+@pytest.mark.parametrize("augmented", [True, False])
+def test_blocked_search_on_a_large_database_matches_brute_force(augmented, monkeypatch):
+    """k = 500 of 20 000 integer vectors (ties at the k-th distance): the sampled selection inside search, on the
+    sgemm of the augmented vectors [x, |x|²/2] and (above their size cap) on sgemm then subtraction."""
+    if not augmented:
+        monkeypatch.setattr(flat_search, "AUGMENTED_MAX_BYTES", 0)
     rng = np.random.default_rng(6)
     xb = rng.integers(0, 5, size=(20000, 6)).astype(np.float32)
     xq = rng.integers(0, 5, size=(12, 6)).astype(np.float32)

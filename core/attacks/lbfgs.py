@@ -12,8 +12,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from core.lazy_import import import_locked
+
 from .base import Attack, Param
-from .utils import BATCH, import_locked, logits, model_device, quantise
+from .utils import BATCH, logits, model_device, quantise
 
 __all__ = ["LBFGS"]
 

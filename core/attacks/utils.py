@@ -7,11 +7,7 @@ L-inf attacks first round with ``quantise_within``, which keeps the eps ball, so
 from __future__ import annotations
 
 import contextlib
-import importlib
-import logging
 import threading
-import time
-from types import ModuleType
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +20,6 @@ __all__ = [
     "attack_mode",
     "check_images",
     "check_target",
-    "import_locked",
     "logits",
     "model_device",
     "quantise",
@@ -34,39 +29,8 @@ __all__ = [
 ]
 
 BATCH = 128  # images per forward pass / per ART batch
-_IMPORT_LOCK = threading.Lock()
-logger = logging.getLogger(__name__)
 _RANGE_TOL = 1e-6  # inputs may exceed [0, 1] by this much (float noise); they are clipped
 _GRID_TOL = 1e-4  # in grid steps: float noise in 255 * (x ± eps), not a budget
-
-
-def import_locked(module: str, *, tries: int = 3) -> ModuleType:
-    """``importlib.import_module(module)`` under one process-wide lock, retried on an import race.
-
-    The attacks import ART (and SciPy) lazily, on the thread that runs them. ART's package imports itself in a
-    circle (``art`` -> ``art.attacks`` -> ``art.estimators`` -> ``art``), and two threads importing parts of it in
-    different orders fail with Python's ``_DeadlockError`` or "cannot import name ... from partially initialized
-    module": the lock serialises the attacks' own imports. A thread outside it (an app page importing
-    scikit-learn, which ART imports too) can still meet one mid-import; such a failure is transient, so the
-    import is tried ``tries`` times, 0.5 s apart. Once imported this is a dictionary lookup under the lock.
-    """
-    attempt = 1
-    while True:
-        with _IMPORT_LOCK:
-            try:
-                return importlib.import_module(module)
-            except (ImportError, RuntimeError) as e:  # _DeadlockError is a RuntimeError
-                if attempt >= tries or not _import_race(e):
-                    raise
-                logger.warning("importing %s met another thread's import (%s); trying again", module, e)
-        attempt += 1
-        time.sleep(0.5)
-
-
-def _import_race(e: BaseException) -> bool:
-    """Whether an import failure is one of Python's signs of two threads importing the same modules at once."""
-    text = str(e)
-    return type(e).__name__ == "_DeadlockError" or "partially initialized module" in text or "deadlock" in text
 
 
 def _grid(x: np.ndarray) -> np.ndarray:
