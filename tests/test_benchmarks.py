@@ -226,3 +226,23 @@ def test_the_first_page_floor_script_is_served(tmp_path):
     with pytest.raises(RuntimeError, match="streamlit exited"):  # the script named is the one run
         with serve(tmp_path, script=tmp_path / "missing.py"):
             pass
+
+
+def test_every_target_is_listed_yes_or_no_and_the_browser_result_renders(tmp_path):
+    """``python -m benchmarks`` ends with :func:`benchmarks.summary.targets`: one line per target of each result."""
+    import json
+
+    from benchmarks import summary
+
+    (tmp_path / "knn_search.json").write_text(json.dumps({"targets": {"every row >=4x sklearn": False,
+                                                                       "every row within 1.5x of the floor": True}}))
+    first = {"pages_s": {"Inspect": 5.5, "Run": 3.7}, "switches_s": {"Inspect": 0.9, "Run": 1.7},
+             "rounds": [{}], "browser_cache": "kept", "first_page_s": 11.2, "second_session_s": 5.7,
+             "floor_s": 1.2, "targets": {"first_page_under_3s": False, "every_page_under_1s": False}}
+    (tmp_path / "first_page.json").write_text(json.dumps(first))
+    assert summary.targets(tmp_path) == ["knn_search: every row >=4x sklearn: NO",
+                                         "knn_search: every row within 1.5x of the floor: yes",
+                                         "first_page: first page under 3s: NO",
+                                         "first_page: every page under 1s: NO"]
+    text = summary.section("first_page", first)
+    assert "| Run | 1.7 | 3.7 |" in text and "11.20 s" in text
