@@ -27,3 +27,27 @@ def test_first_page_loads_the_detector_in_the_background(tiny_run_copy, monkeypa
     assert not at.exception, [e.value for e in at.exception]
     assert loaders._detector(path, stamp(path)) is det
     assert loaders._imports().result(timeout=300) is None
+
+
+def test_launch_imports_the_heavy_modules_then_runs_streamlit_on_the_app(monkeypatch):
+    """``python -m app_pages.launch`` (scripts/run.sh, tools.app_server) is ``streamlit run app.py`` with torch,
+    faiss, plotly and the app's loaders imported before the server starts."""
+    import sys
+
+    from streamlit.web import cli
+
+    from app_pages import launch
+
+    seen = {}
+
+    def fake_main(prog_name):
+        seen["argv"] = list(sys.argv)
+        seen["loaded"] = [m for m in launch.PRELOAD if m in sys.modules]
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(sys, "argv", ["launch"])
+    assert launch.main(["--server.port", "8599"]) == 0
+    assert seen["argv"] == ["streamlit", "run", str(launch.APP), "--server.port", "8599"]
+    assert launch.APP.name == "app.py" and launch.APP.exists()
+    assert seen["loaded"] == list(launch.PRELOAD)

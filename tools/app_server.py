@@ -69,9 +69,12 @@ def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: floa
     env = dict(os.environ, KNNGUARD_RUNS_DIR=str(runs_dir), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                **(env or {}))
     log = open(log_to, "w+b") if log_to else tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.fileWatcherType", "none"],
+    options = ["--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+               "--server.fileWatcherType", "none"]
+    # The app as scripts/run.sh starts it (its imports made before the server listens); another script as is.
+    launch = (["-m", "app_pages.launch"] if Path(ROOT, script).resolve() == ROOT / "app.py"
+              else ["-m", "streamlit", "run", str(script)])
+    proc = subprocess.Popen([sys.executable, *launch, *options],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if pids is not None:
         pids.append(proc.pid)
