@@ -24,8 +24,8 @@ def import_locked(module: str, *, tries: int = 3) -> ModuleType:
     metrics on a background thread after its first page (``app_pages.loaders.warm_imports``). ART's package
     imports itself in a circle (``art`` -> ``art.attacks`` -> ``art.estimators`` -> ``art``) and imports
     scikit-learn and SciPy too: two threads importing these in different orders fail with Python's
-    ``_DeadlockError`` or "cannot import name ... from partially initialized module" (the app's load test met
-    one). Every such lazy import goes through this lock. A thread outside it (a page importing a module that
+    ``_DeadlockError`` or "cannot import name ... from partially initialized module" (the likely cause of a
+    CI failure of the app's load test). Every such lazy import goes through this lock. A thread outside it (a page importing a module that
     imports scikit-learn) can still meet one mid-import; such a failure is transient, so the import is tried
     ``tries`` times, 0.5 s apart. Once imported this is a dictionary lookup under the lock.
     """
