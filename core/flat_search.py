@@ -196,7 +196,7 @@ def flat_l2_blocked(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
     xb, nb = flat_vectors(index)
     aug = augmented_vectors(index)
-    half = nb * np.float32(0.5)
+    half = nb * np.float32(0.5) if aug is None else None
     nq, n = len(xq), len(xb)
     d = xb.shape[1]
     D = np.empty((nq, k), np.float32)
