@@ -12,15 +12,18 @@ import weakref
 
 import numpy as np
 
-__all__ = ["AUGMENTED_MAX_BYTES", "BLOCK_ENTRIES", "augmented_vectors", "SAMPLE_STRIDE", "SAMPLE_MIN_RATIO", "is_flat_l2", "flat_vectors", "topk_rows",
+__all__ = ["AUGMENTED_MAX_BYTES", "BLOCK_ENTRIES", "augmented_vectors", "SAMPLE_STRIDE", "SAMPLE_MIN_RATIO",
+           "SAMPLE_Z", "sample_vectors", "is_flat_l2", "flat_vectors", "topk_rows",
            "topk_sampled", "topk_partition", "executor", "flat_l2_blocked"]
 
 #: Distance block size of the blocked path, in float32 entries (rows × database size).
 BLOCK_ENTRIES = 1 << 24
-#: Top-k selection: every ``SAMPLE_STRIDE``-th column sets the candidates' threshold, when rows hold at least
-#: ``SAMPLE_MIN_RATIO`` · stride · k columns (else a whole-row partition).
+#: Top-k selection: one column in ``SAMPLE_STRIDE`` sets the candidates' threshold, when rows hold at least
+#: ``SAMPLE_MIN_RATIO`` · stride · k columns (else a whole-row partition); the threshold is the sample's order
+#: statistic ``SAMPLE_Z`` standard deviations above the k-th value's expected rank in it.
 SAMPLE_STRIDE = 16
 SAMPLE_MIN_RATIO = 2
+SAMPLE_Z = 2.5
 
 #: Up to this many bytes, the blocked path keeps an augmented copy ``[x, |x|²/2]`` (n, d + 1) of a flat index's
 #: vectors: one sgemm with ``[-q, 1]`` then gives ``|x|²/2 - q·x`` without a second pass over the distance block.
@@ -28,6 +31,7 @@ AUGMENTED_MAX_BYTES = 1 << 29
 
 _norms_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _aug_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_sample_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _norms_lock = threading.Lock()
 
 
@@ -68,21 +72,48 @@ def augmented_vectors(index) -> np.ndarray | None:
     return hit
 
 
-def topk_rows(dd: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_vectors(index) -> np.ndarray:
+    """``[x, |x|²/2]`` (n // SAMPLE_STRIDE, d + 1) float32 of a fixed random sample of a flat index's vectors
+    (cached per index): one small sgemm gives the rows' sample for :func:`topk_sampled`, read contiguously."""
+    n, d = index.ntotal, index.d
+    s = max(1, n // SAMPLE_STRIDE)
+    with _norms_lock:
+        hit = _sample_cache.get(index)
+    if hit is not None and hit[0] == n:
+        return hit[1]
+    xb, nb = flat_vectors(index)
+    cols = np.sort(np.random.default_rng(0).choice(n, s, replace=False))
+    out = np.empty((s, d + 1), np.float32)
+    out[:, :d] = xb[cols]
+    out[:, d] = nb[cols] * np.float32(0.5)
+    with _norms_lock:
+        _sample_cache[index] = (n, out)
+    return out
+
+
+def topk_rows(dd: np.ndarray, k: int, ds: np.ndarray | None = None, *,
+              mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k smallest of each row of ``dd`` (b, n), ascending: (values (b, k), columns (b, k) int64).
 
-    Rows are first tried by :func:`topk_sampled`; the rows it cannot settle take :func:`topk_partition`.
-    Equal values may come in any order.
+    Rows are first tried by :func:`topk_sampled` (its threshold from ``ds`` (b, s), the same rows' values on a
+    sample of columns, else from every ``SAMPLE_STRIDE``-th column of ``dd``); the rows it cannot settle take
+    :func:`topk_partition`. Equal values come by ascending column on the sampled path, in any order on the other.
+    ``mask`` (at least (b, n) bool) is scratch for :func:`topk_sampled`.
     """
     b, n = dd.shape
     stride = min(SAMPLE_STRIDE, n // (SAMPLE_MIN_RATIO * k))
-    if stride < 4 or n >= 1 << 32:
+    if stride < 4 or _key_bits(b, n) > 64:
         return topk_partition(dd, k)
-    vals, cols, ok = topk_sampled(dd, k, stride)
+    vals, cols, ok = topk_sampled(dd, k, dd[:, ::stride] if ds is None else ds, mask=mask)
     if not ok.all():
         bad = np.flatnonzero(~ok)
         vals[bad], cols[bad] = topk_partition(dd[bad], k)
     return vals, cols
+
+
+def _key_bits(b: int, n: int) -> int:
+    """Bits of the sort key (row, value, column) of :func:`topk_sampled` for a (b, n) block."""
+    return max(1, (b - 1).bit_length()) + 32 + max(1, (n - 1).bit_length())
 
 
 def _sortable(v: np.ndarray) -> np.ndarray:
@@ -97,50 +128,45 @@ def _from_sortable(u: np.ndarray) -> np.ndarray:
     return np.where(u >> 31, u & np.uint32(0x7FFFFFFF), ~u).view(np.float32)
 
 
-def topk_sampled(dd: np.ndarray, k: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """k smallest per row of ``dd`` (b, n) through a threshold taken on every ``stride``-th column.
+def topk_sampled(dd: np.ndarray, k: int, ds: np.ndarray, *,
+                 mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k smallest per row of ``dd`` (b, n) through a threshold taken on a sample of each row, ``ds`` (b, s).
 
-    A low order statistic of the sampled columns bounds each row's candidates (about 1.5 k of n); one mask
-    gathers them, their k-th smallest is found on that short list and the k kept are sorted by one uint64 key
-    (value, column). Rows with fewer than k candidates, or ties at the k-th value, are flagged.
+    A low order statistic of the sample (about k·s/n plus ``SAMPLE_Z`` standard deviations) bounds each row's
+    candidates (about 1.3 k of n): one compare and one ``flatnonzero`` gather them, and a single sort of uint64
+    keys (row, value, column) over all of them orders every row at once; each row keeps its first k. Exact
+    whatever the sample: every value left out is above the threshold, and the row is flagged when fewer than k
+    are not. ``mask`` (at least (b, n) bool) is scratch for the compare.
 
     Returns
     -------
     vals : float32 (b, k), cols : int64 (b, k), ok : bool (b,)
-        Rows where ``ok`` is False hold no result.
+        Rows where ``ok`` is False (fewer than k values at or under the threshold, NaN not counted) hold no
+        result.
     """
     b, n = dd.shape
-    expect = k / stride
-    j = int(min(n // stride, math.ceil(1.25 * expect + 3 * math.sqrt(expect) + 2)))
-    t = np.partition(dd[:, ::stride], j - 1, axis=1)[:, j - 1]
-    flat = np.flatnonzero(dd <= t[:, None])
-    row = flat // n
-    cnt = np.bincount(row, minlength=b)
+    s = ds.shape[1]
+    expect = k * s / n
+    j = int(min(s, math.ceil(expect + SAMPLE_Z * math.sqrt(expect) + 2)))
+    t = np.partition(ds, j - 1, axis=1)[:, j - 1]
+    flat = np.flatnonzero(np.less_equal(dd, t[:, None], out=None if mask is None else mask[:b, :n]))
+    start = np.searchsorted(flat, np.arange(b + 1, dtype=np.int64) * n)
+    cnt = np.diff(start)
     ok = cnt >= k
     vals = np.empty((b, k), np.float32)
     cols = np.empty((b, k), np.int64)
     if not ok.any():
         return vals, cols, ok
-    if not ok.all():
-        keep = ok[row]
-        flat, row, cnt = flat[keep], row[keep], np.where(ok, cnt, 0)
-    m = int(cnt.max())
-    start = np.zeros(b + 1, np.int64)
-    np.cumsum(cnt, out=start[1:])
-    cand = dd.ravel()[flat]
-    buf = np.full((b, m), np.inf, np.float32)
-    buf.ravel()[row * m + (np.arange(len(flat)) - start[row])] = cand
-    kth = np.partition(buf, k - 1, axis=1)[:, k - 1]
-    keep = cand <= kth[row]
-    flat, row, cand = flat[keep], row[keep], cand[keep]
-    ok &= np.bincount(row, minlength=b) == k
-    if not ok.all():
-        keep = ok[row]
-        flat, row, cand = flat[keep], row[keep], cand[keep]
-    key = (_sortable(cand).astype(np.uint64) << np.uint64(32)) | (flat - row * n).astype(np.uint64)
-    key = np.sort(key.reshape(-1, k), axis=1)
-    vals[ok] = _from_sortable(key >> np.uint64(32))
-    cols[ok] = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    cb = max(1, (n - 1).bit_length())
+    key = _sortable(dd.ravel()[flat]).astype(np.uint64)
+    key <<= np.uint64(cb)
+    key |= (flat - np.repeat(np.arange(b, dtype=np.int64) * n, cnt)).astype(np.uint64)
+    key |= np.repeat(np.arange(b, dtype=np.uint64), cnt) << np.uint64(32 + cb)
+    key.sort()
+    rows = np.flatnonzero(ok)
+    top = key[start[rows, None] + np.arange(k)]
+    cols[rows] = (top & np.uint64((1 << cb) - 1)).astype(np.int64)
+    vals[rows] = _from_sortable((top >> np.uint64(cb)) & np.uint64(0xFFFFFFFF))
     return vals, cols, ok
 
 
@@ -187,10 +213,11 @@ def executor(n: int):
 
 
 def flat_l2_blocked(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """What ``IndexFlatL2.search`` returns, by blocks of queries: one sgemm per block, then :func:`topk_rows`
-    on ``|x|²/2 - q·x`` (same order as the squared distance ``|q|² + |x|² - 2 q·x``, one pass fewer; the sgemm
-    computes it whole on :func:`augmented_vectors` when they are kept), split
-    over faiss's thread count. Distances of the k kept are then computed like faiss's BLAS path (clamped at 0).
+    """What ``IndexFlatL2.search`` returns, by blocks of queries: one sgemm per block into a reused buffer,
+    then :func:`topk_rows` on ``|x|²/2 - q·x`` (same order as the squared distance ``|q|² + |x|² - 2 q·x``, one
+    pass fewer; the sgemm computes it whole on :func:`augmented_vectors` when they are kept), its threshold from
+    a second, small sgemm on :func:`sample_vectors`, split over faiss's thread count. Distances of the k kept are
+    then computed like faiss's BLAS path (clamped at 0).
     """
     import faiss
 
@@ -199,28 +226,37 @@ def flat_l2_blocked(index, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     half = nb * np.float32(0.5) if aug is None else None
     nq, n = len(xq), len(xb)
     d = xb.shape[1]
+    samp = sample_vectors(index) if min(SAMPLE_STRIDE, n // (SAMPLE_MIN_RATIO * k)) >= 4 else None
     D = np.empty((nq, k), np.float32)
     I = np.empty((nq, k), np.int64)
     nt = max(1, min(faiss.omp_get_max_threads(), 16))
-    bs = int(min(max(BLOCK_ENTRIES // max(n, 1), 16 * nt), 1024))
+    bs = int(min(max(BLOCK_ENTRIES // max(n, 1), 16 * nt), 1024, nq))
+    buf = np.empty((bs, n), np.float32)
+    mask = np.empty((bs, n), np.bool_)
     for s in range(0, nq, bs):
         q = xq[s:s + bs]
-        if aug is not None:
-            qa = np.empty((len(q), d + 1), np.float32)
-            np.negative(q, out=qa[:, :d])
-            qa[:, d] = 1.0
-            dd = qa @ aug.T
-        else:
-            dd = q @ xb.T
-            np.subtract(half, dd, out=dd)
         b = len(q)
+        qa = np.empty((b, d + 1), np.float32)
+        np.negative(q, out=qa[:, :d])
+        qa[:, d] = 1.0
+        if aug is not None:
+            dd = np.matmul(qa, aug.T, out=buf[:b])
+        else:
+            dd = np.matmul(q, xb.T, out=buf[:b])
+            np.subtract(half, dd, out=dd)
+        ds = None if samp is None else qa @ samp.T
+
+        def select(ab: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+            lo, hi = ab
+            return topk_rows(dd[lo:hi], k, None if ds is None else ds[lo:hi], mask=mask[lo:hi])
+
         if nt > 1 and b >= 2 * nt:
             cuts = np.linspace(0, b, nt + 1).astype(int)
-            parts = list(executor(nt).map(lambda ab: topk_rows(dd[ab[0]:ab[1]], k), zip(cuts[:-1], cuts[1:])))
+            parts = list(executor(nt).map(select, zip(cuts[:-1], cuts[1:])))
             D[s:s + b] = np.concatenate([p[0] for p in parts])
             I[s:s + b] = np.concatenate([p[1] for p in parts])
         else:
-            D[s:s + b], I[s:s + b] = topk_rows(dd, k)
+            D[s:s + b], I[s:s + b] = select((0, b))
         Db = D[s:s + b]
         Db *= 2
         Db += np.einsum("ij,ij->i", q, q)[:, None]

@@ -148,11 +148,16 @@ def test_sampled_selection_matches_whole_row_partition():
         dd[7, 7] = np.nan
         stride = min(flat_search.SAMPLE_STRIDE, n // (flat_search.SAMPLE_MIN_RATIO * k))
         assert stride >= 4  # the sampled path is the one tested
-        v, c = flat_search.topk_rows(dd, k)
         vp, _ = flat_search.topk_partition(dd, k)
-        np.testing.assert_array_equal(v, vp)
-        np.testing.assert_array_equal(np.take_along_axis(dd, c, 1), v)
-        assert all(len(set(r.tolist())) == k for r in c)
+        # the threshold from the rows' own columns, from a separate sample of other values (any sample keeps
+        # the result exact), and from a sample above every value (too many candidates) or below (too few)
+        samples = [None, rng.standard_normal((b, n // 16)).astype(np.float32) * 2,
+                   np.full((b, 50), 1e9, np.float32), np.full((b, 50), -1e9, np.float32)]
+        for ds in samples:
+            v, c = flat_search.topk_rows(dd, k, ds, mask=np.empty((b + 3, n), bool))
+            np.testing.assert_array_equal(v, vp)
+            np.testing.assert_array_equal(np.take_along_axis(dd, c, 1), v)
+            assert all(len(set(r.tolist())) == k for r in c)
 
 
 @pytest.mark.parametrize("augmented", [True, False])
