@@ -133,9 +133,9 @@ def scale(r: dict[str, Any]) -> str:
                              ("memory_mb", "memory MB"), ("single_p50_ms", "1 query p50 ms"),
                              ("single_p95_ms", "p95 ms"), ("batch_qps", "batched q/s"), ("recall", "recall@k"),
                              ("found_k", "found of k"), ("speedup", "× flat (1 query)"), ("loadavg", "load")])]
-    m = s.get("ivfpq_memory")
+    m, kind = (s["pq_memory"], "pq") if s.get("pq_memory") else (s.get("ivfpq_memory"), "ivfpq")
     if m:
-        lines += ["", f"ivfpq at inspect time, {m['layers']} layers each read from its faiss file with float16 vectors "
+        lines += ["", f"{kind} at inspect time, {m['layers']} layers each read from its faiss file with float16 vectors "
                       f"memory-mapped, searched {s['n_single']} single queries each: heap +{m['rss_anon_growth_mb']:.0f} MB, "
                       f"mapped pages touched +{m['rss_file_growth_mb']:.0f} MB; index file {m['index_file_mb']:.0f} MB "
                       f"+ float16 file {m['f16_file_mb']:.0f} MB per layer, {m['disk_gb']:.2f} GB on disk for "

@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "pca_dim": 256,                  # PCA output dims (capped by the layer's dims)
     },
     "index": {
-        "kind": "auto",  # auto | flat | ivf | hnsw | ivfpq (auto: flat below 500k training images)
+        "kind": "auto",  # auto | flat | ivf | hnsw | ivfpq | pq (auto: flat below 500k training images, pq above)
         "nprobe": 16,    # IVF cells visited per query
     },
     "evalsets": {
@@ -213,7 +213,7 @@ RANGES: dict[str, Range] = {
 ATTACK_N = Range(1, 10_000_000)
 
 CHOICES = {("device",): ("auto", "cpu", "cuda"), ("data", "dataset"): ("fashion-mnist", "imagefolder"),
-            ("index", "kind"): ("auto", "flat", "ivf", "hnsw", "ivfpq"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
+            ("index", "kind"): ("auto", "flat", "ivf", "hnsw", "ivfpq", "pq"), ("scoring", "fn"): ("knn", "wknn", "dwknn"),
             ("scoring", "mode"): ("none", "l2", "pca", "pca_nw"), ("evalsets", "noise"): ("uniform", "sign"),
             ("evaluation", "protocol"): ("paper", "authors"),
             ("detectors", "enabled"): ("knn", "knn_lr", "knn_mean", "dknn", "mahalanobis", "lid", "knn_ood", "msp")}

@@ -179,7 +179,7 @@ def stage_index(ctx: Context) -> list[str]:
         idx = knn_index.build(xb, kind=ctx.cfg["index"]["kind"], nprobe=ctx.cfg["index"]["nprobe"],
                               ef_search=max(1200, ctx.cfg["scoring"]["k_max"] + 200), seed=ctx.cfg["seed"])
         ctx.run.forget(f16)
-        if isinstance(idx, knn_index.Refined):
+        if isinstance(idx, (knn_index.Refined, knn_index.PQScan)):
             ctx.run.save_npy(f16, idx.xb16, key=key)
             files.append(f16)
             idx = idx.coarse

@@ -78,12 +78,14 @@ def test_scale(tiny_run, tmp_path):
               real_nprobes=(4,), flat_sizes=(1000,), out_dir=str(tmp_path))
     r = _load(tmp_path, "scale")
     kinds = [row["kind"] for row in r["synthetic"]["rows"]]
-    assert kinds[0] == "flat" and set(kinds) == {"flat", "ivf", "hnsw", "ivfpq"}
+    assert kinds[0] == "flat" and set(kinds) == {"flat", "ivf", "hnsw", "ivfpq", "pq"}
+    assert {row["threads"] for row in r["synthetic"]["rows"] if row["kind"] == "pq"} >= {1}
     assert all(0 <= row["recall"] <= 1 for row in r["synthetic"]["rows"])
     assert r["synthetic"]["rows"][0]["recall"] == 1.0 and r["synthetic"]["flat_latency"][0]["n"] == 1000
     real = r["real"]
     assert real["layer"] in ("conv2", "fc1") and real["rows"][0]["index"].startswith("flat")
-    assert {row["index"].split()[0] for row in real["rows"]} == {"flat", "ivf", "hnsw", "ivfpq"}
+    assert {row["index"].split()[0] for row in real["rows"]} == {"flat", "ivf", "hnsw", "ivfpq", "pq"}
+    assert any(t.startswith("pq recall") for t in r["targets"]) and "pq EER shift < 0.5 point" in r["targets"]
     assert all(0 <= row["aggr_eer_acc"] <= 1 for row in real["rows"])
 
 

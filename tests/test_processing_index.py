@@ -91,7 +91,7 @@ def test_ivf_recall_and_auto():
     _, I = index.search(ivf, xq, 10)
     _, Ib = brute(xb, xq, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, Ib)]) > 0.99
-    assert index.choose_kind(10) == "flat" and index.choose_kind(10 ** 7) == "ivf"
+    assert index.choose_kind(10) == "flat" and index.choose_kind(10 ** 7) == "pq"
     with pytest.raises(ValueError, match="dims"):
         index.search(ivf, xq[:, :3], 5)
 
