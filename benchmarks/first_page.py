@@ -11,7 +11,8 @@ in a new tab of the same browser profile (a new session on the warm server; ``--
 empty browser cache, for every page), and, in one session, from a click on each page's navigation link to that
 page drawn. Targets: the first page under 3 s, every page under 1 s from a click in the app (a new tab cannot:
 the floor below is over 1 s by itself; its figures are printed too). Each round also measures the floor on this machine and browser: a one-heading Streamlit page
-(``FLOOR_PAGE``) served the same way and opened in a new tab of the same profile. Needs Debian's Chromium and the
+(``FLOOR_PAGE``) served the same way and opened in a new tab of the same profile, and the same page with one
+small plotly chart (``PLOTLY_FLOOR_PAGE``: what plotly.js costs every new tab). Needs Debian's Chromium and the
 ``playwright`` package (requirements-dev.txt).
 """
 from __future__ import annotations
@@ -27,6 +28,9 @@ from benchmarks import _common as C
 TARGETS_S = {"first_page": 3.0, "every_page": 1.0}
 #: The floor: what Streamlit itself costs here (its frontend, the websocket, one script run).
 FLOOR_PAGE = 'import streamlit as st\nst.title("floor")\nst.markdown("one heading and one line")\n'
+#: The floor with one small plotly chart: what Streamlit's plotly element costs a new tab here.
+PLOTLY_FLOOR_PAGE = FLOOR_PAGE + ('import plotly.graph_objects as go\n'
+                                  'st.plotly_chart(go.Figure(go.Bar(x=["a", "b", "c"], y=[1, 2, 3])))\n')
 
 _DRAWN = """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]')
       && document.querySelector('[data-testid="stMain"] [data-testid="stMarkdown"], [data-testid="stMain"] h1')
@@ -113,21 +117,23 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
                     row["switches"] = _switches(browser, url, timeout_s, ctx)
                     if ctx is not user:
                         ctx.close()
-                floor = Path(tmp) / "floor.py"
-                floor.write_text(FLOOR_PAGE)
-                with serve(runs_dir, script=floor) as url:
-                    ctx = user or browser.new_context(viewport=B.VIEWPORT)
-                    _open(browser, url, timeout_s, ctx)  # the profile's cache holds the frontend, as for the pages
-                    row["floor_s"] = _open(browser, url, timeout_s, None if cold else ctx)
-                    if ctx is not user:
-                        ctx.close()
+                for key, src in (("floor_s", FLOOR_PAGE), ("plotly_floor_s", PLOTLY_FLOOR_PAGE)):
+                    floor = Path(tmp) / f"{key}.py"
+                    floor.write_text(src)
+                    with serve(runs_dir, script=floor) as url:
+                        ctx = user or browser.new_context(viewport=B.VIEWPORT)
+                        _open(browser, url, timeout_s, ctx)  # the profile's cache holds the frontend and plotly.js
+                        row[key] = _open(browser, url, timeout_s, None if cold else ctx)
+                        if ctx is not user:
+                            ctx.close()
                 if user is not None:
                     user.close()
                 rows.append(row)
                 print(f"round {r}: first page {row['first_page_s']:.2f} s, second session "
                       f"{row['second_session_s']:.2f} s, pages "
                       + ", ".join(f"{k} {v:.2f}" for k, v in row["pages"].items())
-                      + f"; a one-heading Streamlit page {row['floor_s']:.2f} s; in one session, click to drawn: "
+                      + f"; a one-heading Streamlit page {row['floor_s']:.2f} s, with one plotly chart "
+                      f"{row['plotly_floor_s']:.2f} s; in one session, click to drawn: "
                       + ", ".join(f"{k} {v:.2f}" for k, v in row["switches"].items()), flush=True)
         finally:
             browser.close()
@@ -136,7 +142,8 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
     switches = {t: statistics.median(r["switches"][t] for r in rows) for t in rows[0]["switches"]}
     return {"run": str(run), "browser_cache": "empty" if cold else "kept", "rounds": rows, "first_page_s": first,
             "second_session_s": statistics.median(r["second_session_s"] for r in rows), "pages_s": pages,
-            "floor_s": statistics.median(r["floor_s"] for r in rows), "switches_s": switches,
+            "floor_s": statistics.median(r["floor_s"] for r in rows),
+            "plotly_floor_s": statistics.median(r["plotly_floor_s"] for r in rows), "switches_s": switches,
             "targets": {"first_page_under_3s": first < TARGETS_S["first_page"],
                         "every_page_under_1s": all(v < TARGETS_S["every_page"] for v in switches.values()),
                         "every_page_by_url_under_1s": all(v < TARGETS_S["every_page"] for v in pages.values())}}
@@ -157,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
           f"every page under 1 s from a click in the app {yn[t['every_page_under_1s']]} ("
           + ", ".join(f"{k} {v:.2f}" for k, v in res["switches_s"].items()) + "); by URL in a new tab "
           f"{yn[t['every_page_by_url_under_1s']]} (" + ", ".join(f"{k} {v:.2f}" for k, v in res["pages_s"].items())
-          + f"; floor, a one-heading Streamlit page here: {res['floor_s']:.2f} s)")
+          + f"; floor, a one-heading Streamlit page here: {res['floor_s']:.2f} s, with one plotly chart "
+          f"{res['plotly_floor_s']:.2f} s)")
     C.write_result("first_page", res, a.out)
     return 0
 

@@ -208,7 +208,9 @@ def first_page(r: dict[str, Any]) -> str:
         f"Chromium (Playwright), one user, default run, browser cache {r['browser_cache']}, median of "
         f"{len(r['rounds'])} round(s), each with a new server. A fresh server's first page: "
         f"{r['first_page_s']:.2f} s; a second session: {r['second_session_s']:.2f} s; the floor (a one-heading "
-        f"Streamlit page served and opened the same way): {r['floor_s']:.2f} s. Seconds to each page drawn:", "",
+        f"Streamlit page served and opened the same way): {r['floor_s']:.2f} s"
+        + (f", with one small plotly chart: {r['plotly_floor_s']:.2f} s" if r.get("plotly_floor_s") else "")
+        + ". Seconds to each page drawn:", "",
         _md(rows, [("page", "page"), ("switch", "click in the app"), ("url", "its URL in a new tab")]),
         "", _targets(r)])
 

@@ -31,7 +31,8 @@ def test_first_page_loads_the_detector_in_the_background(tiny_run_copy, monkeypa
 
 def test_launch_imports_the_heavy_modules_then_runs_streamlit_on_the_app(monkeypatch):
     """``python -m app_pages.launch`` (scripts/run.sh, tools.app_server) is ``streamlit run app.py`` with torch,
-    faiss, plotly and the app's loaders imported before the server starts."""
+    faiss, plotly, pandas and the app's loaders imported before the server starts, and the other pages' modules
+    (scikit-learn's metrics, ...) on a background thread from then on."""
     import sys
 
     from streamlit.web import cli
@@ -51,3 +52,8 @@ def test_launch_imports_the_heavy_modules_then_runs_streamlit_on_the_app(monkeyp
     assert seen["argv"] == ["streamlit", "run", str(launch.APP), "--server.port", "8599"]
     assert launch.APP.name == "app.py" and launch.APP.exists()
     assert seen["loaded"] == list(launch.PRELOAD)
+    import threading
+
+    for t in [t for t in threading.enumerate() if t.name == "knnguard-imports"]:
+        t.join(timeout=120)
+    assert all(m in sys.modules for m in launch.BACKGROUND)  # imported meanwhile, on the background thread

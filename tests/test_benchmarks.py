@@ -216,15 +216,16 @@ def test_the_first_page_floor_script_is_served(tmp_path):
     """benchmarks.first_page serves its one-heading floor page with tools.app_server.serve(script=...)."""
     import urllib.request
 
-    from benchmarks.first_page import FLOOR_PAGE
+    from benchmarks.first_page import FLOOR_PAGE, PLOTLY_FLOOR_PAGE
     from tools.app_server import serve
 
-    floor = tmp_path / "floor.py"
-    floor.write_text(FLOOR_PAGE)
-    compile(FLOOR_PAGE, str(floor), "exec")
-    with serve(tmp_path, script=floor) as url:
-        with urllib.request.urlopen(url + "/_stcore/health", timeout=10) as r:
-            assert r.status == 200
+    for src in (FLOOR_PAGE, PLOTLY_FLOOR_PAGE):
+        floor = tmp_path / "floor.py"
+        floor.write_text(src)
+        compile(src, str(floor), "exec")
+        with serve(tmp_path, script=floor) as url:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=10) as r:
+                assert r.status == 200
     with pytest.raises(RuntimeError, match="streamlit exited"):  # the script named is the one run
         with serve(tmp_path, script=tmp_path / "missing.py"):
             pass
@@ -240,11 +241,12 @@ def test_every_target_is_listed_yes_or_no_and_the_browser_result_renders(tmp_pat
                                                                        "every row within 1.5x of the floor": True}}))
     first = {"pages_s": {"Inspect": 5.5, "Run": 3.7}, "switches_s": {"Inspect": 0.9, "Run": 1.7},
              "rounds": [{}], "browser_cache": "kept", "first_page_s": 11.2, "second_session_s": 5.7,
-             "floor_s": 1.2, "targets": {"first_page_under_3s": False, "every_page_under_1s": False}}
+             "floor_s": 1.2, "plotly_floor_s": 2.9,
+             "targets": {"first_page_under_3s": False, "every_page_under_1s": False}}
     (tmp_path / "first_page.json").write_text(json.dumps(first))
     assert summary.targets(tmp_path) == ["knn_search: every row >=4x sklearn: NO",
                                          "knn_search: every row within 1.5x of the floor: yes",
                                          "first_page: first page under 3s: NO",
                                          "first_page: every page under 1s: NO"]
     text = summary.section("first_page", first)
-    assert "| Run | 1.7 | 3.7 |" in text and "11.20 s" in text
+    assert "| Run | 1.7 | 3.7 |" in text and "11.20 s" in text and "one small plotly chart: 2.90 s" in text
