@@ -25,7 +25,7 @@ __all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "Re
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq", "pq")
-#: Above this many database vectors, ``kind="auto"`` builds an IVF index instead of an exact flat one.
+#: From this many database vectors on, ``kind="auto"`` builds a ``pq`` index instead of an exact flat one.
 AUTO_IVF_MIN = 500_000
 #: Searches of at most this many queries run on one OpenMP thread. See docs/design.md#threads.
 SINGLE_THREAD_MAX_NQ = 1
