@@ -215,6 +215,6 @@ st.plotly_chart(charts.before_after_figure(layers, b, a, thresholds,
                                        title=f"Score per layer: before ({plotly_text(classes[pred0])}, faded "
                                              f"left bar) and after ({plotly_text(classes[pred1])}, right bar)"),
                 key="atk_chart")
-with st.expander("Peer detectors on the adversarial image (Deep kNN, Mahalanobis, LID, max softmax, …)"):
-    detector_verdicts.show_verdicts(run, adv)
+detector_verdicts.verdicts_expander(run, adv, "Peer detectors on the adversarial image (Deep kNN, Mahalanobis, "
+                                    "LID, max softmax, …)", key="atk_peers")
 adversarial_downloads(out, source=cur["source"])  # i13b: the adversarial image and its parameters as files

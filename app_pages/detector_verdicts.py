@@ -1,5 +1,7 @@
 """Each peer detector's verdict (trusted / rejected at its operating point) on one image, for the Inspect and
-Attack pages: ``show_verdicts(run, image)``."""
+Attack pages: ``show_verdicts(run, image)``, or ``verdicts_expander(...)``: the same in an expander whose content
+is computed only while it is open (loading the detectors and scoring the image took 0.6 s of a fresh server's
+first page, py-spy 2026-11-30)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,3 +33,12 @@ def show_verdicts(run: Run, image: np.ndarray) -> None:
                   "method": [v.label for v in verdicts]}, hide_index=True, key="detector_verdicts")
     st.caption("Each detector at its operating point (threshold set on validation); supervised detectors use "
                "their fit on every validation attack.")
+
+
+def verdicts_expander(run: Run, image: np.ndarray, label: str, key: str) -> None:
+    """:func:`show_verdicts` in an expander titled ``label``, run only while it is open (its state in
+    ``st.session_state[key]``: True opens it)."""
+    box = st.expander(label, key=key, on_change="rerun")
+    if box.open:
+        with box:
+            show_verdicts(run, image)

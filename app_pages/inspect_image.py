@@ -132,8 +132,8 @@ with chart_col:
     fig = charts.layer_scores_figure(layers, scores, thresholds,
                                      title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
     st.plotly_chart(fig, key="inspect_layers_chart")
-with st.expander("Peer detectors on this image (Deep kNN, Mahalanobis, LID, max softmax, …)"):
-    detector_verdicts.show_verdicts(run, image)
+detector_verdicts.verdicts_expander(run, image, "Peer detectors on this image (Deep kNN, Mahalanobis, LID, max "
+                                    "softmax, …)", key="inspect_peers")
 
 layer = operating.layer_select(run, "inspect_layer", "Layer for the per-layer verdict and the neighbours",
                                persist_state="session",

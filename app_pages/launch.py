@@ -7,40 +7,26 @@ modules). The server answers its health check a little later instead.
 """
 from __future__ import annotations
 
-import importlib
-import logging
 import sys
-import threading
 from pathlib import Path
 
-#: Modules the first page's script run needs, imported before the server starts (its first table needs pandas).
-PRELOAD = ("torch", "faiss", "plotly.graph_objects", "pandas", "core.detector", "core.evaluation", "core.verdict",
-           "core.detectors", "app_pages.loaders", "app_pages.charts", "app_pages.current",
-           "app_pages.detector_verdicts", "app_pages.images", "app_pages.operating", "app_pages.state",
-           "app_pages.url_state")
-#: Modules the other pages need, imported on a background thread from the start of the server (under the lock
-#: the attacks import ART with): imported by the first page's run instead, they cost it about 2 s of imports and
-#: of a background import holding the interpreter (py-spy on a fresh server, 2026-11-29).
-BACKGROUND = ("sklearn.metrics", "pyarrow", "core.live", "core.metrics", "precompute.stages", "app_pages.downloads")
+#: Modules the pages need, all imported before the server starts. Scikit-learn's metrics (1.3 s here) were
+#: imported on a background thread from the server's start until 2026-11-30: that thread held the interpreter
+#: during the first page (py-spy: its script run 3.6 s instead of 0.75 s, the frontend's files served in
+#: 1.5 s instead of 0.6 s); the server now answers 1.3 s later and the first page runs alone.
+PRELOAD = ("torch", "faiss", "plotly.graph_objects", "pandas", "sklearn.metrics", "pyarrow", "core.detector",
+           "core.evaluation", "core.verdict", "core.detectors", "core.live", "core.metrics", "precompute.stages",
+           "app_pages.loaders", "app_pages.charts", "app_pages.current", "app_pages.detector_verdicts",
+           "app_pages.downloads", "app_pages.images", "app_pages.operating", "app_pages.state", "app_pages.url_state")
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
-def _background_imports() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Import :data:`PRELOAD`, then run Streamlit's command line as ``streamlit run app.py <argv>``."""
     from core.lazy_import import import_locked
 
-    for name in BACKGROUND:
-        try:
-            import_locked(name)
-        except Exception:  # the page that needs it imports it again and shows the error there
-            logging.getLogger(__name__).exception("background import of %s failed", name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Import :data:`PRELOAD`, start importing :data:`BACKGROUND` on a daemon thread, then run Streamlit's command
-    line as ``streamlit run app.py <argv>``."""
     for name in PRELOAD:
-        importlib.import_module(name)
-    threading.Thread(target=_background_imports, name="knnguard-imports", daemon=True).start()
+        import_locked(name)  # under the lock the attacks import ART with (ART imports scikit-learn too)
     from streamlit.web import cli
 
     sys.argv = ["streamlit", "run", str(APP), *(sys.argv[1:] if argv is None else argv)]

@@ -85,16 +85,29 @@ def test_the_verdict_panel_shows_every_detectors_verdict(tiny_run, monkeypatch):
         assert verdict == ("trusted" if s >= th - 1e-9 else "rejected")
 
 
-def test_inspect_shows_each_peer_detectors_verdict_on_the_current_image(tiny_run, monkeypatch):
+def test_inspect_shows_each_peer_detectors_verdict_once_their_panel_is_opened(tiny_run, monkeypatch):
+    """The panel is an expander with lazy content: closed (the first page's default) no detector is loaded or
+    scored; opened, every stored detector's verdict on the current image."""
+    from app_pages import detector_verdicts
     from core.artefacts import RunDir
     from core.detectors import store
 
+    calls = []
+    real = detector_verdicts.show_verdicts
+    monkeypatch.setattr(detector_verdicts, "show_verdicts", lambda *a, **kw: (calls.append(1), real(*a, **kw)))
     monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    tables = [d for d in at.dataframe if {"detector", "verdict", "method"} <= set(d.value.columns)]
-    assert tables, "no peer-detector verdicts on Inspect"
-    df = tables[0].value
+
+    def tables():
+        return [d for d in at.dataframe if {"detector", "verdict", "method"} <= set(d.value.columns)]
+
+    assert calls == [] and not tables()
+    at.session_state["inspect_peers"] = True  # the user opens the expander
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert calls == [1] and tables(), "no peer-detector verdicts on Inspect"
+    df = tables()[0].value
     assert list(df["detector"]) == list(store.entries(RunDir(tiny_run)))
     assert set(df["verdict"]) <= {"trusted", "rejected"}
