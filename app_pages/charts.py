@@ -1,4 +1,6 @@
-"""Verdict words and colours, the page guide, and plotly figures built from plain trace dicts."""
+"""Verdict words and colours, the page guide, plotly figures built from plain trace dicts, and the first page's
+chart as a Vega-Lite spec (Streamlit's plotly element costs a new browser tab about 2 s of loading plotly.js on
+2 cores, its Vega-Lite element about 0.35 s: ``python -m benchmarks.first_page``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -71,14 +73,15 @@ def how_to_read(text: str) -> None:
     st.info(text, icon=":material/school:")
 
 
-def legend(strict: bool | None = None) -> None:
-    """The score colour legend, in colour and in words, with the trust rule of :func:`rule_strict`."""
+def legend(strict: bool | None = None, *, rejected_mark: str = "hatched") -> None:
+    """The score colour legend, in colour and in words, with the trust rule of :func:`rule_strict`;
+    ``rejected_mark`` names how a rejected bar is drawn besides its colour."""
     ok, no = ("score > threshold", "score ≤ threshold") if rule_strict(strict) else ("score ≥ threshold",
                                                                                       "score < threshold")
     chip = ("<span style='background:{c};color:white;padding:1px 8px;border-radius:4px;font-weight:600'>{w}"
             "</span>")
     st.markdown(chip.format(c=TRUSTED_COLOR, w=TRUSTED) + f" {ok} &nbsp;·&nbsp; "
-                + chip.format(c=REJECTED_COLOR, w=REJECTED) + f" {no} (hatched) &nbsp;·&nbsp; "
+                + chip.format(c=REJECTED_COLOR, w=REJECTED) + f" {no} ({rejected_mark}) &nbsp;·&nbsp; "
                 "<b>▬</b> the layer's threshold", unsafe_allow_html=True)
 
 
@@ -142,6 +145,53 @@ def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds:
     return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
                   xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
                   yaxis=dict(range=[0, 1.15]))
+
+
+def _number(v: float) -> float | None:
+    """A finite float, or None (JSON null: Vega-Lite leaves the mark out) for NaN and infinities."""
+    v = float(v)
+    return v if v == v and abs(v) != float("inf") else None
+
+
+def layer_scores_spec(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str,
+                      strict: bool | None = None) -> dict:
+    """:func:`layer_scores_figure` as a Vega-Lite spec for ``st.vega_lite_chart``: one bar per layer, coloured,
+    labelled (✓ / ✗) and, when rejected, outlined with a dashed line by verdict, each layer's threshold as a tick.
+
+    Run text (layer names, ``title``) goes in as data and is drawn as text: no escaping is needed or done.
+
+    Returns
+    -------
+    dict
+        The spec; ``data.values`` has one row per layer: ``layer, score, threshold, verdict, label, rejected``.
+    """
+    strict = rule_strict(strict)
+    rows = []
+    for la in layers:
+        ok = trusted(scores[la], thresholds[la], strict)
+        word = TRUSTED if ok else REJECTED
+        rows.append({"layer": str(la), "score": _number(scores[la]), "threshold": _number(thresholds[la]),
+                     "verdict": word, "label": f"{float(scores[la]):.2f} {word[0]}", "rejected": not ok})
+    x = {"field": "layer", "type": "nominal", "sort": [str(la) for la in layers], "title": "layer (input → output)",
+         "axis": {"labelAngle": 0}}
+    y = {"field": "score", "type": "quantitative", "scale": {"domain": [0, 1.15]},
+         "title": "kNN score of the predicted class"}
+    tip = [{"field": "layer", "type": "nominal"}, {"field": "score", "type": "quantitative", "format": ".3f"},
+           {"field": "threshold", "type": "quantitative", "format": ".3f"}, {"field": "verdict", "type": "nominal"}]
+    return {"title": {"text": str(title), "fontSize": 15}, "height": 360, "data": {"values": rows},
+            "layer": [
+                {"mark": {"type": "bar", "strokeWidth": 2, "strokeDash": [5, 3]},
+                 "encoding": {"x": x, "y": y, "tooltip": tip,
+                              "color": {"field": "verdict", "type": "nominal", "title": None,
+                                        "scale": {"domain": [TRUSTED, REJECTED],
+                                                  "range": [TRUSTED_COLOR, REJECTED_COLOR]},
+                                        "legend": {"orient": "top"}},
+                              "stroke": {"condition": {"test": "datum.rejected", "value": ink()}, "value": None}}},
+                {"mark": {"type": "text", "dy": -10, "fontSize": 14},
+                 "encoding": {"x": x, "y": y, "text": {"field": "label", "type": "nominal"}}},
+                {"mark": {"type": "tick", "thickness": 3, "size": 48, "color": ink()},
+                 "encoding": {"x": x, "y": {"field": "threshold", "type": "quantitative"}, "tooltip": tip}},
+            ]}
 
 
 def before_after_figure(layers: list[str], before: dict[str, float], after: dict[str, float],

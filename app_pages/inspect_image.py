@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from app_pages import charts, current, detector_verdicts, images, loaders, operating, state
-from app_pages._text import md, plotly_text
+from app_pages._text import md
 
 #: Neighbours shown per row.
 SHOWN = 8
@@ -128,10 +128,9 @@ with pred_col:
                  column_config={"probability": st.column_config.ProgressColumn("probability", format="percent",
                                                                                min_value=0.0, max_value=1.0)})
 with chart_col:
-    charts.legend()
-    fig = charts.layer_scores_figure(layers, scores, thresholds,
-                                     title=f"kNN score of '{plotly_text(classes[pred])}' per layer")
-    st.plotly_chart(fig, key="inspect_layers_chart")
+    charts.legend(rejected_mark="dashed outline")
+    spec = charts.layer_scores_spec(layers, scores, thresholds, title=f"kNN score of '{classes[pred]}' per layer")
+    st.vega_lite_chart(spec, key="inspect_layers_chart", width="stretch")
 detector_verdicts.verdicts_expander(run, image, "Peer detectors on this image (Deep kNN, Mahalanobis, LID, max "
                                     "softmax, …)", key="inspect_peers")
 

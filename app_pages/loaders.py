@@ -269,15 +269,42 @@ def live_eer(run: Run, layer: str, fn: str) -> dict | None:
         return lf.eer((layer, run.mode, fn, run.k))
 
 
+def _content_key(manifest: dict) -> str:
+    """sha256 (hex) of the manifest, which records every file's sha256: the run's content."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def _thresholds_entry(value: Any, layers: Sequence[str]) -> dict[str, float] | None:
+    """A cached ``{layer: threshold}`` of exactly ``layers`` (numbers or NaN), else None (a miss)."""
+    if not isinstance(value, dict) or sorted(value) != sorted(layers):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+        return None
+    return {la: float(value[la]) for la in layers}
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _validation_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) -> dict[str, float] | None:
+    """Computed once per run content, setting and version of ``core`` (kept in :mod:`core.disk_cache` across
+    server starts: 0.6 s of a fresh server's first page on the default run, 2 s while its files were served)."""
+    from core import disk_cache
     from core.verdict import validation_thresholds
 
+    data = _rundata(path, stamp)
+    key = disk_cache.cache_key("validation_thresholds", _content_key(data.run.manifest), mode, fn, int(k))
+    hit = _thresholds_entry(disk_cache.get_json("thresholds", key), data.layers)
+    if hit is not None:
+        return hit
     try:
-        return validation_thresholds(_rundata(path, stamp), mode, fn, k,
-                                     scores=lambda name, layer, m, f, kk: _scores(path, stamp, name, layer, m, f, kk))
+        out = validation_thresholds(data, mode, fn, k,
+                                    scores=lambda name, layer, m, f, kk: _scores(path, stamp, name, layer, m, f, kk))
     except ValueError:  # a run older than the validation / test split
         return None
+    disk_cache.put_json("thresholds", key, {la: float(v) for la, v in out.items()})
+    return out
 
 
 def validation_thresholds(run: Run) -> dict[str, float] | None:

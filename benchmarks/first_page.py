@@ -5,7 +5,7 @@ session, from navigation start to the page's last element drawn (Chromium driven
     python -m benchmarks.first_page --run /tmp/apprun/fmnist --rounds 5
 
 A page counts as drawn when the app reports its script run over, no skeleton, spinner or stale element is
-left, every image has loaded and every plotly chart has its SVG. Each round starts a new server (so the first
+left, every image has loaded, every plotly and Vega-Lite chart has its SVG and every data grid its canvas. Each round starts a new server (so the first
 page pays the imports, the model and the verification of the run), opens the first page, then each page by URL
 in a new tab of the same browser profile (a new session on the warm server; ``--cold``: a new profile, so an
 empty browser cache, for every page), and, in one session, from a click on each page's navigation link to that
@@ -39,7 +39,11 @@ _DRAWN = """() => document.querySelector('[data-testid="stApp"][data-test-script
       && !document.querySelector('[data-testid="stSpinner"]')
       && [...document.images].every(i => i.complete)
       && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
-             .every(c => c.querySelector('.main-svg'))"""
+             .every(c => c.querySelector('.main-svg'))
+      && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
+             .every(c => c.querySelector('svg.marks, canvas.marks'))
+      && [...document.querySelectorAll('[data-testid="stDataFrame"]')]
+             .every(c => c.querySelector('canvas'))"""
 
 
 def _open(browser, url: str, timeout_s: float, ctx=None) -> float:

@@ -43,6 +43,22 @@ def tiny_run(tmp_path_factory) -> Path:
     return runs / "tiny"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """The tests' own cache folder (core.disk_cache), not the user's: one per test session, shared by the
+    servers the tests start."""
+    import os
+
+    path = tmp_path_factory.mktemp("knnguard-cache")
+    old = os.environ.get("KNNGUARD_CACHE_DIR")
+    os.environ["KNNGUARD_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("KNNGUARD_CACHE_DIR", None)
+    else:
+        os.environ["KNNGUARD_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="module", autouse=True)
 def restore_torch_threads():
     """Give each test module torch's thread count back (the app and the library's one-image path change it)."""

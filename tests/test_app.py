@@ -74,6 +74,16 @@ def _plotly(at: AppTest, key_fragment: str) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def _vega_rows(at: AppTest, title_fragment: str = "per layer") -> list[dict]:
+    """The data rows of the Vega-Lite chart whose title contains ``title_fragment`` (Streamlit sends them as
+    Arrow, apart from the spec)."""
+    import pyarrow as pa
+
+    charts = [c for c in at.get("vega_lite_chart") if title_fragment in json.loads(c.proto.spec)["title"]["text"]]
+    assert charts, f"no Vega-Lite chart titled with {title_fragment!r}"
+    return pa.ipc.open_stream(charts[0].proto.data.data).read_all().to_pylist()
+
+
 def _array(v) -> np.ndarray:
     """A plotly JSON array: a list, or a typed array ``{"dtype", "bdata"}`` (base64)."""
     import base64
@@ -99,14 +109,13 @@ def _png(size=(40, 30), color=(200, 200, 200)) -> bytes:
 def test_inspect_shows_the_prediction_and_one_bar_per_layer(app, truth):
     e = truth["data"].evalset("authentic")
     assert f"### Prediction: {md(truth['classes'][int(e['predicted'][0])])}" in _markdown(app)
-    fig = _plotly(app, "inspect_layers_chart")
-    bars = _bars(fig)
-    assert sum(len(b["x"]) for b in bars) == len(truth["layers"])
-    assert sorted(x for b in bars for x in b["x"]) == sorted(truth["layers"])
-    # Not colour alone: each bar is marked ✓/✗ and its legend entry says it in words.
-    for b in bars:
-        assert b["name"] in ("✓ trusted", "✗ rejected")
-        assert all(t.endswith(b["name"][0]) for t in b["text"])
+    rows = _vega_rows(app)
+    assert [r["layer"] for r in rows] == list(truth["layers"])
+    # Not colour alone: each bar is marked ✓/✗ and its legend entry says it in words; a rejected one is outlined.
+    for r in rows:
+        assert r["verdict"] in ("✓ trusted", "✗ rejected")
+        assert r["label"].endswith(r["verdict"][0]) and r["rejected"] == (r["verdict"] == "✗ rejected")
+        assert 0.0 <= r["score"] <= 1.0 and (r["score"] >= r["threshold"]) == (not r["rejected"])
     # Verdict of the chosen layer in words, and both rows of neighbours.
     assert any("by layer" in m.value for m in [*app.success, *app.error])
     assert sum("Nearest training images" in m for m in _markdown(app)) == 2

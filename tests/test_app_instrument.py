@@ -198,7 +198,7 @@ def _authors_run(run) -> None:
 
 def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, monkeypatch, truth):
     """Under the authors' protocol a score equal to the threshold is rejected on every chart and count."""
-    from tests.test_app import _array, _bars, _plotly
+    from tests.test_app import _array, _bars, _plotly, _vega_rows
 
     _authors_run(tiny_run_copy)
     app = _ok(_app(tiny_run_copy.parent, monkeypatch))
@@ -214,10 +214,13 @@ def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, mon
         return out
 
     # The threshold set exactly at the image's score: the bar, the legend and the verdict say rejected.
-    score = next(iter(bar_of(_plotly(app, "inspect_layers_chart")).values()))
+    def inspect_bar() -> dict:
+        return {r["verdict"]: r["score"] for r in _vega_rows(app) if r["layer"] == layer}
+
+    score = next(iter(inspect_bar().values()))
     app.session_state["op_overrides"] = {(layer, mode, fn, int(k)): score}
     _ok(app.run())
-    assert bar_of(_plotly(app, "inspect_layers_chart")) == {"✗ rejected": score}
+    assert inspect_bar() == {"✗ rejected": score}
     assert "✗ rejected" in _layer_msg(app) and any("score ≤ threshold" in m for m in _markdown(app))
     _ok(app.switch_page(PAGES["attack"]).run())
     assert bar_of(_plotly(app, "atk_before_chart")) == {"✗ rejected": score}

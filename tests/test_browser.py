@@ -171,8 +171,9 @@ def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
     with serve(tiny_run.parent, env={"STREAMLIT_THEME_BASE": base}) as url, browser.browser_page() as page:
         page.goto(url + "/")
         browser.wait_idle(page)
-        ticks = [t for f in _figures(page) for t in f["data"] if t["name"] == "threshold"]
-        assert ticks and all(t["marker"]["color"] == INK[base] for t in ticks)
+        ticks = page.evaluate("""() => [...document.querySelectorAll(
+            '[data-testid=stVegaLiteChart] path[aria-roledescription=tick]')].map(p => p.getAttribute('fill'))""")
+        assert ticks and all(t == INK[base] for t in ticks)
         if base == "dark":
             browser.shoot(page, OUT, "inspect_dark")
         page.goto(url + "/threshold")

@@ -163,14 +163,14 @@ def test_app_lists_a_custom_run_with_the_message_and_does_not_open_it(tiny_run, 
 
     warn = " ".join(w.value for w in at.warning)
     assert "custom model" in warn and md(ENV) in warn and "entry point" in warn
-    assert not at.get("plotly_chart") and not [m for m in at.markdown if "Prediction" in m.value]
+    assert not at.get("vega_lite_chart") and not [m for m in at.markdown if "Prediction" in m.value]
     assert not marker.exists()
     picker = at.selectbox(key="run")
     assert "needs its entry point" in picker.options[0] and "needs its entry point" not in picker.options[1]
     # The other run opens as usual.
     at.session_state["run"] = str(tiny_run_copy.parent / "zz-zoo")
     at = at.run()
-    assert not at.exception and at.get("plotly_chart")
+    assert not at.exception and at.get("vega_lite_chart")
     assert not marker.exists()
 
 
@@ -210,7 +210,7 @@ def _markdown_texts(at: AppTest) -> list[str]:
 
     def walk(node) -> None:
         proto = getattr(node, "proto", None)
-        if proto is not None and getattr(node, "type", "") not in ("plotly_chart", "code"):
+        if proto is not None and getattr(node, "type", "") not in ("plotly_chart", "vega_lite_chart", "code"):
             strings(proto)
         for child in getattr(node, "children", {}).values():
             walk(child)
@@ -225,6 +225,25 @@ def _markdown_texts(at: AppTest) -> list[str]:
 
 def _plotly_specs(at: AppTest) -> list[str]:
     return [c.proto.spec for c in at.get("plotly_chart")]
+
+
+def _vega_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def _vega_fetches(spec) -> list[str]:
+    """What in a Vega-Lite spec could make the browser fetch or follow something: a data ``url``, an ``image``
+    mark, an ``href`` channel or property (run text in a title or a data value is drawn as text)."""
+    found = []
+    if isinstance(spec, dict):
+        for key, v in spec.items():
+            if key in ("url", "href") or (key in ("mark", "type") and v == "image"):
+                found.append(f"{key}={v!r}")
+            found += _vega_fetches(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            found += _vega_fetches(v)
+    return found
 
 
 @pytest.fixture()
@@ -269,6 +288,8 @@ def test_every_page_escapes_the_runs_text(evil_run, monkeypatch):
         assert not bad, (page, bad)
         for spec in _plotly_specs(at):
             assert "<img" not in spec and "<a " not in spec, page
+        for spec in _vega_specs(at):
+            assert not _vega_fetches(spec), page
         shown = {p for p in PAYLOADS + [RUN_NAME] if any(md(p) in t for t in texts)}
         if not page.endswith(("threshold.py", "layers.py")):  # those show no class name or run text
             assert shown, f"{page} showed none of the run's text: the check saw nothing"

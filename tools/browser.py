@@ -23,7 +23,7 @@ VIEWPORT = {"width": 1400, "height": 1000}
 URLS = {"Inspect": "", "Attack": "attack", "Threshold": "threshold", "Layers": "layers",
         "Failure cases": "failures", "Compare": "compare", "Adaptive attacks": "adaptive", "Run": "run"}
 #: page title in the navigation -> a selector drawn once its script run is complete
-READY = {"Inspect": ".st-key-inspect_layers_chart .main-svg", "Attack": ".st-key-atk_run button",
+READY = {"Inspect": "[data-testid=stVegaLiteChart] svg.marks", "Attack": ".st-key-atk_run button",
          "Threshold": ".st-key-th_roc .main-svg", "Layers": ".st-key-layers_fig6 .main-svg",
          "Failure cases": "text=Threshold at", "Compare": "h1", "Adaptive attacks": "h1",
          "Run": "text=Make another run"}
@@ -52,7 +52,9 @@ def wait_idle(page, timeout: float = 90) -> None:
               && !document.querySelector('[data-testid="stSkeleton"]')
               && !document.querySelector('[data-stale="true"]')
               && !document.querySelector('[data-testid="stSpinner"]')
-              && [...document.images].every(i => i.complete)""", timeout=timeout * 1000)
+              && [...document.images].every(i => i.complete)
+              && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
+                     .every(c => c.querySelector('svg.marks, canvas.marks'))""", timeout=timeout * 1000)
     page.wait_for_timeout(500)  # plotly's first draw
 
 
@@ -164,7 +166,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     page.goto(url + "/")  # Inspect is the default page
     page.get_by_text("Prediction:").first.wait_for()
     wait_idle(page)
-    page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+    page.locator(READY["Inspect"]).first.wait_for()
     seen["inspect_evalset"] = main_text(page)
     page.locator('[data-testid="stRadio"] label').filter(has_text="Upload").click()
     wait_idle(page)

@@ -1,0 +1,119 @@
+"""core.disk_cache: a private folder of small results kept across processes, and its two users: the file checks
+of core.hash_cache (a new process does not hash an unchanged run again) and the app's validation thresholds
+(a new server does not compute them again)."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from core import disk_cache, hash_cache, runfiles
+from core.artefacts import ArtefactError, RunDir
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(path))
+    return path
+
+
+def test_a_value_comes_back_under_its_key_and_nothing_under_another(cache):
+    k1, k2 = disk_cache.cache_key("t", {"a": 1, "b": [1, 2]}), disk_cache.cache_key("t", {"a": 2, "b": [1, 2]})
+    assert k1 != k2 and k1 == disk_cache.cache_key("t", {"b": [1, 2], "a": 1})  # dicts in key order
+    disk_cache.put_json("example", k1, {"conv1": 0.25, "fc1": float("nan")})
+    got = disk_cache.get_json("example", k1)
+    assert got["conv1"] == 0.25 and math.isnan(got["fc1"])
+    assert disk_cache.get_json("example", k2) is None
+    assert os.stat(cache).st_mode & 0o777 == 0o700
+
+
+def test_the_code_is_part_of_every_key(cache, monkeypatch):
+    k = disk_cache.cache_key("t", 1)
+    monkeypatch.setattr(disk_cache, "code_fingerprint", lambda: "another version of core")
+    assert disk_cache.cache_key("t", 1) != k
+
+
+def test_a_damaged_or_oversized_entry_is_a_miss(cache):
+    key = disk_cache.cache_key("t")
+    disk_cache.put_json("example", key, [1])
+    (cache / "example" / f"{key}.json").write_text("{not json")
+    assert disk_cache.get_json("example", key) is None
+    (cache / "example" / f"{key}.json").write_bytes(b"[" + b"1," * disk_cache.MAX_JSON_BYTES + b"1]")
+    assert disk_cache.get_json("example", key) is None
+
+
+def test_kinds_and_keys_cannot_name_paths(cache):
+    for kind, key in (("../x", "0" * 64), ("example", "../../etc/passwd"), ("example", "A" * 64)):
+        with pytest.raises(ValueError):
+            disk_cache.get_json(kind, key)
+
+
+def test_off_and_unsafe_folders_are_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv(disk_cache.CACHE_ENV, "off")
+    assert disk_cache.cache_dir() is None
+    disk_cache.put_json("example", "0" * 64, 1)  # a no-op, not an error
+    assert disk_cache.get_json("example", "0" * 64) is None
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # others may write what would be believed
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(shared))
+    disk_cache._private.cache_clear()
+    assert disk_cache.cache_dir() is None
+
+
+def _one_file_run(tmp_path) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.manifest.update(files={}, stages={})
+    run.save_npy("a.npy", np.arange(1000, dtype=np.int64))
+    return run
+
+
+def test_a_new_process_does_not_hash_an_unchanged_file_again_but_does_a_changed_one(cache, tmp_path, monkeypatch):
+    run = _one_file_run(tmp_path)
+    assert run.load_npy("a.npy", verify=True)[5] == 5  # hashed and recorded
+    calls = []
+    real = runfiles.sha256_of
+    monkeypatch.setattr(runfiles, "sha256_of", lambda f, *a, **kw: calls.append(1) or real(f, *a, **kw))
+    monkeypatch.setattr(hash_cache, "_HASHED", set())  # a new process: nothing remembered in memory
+    assert RunDir(run.path).load_npy("a.npy", verify=True)[5] == 5
+    assert calls == []
+    path = run.path / "a.npy"
+    st = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 1  # same size, same mtime: only the ctime tells
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(hash_cache, "_HASHED", set())
+    with pytest.raises(ArtefactError):
+        RunDir(run.path).load_npy("a.npy", verify=True)
+    assert calls == [1]
+
+
+def test_the_app_computes_a_runs_validation_thresholds_once_across_server_starts(tiny_run, cache, monkeypatch):
+    import streamlit as st
+
+    from app_pages import loaders
+    from app_pages.state import stamp
+    from core import verdict
+
+    path, s = str(tiny_run), stamp(str(tiny_run))
+    st.cache_data.clear()
+    first = loaders._validation_thresholds(path, s, "pca", "dwknn", 20)
+    assert first and set(first) == {"conv2", "fc1"}
+    calls = []
+    real = verdict.validation_thresholds
+    monkeypatch.setattr(verdict, "validation_thresholds", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    st.cache_data.clear()  # a new server
+    again = loaders._validation_thresholds(path, s, "pca", "dwknn", 20)
+    assert calls == [] and again == pytest.approx(first, nan_ok=True)
+    other = loaders._validation_thresholds(path, s, "pca", "dwknn", 5)  # another setting: computed
+    assert calls == [1] and other == pytest.approx(real(loaders._rundata(path, s), "pca", "dwknn", 5), nan_ok=True)
+    for entry in (cache / "thresholds").iterdir():  # a damaged entry (a layer missing) is computed again
+        entry.write_text('{"conv2": 0.5}')
+    st.cache_data.clear()
+    assert loaders._validation_thresholds(path, s, "pca", "dwknn", 20) == pytest.approx(first, nan_ok=True)
+    assert len(calls) == 2
