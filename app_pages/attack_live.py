@@ -159,10 +159,10 @@ if out is None or out["key"] != cur["key"] or out["attack"] != name:  # a result
         st.markdown(f"**The CNN says {md(classes[pred0])}** ({before.top5[0][1]:.0%}) · detector: {run.settings_text}")
         st.info(f"Set the parameters and press **Run {cls.title}** to attack this image.",
                 icon=":material/arrow_upward:")
-        charts.legend()
-        st.plotly_chart(charts.layer_scores_figure(layers, b, thresholds,
-                                                   title=f"kNN score of '{plotly_text(classes[pred0])}' per layer"),
-                        key="atk_before_chart")
+        charts.legend(rejected_mark="dashed outline")
+        st.vega_lite_chart(charts.layer_scores_spec(layers, b, thresholds,
+                                                    title=f"kNN score of '{classes[pred0]}' per layer"),
+                           key="atk_before_chart", width="stretch")  # as on Inspect: no plotly.js to load
     state.end_page()
 
 adv = out["adv"]

@@ -125,28 +125,6 @@ def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
                 hovertemplate="%{x}: threshold %{y:.3f}<extra></extra>")
 
 
-def layer_scores_figure(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str,
-                        strict: bool | None = None):
-    """One bar per layer: the kNN score of the predicted class, coloured and labelled by verdict (the rule of
-    :func:`rule_strict`), with each layer's threshold as a tick in the theme's ink (:func:`ink`). Layer names are
-    escaped here; ``title`` is plotly text (escape run text)."""
-    strict = rule_strict(strict)
-    verdicts = {la: trusted(scores[la], thresholds[la], strict) for la in layers}
-    data = []
-    for ok, color, word, pattern in ((True, TRUSTED_COLOR, TRUSTED, ""), (False, REJECTED_COLOR, REJECTED, "/")):
-        xs = [la for la in layers if verdicts[la] == ok]
-        if xs:
-            data.append(dict(type="bar", x=[plotly_text(la) for la in xs], y=[scores[la] for la in xs], name=word,
-                             marker=dict(color=color, pattern=dict(shape=pattern)),
-                             text=[f"{scores[la]:.2f} {word[0]}" for la in xs], textposition="outside",
-                             textfont=dict(size=14), cliponaxis=False,
-                             hovertemplate="%{x}: score %{y:.3f} (" + word + ")<extra></extra>"))
-    data.append(_threshold_trace(layers, thresholds))
-    return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
-                  xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
-                  yaxis=dict(range=[0, 1.15]))
-
-
 def _number(v: float) -> float | None:
     """A finite float, or None (JSON null: Vega-Lite leaves the mark out) for NaN and infinities."""
     v = float(v)
@@ -155,8 +133,9 @@ def _number(v: float) -> float | None:
 
 def layer_scores_spec(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str,
                       strict: bool | None = None) -> dict:
-    """:func:`layer_scores_figure` as a Vega-Lite spec for ``st.vega_lite_chart``: one bar per layer, coloured,
-    labelled (✓ / ✗) and, when rejected, outlined with a dashed line by verdict, each layer's threshold as a tick.
+    """A Vega-Lite spec for ``st.vega_lite_chart`` of the kNN score per layer: one bar per layer, coloured,
+    labelled (✓ / ✗) and, when rejected, outlined with a dashed line by verdict (the rule of :func:`rule_strict`),
+    each layer's threshold as a tick in the theme's ink (:func:`ink`).
 
     Run text (layer names, ``title``) goes in as data and is drawn as text: no escaping is needed or done.
 

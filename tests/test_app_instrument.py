@@ -223,7 +223,7 @@ def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, mon
     assert inspect_bar() == {"✗ rejected": score}
     assert "✗ rejected" in _layer_msg(app) and any("score ≤ threshold" in m for m in _markdown(app))
     _ok(app.switch_page(PAGES["attack"]).run())
-    assert bar_of(_plotly(app, "atk_before_chart")) == {"✗ rejected": score}
+    assert inspect_bar() == {"✗ rejected": score}  # the Attack page's chart before an attack: the same one
 
     # The Threshold page's counts at a threshold equal to a positive's score (the authors' positives).
     from core.honest import PROTOCOLS

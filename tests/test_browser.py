@@ -247,3 +247,23 @@ def test_adaptive_switch_on_the_attack_page(tiny_run, url):
 
     with Image.open(seen["shot"]) as im:
         assert im.width == browser.VIEWPORT["width"] and im.height > browser.VIEWPORT["height"]
+
+
+def test_the_first_page_has_no_plotly_and_the_tab_loads_it_while_idle(url):
+    """Inspect draws with Vega-Lite; the tab then imports Streamlit's plotly module on its own (app_pages.
+    browser_warm), so the Threshold page that follows finds it loaded."""
+    from app_pages.browser_warm import plotly_module
+
+    def plotly_fetches(page) -> int:
+        return page.evaluate("""m => performance.getEntriesByType('resource')
+                                     .filter(r => r.name.endsWith('/' + m)).length""", plotly_module())
+
+    with browser.browser_page() as page:
+        page.goto(url + "/")
+        browser.wait_ready(page, "Inspect")
+        assert not page.locator('[data-testid="stPlotlyChart"]').count()
+        page.wait_for_function("m => performance.getEntriesByType('resource').some(r => r.name.endsWith('/' + m))",
+                               arg=plotly_module(), timeout=30_000)
+        browser.goto(page, "Threshold")
+        page.locator(browser.READY["Threshold"]).first.wait_for()
+        assert plotly_fetches(page) == 1  # the page's chart used the module the tab had loaded
