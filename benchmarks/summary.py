@@ -203,15 +203,21 @@ def app_latency(r: dict[str, Any]) -> str:
 
 
 def first_page(r: dict[str, Any]) -> str:
-    rows = [{"page": t, "switch": (r.get("switches_s") or {}).get(t), "url": v} for t, v in r["pages_s"].items()]
+    sw = r.get("switches_s") or {}
+    if sw and not all(isinstance(v, dict) for v in sw.values()):
+        sw = {"0.0": sw}  # a result from before the reading pauses: clicks the moment a page was drawn
+    cols = [(f"switch {p}", f"click in the app ({float(p):g} s read before)") for p in sw]
+    rows = [{"page": t, **{f"switch {p}": v.get(t) for p, v in sw.items()}, "url": u} for t, u in r["pages_s"].items()]
+    start = (f"Server start {r['server_start_s']:.2f} s; a run never opened before (empty cache folder, round 0): "
+             f"first page {r['first_page_empty_cache_s']:.2f} s. " if "first_page_empty_cache_s" in r else "")
     return "\n".join([
         f"Chromium (Playwright), one user, default run, browser cache {r['browser_cache']}, median of "
-        f"{len(r['rounds'])} round(s), each with a new server. A fresh server's first page: "
+        f"{len(r['rounds'])} round(s), each with a new server. {start}A fresh server's first page: "
         f"{r['first_page_s']:.2f} s; a second session: {r['second_session_s']:.2f} s; the floor (a one-heading "
         f"Streamlit page served and opened the same way): {r['floor_s']:.2f} s"
         + (f", with one small plotly chart: {r['plotly_floor_s']:.2f} s" if r.get("plotly_floor_s") else "")
         + ". Seconds to each page drawn:", "",
-        _md(rows, [("page", "page"), ("switch", "click in the app"), ("url", "its URL in a new tab")]),
+        _md(rows, [("page", "page"), *cols, ("url", "its URL in a new tab")]),
         "", _targets(r)])
 
 

@@ -128,7 +128,14 @@ def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run)
     assert len(curves) == len(data.layers)
     for la, t in zip(data.layers, curves):
         neg = np.concatenate([data.scores(a, la, d["mode"], d["fn"], k) for a in attacks])
-        assert t["name"].startswith(f"{la} (AUC {metrics.roc(pos(la), neg).auc:.3f}")
+        r = metrics.roc(pos(la), neg)
+        assert t["name"].startswith(f"{la} (AUC {r.auc:.3f}")
+        from tests.test_app import _array
+
+        cx, cy = metrics.roc_corners(r)  # the curve's corners only: the same polyline
+        np.testing.assert_array_equal(_array(t["x"]), cx)
+        np.testing.assert_array_equal(_array(t["y"]), cy)
+        assert len(cx) < len(r.fpr)
     app.session_state["cmp_vary"] = "fn"
     _ok(app.run())
     layer = app.selectbox(key="cmp_layer").value

@@ -250,3 +250,7 @@ def test_every_target_is_listed_yes_or_no_and_the_browser_result_renders(tmp_pat
                                          "first_page: every page under 1s: NO"]
     text = summary.section("first_page", first)
     assert "| Run | 1.7 | 3.7 |" in text and "11.20 s" in text and "one small plotly chart: 2.90 s" in text
+    first.update(switches_s={"0.0": {"Inspect": 0.9, "Run": 1.7}, "2.0": {"Inspect": 0.6, "Run": 0.8}},
+                 first_page_empty_cache_s=4.1, server_start_s=6.9)  # a reading pause per column
+    text = summary.section("first_page", first)
+    assert "| Run | 1.7 | 0.8 | 3.7 |" in text and "2 s read before" in text and "first page 4.10 s" in text
