@@ -12,7 +12,9 @@ far neighbours can still agree on a class. :func:`references` checks every layer
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -22,6 +24,7 @@ from core.live import EvaluationConfig
 from core.splits import split_sources
 
 __all__ = ["DEFAULT_PERCENTILE", "REFERENCE_SET", "OODReference", "Assessment", "kth_distance", "reference",
+           "references_to_json", "references_from_json",
            "references", "assess"]
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,33 @@ def references(data: RunData, layers: list[str], mode: str, k: int, *,
         raise ValueError("no layer to check")
     per = 100.0 - (100.0 - float(percentile)) / len(layers)
     return {la: reference(data, la, mode, k, limit_percentile=per, side=side) for la in layers}
+
+
+def references_to_json(refs: dict[str, OODReference]) -> dict:
+    """``refs`` (layer -> :class:`OODReference`) as plain JSON values (for :mod:`core.disk_cache`)."""
+    return {la: {"layer": r.layer, "mode": r.mode, "k": int(r.k), "dtype": str(r.distances.dtype),
+                 "distances": [float(x) for x in r.distances], "limit_percentile": float(r.limit_percentile),
+                 "limit": float(r.limit)} for la, r in refs.items()}
+
+
+def references_from_json(value: Any, layers: Sequence[str], mode: str, k: int) -> dict[str, OODReference] | None:
+    """:func:`references_to_json`'s value back as references of exactly ``layers`` at ``mode`` and ``k``; None when
+    it is not that (a cache entry of another shape is a miss, never an error)."""
+    if not isinstance(value, dict) or sorted(value) != sorted(layers):
+        return None
+    out = {}
+    for la in layers:
+        v = value[la]
+        try:
+            if (not isinstance(v, dict) or v["layer"] != la or v["mode"] != mode or v["k"] != int(k)
+                    or v["dtype"] not in ("float32", "float64")
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v["distances"])):
+                return None
+            d = np.asarray(v["distances"], dtype=v["dtype"])
+            out[la] = OODReference(la, mode, int(k), d, float(v["limit_percentile"]), float(v["limit"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+    return out
 
 
 @dataclass(frozen=True)

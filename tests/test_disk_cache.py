@@ -3,6 +3,7 @@ of core.hash_cache (a new process does not hash an unchanged run again) and the 
 (a new server does not compute them again)."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -117,3 +118,43 @@ def test_the_app_computes_a_runs_validation_thresholds_once_across_server_starts
     st.cache_data.clear()
     assert loaders._validation_thresholds(path, s, "pca", "dwknn", 20) == pytest.approx(first, nan_ok=True)
     assert len(calls) == 2
+
+
+def test_ood_references_come_back_equal_from_json_and_a_foreign_entry_is_a_miss(tiny_run):
+    from core import ood
+    from core.evaluation import RunData
+
+    data = RunData(tiny_run, verify=False)
+    refs = ood.references(data, data.layers, "pca", 20)
+    back = ood.references_from_json(json.loads(json.dumps(ood.references_to_json(refs))), data.layers, "pca", 20)
+    for la in data.layers:
+        assert back[la].distances.dtype == refs[la].distances.dtype
+        np.testing.assert_array_equal(back[la].distances, refs[la].distances)
+        assert (back[la].limit, back[la].limit_percentile, back[la].k) == (refs[la].limit, refs[la].limit_percentile, 20)
+    value = ood.references_to_json(refs)
+    assert ood.references_from_json(value, data.layers, "pca", 5) is None  # another k
+    assert ood.references_from_json(value, data.layers[:1], "pca", 20) is None  # another set of layers
+    value[data.layers[0]]["distances"][0] = "1e9"
+    assert ood.references_from_json(value, data.layers, "pca", 20) is None
+    assert ood.references_from_json([1, 2], data.layers, "pca", 20) is None
+
+
+def test_the_app_reads_a_runs_ood_references_once_across_server_starts(tiny_run, cache, monkeypatch):
+    import streamlit as st
+
+    from app_pages import loaders
+    from app_pages.state import stamp
+    from core import ood
+
+    path, s = str(tiny_run), stamp(str(tiny_run))
+    st.cache_resource.clear()
+    first = loaders._ood_references(path, s, "pca", 20)
+    calls = []
+    real = ood.references
+    monkeypatch.setattr(ood, "references", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    st.cache_resource.clear()  # a new server
+    again = loaders._ood_references(path, s, "pca", 20)
+    assert calls == [] and set(again) == set(first)
+    for la in first:
+        np.testing.assert_array_equal(again[la].distances, first[la].distances)
+        assert again[la].limit == first[la].limit
