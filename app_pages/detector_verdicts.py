@@ -1,7 +1,7 @@
 """Each peer detector's verdict (trusted / rejected at its operating point) on one image, for the Inspect and
 Attack pages: ``show_verdicts(run, image)``, or ``verdicts_expander(...)``: the same in an expander whose content
 is computed only while it is open (loading the detectors and scoring the image took 0.6 s of a fresh server's
-first page, py-spy 2026-11-30)."""
+first page, py-spy 2026-11-29)."""
 from __future__ import annotations
 
 import numpy as np

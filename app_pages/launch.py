@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 #: Modules the pages need, all imported before the server starts. Scikit-learn's metrics (1.3 s here) were
-#: imported on a background thread from the server's start until 2026-11-30: that thread held the interpreter
+#: imported on a background thread from the server's start until 2026-11-29: that thread held the interpreter
 #: during the first page (py-spy: its script run 3.6 s instead of 0.75 s, the frontend's files served in
 #: 1.5 s instead of 0.6 s); the server now answers 1.3 s later and the first page runs alone.
 PRELOAD = ("torch", "faiss", "plotly.graph_objects", "pandas", "sklearn.metrics", "pyarrow", "core.detector",
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         import_locked(name)  # under the lock the attacks import ART with (ART imports scikit-learn too)
     # Streamlit's first element of a process asks whether it runs in a REPL with inspect.stack(), which resolves the
     # file of every module imported (1,900 stat calls with torch, scikit-learn and faiss loaded: 0.23 s of the first
-    # page, cProfile 2026-11-30); inspect keeps what it resolved, so done here it is a lookup there.
+    # page, cProfile 2026-11-29); inspect keeps what it resolved, so done here it is a lookup there.
     inspect.stack()
     from streamlit.web import cli
 

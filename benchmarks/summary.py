@@ -216,6 +216,7 @@ def first_page(r: dict[str, Any]) -> str:
         f"{r['first_page_s']:.2f} s; a second session: {r['second_session_s']:.2f} s; the floor (a one-heading "
         f"Streamlit page served and opened the same way): {r['floor_s']:.2f} s"
         + (f", with one small plotly chart: {r['plotly_floor_s']:.2f} s" if r.get("plotly_floor_s") else "")
+        + (f", with one small Vega-Lite chart: {r['vega_floor_s']:.2f} s" if r.get("vega_floor_s") else "")
         + ". Seconds to each page drawn:", "",
         _md(rows, [("page", "page"), *cols, ("url", "its URL in a new tab")]),
         "", _targets(r)])

@@ -216,13 +216,17 @@ def test_the_first_page_floor_script_is_served(tmp_path):
     """benchmarks.first_page serves its one-heading floor page with tools.app_server.serve(script=...)."""
     import urllib.request
 
-    from benchmarks.first_page import FLOOR_PAGE, PLOTLY_FLOOR_PAGE
+    from streamlit.testing.v1 import AppTest
+
+    from benchmarks.first_page import FLOOR_PAGE, PLOTLY_FLOOR_PAGE, VEGA_FLOOR_PAGE
     from tools.app_server import serve
 
-    for src in (FLOOR_PAGE, PLOTLY_FLOOR_PAGE):
+    for src, chart in ((FLOOR_PAGE, None), (PLOTLY_FLOOR_PAGE, "plotly_chart"), (VEGA_FLOOR_PAGE, "vega_lite_chart")):
         floor = tmp_path / "floor.py"
         floor.write_text(src)
-        compile(src, str(floor), "exec")
+        at = AppTest.from_string(src).run()
+        assert not at.exception and at.title[0].value == "floor"
+        assert chart is None or len(at.get(chart)) == 1
         with serve(tmp_path, script=floor) as url:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=10) as r:
                 assert r.status == 200
