@@ -166,7 +166,7 @@ def layer_scores_spec(layers: list[str], scores: dict[str, float], thresholds: d
                                                   "range": [TRUSTED_COLOR, REJECTED_COLOR]},
                                         "legend": {"orient": "top"}},
                               "stroke": {"condition": {"test": "datum.rejected", "value": ink()}, "value": None}}},
-                {"mark": {"type": "text", "dy": -10, "fontSize": 14},
+                {"mark": {"type": "text", "dy": -10, "fontSize": 14, "color": ink()},
                  "encoding": {"x": x, "y": y, "text": {"field": "label", "type": "nominal"}}},
                 {"mark": {"type": "tick", "thickness": 3, "size": 48, "color": ink()},
                  "encoding": {"x": x, "y": {"field": "threshold", "type": "quantitative"}, "tooltip": tip}},

@@ -174,6 +174,9 @@ def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
         ticks = page.evaluate("""() => [...document.querySelectorAll(
             '[data-testid=stVegaLiteChart] path[aria-roledescription=tick]')].map(p => p.getAttribute('fill'))""")
         assert ticks and all(t == INK[base] for t in ticks)
+        labels = page.evaluate("""() => [...document.querySelectorAll(
+            '[data-testid=stVegaLiteChart] text[aria-roledescription="text mark"]')].map(t => t.getAttribute('fill'))""")
+        assert labels and all(t == INK[base] for t in labels)  # the bars' labels read on the theme's background
         if base == "dark":
             browser.shoot(page, OUT, "inspect_dark")
         page.goto(url + "/threshold")
