@@ -2,8 +2,8 @@
 chart opened later in that tab does not wait for it.
 
 Streamlit loads its plotly element (one 4.7 MB script, plotly.js inside) the first time a page of the tab shows a
-plotly chart; on 2 cores that took about 2.3 s of every new tab (``python -m benchmarks.first_page``: a
-one-heading page 1.4 s, the same with one small plotly chart 3.7 s). The first page draws its chart with
+plotly chart; on 2 cores that took about 2 s of every new tab (``python -m benchmarks.first_page``,
+2026-11-29: a one-heading page 1.32 s, the same with one small plotly chart 3.35 s). The first page draws its chart with
 Vega-Lite; this imports Streamlit's own plotly module when the browser next has nothing to do, from the same
 address its frontend uses, so that the later import is the same, already evaluated, module.
 

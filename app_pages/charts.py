@@ -1,6 +1,6 @@
 """Verdict words and colours, the page guide, plotly figures built from plain trace dicts, and the first page's
 chart as a Vega-Lite spec (Streamlit's plotly element costs a new browser tab about 2 s of loading plotly.js on
-2 cores, its Vega-Lite element about 0.35 s: ``python -m benchmarks.first_page``)."""
+2 cores, its Vega-Lite element about 0.7 s: ``python -m benchmarks.first_page``)."""
 from __future__ import annotations
 
 from typing import Any
