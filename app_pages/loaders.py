@@ -269,14 +269,6 @@ def live_eer(run: Run, layer: str, fn: str) -> dict | None:
         return lf.eer((layer, run.mode, fn, run.k))
 
 
-def _content_key(manifest: dict) -> str:
-    """sha256 (hex) of the manifest, which records every file's sha256: the run's content."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, allow_nan=True).encode()).hexdigest()
-
-
 def _thresholds_entry(value: Any, layers: Sequence[str]) -> dict[str, float] | None:
     """A cached ``{layer: threshold}`` of exactly ``layers`` (numbers or NaN), else None (a miss)."""
     if not isinstance(value, dict) or sorted(value) != sorted(layers):
@@ -294,7 +286,7 @@ def _validation_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) ->
     from core.verdict import validation_thresholds
 
     data = _rundata(path, stamp)
-    key = disk_cache.cache_key("validation_thresholds", _content_key(data.run.manifest), mode, fn, int(k))
+    key = disk_cache.cache_key("validation_thresholds", data.run.manifest, mode, fn, int(k))
     hit = _thresholds_entry(disk_cache.get_json("thresholds", key), data.layers)
     if hit is not None:
         return hit
@@ -320,7 +312,7 @@ def _ood_references(path: str, stamp: int, mode: str, k: int):
     from core import disk_cache, ood
 
     data = _rundata(path, stamp)
-    key = disk_cache.cache_key("ood_references", _content_key(data.run.manifest), mode, int(k))
+    key = disk_cache.cache_key("ood_references", data.run.manifest, mode, int(k))
     hit = ood.references_from_json(disk_cache.get_json("ood", key), data.layers, mode, k)
     if hit is not None:
         return hit

@@ -1,6 +1,6 @@
-"""core.disk_cache: a private folder of small results kept across processes, and its two users: the file checks
-of core.hash_cache (a new process does not hash an unchanged run again) and the app's validation thresholds
-(a new server does not compute them again)."""
+"""core.disk_cache: a private folder of small results kept across processes, and the app's results kept there
+(a new server does not compute a run's validation thresholds or OOD references again). The file checks kept
+there are tested with the others in test_verify_once.py."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from core import disk_cache, hash_cache, runfiles
-from core.artefacts import ArtefactError, RunDir
+from core import disk_cache
 
 
 @pytest.fixture()
@@ -63,35 +62,6 @@ def test_off_and_unsafe_folders_are_not_used(tmp_path, monkeypatch):
     monkeypatch.setenv(disk_cache.CACHE_ENV, str(shared))
     disk_cache._private.cache_clear()
     assert disk_cache.cache_dir() is None
-
-
-def _one_file_run(tmp_path) -> RunDir:
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    run.manifest.update(files={}, stages={})
-    run.save_npy("a.npy", np.arange(1000, dtype=np.int64))
-    return run
-
-
-def test_a_new_process_does_not_hash_an_unchanged_file_again_but_does_a_changed_one(cache, tmp_path, monkeypatch):
-    run = _one_file_run(tmp_path)
-    assert run.load_npy("a.npy", verify=True)[5] == 5  # hashed and recorded
-    calls = []
-    real = runfiles.sha256_of
-    monkeypatch.setattr(runfiles, "sha256_of", lambda f, *a, **kw: calls.append(1) or real(f, *a, **kw))
-    monkeypatch.setattr(hash_cache, "_HASHED", set())  # a new process: nothing remembered in memory
-    assert RunDir(run.path).load_npy("a.npy", verify=True)[5] == 5
-    assert calls == []
-    path = run.path / "a.npy"
-    st = os.stat(path)
-    data = bytearray(path.read_bytes())
-    data[-8] ^= 1  # same size, same mtime: only the ctime tells
-    path.write_bytes(bytes(data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    monkeypatch.setattr(hash_cache, "_HASHED", set())
-    with pytest.raises(ArtefactError):
-        RunDir(run.path).load_npy("a.npy", verify=True)
-    assert calls == [1]
 
 
 def test_the_app_computes_a_runs_validation_thresholds_once_across_server_starts(tiny_run, cache, monkeypatch):

@@ -1,5 +1,6 @@
-"""core.artefacts: a file's sha256 is computed once per process while the file is unchanged, and any change
-(even one that keeps its size and modification time) is hashed again and refused."""
+"""core.artefacts: a file's sha256 is computed once while the file is unchanged (in one process, and across
+processes through the private cache folder), and any change (even one that keeps its size and modification time)
+is hashed again and refused."""
 from __future__ import annotations
 
 import os
@@ -49,3 +50,25 @@ def test_a_change_that_keeps_size_and_mtime_is_hashed_again_and_refused(tmp_path
     with pytest.raises(ArtefactError, match="sha256 differs"):
         run.load_npy("a.npy", verify=True)
     assert len(counted) == 2
+
+
+def test_a_new_process_does_not_hash_an_unchanged_file_again_but_does_a_changed_one(tmp_path, counted, monkeypatch):
+    from core import disk_cache, hash_cache
+
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "cache"))
+    run = _run(tmp_path)
+    assert run.load_npy("a.npy", verify=True)[5] == 5  # hashed and recorded in the cache folder
+    counted.clear()
+    monkeypatch.setattr(hash_cache, "_HASHED", set())  # a new process: nothing remembered in memory
+    assert RunDir(run.path).load_npy("a.npy", verify=True)[5] == 5
+    assert counted == []
+    path = run.path / "a.npy"
+    st = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 1  # same size, same mtime: only the ctime tells
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(hash_cache, "_HASHED", set())
+    with pytest.raises(ArtefactError):
+        RunDir(run.path).load_npy("a.npy", verify=True)
+    assert counted == [1]
