@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import browser_warm, loaders, url_state
+from app_pages import loaders, url_state
 from app_pages.state import PAGES, PageEnd, current_run, sidebar
 
 # A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
@@ -31,7 +31,6 @@ sidebar()
 loaders.warm(current_run())  # the detector loads in the background while the page draws
 try:
     page.run()
-    browser_warm.preload_plotly()  # the tab loads plotly.js while idle: the first page draws with Vega-Lite
 except PageEnd:  # a page that ended early (state.end_page): the view is still written below
     pass
 finally:

@@ -32,22 +32,18 @@ st.caption(f"{ad['n']} test images, each pushed toward a random wrong class · o
            f"{ad['params']['steps']} PGD steps")
 cols = st.columns(len(NORMS))
 for col, (norm, xtitle) in zip(cols, NORMS.items()):
-    data = []
+    lines = []
     for v, (label, colour) in VARIANTS.items():
         c = ad["curves"][v][norm]
-        xs = c["budgets"]
-        if not xs:
+        if not c["budgets"]:
             continue
         vals = [[None if e is None else 100 * e for e in r] for r in c["guarded_success"]]
-        data.append(dict(type="scatter", x=xs + xs[::-1], y=[r[2] for r in vals] + [r[1] for r in vals][::-1],
-                         fill="toself", fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip",
-                         showlegend=False))
-        data.append(dict(type="scatter", x=xs, y=[r[0] for r in vals], mode="lines+markers", name=label,
-                         line=dict(color=colour), customdata=[[r[1], r[2]] for r in vals],
-                         hovertemplate="ε = %{x}<br>%{y:.1f} % [%{customdata[0]:.1f}, %{customdata[1]:.1f}]"))
-    fig = charts.figure(data, title=f"{norm.upper()}: fools the CNN and trusted", ytitle="guarded success (%)",
-                        xtitle=xtitle, legend_below=True, yaxis=dict(range=[0, 100]), height=420)
-    col.plotly_chart(fig, key=f"adp_curve_{norm}")
+        lines.append(dict(name=label, x=c["budgets"], y=[r[0] for r in vals], color=colour, markers=True,
+                          band_lo=[r[1] for r in vals], band_hi=[r[2] for r in vals],
+                          hover=[charts.ci_text([None if e is None else e / 100 for e in r]) + " %" for r in vals]))
+    charts.show(charts.lines_spec(lines, title=f"{norm.upper()}: fools the CNN and trusted",
+                                  ytitle="guarded success (%)", xtitle=xtitle, legend="below", y_domain=(0, 100),
+                                  height=420), key=f"adp_curve_{norm}", where=col)
 
 e = ad.get("extra_l2", {})
 if e.get("median") is not None:

@@ -110,6 +110,5 @@ def show(run, image: np.ndarray, pred0: int) -> None:
     b = {la: float(before.scores[la][0]) for la in layers}
     cols = st.columns(len(figs))
     for col, (name, sc, cls_name) in zip(cols, figs):
-        col.plotly_chart(charts.before_after_figure(layers, b, sc, thresholds,
-                                                    title=f"{name}: before and after ({cls_name})"),
-                         key=f"adp_chart_{name}")
+        charts.show(charts.before_after_spec(layers, b, sc, thresholds, title=f"{name}: before and after ({cls_name})"),
+                    key=f"adp_chart_{name}", where=col)

@@ -12,7 +12,7 @@ from core.evaluation import perturbation_norms
 from app_pages import (adaptive_panel, bounded, charts, current, detector_verdicts, images, loaders, operating,
                        state)
 from app_pages.downloads import adversarial_downloads
-from app_pages._text import md, plotly_text
+from app_pages._text import md
 
 logger = logging.getLogger("app_pages.attack_live")  # a page runs as __main__
 run = state.current_run()
@@ -159,10 +159,8 @@ if out is None or out["key"] != cur["key"] or out["attack"] != name:  # a result
         st.markdown(f"**The CNN says {md(classes[pred0])}** ({before.top5[0][1]:.0%}) · detector: {run.settings_text}")
         st.info(f"Set the parameters and press **Run {cls.title}** to attack this image.",
                 icon=":material/arrow_upward:")
-        charts.legend(rejected_mark="dashed outline")
-        st.vega_lite_chart(charts.layer_scores_spec(layers, b, thresholds,
-                                                    title=f"kNN score of '{classes[pred0]}' per layer"),
-                           key="atk_before_chart", width="stretch")  # as on Inspect: no plotly.js to load
+        charts.show(charts.layer_scores_spec(layers, b, thresholds, title=f"kNN score of '{classes[pred0]}' per layer"),
+                    key="atk_before_chart")  # as on Inspect
     state.end_page()
 
 adv = out["adv"]
@@ -210,11 +208,9 @@ with msg:
     if st.button("Inspect the adversarial image", key="atk_to_inspect", icon=":material/search:"):
         current.set_current(adv, source=f"{out['title']} of {cur['source']}")
         st.switch_page(state.PAGES["inspect"])
-charts.legend()
-st.plotly_chart(charts.before_after_figure(layers, b, a, thresholds,
-                                       title=f"Score per layer: before ({plotly_text(classes[pred0])}, faded "
-                                             f"left bar) and after ({plotly_text(classes[pred1])}, right bar)"),
-                key="atk_chart")
+charts.show(charts.before_after_spec(layers, b, a, thresholds,
+                                     title=f"Score per layer: before ({classes[pred0]}) and after ({classes[pred1]})"),
+            key="atk_chart")
 detector_verdicts.verdicts_expander(run, adv, "Peer detectors on the adversarial image (Deep kNN, Mahalanobis, "
                                     "LID, max softmax, …)", key="atk_peers")
 adversarial_downloads(out, source=cur["source"])  # i13b: the adversarial image and its parameters as files

@@ -1,19 +1,27 @@
-"""Verdict words and colours, the page guide, plotly figures built from plain trace dicts, and the first page's
-chart as a Vega-Lite spec (Streamlit's plotly element costs a new browser tab about 2 s of loading plotly.js on
-2 cores, its Vega-Lite element about 0.7 s: ``python -m benchmarks.first_page``)."""
+"""Verdict words and colours, the page guide, and every chart of the app as a Vega-Lite spec for
+:func:`show` (Streamlit's plotly element costs a new browser tab about 2 s of loading plotly.js on 2 cores, its
+Vega-Lite element about 0.7 s: ``python -m benchmarks.first_page``).
+
+Run text (layer, set and attack names, titles) goes into a spec as data or as a title and is drawn as text, never
+as markup; no spec holds a URL, an image or an expression built from run text."""
 from __future__ import annotations
 
 from typing import Any
 
 import streamlit as st
 
-from app_pages._text import plotly_text
 
 #: Verdict colours (colour-blind safe: blue / orange) and words; never colour alone.
 TRUSTED_COLOR = "#2b6cb0"
 REJECTED_COLOR = "#dd6b20"
 TRUSTED = "✓ trusted"
 REJECTED = "✗ rejected"
+#: Names of the two bars per layer of :func:`before_after_spec`.
+BEFORE, AFTER = "before attack", "after attack"
+#: Colours of compared curves, in order.
+PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#805ad5", "#c53030", "#d69e2e", "#00a3c4", "#b83280", "#718096"]
+#: Line styles by name: Vega-Lite ``strokeDash`` arrays.
+DASHES = {"solid": [1, 0], "dash": [6, 4], "dot": [2, 3], "dashdot": [6, 3, 2, 3]}
 
 
 #: Neutral ink (threshold ticks, lines, curves) per Streamlit theme; the unknown theme gets a grey that reads on both.
@@ -73,56 +81,167 @@ def how_to_read(text: str) -> None:
     st.info(text, icon=":material/school:")
 
 
-def legend(strict: bool | None = None, *, rejected_mark: str = "hatched") -> None:
-    """The score colour legend, in colour and in words, with the trust rule of :func:`rule_strict`;
-    ``rejected_mark`` names how a rejected bar is drawn besides its colour."""
+def legend_text(strict: bool | None = None, *, rejected_mark: str = "dashed outline") -> str:
+    """The verdict legend in words, with the trust rule of :func:`rule_strict` (a chart's subtitle: colour is never
+    the only mark); ``rejected_mark`` names how a rejected bar is drawn besides its colour."""
     ok, no = ("score > threshold", "score ≤ threshold") if rule_strict(strict) else ("score ≥ threshold",
                                                                                       "score < threshold")
-    chip = ("<span style='background:{c};color:white;padding:1px 8px;border-radius:4px;font-weight:600'>{w}"
-            "</span>")
-    st.markdown(chip.format(c=TRUSTED_COLOR, w=TRUSTED) + f" {ok} &nbsp;·&nbsp; "
-                + chip.format(c=REJECTED_COLOR, w=REJECTED) + f" {no} ({rejected_mark}) &nbsp;·&nbsp; "
-                "<b>▬</b> the layer's threshold", unsafe_allow_html=True)
+    return f"{TRUSTED}: {ok} · {REJECTED}: {no} ({rejected_mark})"
 
 
-def figure(data: list[dict], *, title: str, ytitle: str, xtitle: str = "", height: int = 360,
-           legend_below: bool = False, xaxis: dict | None = None, yaxis: dict | None = None, validate: bool = True,
-           **layout: Any):
-    """A plotly figure from plain trace dicts, built and validated once (cheaper per rerun than adding traces
-    one by one); ``validate=False`` skips plotly's validation (same JSON for valid dicts, about half the time)."""
-    import plotly.graph_objects as go
-
-    legend = (dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0) if legend_below else
-              dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
-    lay = dict(title=dict(text=title, font=dict(size=15)), height=height, legend=legend,
-               margin=dict(l=10, r=10, t=50, b=10),
-               xaxis=dict(title=dict(text=xtitle), **(xaxis or {})),
-               yaxis=dict(title=dict(text=ytitle), **(yaxis or {})), **layout)
-    return go.Figure(dict(data=data, layout=lay), _validate=validate)
+def show(spec: dict, *, key: str, where=None) -> None:
+    """Draw ``spec`` full width in a container keyed ``key`` (its page element carries the CSS class
+    ``st-key-<key>``; the chart's own key is ``<key>_chart``)."""
+    with (where or st).container(key=key):
+        st.vega_lite_chart(spec, key=f"{key}_chart", width="stretch")
 
 
-def vline(x: float, *, label: str | None = None) -> tuple[list[dict], list[dict]]:
-    """(shapes, annotations) of a vertical line across the plot at ``x``."""
-    shapes = [dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=ink(), width=2))]
-    notes = ([dict(x=x, y=1, yref="paper", text=label, showarrow=False, xanchor="left", yanchor="bottom")]
-             if label else [])
-    return shapes, notes
+def _verdict_color() -> dict:
+    return {"field": "verdict", "type": "nominal", "title": None,
+            "scale": {"domain": [TRUSTED, REJECTED], "range": [TRUSTED_COLOR, REJECTED_COLOR]},
+            "legend": {"orient": "top"}}
 
 
-def vband(x0: float, x1: float, color: str, label: str, *, left: bool) -> tuple[list[dict], list[dict]]:
-    """(shapes, annotations) of a light vertical band from ``x0`` to ``x1``, labelled in its top corner."""
-    shapes = [dict(type="rect", x0=x0, x1=x1, y0=0, y1=1, yref="paper", fillcolor=color, opacity=0.08, line_width=0,
-                   layer="below")]
-    notes = [dict(x=x0 if left else x1, y=1, yref="paper", text=label, showarrow=False,
-                  xanchor="left" if left else "right", yanchor="top", font=dict(color=color))]
-    return shapes, notes
+def _numbers(values) -> list[float | None]:
+    return [_number(v) for v in values]
 
 
-def _threshold_trace(layers: list[str], thresholds: dict[str, float]) -> dict:
-    return dict(type="scatter", x=[plotly_text(la) for la in layers], y=[thresholds[la] for la in layers],
-                mode="markers", name="threshold",
-                marker=dict(symbol="line-ew-open", size=60, color=ink(), line=dict(width=3, color=ink())),
-                hovertemplate="%{x}: threshold %{y:.3f}<extra></extra>")
+def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, height: int = 360,
+               x_domain: tuple[float, float] | None = None, y_domain: tuple[float, float] | None = None,
+               x_order: list[str] | None = None, y_percent: bool = False, legend: str = "top",
+               rules: list[dict] = (), bands: list[dict] = (), points: list[dict] = ()) -> dict:
+    """A Vega-Lite spec of lines, with optional marked points, vertical rules and shaded vertical bands.
+
+    Parameters
+    ----------
+    series : list of dict
+        One line each: ``name``, ``x`` and ``y`` (sequences of one length n), ``color``; optional ``dash`` (a key of
+        :data:`DASHES`), ``width`` (px, default 2), ``step`` (drawn as steps centred on x), ``fill`` (shaded to
+        y = 0), ``markers`` (a dot per point), ``labels`` (n texts written above the points), ``lo`` / ``hi`` (n
+        error-bar ends, None for none), ``band_lo`` / ``band_hi`` (n ends of a shaded band), ``hover`` (n texts
+        for the tooltip). Names go in the legend.
+    x_order : list of str, optional
+        Categories of a nominal x axis in order (the x values are then those names); default: a number axis.
+    y_percent : bool
+        Tick labels with " %".
+    legend : {"top", "below", "bottom-right"}
+        Where the legend goes: above the plot (in a row), below it (one entry per line; the chart grows by a line
+        per entry) or inside, in the plot's lower right corner (ROC curves leave it empty).
+    rules : list of dict
+        Vertical lines: ``x``, optional ``label`` (written at the top, right of the line).
+    bands : list of dict
+        Shaded spans: ``x0``, ``x1``, ``color``, ``label`` (written in the top corner: left when ``left``).
+    points : list of dict
+        Single marked points: ``name`` (in the legend), ``x``, ``y``, ``color``, optional ``shape`` (Vega-Lite
+        shape name, default circle), ``filled``, ``label`` (written below right), ``in_legend`` (default True;
+        False: drawn in ``color`` without a legend entry).
+
+    Returns
+    -------
+    dict
+        The spec; every layer holds its rows inline (``layer[i].data.values``): the line layers have
+        ``series, x, y`` (and ``label``, ``hover``, ``lo``, ``hi`` when given).
+    """
+    shown = [p for p in points if p.get("in_legend", True)]
+    names = [str(s["name"]) for s in series] + [str(p["name"]) for p in shown]
+    colors = [s["color"] for s in series] + [p["color"] for p in shown]
+    dashes = [DASHES[s.get("dash", "solid")] for s in series] + [DASHES["solid"]] * len(shown)
+    if legend not in ("top", "below", "bottom-right"):
+        raise ValueError(f"legend: {legend!r}")
+    where = {"orient": "bottom", "direction": "vertical"} if legend == "below" else (
+        {"orient": "bottom-right", "direction": "vertical", "fillColor": "rgba(128,128,128,0.08)", "padding": 6}
+        if legend == "bottom-right" else {"orient": "top"})
+    where.update(labelLimit=0, title=None, symbolType="stroke", symbolStrokeWidth=2.5, symbolOpacity=1)
+    if legend == "below":
+        height += 22 * len(names)  # Streamlit fits the whole chart, legend included, into the height
+    color = {"field": "series", "type": "nominal", "scale": {"domain": names, "range": colors}, "legend": where}
+    dash = {"field": "series", "type": "nominal", "scale": {"domain": names, "range": dashes}, "legend": where}
+    if x_order is not None:
+        x = {"field": "x", "type": "nominal", "sort": [str(v) for v in x_order], "title": xtitle,
+             "axis": {"labelAngle": 0}}
+    else:
+        x = {"field": "x", "type": "quantitative", "title": xtitle, "axis": {"tickCount": 6},
+             "scale": {"domain": list(x_domain), "nice": False} if x_domain else {"zero": False}}
+    y = {"field": "y", "type": "quantitative", "title": ytitle, "axis": {"tickCount": 6},
+         "scale": {"domain": list(y_domain), "nice": False} if y_domain else {"zero": False}}
+    if y_percent:
+        y["axis"]["labelExpr"] = "datum.label + ' %'"  # a constant expression: no run text
+    xv = (lambda v: str(v)) if x_order is not None else _number
+    layers = []
+    for s in series:
+        n = len(s["x"])
+        rows = [{"series": str(s["name"]), "x": xv(a), "y": b} for a, b in zip(s["x"], _numbers(s["y"]))]
+        for field in ("labels", "hover", "lo", "hi", "band_lo", "band_hi"):
+            if s.get(field) is not None:
+                vals = list(s[field])
+                if len(vals) != n:
+                    raise ValueError(f"series {s['name']!r}: {field} has {len(vals)} values for {n} points")
+                for r, v in zip(rows, vals):
+                    r[field] = str(v) if field in ("labels", "hover") else _number(v)
+        tip = [{"field": "series", "type": "nominal", "title": "line"},
+               {"field": "x", "type": x["type"], **({} if x_order is not None else {"format": ".3~g"})},
+               ({"field": "hover", "type": "nominal", "title": "value"} if s.get("hover") is not None else
+                {"field": "y", "type": "quantitative", "format": ".3~g"})]
+        width = float(s.get("width", 2))
+        if s.get("band_lo") is not None:
+            layers.append({"data": {"values": rows}, "mark": {"type": "area", "opacity": 0.15},
+                           "encoding": {"x": x, "y": {"field": "band_lo", "type": "quantitative",
+                                                      "scale": y["scale"], "title": ytitle},
+                                        "y2": {"field": "band_hi"}, "color": color}})
+        if s.get("fill"):
+            layers.append({"data": {"values": rows},
+                           "mark": {"type": "area", "opacity": 0.15, **({"interpolate": "step"} if s.get("step")
+                                                                        else {})},
+                           "encoding": {"x": x, "y": y, "color": color}})
+        mark = {"type": "line", "strokeWidth": width, "clip": True}
+        if s.get("step"):
+            mark["interpolate"] = "step"
+        if s.get("markers"):
+            mark["point"] = {"filled": True, "size": 30 * width}
+        layers.append({"data": {"values": rows}, "mark": mark,
+                       "encoding": {"x": x, "y": y, "color": color, "strokeDash": dash, "tooltip": tip}})
+        if s.get("lo") is not None:
+            layers.append({"data": {"values": rows}, "mark": {"type": "rule", "strokeWidth": max(1.0, width / 2)},
+                           "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative"}, "y2": {"field": "hi"},
+                                        "color": color}})
+        if s.get("labels") is not None:
+            layers.append({"data": {"values": rows},
+                           "mark": {"type": "text", "dy": -12, "fontSize": 13, "color": ink()},
+                           "encoding": {"x": x, "y": y, "text": {"field": "labels", "type": "nominal"}}})
+    for b in bands:
+        layers.append({"data": {"values": [{"x": _number(b["x0"]), "x2": _number(b["x1"])}]},
+                       "mark": {"type": "rect", "opacity": 0.08, "color": b["color"]},
+                       "encoding": {"x": {**x, "field": "x"}, "x2": {"field": "x2"}}})
+        left = bool(b.get("left"))
+        layers.append({"data": {"values": [{"x": _number(b["x0"] if left else b["x1"]), "text": str(b["label"])}]},
+                       "mark": {"type": "text", "color": b["color"], "align": "left" if left else "right",
+                                "baseline": "top", "dx": 4 if left else -4, "y": 4, "fontWeight": "bold"},
+                       "encoding": {"x": {**x, "field": "x"}, "text": {"field": "text", "type": "nominal"}}})
+    for r in rules:
+        layers.append({"data": {"values": [{"x": _number(r["x"])}]},
+                       "mark": {"type": "rule", "color": ink(), "strokeWidth": 2},
+                       "encoding": {"x": {**x, "field": "x"}}})
+        if r.get("label") is not None:
+            layers.append({"data": {"values": [{"x": _number(r["x"]), "text": str(r["label"])}]},
+                           "mark": {"type": "text", "color": ink(), "align": "left", "baseline": "bottom", "dx": 4,
+                                    "y": 0, "dy": -2},
+                           "encoding": {"x": {**x, "field": "x"}, "text": {"field": "text", "type": "nominal"}}})
+    for p in points:
+        row = {"series": str(p["name"]), "x": _number(p["x"]), "y": _number(p["y"]), "text": str(p.get("label") or "")}
+        layers.append({"data": {"values": [row]},
+                       "mark": {"type": "point", "shape": p.get("shape", "circle"), "filled": bool(p.get("filled")),
+                                "size": 160, "strokeWidth": 2.5,
+                                **({} if p.get("in_legend", True) else {"color": p["color"]})},
+                       "encoding": {"x": x, "y": y, **({"color": color} if p.get("in_legend", True) else {}),
+                                    "tooltip": [{"field": "series", "type": "nominal", "title": "point"},
+                                                {"field": "x", "type": "quantitative", "format": ".3f"},
+                                                {"field": "y", "type": "quantitative", "format": ".3f"}]}})
+        if p.get("label"):
+            layers.append({"data": {"values": [row]},
+                           "mark": {"type": "text", "align": "left", "baseline": "top", "dx": 8, "dy": 6,
+                                    "color": p["color"]},
+                           "encoding": {"x": x, "y": y, "text": {"field": "text", "type": "nominal"}}})
+    return {"title": {"text": str(title), "fontSize": 15}, "height": int(height), "layer": layers}
 
 
 def _number(v: float) -> float | None:
@@ -133,9 +252,9 @@ def _number(v: float) -> float | None:
 
 def layer_scores_spec(layers: list[str], scores: dict[str, float], thresholds: dict[str, float], *, title: str,
                       strict: bool | None = None) -> dict:
-    """A Vega-Lite spec for ``st.vega_lite_chart`` of the kNN score per layer: one bar per layer, coloured,
-    labelled (✓ / ✗) and, when rejected, outlined with a dashed line by verdict (the rule of :func:`rule_strict`),
-    each layer's threshold as a tick in the theme's ink (:func:`ink`).
+    """A Vega-Lite spec for :func:`show` of the kNN score per layer: one bar per layer, coloured, labelled (✓ / ✗)
+    and, when rejected, outlined with a dashed line by verdict (the rule of :func:`rule_strict`, in words in the
+    subtitle: :func:`legend_text`), each layer's threshold as a tick in the theme's ink (:func:`ink`).
 
     Run text (layer names, ``title``) goes in as data and is drawn as text: no escaping is needed or done.
 
@@ -157,14 +276,13 @@ def layer_scores_spec(layers: list[str], scores: dict[str, float], thresholds: d
          "title": "kNN score of the predicted class"}
     tip = [{"field": "layer", "type": "nominal"}, {"field": "score", "type": "quantitative", "format": ".3f"},
            {"field": "threshold", "type": "quantitative", "format": ".3f"}, {"field": "verdict", "type": "nominal"}]
-    return {"title": {"text": str(title), "fontSize": 15}, "height": 360, "data": {"values": rows},
+    return {"title": {"text": str(title), "fontSize": 15, "subtitle": [legend_text(strict), "▬ the layer's threshold"]},
+            "height": 360,
+            "data": {"values": rows},
             "layer": [
                 {"mark": {"type": "bar", "strokeWidth": 2, "strokeDash": [5, 3]},
                  "encoding": {"x": x, "y": y, "tooltip": tip,
-                              "color": {"field": "verdict", "type": "nominal", "title": None,
-                                        "scale": {"domain": [TRUSTED, REJECTED],
-                                                  "range": [TRUSTED_COLOR, REJECTED_COLOR]},
-                                        "legend": {"orient": "top"}},
+                              "color": _verdict_color(),
                               "stroke": {"condition": {"test": "datum.rejected", "value": ink()}, "value": None}}},
                 {"mark": {"type": "text", "dy": -10, "fontSize": 14, "color": ink()},
                  "encoding": {"x": x, "y": y, "text": {"field": "label", "type": "nominal"}}},
@@ -173,24 +291,80 @@ def layer_scores_spec(layers: list[str], scores: dict[str, float], thresholds: d
             ]}
 
 
-def before_after_figure(layers: list[str], before: dict[str, float], after: dict[str, float],
-                        thresholds: dict[str, float], *, title: str, strict: bool | None = None):
-    """Grouped bars per layer: score before and after the attack, coloured by verdict (the rule of
-    :func:`rule_strict`), with thresholds."""
+def top_classes_spec(classes: list[str], probabilities: list[float]) -> dict:
+    """A Vega-Lite spec of the CNN's top classes: one horizontal bar per class (softmax probability, in the given
+    order), labelled with its percentage.
+
+    Returns
+    -------
+    dict
+        The spec; ``data.values`` has one row per class: ``class, probability, label``.
+    """
+    rows = [{"class": str(c), "probability": _number(p), "label": f"{100 * float(p):.1f} %"}
+            for c, p in zip(classes, probabilities)]
+    y = {"field": "class", "type": "nominal", "sort": [r["class"] for r in rows], "title": None,
+         "axis": {"labelLimit": 120}}
+    x = {"field": "probability", "type": "quantitative", "scale": {"domain": [0, 1.3]}, "axis": None}
+    return {"height": {"step": 26}, "data": {"values": rows},
+            "layer": [{"mark": {"type": "bar", "color": "#a0aec0"},
+                       "encoding": {"y": y, "x": x,
+                                    "tooltip": [{"field": "class", "type": "nominal"},
+                                                {"field": "probability", "type": "quantitative", "format": ".2%"}]}},
+                      {"mark": {"type": "text", "align": "left", "dx": 4, "color": ink()},
+                       "encoding": {"y": y, "x": x, "text": {"field": "label", "type": "nominal"}}}]}
+
+
+def before_after_spec(layers: list[str], before: dict[str, float], after: dict[str, float],
+                      thresholds: dict[str, float], *, title: str, strict: bool | None = None) -> dict:
+    """A Vega-Lite spec of grouped bars per layer: the score before (faded, left) and after (right) the attack,
+    coloured, labelled (✓ / ✗) and, when rejected, outlined with a dashed line by verdict (the rule of
+    :func:`rule_strict`), each layer's threshold as a tick across both bars.
+
+    Returns
+    -------
+    dict
+        The spec; its first layer's ``data.values`` has two rows per layer (``when`` = :data:`BEFORE` or
+        :data:`AFTER`): ``layer, when, score, threshold, verdict, label, rejected``.
+    """
     strict = rule_strict(strict)
-    data = []
-    for name, sc, opacity in (("before attack (left bar)", before, 0.55), ("after attack (right bar)", after, 1.0)):
-        ok = [trusted(sc[la], thresholds[la], strict) for la in layers]
-        data.append(dict(type="bar", x=[plotly_text(la) for la in layers], y=[sc[la] for la in layers], name=name,
-                         marker=dict(color=[TRUSTED_COLOR if o else REJECTED_COLOR for o in ok], opacity=opacity,
-                                     pattern=dict(shape=["" if o else "/" for o in ok])),
-                         text=[f"{sc[la]:.2f}{'✓' if o else '✗'}" for la, o in zip(layers, ok)],
-                         textposition="outside", textfont=dict(size=13), cliponaxis=False,
-                         hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"))
-    data.append(_threshold_trace(layers, thresholds))
-    return figure(data, title=title, ytitle="kNN score of the predicted class", xtitle="layer (input → output)",
-                  xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers]),
-                  yaxis=dict(range=[0, 1.15]), barmode="group", showlegend=False)
+    rows = []
+    for when, sc in ((BEFORE, before), (AFTER, after)):
+        for la in layers:
+            ok = trusted(sc[la], thresholds[la], strict)
+            word = TRUSTED if ok else REJECTED
+            rows.append({"layer": str(la), "when": when, "score": _number(sc[la]),
+                         "threshold": _number(thresholds[la]), "verdict": word,
+                         "label": f"{float(sc[la]):.2f}{word[0]}", "rejected": not ok})
+    x = {"field": "layer", "type": "nominal", "sort": [str(la) for la in layers], "title": "layer (input → output)",
+         "axis": {"labelAngle": 0}}
+    off = {"field": "when", "type": "nominal", "sort": [BEFORE, AFTER]}
+    y = {"field": "score", "type": "quantitative", "scale": {"domain": [0, 1.15]},
+         "title": "kNN score of the predicted class"}
+    tip = [{"field": "layer", "type": "nominal"}, {"field": "when", "type": "nominal"},
+           {"field": "score", "type": "quantitative", "format": ".3f"},
+           {"field": "threshold", "type": "quantitative", "format": ".3f"}, {"field": "verdict", "type": "nominal"}]
+    ticks = [{"layer": str(la), "threshold": _number(thresholds[la])} for la in layers]
+    return {"title": {"text": str(title), "fontSize": 15,
+                      "subtitle": [legend_text(strict),
+                                   "▬ the layer's threshold · left bar: before the attack (faded), right bar: after"]},
+            "height": 380,
+            "layer": [
+                {"data": {"values": rows},
+                 "mark": {"type": "bar", "strokeWidth": 2, "strokeDash": [5, 3]},
+                 "encoding": {"x": x, "xOffset": off, "y": y, "tooltip": tip,
+                              "color": _verdict_color(),
+                              "opacity": {"field": "when", "type": "nominal", "legend": None,
+                                          "scale": {"domain": [BEFORE, AFTER], "range": [0.5, 1.0]}},
+                              "stroke": {"condition": {"test": "datum.rejected", "value": ink()}, "value": None}}},
+                {"data": {"values": rows},
+                 "mark": {"type": "text", "dy": -10, "fontSize": 12, "color": ink()},
+                 "encoding": {"x": x, "xOffset": off, "y": y, "text": {"field": "label", "type": "nominal"}}},
+                {"data": {"values": ticks},
+                 "mark": {"type": "tick", "thickness": 3, "color": ink(), "bandSize": 0.9},
+                 "encoding": {"x": x, "y": {"field": "threshold", "type": "quantitative"},
+                              "tooltip": [{"field": "layer", "type": "nominal"},
+                                          {"field": "threshold", "type": "quantitative", "format": ".3f"}]}},
+            ]}
 
 
 def ci_text(interval) -> str:

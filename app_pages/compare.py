@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import charts, loaders, state
-from app_pages._text import md, plotly_text
+from app_pages._text import md
 from core import metrics
 
 run = state.current_run()
@@ -49,22 +49,22 @@ def _curve(_data, path: str, stamp: int, entry: str, attack: str, positives: tup
             "op": (float(np.mean(trust(neg))) if len(neg) else None, float(np.mean(trust(pos))) if len(pos) else None)}
 
 
-traces = []
+lines, dots = [], []
 for e in chosen:
     for a in picked:
         if a not in dets[e]:
             continue
         c = _curve(loaders.rundata(run), run.path, run.stamp, e, a, tuple(rep.get("positives", ["authentic"])))
-        name = plotly_text(f"{e} · {a} (AUC {100 * c['auc']:.1f})")
-        traces.append(dict(type="scatter", mode="lines", x=c["fpr"], y=c["tpr"], name=name, legendgroup=name))
+        name = f"{e} · {a} (AUC {100 * c['auc']:.1f})"
+        color = charts.PALETTE[len(lines) % len(charts.PALETTE)]
+        lines.append(dict(name=name, x=c["fpr"], y=c["tpr"], color=color))
         if c["op"][0] is not None:
-            traces.append(dict(type="scatter", mode="markers", x=[c["op"][0]], y=[c["op"][1]], name=name,
-                               legendgroup=name, showlegend=False, marker=dict(size=11, symbol="circle-open",
-                                                                               line=dict(width=2))))
-fig = charts.figure(traces, title="ROC on the test split (dot = operating point)", ytitle="authentic trusted (TPR)",
-                    xtitle="adversarial trusted (FPR)", height=480, legend_below=True,
-                    xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]))
-st.plotly_chart(fig, key="compare_roc", width="stretch")
+            dots.append(dict(name=f"{name}: operating point", x=c["op"][0], y=c["op"][1], color=color,
+                             in_legend=False))
+charts.show(charts.lines_spec(lines, title="ROC on the test split (dot = operating point)",
+                              ytitle="authentic trusted (TPR)", xtitle="adversarial trusted (FPR)", height=480,
+                              legend="bottom-right", x_domain=(0, 1), y_domain=(0, 1.02), points=dots),
+            key="compare_roc")
 
 rows = []
 for e in chosen:

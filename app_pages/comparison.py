@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import charts, loaders, state
-from app_pages._text import plotly_text
 from app_pages.state import Run
 from core import evaluation
 
@@ -13,7 +12,6 @@ from core import evaluation
 K_PICKS = (10, 50, 100, 500, 1000)
 #: What the overlaid curves vary.
 VARY = {"layer": "Layers", "mode": "Processings", "fn": "Score functions", "k": "k values", "attack": "Attacks"}
-PALETTE = ["#2b6cb0", "#dd6b20", "#2f855a", "#805ad5", "#c53030", "#d69e2e", "#00a3c4", "#b83280", "#718096"]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -45,19 +43,18 @@ def k_box(run: Run) -> None:
                  args=("layers_k_pick",))
 
 
-def _figure(curves: list[tuple[str, evaluation.metrics.Roc]], title: str):
+def _spec(curves: list[tuple[str, evaluation.metrics.Roc]], title: str) -> dict:
     from core.metrics import roc_corners
 
-    data = []
+    lines = []
     for i, (name, r) in enumerate(curves):
         x, y = roc_corners(r)  # the same polyline, a quarter of the points to send and draw
-        data.append(dict(type="scatter", x=x, y=y, mode="lines", line=dict(color=PALETTE[i % len(PALETTE)], width=2),
-                         name=f"{plotly_text(name)} (AUC {r.auc:.3f}, EER acc. {100 * r.eer_accuracy:.1f} %)"))
-    data.append(dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", name="chance",
-                     line=dict(dash="dot", color=charts.ink(), width=1)))
-    return charts.figure(data, title=title, ytitle="TPR: share of authentic trusted",
-                         xtitle="FPR: share of negatives trusted", height=460, legend_below=True,
-                         xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02]))
+        lines.append(dict(name=f"{name} (AUC {r.auc:.3f}, EER acc. {100 * r.eer_accuracy:.1f} %)", x=x, y=y,
+                          color=charts.PALETTE[i % len(charts.PALETTE)]))
+    lines.append(dict(name="chance", x=[0, 1], y=[0, 1], color=charts.ink(), dash="dot", width=1))
+    return charts.lines_spec(lines, title=title, ytitle="TPR: share of authentic trusted",
+                             xtitle="FPR: share of negatives trusted", height=460, legend="bottom-right",
+                             x_domain=(-0.02, 1.02), y_domain=(-0.02, 1.02))
 
 
 def roc_overlay(run: Run, attacks: list[str], default_layer: str) -> None:
@@ -74,7 +71,7 @@ def roc_overlay(run: Run, attacks: list[str], default_layer: str) -> None:
     if vary == "attack":
         rocs = _attack_rocs(run.path, run.stamp, base, tuple(attacks), loaders.rundata(run))
         curves = [(a, rocs[a]) for a in attacks if a in rocs]
-        title = f"ROC per attack at {plotly_text(layer)}"
+        title = f"ROC per attack at {layer}"
     else:
         options = {"layer": run.layers, "mode": list(run.summary["modes"]), "fn": fns,
                    "k": sorted({k for k in K_PICKS if k <= run.k_max} | {run.k})}[vary]
@@ -89,7 +86,7 @@ def roc_overlay(run: Run, attacks: list[str], default_layer: str) -> None:
     if not curves:
         st.info("Choose at least one curve.")
         return
-    st.plotly_chart(_figure(curves, title), key="cmp_roc")
+    charts.show(_spec(curves, title), key="cmp_roc")
     st.caption(f"Every stored image (validation and test); positives: {' + '.join(loaders.rundata(run).positive_sets)}"
                f"; negatives: {'each attack alone' if vary == 'attack' else 'every attack pooled'}; the settings not "
                f"compared come from the sidebar ({run.settings_text}).")

@@ -123,14 +123,11 @@ with pred_col:
     st.caption(f"{100 * res.top5[0][1]:.1f} % softmax probability"
                + ("" if cur["true"] is None else (" · correct" if pred == cur["true"] else
                                                    f" · wrong: it is a {md(classes[cur['true']])}")))
-    st.dataframe({"class": [classes[ci] for ci, _ in res.top5], "probability": [p for _, p in res.top5]},
-                 hide_index=True, key="inspect_top5",
-                 column_config={"probability": st.column_config.ProgressColumn("probability", format="percent",
-                                                                               min_value=0.0, max_value=1.0)})
+    charts.show(charts.top_classes_spec([classes[ci] for ci, _ in res.top5], [p for _, p in res.top5]),
+                key="inspect_top5")  # a Vega-Lite chart: the page then loads no data-grid code
 with chart_col:
-    charts.legend(rejected_mark="dashed outline")
-    spec = charts.layer_scores_spec(layers, scores, thresholds, title=f"kNN score of '{classes[pred]}' per layer")
-    st.vega_lite_chart(spec, key="inspect_layers_chart", width="stretch")
+    charts.show(charts.layer_scores_spec(layers, scores, thresholds, title=f"kNN score of '{classes[pred]}' per layer"),
+                key="inspect_layers")
 detector_verdicts.verdicts_expander(run, image, "Peer detectors on this image (Deep kNN, Mahalanobis, LID, max "
                                     "softmax, …)", key="inspect_peers")
 

@@ -7,6 +7,7 @@ modules). The server answers its health check a little later instead.
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 #: imported on a background thread from the server's start until 2026-11-29: that thread held the interpreter
 #: during the first page (py-spy: its script run 3.6 s instead of 0.75 s, the frontend's files served in
 #: 1.5 s instead of 0.6 s); the server now answers 1.3 s later and the first page runs alone.
-PRELOAD = ("torch", "faiss", "plotly.graph_objects", "pandas", "sklearn.metrics", "pyarrow", "core.detector",
+PRELOAD = ("torch", "faiss", "PIL.Image", "pandas", "sklearn.metrics", "pyarrow", "core.detector",
            "core.evaluation", "core.verdict", "core.detectors", "core.live", "core.metrics", "precompute.stages",
            "app_pages.loaders", "app_pages.charts", "app_pages.current", "app_pages.detector_verdicts",
            "app_pages.downloads", "app_pages.images", "app_pages.operating", "app_pages.state", "app_pages.url_state")
@@ -32,7 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     # file of every module imported (1,900 stat calls with torch, scikit-learn and faiss loaded: 0.23 s of the first
     # page, cProfile 2026-11-29); inspect keeps what it resolved, so done here it is a lookup there.
     inspect.stack()
+    from PIL import Image
     from streamlit.web import cli
+
+    Image.preinit()  # PIL's common format plugins: the page icon and the first image of the first page open with them
+
+    # The imports leave some 330,000 objects that live as long as the server; a full collection walks them all
+    # (0.27 s here), and the first page's allocations trigger one: py-spy caught 0.75 s of it inside the parse of
+    # report.json (2026-11-29). Frozen, collections skip them for the life of the process.
+    gc.collect()
+    gc.freeze()
 
     sys.argv = ["streamlit", "run", str(APP), *(sys.argv[1:] if argv is None else argv)]
     return cli.main(prog_name="streamlit")

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import charts, comparison, loaders, state
-from app_pages._text import md, plotly_text
+from app_pages._text import md
 from core.evaluation import row_accuracy
 from core.live import operating_layer
 
@@ -77,25 +77,18 @@ for fn, (color, dash) in styles.items():
     mine = fn == run.fn  # the sidebar's score function: thicker, with its values written
     bars = {}
     if any(lo is not None for _, lo, _ in cis[fn]):
-        bars = dict(error_y=dict(type="data", symmetric=False, color=color, thickness=2 if mine else 1,
-                                 array=[_pct(hi) - y if hi is not None else 0 for (_, _, hi), y in zip(cis[fn], ys)],
-                                 arrayminus=[y - _pct(lo) if lo is not None else 0
-                                             for (_, lo, _), y in zip(cis[fn], ys)]))
-    lines.append(dict(type="scatter", x=[plotly_text(la) for la in layers], y=ys,
-                      mode="lines+markers+text" if mine else "lines+markers",
-                      name=state.FN_NAMES[fn] + (" (sidebar)" if mine else ""),
-                      line=dict(color=color, dash=dash, width=4 if mine else 2), marker=dict(size=10 if mine else 7),
-                      text=[f"{y:.1f}" for y in ys], textposition="top center", textfont=dict(size=13),
-                      customdata=[charts.ci_text(c) for c in cis[fn]],
-                      hovertemplate="%{x}: %{customdata} %<extra>" + state.FN_NAMES[fn] + "</extra>", **bars))
+        bars = dict(lo=[None if lo is None else _pct(lo) for _, lo, _ in cis[fn]],
+                    hi=[None if hi is None else _pct(hi) for _, _, hi in cis[fn]])
+    lines.append(dict(name=state.FN_NAMES[fn] + (" (sidebar)" if mine else ""), x=layers, y=ys, color=color,
+                      dash=dash, width=4 if mine else 2, markers=True,
+                      labels=[f"{y:.1f}" for y in ys] if mine else None,
+                      hover=[charts.ci_text(c) + " %" for c in cis[fn]], **bars))
 split_text = ("the test split" if lf is None else
               f"the test split ({len(lf.split.test)} source images, validation share {lf.config.validation_share:g})")
-st.plotly_chart(charts.figure(lines, title=f"EER accuracy per layer, {plotly_text(metric)} (paper Fig. 6) — "
-                                       f"{state.MODE_NAMES.get(run.mode, plotly_text(run.mode))}, k = {fig_k}",
-                              ytitle="EER accuracy", xtitle="layer (input → output)", height=420,
-                              yaxis=dict(ticksuffix=" %"),
-                              xaxis=dict(categoryorder="array", categoryarray=[plotly_text(la) for la in layers])),
-                key="layers_fig6")
+charts.show(charts.lines_spec(lines, title=f"EER accuracy per layer, {metric} (paper Fig. 6) — "
+                                           f"{state.MODE_NAMES.get(run.mode, run.mode)}, k = {fig_k}",
+                              ytitle="EER accuracy", xtitle="layer (input → output)", height=420, y_percent=True,
+                              x_order=layers), key="layers_fig6")
 if lf is None:
     st.caption("Computed live from every stored image at the sidebar's processing and k. This run has no "
                "validation / test split: rebuild the run to see confidence intervals.")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import charts, loaders, operating, state
-from app_pages._text import md, plotly_text
+from app_pages._text import md
 from core.evaluation import Separation
 from core.live import operating_point
 from core.metrics import roc_corners
@@ -184,47 +184,36 @@ left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
     st.table(conf)
-    roc = [dict(type="scatter", x=curves.roc_xy[0], y=curves.roc_xy[1], mode="lines", name=f"ROC (AUC {r.auc:.3f})",
-                line=dict(color=charts.ink())),
-           dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="#aaa")),
-           dict(type="scatter", x=[r.eer], y=[1 - r.eer], mode="markers", name=f"EER point ({r.eer_accuracy:.1%})",
-                marker=dict(symbol="circle-open", size=12, color=charts.ink(), line=dict(width=2))),
-           dict(type="scatter", x=[at["fpr"]], y=[at["tpr"]], mode="markers+text", name="operating point",
-                text=[f"threshold {th:.3f}"], textposition="bottom right",
-                marker=dict(symbol="x", size=14, color="#c53030"))]
-    st.plotly_chart(charts.figure(roc, title=f"ROC at {plotly_text(layer)}", ytitle="TPR: share of authentic trusted",
-                                  xtitle="FPR: share of negatives trusted", height=420,
-                                  xaxis=dict(range=[-0.02, 1.02]), yaxis=dict(range=[-0.02, 1.02]),
-                                  validate=False), key="th_roc")
+    roc = [dict(name=f"ROC (AUC {r.auc:.3f})", x=curves.roc_xy[0], y=curves.roc_xy[1], color=charts.ink()),
+           dict(name="chance", x=[0, 1], y=[0, 1], color="#aaaaaa", dash="dot", width=1)]
+    marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=charts.ink()),
+             dict(name="operating point", x=at["fpr"], y=at["tpr"], color="#c53030", shape="cross", filled=True,
+                  label=f"threshold {th:.3f}")]
+    charts.show(charts.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
+                                  xtitle="FPR: share of negatives trusted", height=420, x_domain=(-0.02, 1.02),
+                                  y_domain=(-0.02, 1.02), points=marks, legend="bottom-right"), key="th_roc")
 
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
-groups = [(f"{plotly_text(positives)} (positives)", charts.TRUSTED_COLOR)]
-groups += [(f"{plotly_text(s)} (adversarial)" if s != "errors" else "errors (misclassified)",
-            palette[i % len(palette)]) for i, s in enumerate(negs)]
+groups = [(f"{positives} (positives)", charts.TRUSTED_COLOR)]
+groups += [(f"{s} (adversarial)" if s != "errors" else "errors (misclassified)", palette[i % len(palette)])
+           for i, s in enumerate(negs)]
 with right:
     centres, densities = curves.centres, curves.densities
-    dens = [dict(type="scatter", x=centres, y=d, mode="lines", line_shape="hvh", name=f"{name}, n={len(sc)}",
-                 line=dict(color=color, width=2), fill="tozeroy" if name.startswith("authentic") else "none")
-            for (name, color), sc, d in zip(groups, sep.groups, densities)]
-    (b1, n1), (b2, n2), (b3, n3) = (charts.vband(0, th, charts.REJECTED_COLOR, charts.REJECTED, left=True),
-                                    charts.vband(th, 1, charts.TRUSTED_COLOR, charts.TRUSTED, left=False),
-                                    charts.vline(th))
-    st.plotly_chart(charts.figure(dens, title="Score densities (paper Fig. 4)", ytitle="density",
-                                  xtitle="kNN score of the predicted class", height=460, legend_below=True,
-                                  xaxis=dict(range=[0, 1]), shapes=b1 + b2 + b3, annotations=n1 + n2 + n3,
-                                  validate=False),
-                    key="th_density")
+    dens = [dict(name=f"{name}, n={len(sc)}", x=centres, y=d, color=color, step=True, fill=i == 0)  # positives
+            for i, ((name, color), sc, d) in enumerate(zip(groups, sep.groups, densities))]
+    bands = [dict(x0=0, x1=th, color=charts.REJECTED_COLOR, label=charts.REJECTED, left=True),
+             dict(x0=th, x1=1, color=charts.TRUSTED_COLOR, label=charts.TRUSTED, left=False)]
+    charts.show(charts.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
+                                  xtitle="kNN score of the predicted class", height=360, legend="below",
+                                  x_domain=(0, 1), bands=bands, rules=[dict(x=th)]), key="th_density")
 
     grid, shares = curves.grid, curves.shares
-    rates = [dict(type="scatter", x=grid, y=shares[0], name="TPR: authentic trusted",
-                  line=dict(color=charts.TRUSTED_COLOR, width=3))]
-    rates += [dict(type="scatter", x=grid, y=share, name=f"FPR: {name.split(' ')[0]} trusted",
-                   line=dict(color=color, width=2, dash="dash"))
+    rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=charts.TRUSTED_COLOR, width=3)]
+    rates += [dict(name=f"FPR: {name.split(' ')[0]} trusted", x=grid, y=share, color=color, dash="dash")
               for (name, color), share in zip(groups[1:], shares[1:])]
-    shapes, notes = charts.vline(th, label=f"{th:.3f}")
-    st.plotly_chart(charts.figure(rates, title="Trusted share vs threshold (paper Figs. 3, 5)", ytitle="share trusted",
-                                  xtitle="threshold", height=420, legend_below=True, xaxis=dict(range=[0, 1]),
-                                  shapes=shapes, annotations=notes, validate=False), key="th_rates")
+    charts.show(charts.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
+                                  ytitle="share trusted", xtitle="threshold", height=360, legend="below",
+                                  x_domain=(0, 1), rules=[dict(x=th, label=f"{th:.3f}")]), key="th_rates")
 
 # ------------------------------------------------------------------------ downloads (the page's data as files)
 from app_pages import downloads  # noqa: E402

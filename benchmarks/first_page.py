@@ -5,7 +5,7 @@ session, from navigation start to the page's last element drawn (Chromium driven
     python -m benchmarks.first_page --run /tmp/apprun/fmnist --rounds 5
 
 A page counts as drawn when the app reports its script run over, no skeleton, spinner or stale element is
-left, every image has loaded, every plotly and Vega-Lite chart has its SVG and every data grid its canvas.
+left, every image has loaded, every Vega-Lite chart has its SVG and every data grid its canvas.
 
 Each round starts a new server (so the first page pays the model and the run's checks), opens the first page,
 then each page by URL in a new tab of the same browser profile (a new session on the warm server; ``--cold``: a
@@ -17,8 +17,8 @@ a run opened before, in the same browser (the floor below is measured with that 
 under 1 s from a click in the app (a new tab cannot: the floor below is over 1 s by itself; its figures are
 printed too). Each round also measures the floor on this machine and browser: a one-heading Streamlit page
 (``FLOOR_PAGE``) served the same way and opened in a new tab of the same profile, and the same page with one
-small plotly chart (``PLOTLY_FLOOR_PAGE``: what plotly.js costs every new tab) or one small Vega-Lite chart
-(``VEGA_FLOOR_PAGE``). Needs Debian's Chromium and the
+small Vega-Lite chart (``VEGA_FLOOR_PAGE``: what Streamlit's chart element costs a new tab; every chart of the app
+is one). Needs Debian's Chromium and the
 ``playwright`` package (requirements-dev.txt).
 """
 from __future__ import annotations
@@ -34,9 +34,6 @@ from benchmarks import _common as C
 TARGETS_S = {"first_page": 3.0, "every_page": 1.0}
 #: The floor: what Streamlit itself costs here (its frontend, the websocket, one script run).
 FLOOR_PAGE = 'import streamlit as st\nst.title("floor")\nst.markdown("one heading and one line")\n'
-#: The floor with one small plotly chart: what Streamlit's plotly element costs a new tab here.
-PLOTLY_FLOOR_PAGE = FLOOR_PAGE + ('import plotly.graph_objects as go\n'
-                                  'st.plotly_chart(go.Figure(go.Bar(x=["a", "b", "c"], y=[1, 2, 3])))\n')
 #: The floor with one small Vega-Lite chart: what Streamlit's Vega-Lite element (the first page's chart) costs.
 VEGA_FLOOR_PAGE = FLOOR_PAGE + ('st.vega_lite_chart({"data": {"values": [{"x": "a", "y": 1}, {"x": "b", "y": 2}]}, '
                                 '"mark": "bar", "encoding": {"x": {"field": "x", "type": "nominal"}, '
@@ -48,8 +45,6 @@ _DRAWN = """() => document.querySelector('[data-testid="stApp"][data-test-script
       && !document.querySelector('[data-stale="true"]')
       && !document.querySelector('[data-testid="stSpinner"]')
       && [...document.images].every(i => i.complete)
-      && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
-             .every(c => c.querySelector('.main-svg'))
       && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
              .every(c => c.querySelector('svg.marks, canvas.marks'))
       && [...document.querySelectorAll('[data-testid="stDataFrame"]')]
@@ -139,13 +134,12 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
                         row["switches"][str(pause)] = _switches(browser, url, timeout_s, ctx, pause)
                     if ctx is not user:
                         ctx.close()
-                for key, src in (("floor_s", FLOOR_PAGE), ("plotly_floor_s", PLOTLY_FLOOR_PAGE),
-                                 ("vega_floor_s", VEGA_FLOOR_PAGE)):
+                for key, src in (("floor_s", FLOOR_PAGE), ("vega_floor_s", VEGA_FLOOR_PAGE)):
                     floor = Path(tmp) / f"{key}.py"
                     floor.write_text(src)
                     with serve(runs_dir, script=floor) as url:
                         ctx = user or browser.new_context(viewport=B.VIEWPORT)
-                        _open(browser, url, timeout_s, ctx)  # the profile's cache holds the frontend and plotly.js
+                        _open(browser, url, timeout_s, ctx)  # the profile's cache holds the frontend's files
                         row[key] = _open(browser, url, timeout_s, None if cold else ctx)
                         if ctx is not user:
                             ctx.close()
@@ -153,8 +147,8 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
                 print(f"round {r}: first page {row['first_page_s']:.2f} s, second session "
                       f"{row['second_session_s']:.2f} s, pages "
                       + ", ".join(f"{k} {v:.2f}" for k, v in row["pages"].items())
-                      + f"; a one-heading Streamlit page {row['floor_s']:.2f} s, with one plotly chart "
-                      f"{row['plotly_floor_s']:.2f} s, with one Vega-Lite chart {row['vega_floor_s']:.2f} s; "
+                      + f"; a one-heading Streamlit page {row['floor_s']:.2f} s, with one Vega-Lite chart "
+                      f"{row['vega_floor_s']:.2f} s; "
                       "in one session, click to drawn: "
                       + "; ".join(f"{p} s read: " + ", ".join(f"{k} {v:.2f}" for k, v in sw.items())
                                   for p, sw in row["switches"].items()), flush=True)
@@ -171,7 +165,6 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
             "server_start_s": statistics.median(r["server_start_s"] for r in rows),
             "second_session_s": statistics.median(r["second_session_s"] for r in rows), "pages_s": pages,
             "floor_s": statistics.median(r["floor_s"] for r in rows),
-            "plotly_floor_s": statistics.median(r["plotly_floor_s"] for r in rows),
             "vega_floor_s": statistics.median(r["vega_floor_s"] for r in rows), "switches_s": switches,
             "targets": {"first_page_under_3s": first < TARGETS_S["first_page"],
                         **{f"every_page_under_1s_{p}s_read": all(v < TARGETS_S["every_page"] for v in sw.values())
@@ -200,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{yn[t[f'every_page_under_1s_{p}s_read']]} (" + ", ".join(f"{k} {v:.2f}" for k, v in sw.items()) + ")")
     print("by URL in a new tab "
           f"{yn[t['every_page_by_url_under_1s']]} (" + ", ".join(f"{k} {v:.2f}" for k, v in res["pages_s"].items())
-          + f"; floor, a one-heading Streamlit page here: {res['floor_s']:.2f} s, with one plotly chart "
-          f"{res['plotly_floor_s']:.2f} s, with one Vega-Lite chart {res['vega_floor_s']:.2f} s)")
+          + f"; floor, a one-heading Streamlit page here: {res['floor_s']:.2f} s, with one Vega-Lite chart "
+          f"{res['vega_floor_s']:.2f} s)")
     C.write_result("first_page", res, a.out)
     return 0
 

@@ -67,11 +67,55 @@ def _markdown(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown]
 
 
-def _plotly(at: AppTest, key_fragment: str) -> dict:
-    """The plotly figure (as JSON) of the chart whose element id contains ``key_fragment``."""
-    charts = [c for c in at.get("plotly_chart") if key_fragment in c.proto.id]
-    assert charts, f"no plotly chart with key {key_fragment!r}"
-    return json.loads(charts[0].proto.spec)
+def _vega_element(at: AppTest, key: str):
+    """The Vega-Lite chart element that app_pages.charts.show drew in the container keyed ``key`` (the chart's
+    proto carries no key; its container's id ends with it)."""
+    def find(node, inside: bool):
+        proto = getattr(node, "proto", None)
+        inside = inside or str(getattr(proto, "id", "") if hasattr(proto, "id") else "").endswith(f"-{key}")
+        if inside and getattr(node, "type", "") == "vega_lite_chart":
+            return node
+        for child in getattr(node, "children", {}).values():
+            got = find(child, inside)
+            if got is not None:
+                return got
+        return None
+
+    got = find(at.main, False)
+    assert got is not None, f"no Vega-Lite chart with key {key!r}"
+    return got
+
+
+def _vega(at: AppTest, key: str) -> dict:
+    """The Vega-Lite spec of the chart that app_pages.charts.show drew under ``key``."""
+    return json.loads(_vega_element(at, key).proto.spec)
+
+
+def _vega_data(at: AppTest, key: str) -> list[dict]:
+    """The data rows of the Vega-Lite chart shown under ``key`` (its top-level data: Streamlit sends it as Arrow)."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(_vega_element(at, key).proto.data.data).read_all().to_pylist()
+
+
+def _mark(layer: dict) -> str:
+    return layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+
+
+def _lines(spec: dict) -> dict[str, tuple[list, np.ndarray]]:
+    """{series name: (x values, y values)} of a charts.lines_spec chart's lines, in drawing order (null y: NaN)."""
+    out = {}
+    for layer in spec["layer"]:
+        if _mark(layer) == "line":
+            rows = layer["data"]["values"]
+            out[rows[0]["series"]] = ([r["x"] for r in rows],
+                                      np.array([np.nan if r["y"] is None else r["y"] for r in rows], dtype=float))
+    return out
+
+
+def _bar_rows(spec: dict) -> list[dict]:
+    """The rows of a charts.before_after_spec chart's bars: ``layer, when, score, threshold, verdict, ...``."""
+    return next(la["data"]["values"] for la in spec["layer"] if _mark(la) == "bar")
 
 
 def _vega_rows(at: AppTest, title_fragment: str = "per layer") -> list[dict]:
@@ -79,22 +123,10 @@ def _vega_rows(at: AppTest, title_fragment: str = "per layer") -> list[dict]:
     Arrow, apart from the spec)."""
     import pyarrow as pa
 
-    charts = [c for c in at.get("vega_lite_chart") if title_fragment in json.loads(c.proto.spec)["title"]["text"]]
+    charts = [c for c in at.get("vega_lite_chart")
+              if title_fragment in json.loads(c.proto.spec).get("title", {}).get("text", "")]
     assert charts, f"no Vega-Lite chart titled with {title_fragment!r}"
     return pa.ipc.open_stream(charts[0].proto.data.data).read_all().to_pylist()
-
-
-def _array(v) -> np.ndarray:
-    """A plotly JSON array: a list, or a typed array ``{"dtype", "bdata"}`` (base64)."""
-    import base64
-
-    if isinstance(v, dict):
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-    return np.asarray(v)
-
-
-def _bars(fig: dict) -> list[dict]:
-    return [t for t in fig["data"] if t["type"] == "bar"]
 
 
 def _png(size=(40, 30), color=(200, 200, 200)) -> bytes:
@@ -109,6 +141,10 @@ def _png(size=(40, 30), color=(200, 200, 200)) -> bytes:
 def test_inspect_shows_the_prediction_and_one_bar_per_layer(app, truth):
     e = truth["data"].evalset("authentic")
     assert f"### Prediction: {md(truth['classes'][int(e['predicted'][0])])}" in _markdown(app)
+    top = _vega_data(app, "inspect_top5")
+    assert len(top) == 5 and top[0]["class"] == truth["classes"][int(e["predicted"][0])]
+    probs = [r["probability"] for r in top]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     rows = _vega_rows(app)
     assert [r["layer"] for r in rows] == list(truth["layers"])
     # Not colour alone: each bar is marked ✓/✗ and its legend entry says it in words; a rejected one is outlined.
@@ -160,8 +196,9 @@ def test_attack_fgsm_shows_before_after_scores_for_every_layer(app, truth):
     heads = [m for m in _markdown(app) if m.startswith("### The attack")]
     assert len(heads) == 1 and re.fullmatch(r"### The attack (failed: the CNN still says|succeeded: the CNN now says)"
                                             r" .+\.( The detector (caught|did not catch) it: .+)?", heads[0])
-    bars = _bars(_plotly(app, "atk_chart"))
-    assert len(bars) == 2 and all(len(b["x"]) == len(truth["layers"]) for b in bars)
+    bars = _bar_rows(_vega(app, "atk_chart"))
+    assert [(b["when"], b["layer"]) for b in bars] == [(w, la) for w in ("before attack", "after attack")
+                                                        for la in truth["layers"]]
     adv = app.session_state["atk_result"]["adv"]
     orig = app.session_state["current"]["image"]
     assert np.abs(adv.astype(int) - orig.astype(int)).max() <= round(0.2 * 255) + 1
@@ -264,15 +301,14 @@ def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth
 
 def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
     _ok(app.switch_page(PAGES["threshold"]).run())
-    fig = _plotly(app, "th_rates")
+    lines = _lines(_vega(app, "th_rates"))
     pos, _ = _threshold_scores(truth)
     args = (truth["best_layer"], truth["mode"], truth["fn"], truth["k"])
     groups = [pos] + [truth["data"].scores(a, *args) for a in truth["attacks"]]
-    assert len(fig["data"]) == len(groups)
-    for trace, sc in zip(fig["data"], groups):
-        grid = _array(trace["x"])
+    assert len(lines) == len(groups)
+    for (grid, share), sc in zip(lines.values(), groups):
         assert len(grid) == 501
-        np.testing.assert_allclose(_array(trace["y"]), [(np.nan_to_num(sc) >= t).mean() for t in grid])
+        np.testing.assert_allclose(share, [(np.nan_to_num(sc) >= t).mean() for t in grid])
 
 
 @pytest.fixture(scope="module")
@@ -360,9 +396,9 @@ def test_failure_cases_threshold_and_count_follow_the_scores(app, truth):
 # ------------------------------------------------------------------------------------------------ Layers
 def test_layers_fig6_and_the_report_table(app, truth):
     _ok(app.switch_page(PAGES["layers"]).run())
-    fig = _plotly(app, "layers_fig6")
-    lines = [t for t in fig["data"] if t["type"] == "scatter"]
-    assert len(lines) == 3 and all(list(t["x"]) == truth["layers"] for t in lines)
+    spec = _vega(app, "layers_fig6")
+    lines = _lines(spec)
+    assert len(lines) == 3 and all(x == truth["layers"] for x, _ in lines.values())
     # Live values at the sidebar settings: the test split's Aggr. EER accuracy (core.metrics) with 95 % error bars.
     from core import metrics
     from core.evaluation import POSITIVE_SETS
@@ -381,10 +417,12 @@ def test_layers_fig6_and_the_report_table(app, truth):
         pos = np.concatenate([test_scores(s, la) for s in POSITIVE_SETS if s in data.set_names])
         negs = [n for n in (test_scores(a, la) for a in truth["attacks"]) if len(n)]
         want.append(100 * metrics.aggregate([metrics.roc(pos, n).eer_accuracy for n in negs], [len(n) for n in negs]))
-    dw = next(t for t in lines if t["name"].startswith("DW-kNN"))
-    assert np.allclose(dw["y"], want)
-    up, down = _array(dw["error_y"]["array"]), _array(dw["error_y"]["arrayminus"])
-    assert len(up) == len(want) and (up >= 0).all() and (down >= 0).all() and (up + down > 0).any()
+    dw = next(name for name in lines if name.startswith("DW-kNN"))
+    assert np.allclose(lines[dw][1], want)
+    rows = next(la["data"]["values"] for la in spec["layer"] if _mark(la) == "rule" and "lo" in la["data"]["values"][0]
+                and la["data"]["values"][0]["series"] == dw)  # its error bars
+    lo, y, hi = (np.array([r[f] for r in rows], dtype=float) for f in ("lo", "y", "hi"))
+    assert len(y) == len(want) and (hi >= y).all() and (y >= lo).all() and (hi - lo > 0).any()
     df = app.dataframe[0].value
     assert len(df) == len(truth["report"]["rows"])
     assert {"layer", "processing", "score", "Aggr."} <= set(df.columns)
@@ -453,7 +491,7 @@ def test_no_run_shows_the_command_that_builds_one(tmp_path, monkeypatch):
     at = _ok(_app(tmp_path, monkeypatch))
     assert any("No run found" in e.value for e in at.error)
     assert [c.value for c in at.code] == ["python -m precompute --config precompute/configs/fmnist.toml"]
-    assert not at.get("plotly_chart")
+    assert not at.get("vega_lite_chart")
 
 
 def test_unfinished_run_shows_the_command_that_finishes_it(tmp_path, monkeypatch):

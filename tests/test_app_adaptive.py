@@ -15,15 +15,15 @@ from tests.test_app import _ok, app  # noqa: E402,F401  (shared AppTest setup)
 def test_adaptive_page_plots_the_reported_curves(app, tiny_run):
     ad = json.loads((tiny_run / "report.json").read_text())["adaptive"]
     _ok(app.switch_page("app_pages/adaptive.py").run())
-    charts = [json.loads(e.proto.spec) for e in app.get("plotly_chart")]
-    assert len(charts) == 2
-    for fig, norm in zip(charts, ("linf", "l2")):
-        lines = [t for t in fig["data"] if t.get("mode") == "lines+markers"]
+    from tests.test_app import _lines, _vega
+
+    for norm in ("linf", "l2"):
+        lines = list(_lines(_vega(app, f"adp_curve_{norm}")).values())
         assert len(lines) == 3
-        for t, variant in zip(lines, ("oblivious", "adaptive_layer", "adaptive_all")):
+        for (x, y), variant in zip(lines, ("oblivious", "adaptive_layer", "adaptive_all")):
             c = ad["curves"][variant][norm]
-            assert t["x"] == c["budgets"]
-            assert np.allclose(t["y"], [100 * v[0] for v in c["guarded_success"]])
+            assert x == c["budgets"]
+            assert np.allclose(y, [100 * v[0] for v in c["guarded_success"]])
     text = " ".join(m.value for m in app.markdown)
     assert "unbounded linf budget" in text
 

@@ -17,9 +17,9 @@ TIMEOUT = 120
 
 
 def _roc(at: AppTest) -> dict:
-    charts = [c for c in at.get("plotly_chart") if "compare_roc" in c.proto.id]
-    assert charts
-    return json.loads(charts[0].proto.spec)
+    from tests.test_app import _vega
+
+    return _vega(at, "compare_roc")
 
 
 def test_compare_overlays_the_chosen_detectors_rocs_with_their_operating_points(tiny_run, monkeypatch):
@@ -38,9 +38,11 @@ def test_compare_overlays_the_chosen_detectors_rocs_with_their_operating_points(
     at.multiselect(key="compare_detectors").set_value(["dknn", "msp"]).run()
     at.multiselect(key="compare_attacks").set_value([attack]).run()
     assert not at.exception
-    fig = _roc(at)
-    lines = [t for t in fig["data"] if t["mode"] == "lines"]
-    dots = [t for t in fig["data"] if t["mode"] == "markers"]
+    from tests.test_app import _lines, _mark
+
+    spec = _roc(at)
+    lines = list(_lines(spec))
+    dots = [la["data"]["values"][0] for la in spec["layer"] if _mark(la) == "point"]
     assert len(lines) == 2 and len(dots) == 2
     data = RunData(tiny_run)
     ev = data.config["evaluation"]
@@ -48,9 +50,9 @@ def test_compare_overlays_the_chosen_detectors_rocs_with_their_operating_points(
                           data.config["seed"])
     for entry, line, dot in zip(["dknn", "msp"], lines, dots):
         pos, neg, th, _ = test_scores(data, split, rep["positives"], entry, attack)
-        assert f"AUC {100 * metrics.roc(pos, neg).auc:.1f}" in line["name"]
-        assert dot["x"][0] == pytest.approx(float(np.mean(neg >= th)))
-        assert dot["y"][0] == pytest.approx(float(np.mean(pos >= th)))
+        assert f"AUC {100 * metrics.roc(pos, neg).auc:.1f}" in line and dot["series"].startswith(line)
+        assert dot["x"] == pytest.approx(float(np.mean(neg >= th)))
+        assert dot["y"] == pytest.approx(float(np.mean(pos >= th)))
     table = at.dataframe[0].value
     assert list(table["detector"]) == ["dknn", "msp"]
 

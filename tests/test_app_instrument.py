@@ -198,20 +198,11 @@ def _authors_run(run) -> None:
 
 def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, monkeypatch, truth):
     """Under the authors' protocol a score equal to the threshold is rejected on every chart and count."""
-    from tests.test_app import _array, _bars, _plotly, _vega_rows
+    from tests.test_app import _vega, _vega_rows
 
     _authors_run(tiny_run_copy)
     app = _ok(_app(tiny_run_copy.parent, monkeypatch))
     layer, mode, fn, k = truth["best_layer"], truth["mode"], truth["fn"], truth["k"]
-
-    def bar_of(fig: dict) -> dict:
-        """{trace name: scores} of the bars at ``layer``."""
-        out = {}
-        for t in _bars(fig):
-            xs, ys = list(t["x"]), _array(t["y"])
-            if layer in xs:
-                out[t["name"]] = float(ys[xs.index(layer)])
-        return out
 
     # The threshold set exactly at the image's score: the bar, the legend and the verdict say rejected.
     def inspect_bar() -> dict:
@@ -221,7 +212,7 @@ def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, mon
     app.session_state["op_overrides"] = {(layer, mode, fn, int(k)): score}
     _ok(app.run())
     assert inspect_bar() == {"✗ rejected": score}
-    assert "✗ rejected" in _layer_msg(app) and any("score ≤ threshold" in m for m in _markdown(app))
+    assert "✗ rejected" in _layer_msg(app) and "score ≤ threshold" in _vega(app, "inspect_layers")["title"]["subtitle"][0]
     _ok(app.switch_page(PAGES["attack"]).run())
     assert inspect_bar() == {"✗ rejected": score}  # the Attack page's chart before an attack: the same one
 

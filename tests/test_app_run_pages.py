@@ -103,10 +103,12 @@ def test_threshold_and_run_pages_offer_their_downloads(app):
 
 
 # ------------------------------------------------------------------------------------------ Layers: compare
-def _roc_fig(at: AppTest) -> dict:
-    charts = [c for c in at.get("plotly_chart") if "cmp_roc" in c.proto.id]
-    assert charts
-    return json.loads(charts[0].proto.spec)
+def _curves(at: AppTest) -> list[dict]:
+    """The overlay's curves but chance: ``name``, ``x``, ``y``."""
+    from tests.test_app import _lines, _vega
+
+    return [{"name": n, "x": np.asarray(x, dtype=float), "y": y} for n, (x, y) in _lines(_vega(at, "cmp_roc")).items()
+            if n != "chance"]
 
 
 def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run):
@@ -124,28 +126,26 @@ def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run)
 
     _ok(app.switch_page(PAGES["layers"]).run())
     assert any("Why the Threshold page's EER differs from Aggr." in mk.value for mk in app.markdown)
-    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    curves = _curves(app)
     assert len(curves) == len(data.layers)
     for la, t in zip(data.layers, curves):
         neg = np.concatenate([data.scores(a, la, d["mode"], d["fn"], k) for a in attacks])
         r = metrics.roc(pos(la), neg)
         assert t["name"].startswith(f"{la} (AUC {r.auc:.3f}")
-        from tests.test_app import _array
-
         cx, cy = metrics.roc_corners(r)  # the curve's corners only: the same polyline
-        np.testing.assert_array_equal(_array(t["x"]), cx)
-        np.testing.assert_array_equal(_array(t["y"]), cy)
+        np.testing.assert_array_equal(t["x"], cx)
+        np.testing.assert_array_equal(t["y"], cy)
         assert len(cx) < len(r.fpr)
     app.session_state["cmp_vary"] = "fn"
     _ok(app.run())
     layer = app.selectbox(key="cmp_layer").value
-    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    curves = _curves(app)
     assert len(curves) == 3
     neg = np.concatenate([data.scores(a, layer, d["mode"], "knn", k) for a in attacks])
     assert f"AUC {metrics.roc(pos(layer, 'knn'), neg).auc:.3f}" in curves[0]["name"]
     app.session_state["cmp_vary"] = "attack"
     _ok(app.run())
-    curves = [t for t in _roc_fig(app)["data"] if t["name"] != "chance"]
+    curves = _curves(app)
     assert [t["name"].split(" ")[0] for t in curves] == attacks
     for a, t in zip(attacks, curves):
         auc = metrics.roc(pos(layer), data.scores(a, layer, d["mode"], d["fn"], k)).auc
@@ -169,12 +169,12 @@ def test_layers_k_box_and_quick_picks_set_the_sidebar_k(app):
 def test_layers_figure_bootstraps_a_new_k_only_on_request(app):
     """At a k other than the report's, Fig. 6 shows the report's (precomputed intervals) until asked: 15 bootstraps
     per k change took 4 s on the default run."""
-    from tests.test_app import _plotly
+    from tests.test_app import _vega
 
     _ok(app.switch_page(PAGES["layers"]).run())
     report_k = int(app.slider(key="det_k").value)
     _ok(app.slider(key="det_k").set_value(7).run())
-    assert _plotly(app, "layers_fig6")["layout"]["title"]["text"].endswith(f"k = {report_k}")
+    assert _vega(app, "layers_fig6")["title"]["text"].endswith(f"k = {report_k}")
     assert app.toggle(key="layers_live_k").value is False
     _ok(app.toggle(key="layers_live_k").set_value(True).run())
-    assert _plotly(app, "layers_fig6")["layout"]["title"]["text"].endswith("k = 7")
+    assert _vega(app, "layers_fig6")["title"]["text"].endswith("k = 7")

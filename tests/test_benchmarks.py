@@ -218,10 +218,10 @@ def test_the_first_page_floor_script_is_served(tmp_path):
 
     from streamlit.testing.v1 import AppTest
 
-    from benchmarks.first_page import FLOOR_PAGE, PLOTLY_FLOOR_PAGE, VEGA_FLOOR_PAGE
+    from benchmarks.first_page import FLOOR_PAGE, VEGA_FLOOR_PAGE
     from tools.app_server import serve
 
-    for src, chart in ((FLOOR_PAGE, None), (PLOTLY_FLOOR_PAGE, "plotly_chart"), (VEGA_FLOOR_PAGE, "vega_lite_chart")):
+    for src, chart in ((FLOOR_PAGE, None), (VEGA_FLOOR_PAGE, "vega_lite_chart")):
         floor = tmp_path / "floor.py"
         floor.write_text(src)
         at = AppTest.from_string(src).run()

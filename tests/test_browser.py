@@ -157,11 +157,12 @@ def test_every_page_in_a_real_browser(tiny_run, url):
         assert "Page not found" not in want and want == reloaded == again, title
 
 
-def _figures(page) -> list[dict]:
-    """Every plotly figure drawn on the page: its traces and layout shapes (colours as drawn)."""
-    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(g => ({
-        data: g.data.map(t => ({name: t.name, line: t.line, marker: t.marker})),
-        shapes: (g.layout.shapes || []).map(s => s.line)}))""")
+def _strokes(page, key: str, mark: str) -> list[str]:
+    """Stroke colours of the Vega-Lite ``mark`` elements ("line", "rule") drawn in the chart keyed ``key`` (its
+    data marks: not the axes' grid lines, also rules)."""
+    return page.evaluate("""([key, mark]) => [...document.querySelectorAll(
+        `.st-key-${key} g.mark-${mark}.role-mark path, .st-key-${key} g.mark-${mark}.role-mark line`)].map(p => p.getAttribute('stroke'))""",
+                         [key, mark])
 
 
 @pytest.mark.parametrize("base", ["light", "dark"])
@@ -181,11 +182,10 @@ def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
             browser.shoot(page, OUT, "inspect_dark")
         page.goto(url + "/threshold")
         browser.wait_idle(page)
-        figs = _figures(page)
-        roc = [t for f in figs for t in f["data"] if (t["name"] or "").startswith("ROC")]
-        assert roc and roc[0]["line"]["color"] == INK[base]
-        lines = [s for f in figs for s in f["shapes"] if s and "color" in s and s.get("width") == 2]
-        assert lines and all(s["color"] == INK[base] for s in lines)  # the threshold line of the density chart
+        roc = _strokes(page, "th_roc", "line")
+        assert roc and roc[0] == INK[base]  # the ROC curve (the chance line after it is grey)
+        rules = _strokes(page, "th_density", "rule")
+        assert rules and all(r == INK[base] for r in rules)  # the threshold line of the density chart
         if base == "dark":
             browser.shoot(page, OUT, "threshold_dark")
 
@@ -216,7 +216,7 @@ def test_every_download_opens_and_parses(tiny_run, url):
         report_html = _download(page, "dl_report_html").decode()
         browser.goto(page, "Attack")
         page.get_by_role("button", name="Run FGSM").click()
-        page.locator(".st-key-atk_chart .main-svg").first.wait_for(timeout=180_000)
+        page.locator(".st-key-atk_chart svg.marks").first.wait_for(timeout=180_000)
         browser.wait_idle(page)
         png = Image.open(io.BytesIO(_download(page, "dl_adv_png")), formats=["PNG"])
         arr = np.load(io.BytesIO(_download(page, "dl_adv_npy")), allow_pickle=False)
@@ -252,21 +252,15 @@ def test_adaptive_switch_on_the_attack_page(tiny_run, url):
         assert im.width == browser.VIEWPORT["width"] and im.height > browser.VIEWPORT["height"]
 
 
-def test_the_first_page_has_no_plotly_and_the_tab_loads_it_while_idle(url):
-    """Inspect draws with Vega-Lite; the tab then imports Streamlit's plotly module on its own (app_pages.
-    browser_warm), so the Threshold page that follows finds it loaded."""
-    from app_pages.browser_warm import plotly_module
-
-    def plotly_fetches(page) -> int:
-        return page.evaluate("""m => performance.getEntriesByType('resource')
-                                     .filter(r => r.name.endsWith('/' + m)).length""", plotly_module())
-
+def test_no_page_loads_plotly_js(url):
+    """Every chart is Vega-Lite (app_pages.charts): no page makes the tab load Streamlit's 4.7 MB plotly module, which
+    cost each new tab about 2 s on 2 cores (python -m benchmarks.first_page, 2026-11-29)."""
     with browser.browser_page() as page:
         page.goto(url + "/")
         browser.wait_ready(page, "Inspect")
+        for title in ("Threshold", "Layers", "Adaptive attacks"):
+            browser.goto(page, title)
+        assert page.locator('[data-testid=stVegaLiteChart] svg.marks').count() >= 1
         assert not page.locator('[data-testid="stPlotlyChart"]').count()
-        page.wait_for_function("m => performance.getEntriesByType('resource').some(r => r.name.endsWith('/' + m))",
-                               arg=plotly_module(), timeout=30_000)
-        browser.goto(page, "Threshold")
-        page.locator(browser.READY["Threshold"]).first.wait_for()
-        assert plotly_fetches(page) == 1  # the page's chart used the module the tab had loaded
+        assert not page.evaluate("""() => performance.getEntriesByType('resource')
+                                           .some(r => /\\/PlotlyChart\\.[^/]*\\.js$/.test(r.name))""")

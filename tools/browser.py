@@ -23,8 +23,9 @@ VIEWPORT = {"width": 1400, "height": 1000}
 URLS = {"Inspect": "", "Attack": "attack", "Threshold": "threshold", "Layers": "layers",
         "Failure cases": "failures", "Compare": "compare", "Adaptive attacks": "adaptive", "Run": "run"}
 #: page title in the navigation -> a selector drawn once its script run is complete
-READY = {"Inspect": "[data-testid=stVegaLiteChart] svg.marks", "Attack": ".st-key-atk_run button",
-         "Threshold": ".st-key-th_roc .main-svg", "Layers": ".st-key-layers_fig6 .main-svg",
+#: (a chart: its Vega-Lite SVG, in the container app_pages.charts.show keys)
+READY = {"Inspect": ".st-key-inspect_layers svg.marks", "Attack": ".st-key-atk_run button",
+         "Threshold": ".st-key-th_roc svg.marks", "Layers": ".st-key-layers_fig6 svg.marks",
          "Failure cases": "text=Threshold at", "Compare": "h1", "Adaptive attacks": "h1",
          "Run": "text=Make another run"}
 
@@ -55,7 +56,7 @@ def wait_idle(page, timeout: float = 90) -> None:
               && [...document.images].every(i => i.complete)
               && [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
                      .every(c => c.querySelector('svg.marks, canvas.marks'))""", timeout=timeout * 1000)
-    page.wait_for_timeout(500)  # plotly's first draw
+    page.wait_for_timeout(300)  # Vega's transitions and fonts settle before a screenshot
 
 
 def goto(page, title: str) -> None:
@@ -81,7 +82,7 @@ def view(page) -> str:
         const e = document.querySelector(sel);
         if (!e) return '';
         const c = e.cloneNode(true);
-        c.querySelectorAll('.js-plotly-plot, svg, canvas, [data-testid=stDataFrame]').forEach(x => x.remove());
+        c.querySelectorAll('svg, canvas, [data-testid=stDataFrame]').forEach(x => x.remove());
         document.body.appendChild(c);
         const t = c.innerText;
         c.remove();
@@ -192,7 +193,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     button.click()
     page.locator("h3").filter(has_text="The attack").first.wait_for(timeout=180_000)
     wait_idle(page)
-    page.locator(".st-key-atk_chart .main-svg").first.wait_for()
+    page.locator(".st-key-atk_chart svg.marks").first.wait_for()
     seen["attack"] = main_text(page)
     _no_exception(page, seen, "attack")
     seen["shots"].append(shoot(page, out, "attack"))
@@ -200,7 +201,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     goto(page, "Threshold")
     op = page.locator(".st-key-th_operating")
     op.wait_for()
-    page.locator(".st-key-th_roc .main-svg").first.wait_for()
+    page.locator(".st-key-th_roc svg.marks").first.wait_for()
     seen["operating_before"] = op.inner_text()
     thumb = page.locator(".st-key-th_threshold input").first  # the slider thumb's focusable input
     thumb.focus()
@@ -218,7 +219,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     goto(page, "Layers")
     page.get_by_text("Every setting").wait_for()
     page.locator('[data-testid="stDataFrame"]').first.wait_for()
-    page.locator(".st-key-layers_fig6 .main-svg").first.wait_for()
+    page.locator(".st-key-layers_fig6 svg.marks").first.wait_for()
     seen["layers"] = main_text(page)
     _no_exception(page, seen, "layers")
     seen["shots"].append(shoot(page, out, "layers"))
@@ -250,7 +251,7 @@ def adaptive_switch(page, out: Path, name: str = "attack_adaptive") -> dict:
     wait_idle(page)
     button.click()
     for variant in ("oblivious", "adaptive"):
-        page.locator(f".st-key-adp_chart_{variant} .main-svg").first.wait_for(timeout=180_000)
+        page.locator(f".st-key-adp_chart_{variant} svg.marks").first.wait_for(timeout=180_000)
     wait_idle(page, timeout=180)
     seen["text"] = main_text(page)
     _no_exception(page, seen, name)
