@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 
@@ -136,6 +137,9 @@ def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, heig
         shape name, default circle), ``filled``, ``label`` (written below right), ``in_legend`` (default True;
         False: drawn in ``color`` without a legend entry).
 
+    A line of 64 points or more on a number axis, without per-point values and not stepped, is drawn through the
+    fewest of its points that keep every other within :data:`SIMPLIFY` of it (:func:`core.polyline.simplify`).
+
     Returns
     -------
     dict
@@ -169,6 +173,7 @@ def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, heig
     xv = (lambda v: str(v)) if x_order is not None else _number
     layers = []
     for s in series:
+        s = _simplified(s, x_domain, y_domain) if x_order is None else s
         n = len(s["x"])
         rows = [{"series": str(s["name"]), "x": xv(a), "y": b} for a, b in zip(s["x"], _numbers(s["y"]))]
         for field in ("labels", "hover", "lo", "hi", "band_lo", "band_hi"):
@@ -242,6 +247,26 @@ def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, heig
                                     "color": p["color"]},
                            "encoding": {"x": x, "y": y, "text": {"field": "text", "type": "nominal"}}})
     return {"title": {"text": str(title), "fontSize": 15}, "height": int(height), "layer": layers}
+
+
+#: Largest distance of a point left out of a drawn line, as a fraction of the plot (core.polyline.simplify):
+#: 0.1 % is under a pixel of these charts.
+SIMPLIFY = 0.001
+_PER_POINT = ("labels", "hover", "lo", "hi", "band_lo", "band_hi")
+
+
+def _simplified(s: dict, x_domain, y_domain) -> dict:
+    """``s`` with the points of its line that the plot cannot show left out (:data:`SIMPLIFY`); as given for a
+    stepped line, one with per-point values, short or non-finite ones."""
+    from core.polyline import simplify
+
+    if s.get("step") or len(s["x"]) < 64 or any(s.get(f) is not None for f in _PER_POINT):
+        return s
+    x, y = np.asarray(s["x"], dtype=np.float64), np.asarray(s["y"], dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return s
+    keep = simplify(x, y, SIMPLIFY, x_range=x_domain, y_range=y_domain)
+    return {**s, "x": x[keep], "y": y[keep]}
 
 
 def _number(v: float) -> float | None:
