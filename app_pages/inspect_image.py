@@ -144,12 +144,18 @@ msg = (f"**{'✓ trusted' if ok else '✗ rejected'}** by layer {md(layer)}: sco
        f"(the shared operating point, {where}).")
 (st.success if ok else st.error)(msg, icon=":material/check_circle:" if ok else ":material/cancel:")
 
+shown_ids = None
 for title, nbs in (("Nearest training images", res.neighbours[layer]),
                    (f"Nearest training images of the predicted class ({md(classes[pred])})",
                     res.class_neighbours[layer])):
     nbs = type(nbs)(nbs.ids[:SHOWN], nbs.distances[:SHOWN], nbs.labels[:SHOWN])
     st.markdown(f"**{title}** at {md(layer)} (d² = squared distance in the processed feature space; of the "
                 f"first {run.k} neighbours)")
+    if shown_ids is not None and len(nbs.ids) and np.array_equal(nbs.ids, shown_ids):
+        st.caption(f"The same {len(nbs.ids)} images as above: the nearest training images are all of the predicted "
+                   "class.")
+        continue
+    shown_ids = nbs.ids
     if not len(nbs.ids):
         st.caption(f"None among the {run.k} nearest neighbours: no training image of this class is close, so "
                    "the score is 0.")

@@ -184,15 +184,16 @@ downloads.report_downloads(run)
 st.subheader("Make another run")
 st.markdown("Runs live in `data/runs/<name>/` (or `$KNNGUARD_RUNS_DIR`); every run there appears in the sidebar. "
             "A finished stage is skipped when run again, so a killed run resumes.")
-st.code("""# the default run (Fashion-MNIST CNN, a few minutes on a laptop CPU)
-python -m precompute --config precompute/configs/fmnist.toml
-# what would run, without running it
-python -m precompute --config precompute/configs/fmnist.toml --dry-run
-# another run with changed settings (each --set is type-checked; unknown keys are refused)
-python -m precompute --config precompute/configs/fmnist.toml --set name=fmnist-k100 --set scoring.k=100
-# recompute from a stage on
-python -m precompute --config precompute/configs/fmnist.toml --from evalsets
-# the layers a model can tap
-python -m precompute --list-layers precompute/configs/fmnist.toml""", language="bash")
-with st.expander("Full configuration of this run"):
-    st.code(json.dumps(cfg, indent=2), language="json")
+# Inline code, not st.code: a code block loads the syntax highlighter, 0.5-0.8 s of the browser's main thread the
+# first time a tab shows one (Chrome's profiler on a click to this page, 2026-11-29).
+st.markdown("""- the default run (Fashion-MNIST CNN, a few minutes on a laptop CPU):
+  `python -m precompute --config precompute/configs/fmnist.toml`
+- what would run, without running it: `python -m precompute --config precompute/configs/fmnist.toml --dry-run`
+- another run with changed settings (each `--set` is type-checked; unknown keys are refused):
+  `python -m precompute --config precompute/configs/fmnist.toml --set name=fmnist-k100 --set scoring.k=100`
+- recompute from a stage on: `python -m precompute --config precompute/configs/fmnist.toml --from evalsets`
+- the layers a model can tap: `python -m precompute --list-layers precompute/configs/fmnist.toml`""")
+config_box = st.expander("Full configuration of this run", key="run_config", on_change="rerun")
+if config_box.open:  # drawn only when opened: a JSON code block is the highlighter again
+    with config_box:
+        st.code(json.dumps(cfg, indent=2), language="json")

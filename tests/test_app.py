@@ -155,6 +155,10 @@ def test_inspect_shows_the_prediction_and_one_bar_per_layer(app, truth):
     # Verdict of the chosen layer in words, and both rows of neighbours.
     assert any("by layer" in m.value for m in [*app.success, *app.error])
     assert sum("Nearest training images" in m for m in _markdown(app)) == 2
+    # The class's row is drawn only when it differs from the first: else a line says so (8 images fewer to load).
+    same = [c.value for c in app.caption if c.value.startswith("The same ")]
+    grids = [e for e in app.get("image") if len(e.proto.imgs) > 1]
+    assert len(same) + len(grids) == 2
 
 
 def test_inspect_follows_the_index_widget(app, truth):
@@ -463,7 +467,11 @@ def test_run_page_summarises_the_manifest(app, truth, tiny_run):
     assert sets["set"].tolist()[0] == "authentic"
     want = {k: v["n"] for k, v in truth["manifest"]["summary"]["sets"].items()}
     assert dict(zip(sets["set"], sets["images"])) == want
-    assert any("python -m precompute --config precompute/configs/fmnist.toml" in c.value for c in app.code)
+    assert any("`python -m precompute --config precompute/configs/fmnist.toml`" in m for m in _markdown(app))
+    assert not app.code  # no code block (the highlighter it loads cost the browser 0.5-0.8 s): the config on request
+    app.session_state["run_config"] = True
+    _ok(app.run())
+    assert json.loads(app.code[0].value) == truth["manifest"]["config"]
 
 
 def test_run_page_shows_the_split_operating_point_and_findings_per_layer(app, honest, monkeypatch):
