@@ -143,8 +143,9 @@ def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, heig
     Returns
     -------
     dict
-        The spec; every layer holds its rows inline (``layer[i].data.values``): the line layers have
-        ``series, x, y`` (and ``label``, ``hover``, ``lo``, ``hi`` when given).
+        The spec; every layer holds its rows inline (``layer[i].data.values``): a line layer holds the rows of
+        every series drawn alike (``series, x, y``, and ``labels``, ``hover``, ``lo``, ``hi`` when given), in the
+        order of ``series``.
     """
     shown = [p for p in points if p.get("in_legend", True)]
     names = [str(s["name"]) for s in series] + [str(p["name"]) for p in shown]
@@ -171,48 +172,62 @@ def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, heig
     if y_percent:
         y["axis"]["labelExpr"] = "datum.label + ' %'"  # a constant expression: no run text
     xv = (lambda v: str(v)) if x_order is not None else _number
-    layers = []
+    # One layer per kind of mark over every series that has it (Vega pays per layer: a dataset, marks, scales).
+    rows_of, any_hover = [], any(s.get("hover") is not None for s in series)
     for s in series:
         s = _simplified(s, x_domain, y_domain) if x_order is None else s
         n = len(s["x"])
         rows = [{"series": str(s["name"]), "x": xv(a), "y": b} for a, b in zip(s["x"], _numbers(s["y"]))]
-        for field in ("labels", "hover", "lo", "hi", "band_lo", "band_hi"):
+        for field in _PER_POINT:
             if s.get(field) is not None:
                 vals = list(s[field])
                 if len(vals) != n:
                     raise ValueError(f"series {s['name']!r}: {field} has {len(vals)} values for {n} points")
                 for r, v in zip(rows, vals):
                     r[field] = str(v) if field in ("labels", "hover") else _number(v)
-        tip = [{"field": "series", "type": "nominal", "title": "line"},
-               {"field": "x", "type": x["type"], **({} if x_order is not None else {"format": ".3~g"})},
-               ({"field": "hover", "type": "nominal", "title": "value"} if s.get("hover") is not None else
-                {"field": "y", "type": "quantitative", "format": ".3~g"})]
-        width = float(s.get("width", 2))
-        if s.get("band_lo") is not None:
-            layers.append({"data": {"values": rows}, "mark": {"type": "area", "opacity": 0.15},
-                           "encoding": {"x": x, "y": {"field": "band_lo", "type": "quantitative",
-                                                      "scale": y["scale"], "title": ytitle},
-                                        "y2": {"field": "band_hi"}, "color": color}})
-        if s.get("fill"):
-            layers.append({"data": {"values": rows},
-                           "mark": {"type": "area", "opacity": 0.15, **({"interpolate": "step"} if s.get("step")
-                                                                        else {})},
+        if any_hover:
+            for r in rows:
+                r.setdefault("hover", "–" if r["y"] is None else f"{r['y']:.3g}")
+        rows_of.append((s, rows))
+
+    def pooled(test) -> list[dict]:
+        return [r for s, rows in rows_of if test(s) for r in rows]
+
+    widths = {"field": "series", "type": "nominal", "legend": None,
+              "scale": {"domain": names, "range": [float(s.get("width", 2)) for s in series] + [2.0] * len(shown)}}
+    tip = [{"field": "series", "type": "nominal", "title": "line"},
+           {"field": "x", "type": x["type"], **({} if x_order is not None else {"format": ".3~g"})},
+           ({"field": "hover", "type": "nominal", "title": "value"} if any_hover else
+            {"field": "y", "type": "quantitative", "format": ".3~g"})]
+    layers = []
+    if band := pooled(lambda s: s.get("band_lo") is not None):
+        layers.append({"data": {"values": band}, "mark": {"type": "area", "opacity": 0.15},
+                       "encoding": {"x": x, "y": {"field": "band_lo", "type": "quantitative", "scale": y["scale"],
+                                                  "title": ytitle},
+                                    "y2": {"field": "band_hi"}, "color": color}})
+    for step in (False, True):
+        if fill := pooled(lambda s: bool(s.get("fill")) and bool(s.get("step")) == step):
+            layers.append({"data": {"values": fill},
+                           "mark": {"type": "area", "opacity": 0.15, **({"interpolate": "step"} if step else {})},
                            "encoding": {"x": x, "y": y, "color": color}})
-        mark = {"type": "line", "strokeWidth": width, "clip": True}
-        if s.get("step"):
-            mark["interpolate"] = "step"
-        if s.get("markers"):
-            mark["point"] = {"filled": True, "size": 30 * width}
-        layers.append({"data": {"values": rows}, "mark": mark,
-                       "encoding": {"x": x, "y": y, "color": color, "strokeDash": dash, "tooltip": tip}})
-        if s.get("lo") is not None:
-            layers.append({"data": {"values": rows}, "mark": {"type": "rule", "strokeWidth": max(1.0, width / 2)},
-                           "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative"}, "y2": {"field": "hi"},
-                                        "color": color}})
-        if s.get("labels") is not None:
-            layers.append({"data": {"values": rows},
-                           "mark": {"type": "text", "dy": -12, "fontSize": 13, "color": ink()},
-                           "encoding": {"x": x, "y": y, "text": {"field": "labels", "type": "nominal"}}})
+    for step in (False, True):
+        for markers in (False, True):
+            group = pooled(lambda s: bool(s.get("step")) == step and bool(s.get("markers")) == markers)
+            if not group:
+                continue
+            mark = {"type": "line", "clip": True, **({"interpolate": "step"} if step else {}),
+                    **({"point": {"filled": True, "size": 70}} if markers else {})}
+            layers.append({"data": {"values": group}, "mark": mark,
+                           "encoding": {"x": x, "y": y, "color": color, "strokeDash": dash, "strokeWidth": widths,
+                                        "tooltip": tip}})
+    if bars := pooled(lambda s: s.get("lo") is not None):
+        layers.append({"data": {"values": bars}, "mark": {"type": "rule", "strokeWidth": 1.5},
+                       "encoding": {"x": x, "y": {"field": "lo", "type": "quantitative"}, "y2": {"field": "hi"},
+                                    "color": color}})
+    if texts := pooled(lambda s: s.get("labels") is not None):
+        layers.append({"data": {"values": texts},
+                       "mark": {"type": "text", "dy": -12, "fontSize": 13, "color": ink()},
+                       "encoding": {"x": x, "y": y, "text": {"field": "labels", "type": "nominal"}}})
     for b in bands:
         layers.append({"data": {"values": [{"x": _number(b["x0"]), "x2": _number(b["x1"])}]},
                        "mark": {"type": "rect", "opacity": 0.08, "color": b["color"]},

@@ -104,13 +104,14 @@ def _mark(layer: dict) -> str:
 
 def _lines(spec: dict) -> dict[str, tuple[list, np.ndarray]]:
     """{series name: (x values, y values)} of a charts.lines_spec chart's lines, in drawing order (null y: NaN)."""
-    out = {}
+    out: dict[str, tuple[list, list]] = {}
     for layer in spec["layer"]:
         if _mark(layer) == "line":
-            rows = layer["data"]["values"]
-            out[rows[0]["series"]] = ([r["x"] for r in rows],
-                                      np.array([np.nan if r["y"] is None else r["y"] for r in rows], dtype=float))
-    return out
+            for r in layer["data"]["values"]:
+                xs, ys = out.setdefault(r["series"], ([], []))
+                xs.append(r["x"])
+                ys.append(np.nan if r["y"] is None else r["y"])
+    return {k: (xs, np.array(ys, dtype=float)) for k, (xs, ys) in out.items()}
 
 
 def _bar_rows(spec: dict) -> list[dict]:
@@ -431,8 +432,8 @@ def test_layers_fig6_and_the_report_table(app, truth):
         want.append(100 * metrics.aggregate([metrics.roc(pos, n).eer_accuracy for n in negs], [len(n) for n in negs]))
     dw = next(name for name in lines if name.startswith("DW-kNN"))
     assert np.allclose(lines[dw][1], want)
-    rows = next(la["data"]["values"] for la in spec["layer"] if _mark(la) == "rule" and "lo" in la["data"]["values"][0]
-                and la["data"]["values"][0]["series"] == dw)  # its error bars
+    rows = [r for la in spec["layer"] if _mark(la) == "rule" and "lo" in la["data"]["values"][0]
+            for r in la["data"]["values"] if r["series"] == dw]  # its error bars
     lo, y, hi = (np.array([r[f] for r in rows], dtype=float) for f in ("lo", "y", "hi"))
     assert len(y) == len(want) and (hi >= y).all() and (y >= lo).all() and (hi - lo > 0).any()
     df = app.dataframe[0].value
