@@ -91,6 +91,20 @@ def warm(run: Run) -> None:
     _detector_future(run.path, run.stamp)
 
 
+def preload(path: str) -> None:
+    """Load run ``path``'s detector and evaluation data into this process's resource caches and wait (the launcher
+    calls it before the server listens, for the run the sidebar opens on: the first page then finds them loaded).
+    Outside a script run: only :func:`st.cache_resource` caches, which are process-wide, are filled."""
+    from app_pages.state import stamp
+
+    s = stamp(path)
+    _detector_future(path, s).result()
+    data = _rundata(path, s)
+    d = data.run.manifest.get("summary", {}).get("defaults", {})
+    if "mode" in d and "k" in d:
+        _ood_references(path, s, d["mode"], int(min(d["k"], data.run.manifest["summary"].get("k_max", d["k"]))))
+
+
 def warm_imports() -> None:
     """Import :data:`WARM_IMPORTS` in the background, once per process (after the detector's load)."""
     _imports()

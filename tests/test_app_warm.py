@@ -53,6 +53,7 @@ def test_launch_imports_every_heavy_module_then_runs_streamlit_on_the_app(monkey
 
     monkeypatch.setattr(cli, "main", fake_main)
     monkeypatch.setattr(sys, "argv", ["launch"])
+    monkeypatch.setattr(launch, "preload_default_run", lambda: seen.setdefault("preloaded", True))
     assert launch.main(["--server.port", "8599"]) == 0
     assert seen["argv"] == ["streamlit", "run", str(launch.APP), "--server.port", "8599"]
     assert launch.APP.name == "app.py" and launch.APP.exists()
@@ -61,11 +62,13 @@ def test_launch_imports_every_heavy_module_then_runs_streamlit_on_the_app(monkey
     assert {"sklearn.metrics", "pyarrow", "app_pages.downloads"} <= set(launch.PRELOAD)
     assert seen["threads"] == []
     assert seen["frozen"] > 100_000  # torch alone leaves more
+    assert seen["preloaded"]
 
 
 def test_launch_resolves_the_loaded_modules_files_before_the_server_starts(monkeypatch):
     """Streamlit's first element checks for a REPL with ``inspect.stack()``; the launcher pays what that costs (a
     ``stat`` of every loaded module's file) before the server listens, so the first page's check is a lookup."""
+    import gc
     import inspect
     import sys
 
@@ -85,5 +88,40 @@ def test_launch_resolves_the_loaded_modules_files_before_the_server_starts(monke
 
     monkeypatch.setattr(cli, "main", fake_main)
     monkeypatch.setattr(sys, "argv", ["launch"])
+    monkeypatch.setattr(launch, "preload_default_run", lambda: None)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # this test process keeps collecting
     assert launch.main([]) == 0
     assert seen["resolved"] < 50  # not one per loaded module (over a thousand with torch and scikit-learn)
+
+
+def test_launch_preloads_the_run_the_sidebar_opens_on_and_the_page_uses_it(tiny_run_copy, monkeypatch):
+    """Before the server listens, the launcher loads the default run's detector and data (hash-checked) into the
+    process's resource caches; the first page's script run uses that detector instead of loading one."""
+    from app_pages import launch, loaders
+    from app_pages.state import stamp
+
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run_copy.parent))
+    path = str(tiny_run_copy)
+    assert launch.preload_default_run() == path
+    future = loaders._loading(path, stamp(path))["future"]
+    assert future.done() and future.exception() is None
+    det = future.result()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert loaders._detector(path, stamp(path)) is det  # the page did not load another
+
+
+def test_launch_preload_skips_a_damaged_run_and_the_page_still_reports_it(tiny_run_copy, monkeypatch, caplog):
+    from app_pages import launch
+
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run_copy.parent))
+    from app_pages._text import md
+
+    with open(tiny_run_copy / "model.pt", "ab") as f:
+        f.write(b"\0")  # size no longer matches the manifest
+    with caplog.at_level("WARNING", logger="app_pages.launch"):
+        assert launch.preload_default_run() is None  # logged, not raised: the server still starts
+    assert "not preloaded" in caplog.text and "model.pt" in caplog.text
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    err = " ".join(e.value for e in at.error)
+    assert "cannot be loaded" in err and md("model.pt") in err  # the page names the file, as it always did
