@@ -22,14 +22,18 @@ PRELOAD = ("torch", "faiss", "PIL.Image", "pandas", "sklearn.metrics", "pyarrow"
            "app_pages.loaders", "app_pages.charts", "app_pages.current", "app_pages.detector_verdicts",
            "app_pages.downloads", "app_pages.images", "app_pages.operating", "app_pages.state", "app_pages.url_state")
 APP = Path(__file__).resolve().parents[1] / "app.py"
+#: Seconds the server's start waits for the default run's detector (a large run, e.g. ImageNet's, goes on loading
+#: in the background instead: the user sees the app, and its first page waits for that same load).
+PRELOAD_WAIT_S = 20.0
 logger = logging.getLogger(__name__)
 
 
 def preload_default_run() -> str | None:
     """Load the run the sidebar opens on (the first of :func:`app_pages.state.list_runs`, when finished) into the
     process's caches: its detector (model, faiss indexes, every file hash-checked), evaluation data and
-    distribution references. Returns its path, or None when there is none or it fails to load (the page then
-    loads it and shows the error as it always does)."""
+    distribution references, waiting at most :data:`PRELOAD_WAIT_S` for the detector. Returns its path, or None
+    when there is none, it fails to load (the page then loads it and shows the error as it always does) or it is
+    still loading."""
     from app_pages import loaders, state
     from core.artefacts import RunDir
 
@@ -40,7 +44,9 @@ def preload_default_run() -> str | None:
     try:
         if state.unfinished_stages(RunDir(path).manifest):
             return None
-        loaders.preload(path)
+        if not loaders.preload(path, timeout=PRELOAD_WAIT_S):
+            logger.info("still loading %s after %.0f s: the server starts, the load goes on", path, PRELOAD_WAIT_S)
+            return None
     except Exception as e:  # a damaged run: the page reports it to the user with the file and the fix
         logger.warning("not preloaded: %s (%s: %s)", path, type(e).__name__, e)
         return None

@@ -91,18 +91,28 @@ def warm(run: Run) -> None:
     _detector_future(run.path, run.stamp)
 
 
-def preload(path: str) -> None:
-    """Load run ``path``'s detector and evaluation data into this process's resource caches and wait (the launcher
-    calls it before the server listens, for the run the sidebar opens on: the first page then finds them loaded).
-    Outside a script run: only :func:`st.cache_resource` caches, which are process-wide, are filled."""
+def preload(path: str, *, timeout: float | None = None) -> bool:
+    """Load run ``path``'s detector and evaluation data into this process's resource caches (the launcher calls
+    it before the server listens, for the run the sidebar opens on: the first page then finds them loaded).
+    Outside a script run: only :func:`st.cache_resource` caches, which are process-wide, are filled.
+
+    Returns False when the detector took longer than ``timeout`` seconds: its load goes on in the background,
+    where the first page that needs it waits for the same load.
+    """
+    from concurrent.futures import TimeoutError as FutureTimeout
+
     from app_pages.state import stamp
 
     s = stamp(path)
-    _detector_future(path, s).result()
+    try:
+        _detector_future(path, s).result(timeout=timeout)
+    except FutureTimeout:
+        return False
     data = _rundata(path, s)
     d = data.run.manifest.get("summary", {}).get("defaults", {})
     if "mode" in d and "k" in d:
         _ood_references(path, s, d["mode"], int(min(d["k"], data.run.manifest["summary"].get("k_max", d["k"]))))
+    return True
 
 
 def warm_imports() -> None:

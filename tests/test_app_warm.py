@@ -125,3 +125,27 @@ def test_launch_preload_skips_a_damaged_run_and_the_page_still_reports_it(tiny_r
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
     err = " ".join(e.value for e in at.error)
     assert "cannot be loaded" in err and md("model.pt") in err  # the page names the file, as it always did
+
+
+def test_launch_preload_waits_a_bounded_time_then_the_load_goes_on(tiny_run_copy, monkeypatch):
+    """A run slower to load than PRELOAD_WAIT_S does not hold the server's start: the load goes on in the
+    background and the first page gets that same detector."""
+    import threading
+
+    from app_pages import launch, loaders
+    from app_pages.state import stamp
+
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run_copy.parent))
+    monkeypatch.setattr(launch, "PRELOAD_WAIT_S", 0.2)
+    release = threading.Event()
+    real = loaders._load_detector
+    monkeypatch.setattr(loaders, "_load_detector", lambda path: release.wait(60) and real(path))
+    path = str(tiny_run_copy)
+    assert launch.preload_default_run() is None  # returned after 0.2 s, the detector still loading
+    future = loaders._loading(path, stamp(path))["future"]
+    assert not future.done()
+    release.set()
+    det = future.result(timeout=120)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert loaders._detector(path, stamp(path)) is det
