@@ -6,7 +6,6 @@ Run text (layer, set and attack names, titles) goes into a spec as data or as a 
 as markup; no spec holds a URL, an image or an expression built from run text."""
 from __future__ import annotations
 
-
 import numpy as np
 import streamlit as st
 
