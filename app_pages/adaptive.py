@@ -2,7 +2,7 @@
 ``report["adaptive"]``, built by the precompute's ``adaptive`` stage)."""
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, line_chart, loaders, state
 from app_pages._text import md
 
 #: Variant -> (label, colour).
@@ -41,7 +41,7 @@ for col, (norm, xtitle) in zip(cols, NORMS.items()):
         lines.append(dict(name=label, x=c["budgets"], y=[r[0] for r in vals], color=colour, markers=True,
                           band_lo=[r[1] for r in vals], band_hi=[r[2] for r in vals],
                           hover=[charts.ci_text([None if e is None else e / 100 for e in r]) + " %" for r in vals]))
-    charts.show(charts.lines_spec(lines, title=f"{norm.upper()}: fools the CNN and trusted",
+    charts.show(line_chart.lines_spec(lines, title=f"{norm.upper()}: fools the CNN and trusted",
                                   ytitle="guarded success (%)", xtitle=xtitle, legend="below", y_domain=(0, 100),
                                   height=420), key=f"adp_curve_{norm}", where=col)
 

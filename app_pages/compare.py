@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, line_chart, loaders, state
 from app_pages._text import md
 from core import metrics
 
@@ -61,7 +61,7 @@ for e in chosen:
         if c["op"][0] is not None:
             dots.append(dict(name=f"{name}: operating point", x=c["op"][0], y=c["op"][1], color=color,
                              in_legend=False))
-charts.show(charts.lines_spec(lines, title="ROC on the test split (dot = operating point)",
+charts.show(line_chart.lines_spec(lines, title="ROC on the test split (dot = operating point)",
                               ytitle="authentic trusted (TPR)", xtitle="adversarial trusted (FPR)", height=480,
                               legend="bottom-right", x_domain=(0, 1), y_domain=(0, 1.02), points=dots),
             key="compare_roc")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages import charts, loaders, state
+from app_pages import charts, line_chart, loaders, state
 from app_pages.state import Run
 from core import evaluation
 
@@ -52,7 +52,7 @@ def _spec(curves: list[tuple[str, evaluation.metrics.Roc]], title: str) -> dict:
         lines.append(dict(name=f"{name} (AUC {r.auc:.3f}, EER acc. {100 * r.eer_accuracy:.1f} %)", x=x, y=y,
                           color=charts.PALETTE[i % len(charts.PALETTE)]))
     lines.append(dict(name="chance", x=[0, 1], y=[0, 1], color=charts.ink(), dash="dot", width=1))
-    return charts.lines_spec(lines, title=title, ytitle="TPR: share of authentic trusted",
+    return line_chart.lines_spec(lines, title=title, ytitle="TPR: share of authentic trusted",
                              xtitle="FPR: share of negatives trusted", height=460, legend="bottom-right",
                              x_domain=(-0.02, 1.02), y_domain=(-0.02, 1.02))
 

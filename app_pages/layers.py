@@ -3,7 +3,7 @@ layer × processing × score × attack of the run's report (paper Tables 2 and 4
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, comparison, loaders, state
+from app_pages import charts, comparison, line_chart, loaders, state
 from app_pages._text import md
 from core.evaluation import row_accuracy
 from core.live import operating_layer
@@ -85,7 +85,7 @@ for fn, (color, dash) in styles.items():
                       hover=[charts.ci_text(c) + " %" for c in cis[fn]], **bars))
 split_text = ("the test split" if lf is None else
               f"the test split ({len(lf.split.test)} source images, validation share {lf.config.validation_share:g})")
-charts.show(charts.lines_spec(lines, title=f"EER accuracy per layer, {metric} (paper Fig. 6) — "
+charts.show(line_chart.lines_spec(lines, title=f"EER accuracy per layer, {metric} (paper Fig. 6) — "
                                            f"{state.MODE_NAMES.get(run.mode, run.mode)}, k = {fig_k}",
                               ytitle="EER accuracy", xtitle="layer (input → output)", height=420, y_percent=True,
                               x_order=layers), key="layers_fig6")

@@ -101,17 +101,15 @@ def preload(path: str, *, timeout: float | None = None) -> bool:
     """
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from app_pages.state import stamp
+    from app_pages.state import default_k, stamp
 
     s = stamp(path)
     try:
         _detector_future(path, s).result(timeout=timeout)
     except FutureTimeout:
         return False
-    data = _rundata(path, s)
-    d = data.run.manifest.get("summary", {}).get("defaults", {})
-    if "mode" in d and "k" in d:
-        _ood_references(path, s, d["mode"], int(min(d["k"], data.run.manifest["summary"].get("k_max", d["k"]))))
+    summary = _rundata(path, s).run.manifest["summary"]
+    _ood_references(path, s, summary["defaults"]["mode"], default_k(summary))  # the sidebar's first settings
     return True
 
 

@@ -59,6 +59,11 @@ def list_runs(root: Path) -> list[Path]:
     return sorted(runs, key=lambda p: (p.name != "fmnist", p.name))
 
 
+def default_k(summary: dict) -> int:
+    """The k the sidebar opens on: the run's default, at most the neighbours it stores (``k_max``)."""
+    return min(int(summary["defaults"]["k"]), int(summary["k_max"]))
+
+
 def stamp(path: str) -> int:
     """Modification time (ns) of the run's manifest: the cache key of everything loaded from the run."""
     return (Path(path) / "manifest.json").stat().st_mtime_ns
@@ -163,7 +168,7 @@ def sidebar() -> None:
         d = s["defaults"]
         st.session_state.setdefault("det_mode", d["mode"])
         st.session_state.setdefault("det_fn", d["fn"])
-        st.session_state.setdefault("det_k", min(int(d["k"]), int(s["k_max"])))
+        st.session_state.setdefault("det_k", default_k(s))
         st.markdown("**Detector settings** (all pages)")
         st.selectbox("Processing of the features", s["modes"], key="det_mode", format_func=MODE_NAMES.get,
                      persist_state="session",

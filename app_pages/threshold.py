@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages import charts, loaders, operating, state
+from app_pages import charts, line_chart, loaders, operating, state
 from app_pages._text import md
 from core.evaluation import Separation
 from core.live import operating_point
@@ -189,7 +189,7 @@ with left:
     marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=charts.ink()),
              dict(name="operating point", x=at["fpr"], y=at["tpr"], color="#c53030", shape="cross", filled=True,
                   label=f"threshold {th:.3f}")]
-    charts.show(charts.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
+    charts.show(line_chart.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
                                   xtitle="FPR: share of negatives trusted", height=420, x_domain=(-0.02, 1.02),
                                   y_domain=(-0.02, 1.02), points=marks, legend="bottom-right"), key="th_roc")
 
@@ -203,7 +203,7 @@ with right:
             for i, ((name, color), sc, d) in enumerate(zip(groups, sep.groups, densities))]
     bands = [dict(x0=0, x1=th, color=charts.REJECTED_COLOR, label=charts.REJECTED, left=True),
              dict(x0=th, x1=1, color=charts.TRUSTED_COLOR, label=charts.TRUSTED, left=False)]
-    charts.show(charts.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
+    charts.show(line_chart.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
                                   xtitle="kNN score of the predicted class", height=360, legend="below",
                                   x_domain=(0, 1), bands=bands, rules=[dict(x=th)]), key="th_density")
 
@@ -211,7 +211,7 @@ with right:
     rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=charts.TRUSTED_COLOR, width=3)]
     rates += [dict(name=f"FPR: {name.split(' ')[0]} trusted", x=grid, y=share, color=color, dash="dash")
               for (name, color), share in zip(groups[1:], shares[1:])]
-    charts.show(charts.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
+    charts.show(line_chart.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
                                   ytitle="share trusted", xtitle="threshold", height=360, legend="below",
                                   x_domain=(0, 1), rules=[dict(x=th, label=f"{th:.3f}")]), key="th_rates")
 

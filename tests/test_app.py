@@ -103,7 +103,7 @@ def _mark(layer: dict) -> str:
 
 
 def _lines(spec: dict) -> dict[str, tuple[list, np.ndarray]]:
-    """{series name: (x values, y values)} of a charts.lines_spec chart's lines, in drawing order (null y: NaN)."""
+    """{series name: (x values, y values)} of a line_chart.lines_spec chart's lines, in drawing order (null y: NaN)."""
     out: dict[str, tuple[list, list]] = {}
     for layer in spec["layer"]:
         if _mark(layer) == "line":
@@ -311,7 +311,7 @@ def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
     args = (truth["best_layer"], truth["mode"], truth["fn"], truth["k"])
     groups = [pos] + [truth["data"].scores(a, *args) for a in truth["attacks"]]
     assert len(lines) == len(groups)
-    from app_pages.charts import SIMPLIFY
+    from app_pages.line_chart import SIMPLIFY
     from core.polyline import deviation
 
     full = np.linspace(0, 1, 501)  # the page's grid of thresholds

@@ -132,7 +132,7 @@ def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run)
         neg = np.concatenate([data.scores(a, la, d["mode"], d["fn"], k) for a in attacks])
         r = metrics.roc(pos(la), neg)
         assert t["name"].startswith(f"{la} (AUC {r.auc:.3f}")
-        from app_pages.charts import SIMPLIFY
+        from app_pages.line_chart import SIMPLIFY
         from core.polyline import deviation
 
         cx, cy = metrics.roc_corners(r)  # the curve's corners, then those the plot cannot show left out
