@@ -24,3 +24,15 @@ def md(text: Any) -> str:
     s = re.sub(r"[\r\n]+", " ", str(text))
     return _PUNCT.sub(r"\\\1", s)
 
+
+
+def md_table(header: list[Any], rows: list[list[Any]], *, align: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` (each as long as ``header``), every cell through :func:`md` (a
+    cell's ``|`` cannot end it early). ``align``: one of ``l``, ``r``, ``c`` per column (default: left)."""
+    align = align or "l" * len(header)
+    if len(align) != len(header) or any(len(r) != len(header) for r in rows):
+        raise ValueError(f"every row and the alignment need {len(header)} columns")
+    rule = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(md(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

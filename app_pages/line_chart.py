@@ -7,6 +7,7 @@ through the fewest of its points that keep every other within :data:`SIMPLIFY` o
 from __future__ import annotations
 
 import numpy as np
+import streamlit as st
 
 from app_pages.charts import ink, number
 
@@ -21,15 +22,22 @@ _PER_POINT = ("labels", "hover", "lo", "hi", "band_lo", "band_hi")
 def _simplified(s: dict, x_domain, y_domain) -> dict:
     """``s`` with the points of its line that the plot cannot show left out (:data:`SIMPLIFY`); as given for a
     stepped line, one with per-point values, short or non-finite ones."""
-    from core.polyline import simplify
-
     if s.get("step") or len(s["x"]) < 64 or any(s.get(f) is not None for f in _PER_POINT):
         return s
     x, y = np.asarray(s["x"], dtype=np.float64), np.asarray(s["y"], dtype=np.float64)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return s
-    keep = simplify(x, y, SIMPLIFY, x_range=x_domain, y_range=y_domain)
+    keep = _kept(x, y, None if x_domain is None else tuple(x_domain), None if y_domain is None else tuple(y_domain))
     return {**s, "x": x[keep], "y": y[keep]}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _kept(x: np.ndarray, y: np.ndarray, x_domain: tuple | None, y_domain: tuple | None) -> np.ndarray:
+    """:func:`core.polyline.simplify` at :data:`SIMPLIFY`, once per curve and axes (a page redrawn as a slider moves
+    draws the same curves: 50 ms of each Threshold script run)."""
+    from core.polyline import simplify
+
+    return simplify(x, y, SIMPLIFY, x_range=x_domain, y_range=y_domain)
 
 
 def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, height: int = 360,

@@ -12,6 +12,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,12 @@ def train_image(run: Run, i: int) -> np.ndarray | None:
     return rundata(run).train_image(int(i))
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def run_json(path: str, stamp: int, name: str) -> Any:
-    """A JSON file of the run, hash-checked against the manifest; None when the manifest does not record it."""
+    """A JSON file of the run, hash-checked against the manifest; None when the manifest does not record it.
+
+    One object shared by every session and page: read it, never change it (``st.cache_data`` handed out a copy,
+    unpickled on every call: report.json, 0.3 MB on the default run, cost 70 ms of each Threshold script run)."""
     from core.artefacts import RunDir
 
     rd = RunDir(path)
@@ -198,6 +202,39 @@ def separation(run: Run, layer: str, negatives: Sequence[str]) -> evaluation.Sep
     sets = rundata(run).set_names
     return evaluation.Separation([set_scores(run, s, layer) for s in rundata(run).positive_sets if s in sets],
                                  {s: set_scores(run, s, layer) for s in negatives})
+
+
+@dataclass(frozen=True)
+class SeparationCurves:
+    """What the Threshold page draws that does not move with the threshold, at one setting and set of negatives
+    (empty arrays and lists when there is no negative)."""
+
+    sep: evaluation.Separation
+    roc_xy: tuple[np.ndarray, np.ndarray]  # the ROC's corners (c,), (c,)
+    centres: np.ndarray  # (bins,)
+    densities: list[np.ndarray]  # one (bins,) per group
+    grid: np.ndarray  # (points,)
+    shares: list[np.ndarray]  # one (points,) per group
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _separation_curves(_run: Run, path: str, stamp: int, layer: str, mode: str, fn: str, k: int,
+                       negatives: tuple[str, ...], strict: bool) -> SeparationCurves:
+    from core.metrics import roc_corners
+
+    sep = separation(_run, layer, list(negatives))
+    if not len(sep.all_negatives):
+        return SeparationCurves(sep, (np.zeros(0), np.zeros(0)), np.zeros(0), [], np.zeros(0), [])
+    centres, densities = sep.densities()
+    grid, shares = sep.trusted_shares(strict=strict)
+    return SeparationCurves(sep, roc_corners(sep.roc), centres, densities, grid, shares)
+
+
+def separation_curves(run: Run, layer: str, negatives: Sequence[str], *, strict: bool) -> SeparationCurves:
+    """:func:`separation` with its ROC corners, score densities and trusted shares (``strict``: the run's trust
+    rule), computed once per process for a setting and set of negatives (shared: read, never change)."""
+    return _separation_curves(run, run.path, run.stamp, layer, run.mode, run.fn, int(run.k), tuple(negatives),
+                              bool(strict))
 
 
 @st.cache_data(show_spinner=False)

@@ -69,9 +69,11 @@ def stamp(path: str) -> int:
     return (Path(path) / "manifest.json").stat().st_mtime_ns
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=64)
 def manifest(path: str, stamp: int) -> dict:
-    """The run's manifest through :class:`core.artefacts.RunDir` (regular file, checked keys, signature)."""
+    """The run's manifest through :class:`core.artefacts.RunDir` (regular file, checked keys, signature).
+
+    One object shared by every session and page: read it, never change it (not a copy unpickled per call)."""
     from core.artefacts import RunDir
 
     return RunDir(path).manifest

@@ -1,17 +1,11 @@
 """Threshold: the run's operating point (chosen on validation) and, at the slider's threshold, the test-split
 figures with 95 % intervals; drag the threshold of one layer and watch the ROC point, the score densities (paper
 Fig. 4) and the TPR/FPR curves (Figs. 3 and 5) move. Scores come from stored neighbours only."""
-from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
 import streamlit as st
 
 from app_pages import charts, line_chart, loaders, operating, state
-from app_pages._text import md
-from core.evaluation import Separation
+from app_pages._text import md, md_table
 from core.live import operating_point
-from core.metrics import roc_corners
 
 run = state.current_run()
 layers = run.layers
@@ -19,6 +13,8 @@ attacks = state.attack_sets(run)
 has_errors = "errors" in state.ordered_sets(run)
 strict = operating.strict(run)  # the trust rule of the run's protocol
 rule = operating.trust_text(run)
+#: The distribution charts beside the ROC, one at a time.
+CHARTS = {"densities": "Score densities (Fig. 4)", "shares": "Trusted share vs threshold (Figs. 3, 5)"}
 below = "score ≤ threshold" if strict else "score < threshold"
 
 st.title("Threshold")
@@ -43,30 +39,7 @@ negs = list(neg_sets) + (["errors"] if use_errors and has_errors else [])
 positives = " + ".join(loaders.rundata(run).positive_sets)
 st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: {md(positives)} images.")
 
-@dataclass(frozen=True)
-class _Curves:
-    """What the page draws that does not move with the threshold, at one setting and set of negatives."""
-
-    sep: Separation
-    roc_xy: tuple[np.ndarray, np.ndarray]  # the ROC's corners (c,), (c,)
-    centres: np.ndarray  # (bins,)
-    densities: list[np.ndarray]  # one (bins,) per group
-    grid: np.ndarray  # (points,)
-    shares: list[np.ndarray]  # one (points,) per group
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _curves(_run, path: str, stamp: int, layer: str, mode: str, fn: str, k: int, negatives: tuple[str, ...],
-            strict: bool) -> _Curves:
-    sep = loaders.separation(_run, layer, list(negatives))
-    if not len(sep.all_negatives):
-        return _Curves(sep, (np.zeros(0), np.zeros(0)), np.zeros(0), [], np.zeros(0), [])
-    centres, densities = sep.densities()
-    grid, shares = sep.trusted_shares(strict=strict)
-    return _Curves(sep, roc_corners(sep.roc), centres, densities, grid, shares)
-
-
-curves = _curves(run, run.path, run.stamp, layer, run.mode, run.fn, int(run.k), tuple(negs), strict)
+curves = loaders.separation_curves(run, layer, negs, strict=strict)
 sep = curves.sep
 if not len(sep.all_negatives):
     st.warning("Choose at least one set of negatives (an attack, or authentic errors).")
@@ -166,24 +139,21 @@ else:
             c[1].metric("Detection rate, all attacks", f"{charts.ci_text(fig['detection_rate'])} %",
                         help="Adversarials rejected, every attack pooled (rates weighted by test sizes, as the "
                              "report's); [95 % confidence interval].")
-        st.dataframe(pd.DataFrame([{"attack": a, "test images": v["n_test"],
-                                    "detection rate % (rejected)": charts.ci_text(v["detection_rate"]),
-                                    "guarded success % (fools the CNN and trusted)":
-                                        charts.ci_text(v["guarded_success"])}
-                                   for a, v in fig["attacks"].items()]),
-                     hide_index=True, key="th_live_table")
+        st.markdown(md_table(["attack", "test images", "detection rate % (rejected)",
+                              "guarded success % (fools the CNN and trusted)"],
+                             [[a, v["n_test"], charts.ci_text(v["detection_rate"]), charts.ci_text(v["guarded_success"])]
+                              for a, v in fig["attacks"].items()], align="lrrr"))
         st.caption("Guarded success: share of attack attempts on test images that both fool the CNN and are "
                    "trusted by the detector (the attack's success against the guarded model).")
     st.caption("The charts below use every stored image (validation and test) and the negatives chosen above.")
 
-conf = pd.DataFrame({f"trusted ({rule})": [at["tp"], at["fp"]],
-                     f"rejected ({below})": [at["fn"], at["tn"]]},
-                    index=[f"authentic ({len(sep.positives)})",
-                           f"negatives ({len(sep.all_negatives)}: {md(', '.join(negs))})"])
 left, right = st.columns([1, 1])
 with left:
     st.markdown("**Confusion counts at this threshold**")
-    st.table(conf)
+    st.markdown(md_table(["", f"trusted ({rule})", f"rejected ({below})"],
+                         [[f"authentic ({len(sep.positives)})", at["tp"], at["fn"]],
+                          [f"negatives ({len(sep.all_negatives)}: {', '.join(negs)})", at["fp"], at["tn"]]],
+                         align="lrr"))
     roc = [dict(name=f"ROC (AUC {r.auc:.3f})", x=curves.roc_xy[0], y=curves.roc_xy[1], color=charts.ink()),
            dict(name="chance", x=[0, 1], y=[0, 1], color="#aaaaaa", dash="dot", width=1)]
     marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=charts.ink()),
@@ -198,22 +168,26 @@ groups = [(f"{positives} (positives)", charts.TRUSTED_COLOR)]
 groups += [(f"{s} (adversarial)" if s != "errors" else "errors (misclassified)", palette[i % len(palette)])
            for i, s in enumerate(negs)]
 with right:
-    centres, densities = curves.centres, curves.densities
-    dens = [dict(name=f"{name}, n={len(sc)}", x=centres, y=d, color=color, step=True, fill=i == 0)  # positives
-            for i, ((name, color), sc, d) in enumerate(zip(groups, sep.groups, densities))]
-    bands = [dict(x0=0, x1=th, color=charts.REJECTED_COLOR, label=charts.REJECTED, left=True),
-             dict(x0=th, x1=1, color=charts.TRUSTED_COLOR, label=charts.TRUSTED, left=False)]
-    charts.show(line_chart.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
-                                  xtitle="kNN score of the predicted class", height=360, legend="below",
-                                  x_domain=(0, 1), bands=bands, rules=[dict(x=th)]), key="th_density")
-
-    grid, shares = curves.grid, curves.shares
-    rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=charts.TRUSTED_COLOR, width=3)]
-    rates += [dict(name=f"FPR: {name.split(' ')[0]} trusted", x=grid, y=share, color=color, dash="dash")
-              for (name, color), share in zip(groups[1:], shares[1:])]
-    charts.show(line_chart.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
-                                  ytitle="share trusted", xtitle="threshold", height=360, legend="below",
-                                  x_domain=(0, 1), rules=[dict(x=th, label=f"{th:.3f}")]), key="th_rates")
+    view = st.segmented_control("Chart", list(CHARTS), key="th_view", required=True, default="densities",
+                                format_func=CHARTS.get, persist_state="session", label_visibility="collapsed",
+                                help="One chart at a time (each redraws as the threshold moves).")
+    if view == "shares":
+        grid, shares = curves.grid, curves.shares
+        rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=charts.TRUSTED_COLOR, width=3)]
+        rates += [dict(name=f"FPR: {name.split(' ')[0]} trusted", x=grid, y=share, color=color, dash="dash")
+                  for (name, color), share in zip(groups[1:], shares[1:])]
+        charts.show(line_chart.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
+                                          ytitle="share trusted", xtitle="threshold", height=420, legend="below",
+                                          x_domain=(0, 1), rules=[dict(x=th, label=f"{th:.3f}")]), key="th_rates")
+    else:
+        centres, densities = curves.centres, curves.densities
+        dens = [dict(name=f"{name}, n={len(sc)}", x=centres, y=d, color=color, step=True, fill=i == 0)  # positives
+                for i, ((name, color), sc, d) in enumerate(zip(groups, sep.groups, densities))]
+        bands = [dict(x0=0, x1=th, color=charts.REJECTED_COLOR, label=charts.REJECTED, left=True),
+                 dict(x0=th, x1=1, color=charts.TRUSTED_COLOR, label=charts.TRUSTED, left=False)]
+        charts.show(line_chart.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
+                                          xtitle="kNN score of the predicted class", height=420, legend="below",
+                                          x_domain=(0, 1), bands=bands, rules=[dict(x=th)]), key="th_density")
 
 # ------------------------------------------------------------------------ downloads (the page's data as files)
 from app_pages import downloads  # noqa: E402

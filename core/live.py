@@ -12,6 +12,7 @@ kept per setting, so a threshold change only counts.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from core.bootstrap import SourceBootstrap
 from core.evaluation import ERRORS_SET, RunData
@@ -68,7 +69,8 @@ class LiveFigures:
     data : RunData
     config : EvaluationConfig
     max_settings : int
-        Settings whose scores are kept (least recently used dropped).
+        Settings whose scores are kept (least recently used dropped); :meth:`at` keeps eight times as many
+        figures (setting and threshold).
     scores : callable, optional
         ``(set, layer, mode, fn, k) -> scores (n,)`` of every item of the set (default ``data.scores``; the app
         passes its cached one so a setting is scored once).
@@ -115,7 +117,9 @@ class LiveFigures:
                       for a in self.attack_sets}
         self._scored: OrderedDict[Setting, _Scored] = OrderedDict()
         self._eer: dict[Setting, dict] = {}
+        self._at: OrderedDict[tuple[Setting, float], dict] = OrderedDict()
         self._lock = threading.Lock()
+        self._blas = ThreadpoolController()  # found once: threadpool_limits() looks for the libraries every call
         log.info("live figures: %d test sources, %d replicates, positives %s", len(self.split.test),
                  config.n_boot, self.positive_sets)
 
@@ -163,16 +167,28 @@ class LiveFigures:
             the CNN and are trusted, over attempts), ``detection_rate`` ``[v, lo, hi]``: every attack pooled
             (the attacks' rates weighted by their test sizes, as the report's ``aggr.detection_rate``).
         """
-        sc = self._scores(setting)
-        with threadpool_limits(limits=1, user_api="blas"):
+        s = Setting(str(setting[0]), str(setting[1]), str(setting[2]), int(setting[3]))
+        key = (s, float(threshold))
+        with self._lock:
+            hit = self._at.get(key)
+            if hit is not None:
+                self._at.move_to_end(key)
+                return copy.deepcopy(hit)
+        sc = self._scores(s)
+        with self._blas.limit(limits=1, user_api="blas"):
             m = measure(self.bootstrap, float(threshold), sc.pos, sc.pos_source, sc.attacks, strict=self.strict)
         pooled = self.bootstrap.aggregate([m["attacks"][a]["detection_rate"] for a in self.attack_sets],
                                           [self.sizes[a] for a in self.attack_sets])
-        return json_safe({"tpr": m["tpr"].interval(), "n_positives": len(sc.pos), "detection_rate": pooled.interval(),
-                          "attacks": {a: {"detection_rate": v["detection_rate"].interval(),
-                                          "guarded_success": v["guarded_success"].interval(),
-                                          "n_test": len(sc.attacks[a].scores)}
-                                      for a, v in m["attacks"].items()}})
+        out = json_safe({"tpr": m["tpr"].interval(), "n_positives": len(sc.pos), "detection_rate": pooled.interval(),
+                         "attacks": {a: {"detection_rate": v["detection_rate"].interval(),
+                                         "guarded_success": v["guarded_success"].interval(),
+                                         "n_test": len(sc.attacks[a].scores)}
+                                     for a, v in m["attacks"].items()}})
+        with self._lock:  # a page opened again, or a slider back where it was: counted once
+            self._at[key] = out
+            while len(self._at) > 8 * self.max_settings:
+                self._at.popitem(last=False)
+        return copy.deepcopy(out)
 
     def eer(self, setting: Setting | Sequence) -> dict:
         """The paper's EER accuracy (per-attack oracle threshold) on the test split, cached per setting.
@@ -188,7 +204,7 @@ class LiveFigures:
         if hit is None:
             sc = self._scores(s)
             negs = {a: (it.scores, it.source) for a, it in sc.attacks.items()}
-            with threadpool_limits(limits=1, user_api="blas"):
+            with self._blas.limit(limits=1, user_api="blas"):
                 aggr, per = aggregate_eer(self.bootstrap, sc.pos, sc.pos_source, negs)
                 errors = None
                 if ERRORS_SET in self.test and self.test[ERRORS_SET].any():

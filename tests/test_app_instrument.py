@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_app import PAGES, _app, _markdown, _ok, truth  # noqa: F401
+from tests.test_app import PAGES, _app, _markdown, _md_table, _ok, truth  # noqa: F401
 
 pytest.importorskip("streamlit")
 
@@ -225,6 +225,7 @@ def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, mon
     assert (pos > th).sum() != (pos >= th).sum()  # the check below can tell the rules apart
     app.session_state["op_overrides"] = {(layer, mode, fn, int(k)): th}
     _ok(app.switch_page(PAGES["threshold"]).run())
-    conf = app.table[0].value
-    assert list(conf.columns) == ["trusted (score > threshold)", "rejected (score ≤ threshold)"]
-    assert int(conf.iloc[0, 0]) == (pos > th).sum() and int(conf.iloc[0, 1]) == (pos <= th).sum()
+    conf = _md_table(app, "trusted (score > threshold)")
+    assert list(conf[0]) == ["", "trusted (score > threshold)", "rejected (score ≤ threshold)"]
+    assert int(conf[0]["trusted (score > threshold)"]) == (pos > th).sum()
+    assert int(conf[0]["rejected (score ≤ threshold)"]) == (pos <= th).sum()

@@ -2,6 +2,8 @@
 not need it (Threshold) does not wait for it, and the pages that do get that same detector."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import ROOT
@@ -149,3 +151,21 @@ def test_launch_preload_waits_a_bounded_time_then_the_load_goes_on(tiny_run_copy
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
     assert not at.exception, [e.value for e in at.exception]
     assert loaders._detector(path, stamp(path)) is det
+
+
+def test_pages_leave_the_shared_run_files_unchanged(tiny_run, monkeypatch):
+    """The run's JSON files and manifest are one object per process (not a copy per call): no page may change
+    them."""
+    from app_pages import loaders, state
+
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    for page in state.PAGES.values():
+        at = at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    path, stamp = str(tiny_run), state.stamp(str(tiny_run))
+    assert loaders.run_json(path, stamp, "report.json") is loaders.run_json(path, stamp, "report.json")
+    for name in ("report.json", "classes.json", "model.json"):
+        assert loaders.run_json(path, stamp, name) == json.loads((tiny_run / name).read_text()), name
+    assert state.manifest(path, stamp) == json.loads((tiny_run / "manifest.json").read_text())

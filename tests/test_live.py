@@ -133,3 +133,19 @@ def test_operating_layer_reads_the_operating_point_not_the_old_headline():
     assert operating_layer({"operating_point": {"layer": "b"}}, layers) == "b"
     assert operating_layer({"headline": {"best": {"layer": "a"}}}, layers) == "c"  # an old report: last layer
     assert operating_layer(None, layers) == "c" and operating_point({"attacks": []}) is None
+
+
+def test_figures_at_a_threshold_seen_before_are_kept_and_handed_out_as_copies(setup, monkeypatch):
+    import core.live as live_mod
+
+    data, live, _ = setup
+    setting = (data.layers[0], data.modes[0], "knn", int(data.summary["k_max"]))
+    first = live.at(setting, 0.4321)
+    calls = []
+    monkeypatch.setattr(live_mod, "measure", lambda *a, **kw: calls.append(a) or pytest.fail("counted again"))
+    again = live.at(list(setting), 0.4321)  # the same setting, as another sequence type
+    assert again == first and not calls
+    again["tpr"][0] = -1.0  # a caller's change stays with the caller
+    assert live.at(setting, 0.4321) == first
+    with pytest.raises(pytest.fail.Exception, match="counted again"):
+        live.at(setting, 0.4322)  # a new threshold is counted

@@ -326,3 +326,20 @@ def test_favicon_is_shipped_not_fetched():
 
     with Image.open(ROOT / "assets" / "favicon.png") as im:
         assert im.format == "PNG" and im.size == (64, 64)
+
+
+def test_md_table_escapes_every_cell_and_keeps_its_columns():
+    from app_pages._text import md, md_table
+
+    evil = PAYLOADS + [RUN_NAME, "a | b", "x\\|y"]
+    table = md_table(["set", "n"], [[p, i] for i, p in enumerate(evil)], align="lr")
+    lines = table.splitlines()
+    assert lines[:2] == ["| set | n |", "|:--|--:|"] and len(lines) == 2 + len(evil)
+    for line, p in zip(lines[2:], evil):
+        assert not _raw(line), line
+        # Every cell's | is escaped: exactly the row's three column borders are left.
+        assert len(re.findall(r"(?<!\\)\|", line)) == 3 and line.startswith(f"| {md(p)} | "), line
+    with pytest.raises(ValueError, match="2 columns"):
+        md_table(["a", "b"], [[1]])
+    with pytest.raises(ValueError, match="2 columns"):
+        md_table(["a", "b"], [[1, 2]], align="l")
