@@ -258,3 +258,6 @@ def test_every_target_is_listed_yes_or_no_and_the_browser_result_renders(tmp_pat
                  first_page_empty_cache_s=4.1, server_start_s=6.9)  # a reading pause per column
     text = summary.section("first_page", first)
     assert "| Run | 1.7 | 0.8 | 3.7 |" in text and "2 s read before" in text and "first page 4.10 s" in text
+    first.update(switches_driver_s={"2.0": {"Inspect": 0.7, "Run": 0.95}})  # the clicks as the driver saw them
+    text = summary.section("first_page", first)
+    assert "| Run | 1.7 | 0.8 | 0.95 | 3.7 |" in text and "driver's view (2 s)" in text and "own clock" in text

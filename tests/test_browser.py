@@ -36,6 +36,16 @@ def url(tiny_run):
         yield u
 
 
+def test_the_served_app_lets_no_origin_drive_it(url):
+    """Streamlit's host configuration allows no origin to send the page commands (stop, rerun, auth token) by
+    postMessage: its default list is Streamlit Community Cloud's (.streamlit/config.toml)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_stcore/host-config", timeout=30) as r:
+        assert json.loads(r.read())["allowedOrigins"] == []
+
+
 def _threshold(text: str) -> float:
     return float(re.search(r"at threshold ([0-9.]+)", text).group(1))
 

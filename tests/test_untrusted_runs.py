@@ -309,6 +309,7 @@ def test_server_defaults_are_pinned():
     assert cfg["server"]["address"] == "127.0.0.1"
     assert cfg["server"]["maxUploadSize"] == math.ceil(MAX_BYTES / 2**20)
     assert cfg["client"]["showErrorDetails"] == "none"
+    assert cfg["client"]["allowedOrigins"] == []  # no origin may drive the app by postMessage (test_browser serves it)
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["browser"]["serverAddress"] == "localhost"  # one URL printed: no external-IP look-up
     # Streamlit itself reads them (a misspelt option would be ignored with a warning).
