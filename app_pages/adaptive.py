@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app_pages import charts, line_chart, loaders, state
-from app_pages._text import md
+from app_pages._text import md, md_records
 
 #: Variant -> (label, colour).
 VARIANTS = {"oblivious": ("oblivious (fools the CNN only)", "#7f7f7f"),
@@ -55,11 +55,11 @@ if ad.get("cw_confidence"):
     st.subheader("Carlini-Wagner at growing confidence κ")
     st.caption("A larger margin over the runner-up class moves the image deeper into the target class, where its "
                "features look more like the target's training images.")
-    st.dataframe([{"κ": r["kappa"], "CNN success": charts.ci_text(r["cnn_success"]),
-                   "guarded success": charts.ci_text(r["guarded_success"]),
-                   "detected of fooled": f"{100 * r['detected_of_fooled']:.1f} %",
-                   "mean L2 (fooled)": r["mean_l2_fooled"]} for r in ad["cw_confidence"]],
-                 hide_index=True, key="adp_cw")
+    st.markdown(md_records([{"κ": r["kappa"], "CNN success %": charts.ci_text(r["cnn_success"]),
+                             "guarded success %": charts.ci_text(r["guarded_success"]),
+                             "detected of fooled": f"{100 * r['detected_of_fooled']:.1f} %",
+                             "mean L2 (fooled)": r["mean_l2_fooled"]} for r in ad["cw_confidence"]],
+                           formats={"mean L2 (fooled)": "{:.3f}"}))
 s = ad["sanity"]
 st.subheader("Is the attack any good? (sanity checks)")
 lines = [f"- unbounded {n} budget: guarded success {charts.ci_text(u['guarded_success'])} (should be near 100 %)"

@@ -1,11 +1,10 @@
 """Compare: the peer detectors of the run's report side by side on the test split (ROC curves with each
 operating point, and the report's Detectors table)."""
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from app_pages import charts, line_chart, loaders, state
-from app_pages._text import md
+from app_pages._text import md, md_records
 from core import metrics
 
 run = state.current_run()
@@ -76,7 +75,7 @@ for e in chosen:
                          "EER accuracy %": charts.ci_text(v["eer_accuracy"]), "AUC %": charts.ci_text(v["auc"]),
                          "errors rejected %": charts.ci_text(v.get("errors", {}).get("detection_rate")),
                          "fit s": v["fit_s"], "score ms/image": v["score_ms"]})
-st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_table")
+st.markdown(md_records(rows, formats={"fit s": "{:.2f}", "score ms/image": "{:.3f}"}))
 
 for comb, res in rep.get("detector_comparison", {}).items():
     m = res.get("mean")

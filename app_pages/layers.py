@@ -1,10 +1,10 @@
 """Layers: EER accuracy per layer and score function with 95 % intervals (paper Fig. 6), and the full table
 layer × processing × score × attack of the run's report (paper Tables 2 and 4)."""
-import pandas as pd
+import numpy as np
 import streamlit as st
 
 from app_pages import charts, comparison, line_chart, loaders, state
-from app_pages._text import md
+from app_pages._text import md, md_table
 from core.evaluation import row_accuracy
 from core.live import operating_layer
 
@@ -118,14 +118,18 @@ if rep is None:
     st.code(state.resume_command(run.manifest), language="bash")
     state.end_page()
 cols = list(rep.get("attack_sets") or rep["attacks"]) + ["Aggr.", "Errors"]
-table = pd.DataFrame([{"layer": r["layer"], "processing": r["mode"], "score": state.FN_NAMES[r["fn"]].split(" ")[0],
-                       **{c: None if _value(r, c) is None else 100 * _value(r, c) for c in cols}}
-                      for r in rep["rows"]])
-table = table.dropna(axis=1, how="all")
-num = [c for c in cols if c in table]
+values = [[100 * v if v is not None and np.isfinite(v) else None for v in (_value(r, c) for c in cols)]
+          for r in rep["rows"]]
+shown = [j for j in range(len(cols)) if any(v[j] is not None for v in values)]  # columns with a value
+best = {j: max(v[j] for v in values if v[j] is not None) for j in shown}
 where = "on the test split, " if "split" in rep else "on every stored image, "
-st.caption(f"EER accuracy (%) from the run's report.json ({where}k = {md(rep['k'])}); click a column header to sort. "
-           "The best cell of each column is highlighted.")
-st.dataframe(table.style.format("{:.1f}", subset=num, na_rep="–")
-             .highlight_max(subset=num, props="background-color:#c6f6d5;font-weight:700"),
-             hide_index=True, key="layers_table", height=min(38 + 35 * len(table), 640))
+st.caption(f"EER accuracy (%) from the run's report.json ({where}k = {md(rep['k'])}); the best cell of each column "
+           "in bold.")
+# A Markdown table, not a data grid: the grid's code (about 1.2 MB) made the first click to this page take over a
+# second on 2 cores (python -m benchmarks.first_page).
+st.markdown(md_table(["layer", "processing", "score", *(cols[j] for j in shown)],
+                     [[r["layer"], r["mode"], state.FN_NAMES[r["fn"]].split(" ")[0],
+                       *("–" if v[j] is None else f"{v[j]:.1f}" for j in shown)] for r, v in zip(rep["rows"], values)],
+                     align="lll" + "r" * len(shown),
+                     strong={(i, 3 + n) for i, v in enumerate(values) for n, j in enumerate(shown)
+                             if v[j] is not None and round(v[j], 1) == round(best[j], 1)}))

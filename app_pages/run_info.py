@@ -2,11 +2,10 @@
 sets, attacks, the paper's findings per layer, timings, library versions) and how to make another one."""
 import json
 
-import pandas as pd
 import streamlit as st
 
 from app_pages import charts, downloads, loaders, state
-from app_pages._text import md
+from app_pages._text import md, md_records
 from core.live import operating_point
 from precompute.stages import STAGE_NAMES
 
@@ -46,7 +45,7 @@ def _processing(layer: str, mode: str) -> str:
 
 
 #: Rates as percent with one decimal everywhere on the page ("25.0 %", "95.3 %").
-PERCENT = st.column_config.NumberColumn(format="%.1f %%")
+PERCENT = "{:.1f} %"
 
 
 def _pct(x) -> float | None:
@@ -74,14 +73,14 @@ else:
         st.caption(f"Rule: {md(op['criterion'])}.")
     att = rep.get("attacks", {})
     if isinstance(att, dict) and att:
-        st.dataframe(pd.DataFrame([{"attack": a, "test images": v.get("n_test"),
-                                    "success (prediction changed)": _pct(v.get("success_changed")),
-                                    "success (target reached)": _pct(v.get("success_target")),
-                                    "detection rate %": charts.ci_text(v.get("detection_rate")),
-                                    "guarded success %": charts.ci_text(v.get("guarded_success")),
-                                    "EER accuracy % (oracle)": charts.ci_text(v.get("eer_accuracy"))}
-                                   for a, v in att.items()]), hide_index=True, key="run_attacks", placeholder="–",
-                     column_config={c: PERCENT for c in ("success (prediction changed)", "success (target reached)")})
+        st.markdown(md_records([{"attack": a, "test images": v.get("n_test"),
+                                 "success (prediction changed)": _pct(v.get("success_changed")),
+                                 "success (target reached)": _pct(v.get("success_target")),
+                                 "detection rate %": charts.ci_text(v.get("detection_rate")),
+                                 "guarded success %": charts.ci_text(v.get("guarded_success")),
+                                 "EER accuracy % (oracle)": charts.ci_text(v.get("eer_accuracy"))}
+                                for a, v in att.items()], formats=dict.fromkeys(
+                                    ("success (prediction changed)", "success (target reached)"), PERCENT)))
         st.caption("On the test split at the operating point, [95 % confidence interval]. Guarded success: attack "
                    "attempts that fool the CNN and are trusted. EER accuracy: the paper's metric, each attack with "
                    "its own (oracle) threshold.")
@@ -122,12 +121,8 @@ for name in state.ordered_sets(run, nonempty=False):
                  "mean L2": v.get("mean_l2"), "mean L∞": v.get("mean_linf"),
                  "mean L∞ (/255)": None if v.get("mean_linf") is None else 255 * v["mean_linf"],
                  "seconds": v.get("seconds"), "parameters": _params(v.get("params"))})
-st.dataframe(pd.DataFrame(rows), hide_index=True, key="run_sets", placeholder="–",
-             column_config={"success rate": PERCENT, "target reached": PERCENT,
-                            "parameters": st.column_config.TextColumn(width="large"),
-                            "mean L2": st.column_config.NumberColumn(format="%.3f"),
-                            "mean L∞": st.column_config.NumberColumn(format="%.3f"),
-                            "mean L∞ (/255)": st.column_config.NumberColumn(format="%.1f")})
+st.markdown(md_records(rows, formats={"success rate": PERCENT, "target reached": PERCENT, "mean L2": "{:.3f}",
+                                      "mean L∞": "{:.3f}", "mean L∞ (/255)": "{:.1f}", "seconds": "{:.1f}"}))
 if any("success_changed" in v for v in s["sets"].values()):
     st.caption("Adversarial sets keep every attempt whose stored image the CNN predicts other than its true class "
                "(the paper's success rule); 'target reached' is the share of attempts that also reached the aimed "
@@ -143,17 +138,17 @@ if findings and all("verdict" in f for f in findings):
     st.markdown("Each is a difference of Aggr. EER accuracy on the test split with its paired 95 % interval: "
                 "**holds** where the interval lies above 0, **reversed** where it lies below 0, **not shown** "
                 "otherwise.")
-    st.dataframe(pd.DataFrame([{"finding": f["finding"], "layer": f["layer"],
-                                "processing": _processing(f["layer"], f["mode"]) if f.get("mode") else "",
-                                "difference (points)": _points(f["difference"]), "verdict": f["verdict"]}
-                               for f in findings]), hide_index=True, key="run_findings")
+    st.markdown(md_records([{"finding": f["finding"], "layer": f["layer"],
+                             "processing": _processing(f["layer"], f["mode"]) if f.get("mode") else "",
+                             "difference (points)": _points(f["difference"]), "verdict": f["verdict"]}
+                            for f in findings]))
     rev = rep.get("reversals") or []
     st.markdown(f"**Reversals** ({len(rev)}): where the paper's direction is reversed, on the aggregate or one "
                 "attack." if rev else "**Reversals**: none.")
     if rev:
-        st.dataframe(pd.DataFrame([{"finding": r["finding"], "layer": r["layer"], "processing": r.get("mode") or "",
-                                    "attack": r["attack"], "difference (points)": _points(r["difference"])}
-                                   for r in rev]), hide_index=True, key="run_reversals")
+        st.markdown(md_records([{"finding": r["finding"], "layer": r["layer"], "processing": r.get("mode") or "",
+                                 "attack": r["attack"], "difference (points)": _points(r["difference"])}
+                                for r in rev]))
 elif findings:
     st.subheader("The paper's findings on this run")
     for f in findings:
@@ -167,13 +162,11 @@ with left:
     stages = [{"stage": k, "seconds": m["stages"][k].get("seconds"), "status": m["stages"][k].get("status")}
               for k in STAGE_NAMES if k in m["stages"]]
     stages.append({"stage": "total", "seconds": sum(x["seconds"] or 0 for x in stages), "status": ""})
-    st.dataframe(pd.DataFrame(stages), hide_index=True, key="run_stages",
-                 column_config={"seconds": st.column_config.NumberColumn(format="%.1f")})
+    st.markdown(md_records(stages, formats={"seconds": "{:.1f}"}))
 with right:
     st.subheader("Library versions")
     versions = m.get("versions", {})
-    st.dataframe(pd.DataFrame([{"library": k, "version": v} for k, v in versions.items() if k != "cpu_count"]),
-                 hide_index=True, key="run_versions")
+    st.markdown(md_records([{"library": k, "version": v} for k, v in versions.items() if k != "cpu_count"]))
     if "cpu_count" in versions:
         st.caption(f"Built on a machine with {md(versions['cpu_count'])} CPU cores.")
 

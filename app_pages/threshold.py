@@ -13,8 +13,8 @@ attacks = state.attack_sets(run)
 has_errors = "errors" in state.ordered_sets(run)
 strict = operating.strict(run)  # the trust rule of the run's protocol
 rule = operating.trust_text(run)
-#: The distribution charts beside the ROC, one at a time.
-CHARTS = {"densities": "Score densities (Fig. 4)", "shares": "Trusted share vs threshold (Figs. 3, 5)"}
+#: The page's charts, one at a time.
+CHARTS = {"densities": "Score densities (Fig. 4)", "shares": "Trusted share vs threshold (Figs. 3, 5)", "roc": "ROC"}
 below = "score ≤ threshold" if strict else "score < threshold"
 
 st.title("Threshold")
@@ -145,33 +145,36 @@ else:
                               for a, v in fig["attacks"].items()], align="lrrr"))
         st.caption("Guarded success: share of attack attempts on test images that both fool the CNN and are "
                    "trusted by the detector (the attack's success against the guarded model).")
-    st.caption("The charts below use every stored image (validation and test) and the negatives chosen above.")
+    st.caption("The counts and the chart below use every stored image (validation and test) and the negatives "
+               "chosen above.")
 
-left, right = st.columns([1, 1])
+palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
+groups = [(f"{positives} (positives)", charts.TRUSTED_COLOR)]
+groups += [(f"{s} (adversarial)" if s != "errors" else "errors (misclassified)", palette[i % len(palette)])
+           for i, s in enumerate(negs)]
+left, right = st.columns([1, 1.6])
 with left:
     st.markdown("**Confusion counts at this threshold**")
     st.markdown(md_table(["", f"trusted ({rule})", f"rejected ({below})"],
                          [[f"authentic ({len(sep.positives)})", at["tp"], at["fn"]],
                           [f"negatives ({len(sep.all_negatives)}: {', '.join(negs)})", at["fp"], at["tn"]]],
                          align="lrr"))
-    roc = [dict(name=f"ROC (AUC {r.auc:.3f})", x=curves.roc_xy[0], y=curves.roc_xy[1], color=charts.ink()),
-           dict(name="chance", x=[0, 1], y=[0, 1], color="#aaaaaa", dash="dot", width=1)]
-    marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=charts.ink()),
-             dict(name="operating point", x=at["fpr"], y=at["tpr"], color="#c53030", shape="cross", filled=True,
-                  label=f"threshold {th:.3f}")]
-    charts.show(line_chart.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
-                                  xtitle="FPR: share of negatives trusted", height=420, x_domain=(-0.02, 1.02),
-                                  y_domain=(-0.02, 1.02), points=marks, legend="bottom-right"), key="th_roc")
-
-palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
-groups = [(f"{positives} (positives)", charts.TRUSTED_COLOR)]
-groups += [(f"{s} (adversarial)" if s != "errors" else "errors (misclassified)", palette[i % len(palette)])
-           for i, s in enumerate(negs)]
 with right:
     view = st.segmented_control("Chart", list(CHARTS), key="th_view", required=True, default="densities",
                                 format_func=CHARTS.get, persist_state="session", label_visibility="collapsed",
-                                help="One chart at a time (each redraws as the threshold moves).")
-    if view == "shares":
+                                help="One chart at a time, redrawn as the threshold moves (two or three on the page "
+                                     "made a click to this page take over a second here).")
+    if view == "roc":
+        roc = [dict(name=f"ROC (AUC {r.auc:.3f})", x=curves.roc_xy[0], y=curves.roc_xy[1], color=charts.ink()),
+               dict(name="chance", x=[0, 1], y=[0, 1], color="#aaaaaa", dash="dot", width=1)]
+        marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=charts.ink()),
+                 dict(name="operating point", x=at["fpr"], y=at["tpr"], color="#c53030", shape="cross", filled=True,
+                      label=f"threshold {th:.3f}")]
+        charts.show(line_chart.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
+                                          xtitle="FPR: share of negatives trusted", height=420,
+                                          x_domain=(-0.02, 1.02), y_domain=(-0.02, 1.02), points=marks,
+                                          legend="bottom-right"), key="th_roc")
+    elif view == "shares":
         grid, shares = curves.grid, curves.shares
         rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=charts.TRUSTED_COLOR, width=3)]
         rates += [dict(name=f"FPR: {name.split(' ')[0]} trusted", x=grid, y=share, color=color, dash="dash")

@@ -74,7 +74,7 @@ def _cells(line: str) -> list[str]:
 
 
 def _md_table(at: AppTest, column: str) -> list[dict[str, str]]:
-    """The rows of the page's Markdown table with a column named ``column``, as dicts of cell texts."""
+    """The rows of the page's first Markdown table with a column named ``column``, as dicts of cell texts."""
     for body in _markdown(at):
         lines = body.strip().splitlines()
         if len(lines) >= 2 and lines[0].startswith("| ") and column in _cells(lines[0]):
@@ -347,6 +347,30 @@ def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
         assert deviation(full, want, kept, x_range=(0, 1)) <= SIMPLIFY  # the points left out are on the line
 
 
+def test_threshold_roc_view_draws_the_roc_and_the_operating_point(app, truth):
+    from app_pages.line_chart import SIMPLIFY
+    from core import metrics
+    from core.polyline import deviation
+
+    _ok(app.switch_page(PAGES["threshold"]).run())
+    _ok(app.segmented_control(key="th_view").set_value("roc").run())
+    assert [json.loads(c.proto.spec)["title"]["text"] for c in app.get("vega_lite_chart")
+            if "Score densities" in json.loads(c.proto.spec)["title"]["text"]] == []
+    spec = _vega(app, "th_roc")
+    pos, neg = _threshold_scores(truth)
+    r = metrics.roc(pos, neg)
+    (x, y), = [v for name, v in _lines(spec).items() if name.startswith("ROC")]
+    fx, fy = metrics.roc_corners(r)
+    kept = [int(np.flatnonzero((fx == a) & (fy == b))[0]) for a, b in zip(x, y)]  # every drawn point a corner
+    assert kept == sorted(kept) and kept[0] == 0 and kept[-1] == len(fx) - 1
+    assert deviation(fx, fy, np.array(kept), x_range=(-0.02, 1.02), y_range=(-0.02, 1.02)) <= SIMPLIFY
+    th = _validation_threshold(truth)
+    at = metrics.rates_at(pos, neg, th)
+    point = next(row for layer in spec["layer"] if _mark(layer) == "point" for row in layer["data"]["values"]
+                 if row["series"] == "operating point")
+    assert (point["x"], point["y"]) == pytest.approx((at["fpr"], at["tpr"]))
+
+
 @pytest.fixture(scope="module")
 def honest(truth) -> dict:
     """The run's report.json with issue 12's keys (core.honest.honest_report at the run's evaluation config)."""
@@ -360,19 +384,28 @@ def honest(truth) -> dict:
     return {**old, **rep, "attack_sets": truth["attacks"]}
 
 
-#: A column only each page's table has (AppTest's dataframes carry no key).
-FRAMES = {"run_findings": "verdict",
-          "run_reversals": "attack", "run_attacks": "EER accuracy % (oracle)"}
+#: A column only each page's table has (the pages' tables are Markdown: no key reaches AppTest).
+FRAMES = {"run_findings": "verdict", "run_reversals": "difference (points)", "run_attacks": "EER accuracy % (oracle)"}
 
 
-def _frame(at: AppTest, key: str):
-    """The dataframe of ``key`` (:data:`FRAMES`): the first one holding its column (run_reversals: with no
+def _md_tables(at: AppTest) -> list[list[dict[str, str]]]:
+    """Every Markdown table of the page, as rows of cell texts."""
+    out = []
+    for body in _markdown(at):
+        lines = body.strip().splitlines()
+        if len(lines) >= 2 and lines[0].startswith("| ") and re.fullmatch(r"\|(:?-+:?\|)+", lines[1]):
+            header = _cells(lines[0])
+            out.append([dict(zip(header, _cells(r), strict=True)) for r in lines[2:]])
+    return out
+
+
+def _frame(at: AppTest, key: str) -> list[dict[str, str]]:
+    """The rows of the table of ``key`` (:data:`FRAMES`): the first one holding its column (run_reversals: with no
     verdict)."""
     col = FRAMES[key]
-    frames = [d.value for d in at.dataframe if col in d.value.columns
-              and (key != "run_reversals" or "verdict" not in d.value.columns and "difference (points)" in d.value)]
-    assert frames, f"no dataframe {key!r}"
-    return frames[0]
+    tables = [t for t in _md_tables(at) if t and col in t[0] and (key != "run_reversals" or "verdict" not in t[0])]
+    assert tables, f"no table {key!r}"
+    return tables[0]
 
 
 def test_threshold_shows_the_operating_point_and_its_button_sets_slider_and_settings(app, truth, honest, monkeypatch):
@@ -459,9 +492,16 @@ def test_layers_fig6_and_the_report_table(app, truth):
             for r in la["data"]["values"] if r["series"] == dw]  # its error bars
     lo, y, hi = (np.array([r[f] for r in rows], dtype=float) for f in ("lo", "y", "hi"))
     assert len(y) == len(want) and (hi >= y).all() and (y >= lo).all() and (hi - lo > 0).any()
-    df = app.dataframe[0].value
-    assert len(df) == len(truth["report"]["rows"])
-    assert {"layer", "processing", "score", "Aggr."} <= set(df.columns)
+    table = _md_table(app, "Aggr.")
+    assert len(table) == len(truth["report"]["rows"])
+    assert {"layer", "processing", "score", "Aggr."} <= set(table[0])
+    # The report's EER accuracies (%), one decimal; each column's best in bold.
+    from core.evaluation import row_accuracy
+
+    aggr = [100 * row_accuracy(r, "aggr") for r in truth["report"]["rows"]]
+    cells = [row["Aggr."] for row in table]
+    assert [float(c.strip("*")) for c in cells] == [round(v, 1) for v in aggr]
+    assert [c.startswith("**") for c in cells] == [round(v, 1) == round(max(aggr), 1) for v in aggr]
 
 
 # ----------------------------------------------------------------------------------------- Failure cases
@@ -487,10 +527,10 @@ def test_run_page_summarises_the_manifest(app, truth, tiny_run):
     model = json.loads((tiny_run / "model.json").read_text())
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Test accuracy"] == f"{model['test_accuracy']:.2%}"
-    sets = next(d.value for d in app.dataframe if "set" in d.value.columns)  # the table of evaluation sets
-    assert sets["set"].tolist()[0] == "authentic"
-    want = {k: v["n"] for k, v in truth["manifest"]["summary"]["sets"].items()}
-    assert dict(zip(sets["set"], sets["images"])) == want
+    sets = _md_table(app, "set")  # the table of evaluation sets
+    assert sets[0]["set"] == "authentic"
+    want = {k: str(v["n"]) for k, v in truth["manifest"]["summary"]["sets"].items()}
+    assert {r["set"]: r["images"] for r in sets} == want
     assert any("`python -m precompute --config precompute/configs/fmnist.toml`" in m for m in _markdown(app))
     assert not app.code  # no code block (the highlighter it loads cost the browser 0.5-0.8 s): the config on request
     app.session_state["run_config"] = True
@@ -509,11 +549,15 @@ def test_run_page_shows_the_split_operating_point_and_findings_per_layer(app, ho
     assert f"{honest['operating_point']['threshold']:.4f}" in text
     f = _frame(app, "run_findings")
     assert len(f) == len(honest["findings"])
-    assert f["verdict"].tolist() == [e["verdict"] for e in honest["findings"]]
-    assert set(f["verdict"]) <= {"holds", "reversed", "not shown"}
+    assert [r["verdict"] for r in f] == [e["verdict"] for e in honest["findings"]]
+    assert {r["verdict"] for r in f} <= {"holds", "reversed", "not shown"}
     if honest["reversals"]:
         assert len(_frame(app, "run_reversals")) == len(honest["reversals"])
-    assert _frame(app, "run_attacks")["attack"].tolist() == list(honest["attacks"])
+    attacks = _frame(app, "run_attacks")
+    assert [r["attack"] for r in attacks] == list(honest["attacks"])
+    for r in attacks:  # rates as percent with one decimal, a missing one as a dash
+        v = honest["attacks"][r["attack"]].get("success_changed")
+        assert r["success (prediction changed)"] == ("–" if v is None else f"{100 * v:.1f} %")
 
 
 def test_layers_page_opens_on_the_new_report(app, honest, monkeypatch):
@@ -521,8 +565,8 @@ def test_layers_page_opens_on_the_new_report(app, honest, monkeypatch):
 
     monkeypatch.setattr(loaders, "report", lambda run: honest)
     _ok(app.switch_page(PAGES["layers"]).run())
-    df = app.dataframe[0].value
-    assert len(df) == len(honest["rows"]) and set(honest["attack_sets"]) <= set(df.columns) | {"errors"}
+    table = _md_table(app, "Aggr.")
+    assert len(table) == len(honest["rows"]) and set(honest["attack_sets"]) <= set(table[0]) | {"errors"}
 
 
 # ------------------------------------------------------------------------------------------ missing runs

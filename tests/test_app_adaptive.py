@@ -26,6 +26,12 @@ def test_adaptive_page_plots_the_reported_curves(app, tiny_run):
             assert np.allclose(y, [100 * v[0] for v in c["guarded_success"]])
     text = " ".join(m.value for m in app.markdown)
     assert "unbounded linf budget" in text
+    from app_pages.charts import ci_text
+    from tests.test_app import _md_table
+
+    rows = _md_table(app, "κ")  # Carlini-Wagner at growing confidence, one row per κ
+    assert [float(r["κ"]) for r in rows] == [r["kappa"] for r in ad["cw_confidence"]]
+    assert [r["guarded success %"] for r in rows] == [ci_text(r["guarded_success"]) for r in ad["cw_confidence"]]
 
 
 def test_adaptive_panel_runs_oblivious_and_adaptive(app, tiny_run):

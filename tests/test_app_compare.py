@@ -11,6 +11,8 @@ from tests.conftest import ROOT
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.test_app import _md_table  # noqa: E402  (the pages' tables are Markdown)
+
 TIMEOUT = 120
 
 
@@ -53,8 +55,8 @@ def test_compare_overlays_the_chosen_detectors_rocs_with_their_operating_points(
         assert f"AUC {100 * metrics.roc(pos, neg).auc:.1f}" in line and dot["series"].startswith(line)
         assert dot["x"] == pytest.approx(float(np.mean(neg >= th)))
         assert dot["y"] == pytest.approx(float(np.mean(pos >= th)))
-    table = at.dataframe[0].value
-    assert list(table["detector"]) == ["dknn", "msp"]
+    table = _md_table(at, "detector")
+    assert [r["detector"] for r in table] == ["dknn", "msp"]
 
 
 def _panel_script():

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from tests.test_app import PAGES, _app, _ok, app  # noqa: E402,F401  (shared setup)
+from tests.test_app import PAGES, _app, _md_table, _ok, app  # noqa: E402,F401  (shared setup)
 
 
 def _frame(at: AppTest, key: str):
@@ -70,18 +70,17 @@ def test_failure_cases_show_a_training_image_of_the_predicted_class_on_every_car
 def test_run_page_rates_in_one_format_whole_parameters_and_no_cpu_count_among_libraries(app, tiny_run):
     m = json.loads((tiny_run / "manifest.json").read_text())
     _ok(app.switch_page(PAGES["run"]).run())
-    frames = list(app.dataframe)
-    sets = next(d for d in frames if "set" in d.value.columns)
-    cfg = json.loads(sets.proto.columns)
-    for col in ("success rate", "target reached"):
-        assert cfg[col]["type_config"]["format"] == "%.1f %%"  # "25.0 %" and "95.3 %", not "25%" and "95.33%"
+    sets = _md_table(app, "set")
     rates = {k: v.get("success_rate") for k, v in m["summary"]["sets"].items()}
-    got = dict(zip(sets.value["set"], sets.value["success rate"]))
-    for k, v in rates.items():
-        assert (np.isnan(got[k]) if v is None else got[k] == pytest.approx(100 * v))
-    assert cfg["parameters"]["width"] == "large"
-    libs = next(d for d in frames if "library" in d.value.columns).value
-    assert "cpu_count" not in set(libs["library"]) and "torch" in set(libs["library"])
+    got = {r["set"]: r["success rate"] for r in sets}
+    for k, v in rates.items():  # "25.0 %" and "95.3 %", not "25%" and "95.33%"; a set without one: a dash
+        assert got[k] == ("–" if v is None else f"{100 * v:.1f} %")
+    for r in sets:  # every parameter of the attack, none cut
+        p = m["summary"]["sets"][r["set"]].get("params")
+        if isinstance(p, dict):
+            assert r["parameters"] == ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("attack", "targeted"))
+    libs = {r["library"] for r in _md_table(app, "library")}
+    assert "cpu_count" not in libs and "torch" in libs
     assert any(f"{m['versions']['cpu_count']} CPU cores" in c.value for c in app.caption)
 
 

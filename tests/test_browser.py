@@ -132,7 +132,7 @@ def test_every_page_in_a_real_browser(tiny_run, url):
     assert before != after
     assert _threshold(after) == pytest.approx(min(1.0, _threshold(before) + 0.040), abs=1e-9)
     assert "AUC" in seen["threshold"]
-    assert "Every setting" in seen["layers"]
+    assert "Every setting" in seen["layers"] and "Aggr." in seen["layers"]  # the paper's table, as an HTML table
     assert "Threshold at" in seen["failure_cases"]
     assert "Make another run" in seen["run"] and "Test accuracy" in seen["run"]
 
@@ -192,10 +192,14 @@ def test_threshold_ticks_and_roc_take_the_theme_ink(tiny_run, base):
             browser.shoot(page, OUT, "inspect_dark")
         page.goto(url + "/threshold")
         browser.wait_idle(page)
-        roc = _strokes(page, "th_roc", "line")
-        assert roc and roc[0] == INK[base]  # the ROC curve (the chance line after it is grey)
         rules = _strokes(page, "th_density", "rule")
         assert rules and all(r == INK[base] for r in rules)  # the threshold line of the density chart
+        page.locator(".st-key-th_view button").filter(has_text="ROC").click()  # one chart at a time
+        page.locator(".st-key-th_roc svg.marks").first.wait_for()
+        browser.wait_idle(page)
+        assert not page.locator(".st-key-th_density").count()
+        roc = _strokes(page, "th_roc", "line")
+        assert roc and roc[0] == INK[base]  # the ROC curve (the chance line after it is grey)
         if base == "dark":
             browser.shoot(page, OUT, "threshold_dark")
 
@@ -262,14 +266,19 @@ def test_adaptive_switch_on_the_attack_page(tiny_run, url):
         assert im.width == browser.VIEWPORT["width"] and im.height > browser.VIEWPORT["height"]
 
 
-def test_no_page_loads_plotly_js(url):
+def test_no_page_loads_plotly_js_or_the_data_grid(url):
     """Every chart is Vega-Lite (app_pages.charts): no page makes the tab load Streamlit's 4.7 MB plotly module, which
-    cost each new tab about 2 s on 2 cores (python -m benchmarks.first_page, 2026-11-29)."""
+    cost each new tab about 2 s on 2 cores (python -m benchmarks.first_page, 2026-11-29); every table a page opens
+    with is Markdown (app_pages._text.md_table): the data grid's module made the first page showing one take 0.2-0.4 s
+    longer to open (the grid stays for tables drawn on request: the Attack page's adaptive panel, peer verdicts)."""
     with browser.browser_page() as page:
         page.goto(url + "/")
         browser.wait_ready(page, "Inspect")
-        for title in ("Threshold", "Layers", "Adaptive attacks"):
+        for title in [*list(browser.URLS)[1:], "Layers"]:  # every page, then back to one with charts
             browser.goto(page, title)
+            assert not page.locator('[data-testid="stDataFrame"]').count(), title
+        assert not page.evaluate("""() => performance.getEntriesByType('resource')
+                                           .some(r => /\\/DataFrame\\.[^/]*\\.js$/.test(r.name))""")
         assert page.locator('[data-testid=stVegaLiteChart] svg.marks').count() >= 1
         assert not page.locator('[data-testid="stPlotlyChart"]').count()
         assert not page.evaluate("""() => performance.getEntriesByType('resource')

@@ -344,3 +344,16 @@ def test_md_table_escapes_every_cell_and_keeps_its_columns():
         md_table(["a", "b"], [[1]])
     with pytest.raises(ValueError, match="2 columns"):
         md_table(["a", "b"], [[1, 2]], align="l")
+
+
+def test_md_records_formats_numbers_marks_missing_values_and_escapes_text():
+    from app_pages._text import md, md_records
+
+    text = md_records([{"set": PAYLOADS[0], "n": 3, "rate": 0.25, "note": None},
+                       {"set": "b|c", "n": None, "rate": float("nan"), "note": "x"}],
+                      formats={"rate": "{:.1%}"})
+    lines = text.splitlines()
+    assert lines[:2] == ["| set | n | rate | note |", "|:--|--:|--:|:--|"]  # columns of numbers on the right
+    assert lines[2] == f"| {md(PAYLOADS[0])} | 3 | 25{md('.0%')} | – |" and not _raw(lines[2])
+    assert lines[3] == "| b\\|c | – | – | x |"
+    assert md_records([]) == ""

@@ -25,7 +25,7 @@ URLS = {"Inspect": "", "Attack": "attack", "Threshold": "threshold", "Layers": "
 #: page title in the navigation -> a selector drawn once its script run is complete
 #: (a chart: its Vega-Lite SVG, in the container app_pages.charts.show keys)
 READY = {"Inspect": ".st-key-inspect_layers svg.marks", "Attack": ".st-key-atk_run button",
-         "Threshold": ".st-key-th_roc svg.marks", "Layers": ".st-key-layers_fig6 svg.marks",
+         "Threshold": ".st-key-th_density svg.marks", "Layers": ".st-key-layers_fig6 svg.marks",
          "Failure cases": "text=Threshold at", "Compare": "h1", "Adaptive attacks": "h1",
          "Run": "text=Make another run"}
 
@@ -201,7 +201,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
     goto(page, "Threshold")
     op = page.locator(".st-key-th_operating")
     op.wait_for()
-    page.locator(".st-key-th_roc svg.marks").first.wait_for()
+    page.locator(".st-key-th_density svg.marks").first.wait_for()
     seen["operating_before"] = op.inner_text()
     thumb = page.locator(".st-key-th_threshold input").first  # the slider thumb's focusable input
     thumb.focus()
@@ -218,7 +218,7 @@ def tour(page, url: str, out: Path, *, attack: str = "FGSM", target: str | None 
 
     goto(page, "Layers")
     page.get_by_text("Every setting").wait_for()
-    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    page.locator('[data-testid="stMarkdown"] table').first.wait_for()  # the paper's Tables 2 and 4
     page.locator(".st-key-layers_fig6 svg.marks").first.wait_for()
     seen["layers"] = main_text(page)
     _no_exception(page, seen, "layers")
