@@ -44,17 +44,20 @@ st.markdown(f"Threshold at {md(layer)} (the shared operating point, "
 def _card(case: FailureCase, kind: str) -> None:
     true, pred, score = case.true, case.predicted, case.score
     with st.container(border=True):
-        a, b, c = st.columns([1, 1, 1.25], vertical_alignment="center")
-        images.show_image(data.evalset(case.set)["images"][case.index], f"{md(case.set)} #{case.index}", size=104,
-                          where=a)
+        b, c = st.columns([2, 1.25], vertical_alignment="center")
+        adv = data.evalset(case.set)["images"][case.index]
         nn = case.nearest
         nn_img = None if nn is None else loaders.train_image(run, nn[0])
+        where = f"{md(case.set)} #{case.index}"
         if nn is None:
-            b.caption(f"No training image of class {md(classes[pred])} in this run.")
-        elif nn_img is not None:
-            images.show_image(nn_img, f"nearest {md(classes[pred])} (d²={nn[1]:.3g})", size=104, where=b)
+            images.show_image(adv, f"{where} · no training image of class {md(classes[pred])} in this run", size=104,
+                              where=b)
+        elif nn_img is not None:  # the pair as one image: one element and one file per card
+            pair = images.side_by_side([adv, nn_img], size=104)
+            b.image(pair, caption=f"{where} · nearest {md(classes[pred])} (d²={nn[1]:.3g})", width=pair.shape[1])
         else:
-            b.caption(f"nearest {md(classes[pred])}: training id {nn[0]} (d²={nn[1]:.3g})")
+            images.show_image(adv, f"{where} · nearest {md(classes[pred])}: training id {nn[0]} (d²={nn[1]:.3g})",
+                              size=104, where=b)
         c.markdown(f"actual **{md(classes[true])}**  \npredicted **{md(classes[pred])}**  \nscore **{score:.3f}**  \n"
                    f":{'blue' if operating.trusts(run, score, th) else 'orange'}"
                    f"[**{'✓ trusted' if operating.trusts(run, score, th) else '✗ rejected'}**] ({kind})")

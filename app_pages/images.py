@@ -30,6 +30,24 @@ def show_image(image: np.ndarray, caption: str | None = None, *, size: int = 224
     where.image(framed(upscale(image, size)), caption=caption, width=size)
 
 
+def side_by_side(images: list[np.ndarray], *, size: int, gap: int = 8) -> np.ndarray:
+    """uint8 images of one shape (H, W, C), each upscaled to ``size`` and :func:`framed`, in a row with ``gap``
+    transparent pixels between them: one RGBA image (H', n W' + (n - 1) gap, 4), so one element and one file for
+    the browser instead of n."""
+    tiles = []
+    for im in images:
+        t = framed(upscale(im, size))
+        rgb = np.repeat(t[:, :, None], 3, axis=2) if t.ndim == 2 else t[:, :, :3]
+        tiles.append(np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2))
+    if len({t.shape for t in tiles}) != 1:
+        raise ValueError(f"images of one shape needed, not {[im.shape for im in images]}")
+    blank = np.zeros((tiles[0].shape[0], gap, 4), np.uint8)
+    row = [tiles[0]]
+    for t in tiles[1:]:
+        row += [blank, t]
+    return np.concatenate(row, axis=1)
+
+
 def image_grid(images: list[np.ndarray], captions: list[str], *, size: int = 96, where=st) -> None:
     """Images side by side (wrapping), each with its caption (Markdown: escape run text): one element, so one
     message per rerun."""

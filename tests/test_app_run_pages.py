@@ -55,9 +55,10 @@ def test_failure_cases_show_a_training_image_of_the_predicted_class_on_every_car
     _ok(app.run())
     cards = [b.key[len("fail_go_"):].rsplit("_", 1) for b in app.button if b.key and b.key.startswith("fail_go_")]
     assert cards
-    assert not [c.value for c in app.caption if c.value.startswith("No training")]
-    shown = [i.proto.imgs[0].caption for i in app.get("image") if i.proto.imgs[0].caption.startswith("nearest ")]
-    assert len(shown) == len(cards)  # one training image per card
+    captions = [i.proto.imgs[0].caption for i in app.get("image")]
+    assert not [c for c in captions if "no training image" in c]
+    shown = [c for c in captions if " · nearest " in c and "training id" not in c]
+    assert len(shown) == len(cards) == len(captions)  # one picture per card: the image and its training image
     missing = [(s, int(i)) for s, i in cards
                if not (data.train_labels[data.neighbours(s, layer, data.summary["defaults"]["mode"]).I[int(i)]]
                        == data.evalset(s)["predicted"][int(i)]).any()]
@@ -183,3 +184,19 @@ def test_layers_figure_bootstraps_a_new_k_only_on_request(app):
     assert app.toggle(key="layers_live_k").value is False
     _ok(app.toggle(key="layers_live_k").set_value(True).run())
     assert _vega(app, "layers_fig6")["title"]["text"].endswith("k = 7")
+
+
+def test_side_by_side_frames_each_image_and_leaves_a_transparent_gap():
+    from app_pages.images import FRAME_GREY, FRAME_PX, side_by_side
+
+    a = np.full((28, 28, 1), 255, np.uint8)
+    b = np.zeros((28, 28, 1), np.uint8)
+    row = side_by_side([a, b], size=56, gap=8)
+    side = 56 + 2 * FRAME_PX
+    assert row.shape == (side, 2 * side + 8, 4) and row.dtype == np.uint8
+    assert (row[:, side:side + 8, 3] == 0).all() and (row[:, :side, 3] == 255).all()  # the gap is transparent
+    assert (row[FRAME_PX:-FRAME_PX, FRAME_PX:side - FRAME_PX, :3] == 255).all()  # the first image, upscaled
+    assert (row[FRAME_PX:-FRAME_PX, side + 8 + FRAME_PX:-FRAME_PX, :3] == 0).all()
+    assert (row[0, :side, :3] == FRAME_GREY).all()  # framed
+    with pytest.raises(ValueError, match="one shape"):
+        side_by_side([a, np.zeros((20, 20, 1), np.uint8)], size=56)
