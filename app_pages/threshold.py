@@ -111,13 +111,12 @@ with st.container(key="th_operating"):
     st.markdown(f"**All stored images** at threshold **{th:.3f}**: {at['tpr']:.1%} of authentic images trusted "
                 f"(TPR), {at['fpr']:.1%} of negatives trusted, i.e. missed (FPR); "
                 f"{1 - at['fpr']:.1%} of negatives caught.")
-m = st.columns(5)
-m[0].metric("AUC", f"{r.auc:.4f}", help="Area under the ROC curve: 1 = perfect separation, 0.5 = chance.")
-m[1].metric("EER accuracy", f"{r.eer_accuracy:.1%}",
-            help=f"1 − equal error rate, at threshold {r.eer_threshold:.3f}.")
-m[2].metric("Accuracy at this threshold", f"{at['accuracy']:.1%}", help="(TPR + TNR) / 2.")
-m[3].metric("TPR (authentic trusted)", f"{at['tpr']:.1%}")
-m[4].metric("FPR (negatives missed)", f"{at['fpr']:.1%}")
+    # One Markdown table, not five st.metric (one element, and no metric module to load on the page's first opening
+    # in a tab: that opening took about 1 s after a click, the chart 0.3 s of it).
+    st.markdown(md_table(["AUC", f"EER accuracy (at {r.eer_threshold:.3f})", "accuracy at this threshold",
+                          "TPR (authentic trusted)", "FPR (negatives missed)"],
+                         [[f"{r.auc:.4f}", f"{r.eer_accuracy:.1%}", f"{at['accuracy']:.1%}", f"{at['tpr']:.1%}",
+                           f"{at['fpr']:.1%}"]], align="rrrrr"))
 
 st.subheader("At this threshold, on the test split (95 % confidence intervals)")
 live = loaders.live(run)
@@ -132,13 +131,11 @@ else:
                f"seed {live.split.seed}); positives: {md(' + '.join(live.positive_sets))}; every attack counted. "
                f"Intervals: {live.config.n_boot} bootstrap resamples of source images.")
     with st.container(key="th_live"):
-        c = st.columns(2)
-        c[0].metric("TPR on test (positives trusted)", f"{charts.ci_text(fig['tpr'])} %",
-                    help=f"{fig['n_positives']} test positives; [95 % confidence interval].")
-        if fig["attacks"]:
-            c[1].metric("Detection rate, all attacks", f"{charts.ci_text(fig['detection_rate'])} %",
-                        help="Adversarials rejected, every attack pooled (rates weighted by test sizes, as the "
-                             "report's); [95 % confidence interval].")
+        st.markdown(f"**TPR on test** (positives trusted, of {fig['n_positives']}): "
+                    f"**{charts.ci_text(fig['tpr'])} %**"
+                    + (f" · **detection rate, all attacks** (adversarials rejected, every attack pooled, weighted "
+                       f"by test sizes as the report's): **{charts.ci_text(fig['detection_rate'])} %**"
+                       if fig["attacks"] else ""))
         st.markdown(md_table(["attack", "test images", "detection rate % (rejected)",
                               "guarded success % (fools the CNN and trusted)"],
                              [[a, v["n_test"], charts.ci_text(v["detection_rate"]), charts.ci_text(v["guarded_success"])]
@@ -195,7 +192,9 @@ with right:
 # ------------------------------------------------------------------------ downloads (the page's data as files)
 from app_pages import downloads  # noqa: E402
 
-st.subheader("Downloads")
+# Drawn when opened: three download buttons were a module more for the page's first opening in a tab.
+downloads_box = st.expander("Downloads: scores per image, confusion counts, ROC points (CSV)", key="th_downloads",
+                            on_change="rerun", icon=":material/download:")
 
 
 shared_all = operating.thresholds(run)  # read now: the download is built later, outside this script run
@@ -210,4 +209,6 @@ def _table() -> tuple[dict, dict, dict]:
     return {x: data.evalset(x) for x in names}, scores, shared_all
 
 
-downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run), strict=strict)
+if downloads_box.open:
+    with downloads_box:
+        downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run), strict=strict)

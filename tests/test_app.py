@@ -283,7 +283,7 @@ def test_threshold_auc_equals_core_metrics(app, truth):
     assert app.multiselect(key="th_negatives").value == truth["attacks"]
     pos, neg = _threshold_scores(truth)
     r = metrics.roc(pos, neg)
-    auc = {m.label: m.value for m in app.metric}["AUC"]
+    auc = _md_table(app, "AUC")[0]["AUC"]
     assert auc == f"{r.auc:.4f}"
     # The page opens at the threshold chosen on validation; the confusion counts are core.metrics.rates_at at it.
     th = _validation_threshold(truth)
@@ -408,6 +408,11 @@ def _frame(at: AppTest, key: str) -> list[dict[str, str]]:
     return tables[0]
 
 
+def _tpr_on_test(at: AppTest) -> str:
+    """The Threshold page's line of test-split figures (TPR and the pooled detection rate, with intervals)."""
+    return next(m for m in _markdown(at) if m.startswith("**TPR on test**"))
+
+
 def test_threshold_shows_the_operating_point_and_its_button_sets_slider_and_settings(app, truth, honest, monkeypatch):
     from app_pages import loaders
     from app_pages.charts import ci_text
@@ -425,7 +430,7 @@ def test_threshold_shows_the_operating_point_and_its_button_sets_slider_and_sett
     assert (app.session_state["det_mode"], app.session_state["det_fn"], app.session_state["det_k"]) == \
         (op["processing"], op["fn"], op["k"])
     # At the operating point the live test-split figures are the report's, each with its 95 % interval.
-    assert {m.label: m.value for m in app.metric}["TPR on test (positives trusted)"] == f"{ci_text(op['tpr_test'])} %"
+    assert f"**{ci_text(op['tpr_test'])} %**" in _tpr_on_test(app)
     rows = _md_table(app, "guarded success % (fools the CNN and trusted)")
     assert [r["attack"] for r in rows] == list(honest["attacks"])
     for row in rows:
@@ -445,7 +450,8 @@ def test_threshold_on_an_old_report_says_rebuild_and_still_shows_live_intervals(
         assert any("rebuild the run" in i.value for i in app.info)
         assert not [b for b in app.button if b.key == "th_use_op"]
     fig = LiveFigures.for_run(truth["data"]).at((truth["best_layer"], truth["mode"], truth["fn"], truth["k"]), th)
-    assert {m.label: m.value for m in app.metric}["TPR on test (positives trusted)"] == f"{ci_text(fig['tpr'])} %"
+    assert f"**{ci_text(fig['tpr'])} %**" in _tpr_on_test(app)
+    assert f"**{ci_text(fig['detection_rate'])} %**" in _tpr_on_test(app)
     rows = _md_table(app, "detection rate % (rejected)")
     assert [r["detection rate % (rejected)"] for r in rows] == [ci_text(v["detection_rate"])
                                                                 for v in fig["attacks"].values()]

@@ -96,6 +96,9 @@ def test_evaluation_set_labels_fit_a_select_box(app, tiny_run):
 # --------------------------------------------------------------------------------------------- downloads
 def test_threshold_and_run_pages_offer_their_downloads(app):
     _ok(app.switch_page(PAGES["threshold"]).run())
+    assert not app.get("download_button")  # drawn when their expander is opened
+    app.session_state["th_downloads"] = True
+    _ok(app.run())
     labels = sorted(b.proto.label for b in app.get("download_button"))
     assert labels == ["Confusion counts (CSV)", "ROC points (CSV)", "Scores per image (CSV)"]
     _ok(app.switch_page(PAGES["run"]).run())

@@ -222,6 +222,8 @@ def test_every_download_opens_and_parses(tiny_run, url):
     with browser.browser_page() as page:
         page.goto(url + "/threshold")
         browser.wait_idle(page)
+        page.get_by_text("Downloads: scores per image").click()  # the buttons are drawn when it opens
+        page.locator(".st-key-dl_scores").wait_for()
         scores = list(csv.DictReader(io.StringIO(_download(page, "dl_scores").decode())))
         conf = list(csv.DictReader(io.StringIO(_download(page, "dl_confusion").decode())))
         roc = list(csv.DictReader(io.StringIO(_download(page, "dl_roc").decode())))
