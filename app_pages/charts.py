@@ -85,11 +85,24 @@ def legend_text(strict: bool | None = None, *, rejected_mark: str = "dashed outl
     return f"{TRUSTED}: {ok} · {REJECTED}: {no} ({rejected_mark})"
 
 
+def inline_data(spec: dict) -> dict:
+    """``spec`` with its top-level ``data.values`` moved into each layer that has no data of its own (a copy).
+
+    Streamlit turns top-level data into a pandas frame and then Arrow (0.1 s of the first page's script run for
+    its two small bar charts, py-spy 2026-11-29); data inside the layers travels with the spec as JSON."""
+    data = spec.get("data")
+    if "layer" not in spec or not isinstance(data, dict) or set(data) != {"values"}:
+        return spec
+    out = {k: v for k, v in spec.items() if k != "data"}
+    out["layer"] = [layer if "data" in layer else {**layer, "data": data} for layer in spec["layer"]]
+    return out
+
+
 def show(spec: dict, *, key: str, where=None) -> None:
     """Draw ``spec`` full width in a container keyed ``key`` (its page element carries the CSS class
-    ``st-key-<key>``; the chart's own key is ``<key>_chart``)."""
+    ``st-key-<key>``; the chart's own key is ``<key>_chart``), its data inline (:func:`inline_data`)."""
     with (where or st).container(key=key):
-        st.vega_lite_chart(spec, key=f"{key}_chart", width="stretch")
+        st.vega_lite_chart(inline_data(spec), key=f"{key}_chart", width="stretch")
 
 
 def _verdict_color() -> dict:

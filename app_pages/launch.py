@@ -8,7 +8,6 @@ modules). The server answers its health check a little later instead.
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import sys
 from pathlib import Path
@@ -59,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in PRELOAD:
         import_locked(name)  # under the lock the attacks import ART with (ART imports scikit-learn too)
-    # Streamlit's first element of a process asks whether it runs in a REPL with inspect.stack(), which resolves the
-    # file of every module imported (1,900 stat calls with torch, scikit-learn and faiss loaded: 0.23 s of the first
-    # page, cProfile 2026-11-29); inspect keeps what it resolved, so done here it is a lookup there.
-    inspect.stack()
     from PIL import Image
+    from streamlit import delta_generator
     from streamlit.web import cli
+
+    # Streamlit's first element of a process asks whether it runs in a REPL (to warn about `python app.py`) with
+    # inspect.stack(), which resolves the file of every loaded module and reads the source of every frame of the
+    # script thread: 0.23 s of the first page (cProfile), still 70 ms with those files resolved here first (py-spy,
+    # 2026-11-29). This process is `streamlit run`: the warning is marked as given.
+    delta_generator._use_warning_has_been_displayed = True
 
     Image.preinit()  # PIL's common format plugins: the page icon and the first image of the first page open with them
 

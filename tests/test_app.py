@@ -108,11 +108,16 @@ def _vega(at: AppTest, key: str) -> dict:
     return json.loads(_vega_element(at, key).proto.spec)
 
 
-def _vega_data(at: AppTest, key: str) -> list[dict]:
-    """The data rows of the Vega-Lite chart shown under ``key`` (its top-level data: Streamlit sends it as Arrow)."""
-    import pyarrow as pa
+def _rows_of(element) -> list[dict]:
+    """The data rows of a Vega-Lite chart element drawn by charts.show: its first layer's inline data (charts.show
+    moves top-level data into the layers; none reaches Streamlit's Arrow conversion)."""
+    assert not element.proto.data.data, "top-level chart data: converted to Arrow by Streamlit"
+    return json.loads(element.proto.spec)["layer"][0]["data"]["values"]
 
-    return pa.ipc.open_stream(_vega_element(at, key).proto.data.data).read_all().to_pylist()
+
+def _vega_data(at: AppTest, key: str) -> list[dict]:
+    """The data rows of the Vega-Lite chart shown under ``key``."""
+    return _rows_of(_vega_element(at, key))
 
 
 def _mark(layer: dict) -> str:
@@ -137,14 +142,11 @@ def _bar_rows(spec: dict) -> list[dict]:
 
 
 def _vega_rows(at: AppTest, title_fragment: str = "per layer") -> list[dict]:
-    """The data rows of the Vega-Lite chart whose title contains ``title_fragment`` (Streamlit sends them as
-    Arrow, apart from the spec)."""
-    import pyarrow as pa
-
+    """The data rows of the Vega-Lite chart whose title contains ``title_fragment``."""
     charts = [c for c in at.get("vega_lite_chart")
               if title_fragment in json.loads(c.proto.spec).get("title", {}).get("text", "")]
     assert charts, f"no Vega-Lite chart titled with {title_fragment!r}"
-    return pa.ipc.open_stream(charts[0].proto.data.data).read_all().to_pylist()
+    return _rows_of(charts[0])
 
 
 def _png(size=(40, 30), color=(200, 200, 200)) -> bytes:
@@ -602,3 +604,17 @@ def test_damaged_run_says_which_file_and_how_to_rebuild(tiny_run_copy, monkeypat
     err = " ".join(e.value for e in at.error)
     assert "cannot be loaded" in err and md("model.pt") in err
     assert any(c.value.startswith("python -m precompute --config") for c in at.code)
+
+
+def test_charts_carry_their_data_inside_the_layers():
+    """charts.show moves a spec's top-level data into its layers: Streamlit would convert it to pandas and Arrow."""
+    from app_pages.charts import inline_data
+
+    rows = [{"x": 1}]
+    spec = {"title": "t", "data": {"values": rows},
+            "layer": [{"mark": "bar"}, {"mark": "text", "data": {"values": [{"x": 2}]}}]}
+    out = inline_data(spec)
+    assert "data" not in out and out["layer"][0]["data"] == {"values": rows}
+    assert out["layer"][1]["data"] == {"values": [{"x": 2}]}  # a layer's own data kept
+    assert spec["data"] == {"values": rows} and "data" not in spec["layer"][0]  # the caller's spec untouched
+    assert inline_data({"data": {"values": rows}, "mark": "bar"})["data"] == {"values": rows}  # no layers: as is
