@@ -62,7 +62,12 @@ def md_records(records: list[dict[str, Any]], *, formats: dict[str, str] | None 
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     def text(col: str, v: Any) -> Any:
-        return placeholder if missing(v) else formats[col].format(v) if col in formats else v
+        if missing(v):
+            return placeholder
+        try:
+            return formats[col].format(v) if col in formats else v
+        except (TypeError, ValueError):  # a run's odd value (a string where a number belongs): shown as it is
+            return v
 
     align = "".join("r" if all(number(r.get(c)) for r in records if not missing(r.get(c))) and
                     any(not missing(r.get(c)) for r in records) else "l" for c in header)

@@ -118,8 +118,16 @@ if rep is None:
     st.code(state.resume_command(run.manifest), language="bash")
     state.end_page()
 cols = list(rep.get("attack_sets") or rep["attacks"]) + ["Aggr.", "Errors"]
-values = [[100 * v if v is not None and np.isfinite(v) else None for v in (_value(r, c) for c in cols)]
-          for r in rep["rows"]]
+def _percent(v) -> float | None:
+    """An accuracy as percent; None for a missing, non-finite or non-numeric value (a run's file is untrusted)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return 100 * v if np.isfinite(v) else None
+
+
+values = [[_percent(_value(r, c)) for c in cols] for r in rep["rows"]]
 shown = [j for j in range(len(cols)) if any(v[j] is not None for v in values)]  # columns with a value
 best = {j: max(v[j] for v in values if v[j] is not None) for j in shown}
 where = "on the test split, " if "split" in rep else "on every stored image, "

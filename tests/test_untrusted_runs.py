@@ -357,3 +357,5 @@ def test_md_records_formats_numbers_marks_missing_values_and_escapes_text():
     assert lines[2] == f"| {md(PAYLOADS[0])} | 3 | 25{md('.0%')} | – |" and not _raw(lines[2])
     assert lines[3] == "| b\\|c | – | – | x |"
     assert md_records([]) == ""
+    odd = md_records([{"seconds": "soon"}, {"seconds": 1.25}], formats={"seconds": "{:.1f}"})
+    assert odd.splitlines()[2:] == ["| soon |", "| 1\\.2 |"]  # a value the format refuses is shown as it is
