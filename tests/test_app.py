@@ -73,14 +73,22 @@ def _cells(line: str) -> list[str]:
     return [re.sub(r"\\(.)", r"\1", c.strip()) for c in cells]
 
 
-def _md_table(at: AppTest, column: str) -> list[dict[str, str]]:
-    """The rows of the page's first Markdown table with a column named ``column``, as dicts of cell texts."""
+def _md_tables(at: AppTest) -> list[tuple[list[str], list[dict[str, str]]]]:
+    """Every Markdown table of the page, as (header, rows of cell texts)."""
+    out = []
     for body in _markdown(at):
         lines = body.strip().splitlines()
-        if len(lines) >= 2 and lines[0].startswith("| ") and column in _cells(lines[0]):
+        if len(lines) >= 2 and lines[0].startswith("| ") and re.fullmatch(r"\|(:?-+:?\|)+", lines[1]):
             header = _cells(lines[0])
-            assert re.fullmatch(r"\|(:?-+:?\|)+", lines[1]), lines[1]
-            return [dict(zip(header, _cells(r), strict=True)) for r in lines[2:]]
+            out.append((header, [dict(zip(header, _cells(r), strict=True)) for r in lines[2:]]))
+    return out
+
+
+def _md_table(at: AppTest, column: str) -> list[dict[str, str]]:
+    """The rows of the page's first Markdown table with a column named ``column``, as dicts of cell texts."""
+    for header, rows in _md_tables(at):
+        if column in header:
+            return rows
     raise AssertionError(f"no Markdown table with a column {column!r}")
 
 
@@ -390,22 +398,12 @@ def honest(truth) -> dict:
 FRAMES = {"run_findings": "verdict", "run_reversals": "difference (points)", "run_attacks": "EER accuracy % (oracle)"}
 
 
-def _md_tables(at: AppTest) -> list[list[dict[str, str]]]:
-    """Every Markdown table of the page, as rows of cell texts."""
-    out = []
-    for body in _markdown(at):
-        lines = body.strip().splitlines()
-        if len(lines) >= 2 and lines[0].startswith("| ") and re.fullmatch(r"\|(:?-+:?\|)+", lines[1]):
-            header = _cells(lines[0])
-            out.append([dict(zip(header, _cells(r), strict=True)) for r in lines[2:]])
-    return out
-
-
 def _frame(at: AppTest, key: str) -> list[dict[str, str]]:
     """The rows of the table of ``key`` (:data:`FRAMES`): the first one holding its column (run_reversals: with no
     verdict)."""
     col = FRAMES[key]
-    tables = [t for t in _md_tables(at) if t and col in t[0] and (key != "run_reversals" or "verdict" not in t[0])]
+    tables = [rows for header, rows in _md_tables(at)
+              if col in header and (key != "run_reversals" or "verdict" not in header)]
     assert tables, f"no table {key!r}"
     return tables[0]
 
