@@ -76,7 +76,8 @@ def split_sources(sources: Mapping[str, ArrayLike] | ArrayLike, validation_share
     ----------
     sources : mapping of set name -> int ndarray (n_set,), or int ndarray (n,)
         Source ids of every item. Given per set, sources are stratified by the sets they appear in, so that
-        each set (and the whole) is split close to ``validation_share`` (within one source per stratum).
+        each set (and the whole) is split close to ``validation_share`` (within one source per stratum). The
+        split does not depend on the mapping's order.
     validation_share : float
         Share of source ids on the validation side, in [0, 1].
     seed : int
@@ -87,7 +88,9 @@ def split_sources(sources: Mapping[str, ArrayLike] | ArrayLike, validation_share
     """
     if not 0.0 <= validation_share <= 1.0:
         raise ValueError(f"validation_share must be in [0, 1], got {validation_share}")
-    per_set = {k: np.asarray(v, dtype=np.int64).ravel() for k, v in sources.items()} \
+    # Sets in name order: the split is a function of the sets, not of the mapping's order (a manifest read back
+    # sorts its keys, RunData.set_names follows the config; both must give the same split).
+    per_set = {k: np.asarray(sources[k], dtype=np.int64).ravel() for k in sorted(sources)} \
         if isinstance(sources, Mapping) else {"": np.asarray(sources, dtype=np.int64).ravel()}
     ids = np.unique(np.concatenate(list(per_set.values()))) if per_set else np.empty(0, np.int64)
     # stratum of a source: the sets it appears in
