@@ -447,7 +447,9 @@ def cases_special() -> list[Case]:
         Case("tiff-float32-6000x6000", float_tiff(6000, 6000), exp("too_large")),
         Case("gif-6000x6000-screen", gif_with_screen(6000, 6000), exp("too_large")),
         Case("jpeg-300-scans", jpeg_repeated_scans(300), exp("too_slow")),
-        Case("jpeg-24MB-0xFF-fill", jpeg_ff_fill(FF_FILL), exp("too_slow")),
+        # About 4 CPU s here and under the worker's 2-3 s on a CPU 2.5x faster: either answer, in bounded time
+        # (test_realistic_cpu_bombs_cost_at_most_the_bound); the limit itself: test_far_beyond_the_cpu_limit_...
+        Case("jpeg-24MB-0xFF-fill", jpeg_ff_fill(FF_FILL), exp(OK, "too_slow")),
     ]
 
     # Metadata decompression bombs (small file, multi-megabyte zTXt / iCCP).
@@ -1084,13 +1086,14 @@ from core.transforms import image_to_array
 from core.uploads import UploadError, read_upload
 limit = int(sys.argv[2])
 data = sys.stdin.buffer.read()
+kwargs = {"max_bytes": int(sys.argv[4])} if sys.argv[4] != "-" else {}
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 def cpu(who):
     r = resource.getrusage(who)
     return r.ru_utime + r.ru_stime
 t0, c0 = time.perf_counter(), cpu(resource.RUSAGE_SELF)
 try:
-    img = read_upload(data)
+    img = read_upload(data, **kwargs)
     out = "ok"
     if sys.argv[3] == "array":
         assert image_to_array(img, size=(299, 299), channels=3, resize=342).shape == (299, 299, 3)
@@ -1109,11 +1112,12 @@ print(json.dumps({"outcome": out, "seconds": seconds, "cpu": mine + cpu(resource
 """
 
 
-def limited_read(data: bytes, *, memory: int = 1 << 30, array: bool = False, timeout: float = 300) -> tuple[str, float]:
+def limited_read(data: bytes, *, memory: int = 1 << 30, array: bool = False, timeout: float = 300,
+                 max_bytes: int | None = None) -> tuple[str, float]:
     """Read ``data`` in a fresh interpreter whose address space is limited to ``memory`` bytes (the decode
     worker inherits the limit): ``(outcome, cpu_seconds)``. Wall-clock time is checked against the worker's
     limit; CPU time (reader and its workers, start-up included) is what the bounds below assert, as it does
-    not depend on how loaded the machine is."""
+    not depend on how loaded the machine is. ``max_bytes`` raises the upload size limit."""
     import json
     import subprocess
 
@@ -1122,7 +1126,8 @@ def limited_read(data: bytes, *, memory: int = 1 << 30, array: bool = False, tim
     warm = "read_upload(" + repr(encode(gradient(4, 4), "PNG")) + ")\n"
     code = LIMITED_READ.replace("t0 = time.perf_counter()", warm + "t0 = time.perf_counter()")
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT), str(memory), "array" if array else "read"],
+        [sys.executable, "-c", code, str(ROOT), str(memory), "array" if array else "read",
+         "-" if max_bytes is None else str(max_bytes)],
         input=data, capture_output=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
@@ -1132,10 +1137,15 @@ def limited_read(data: bytes, *, memory: int = 1 << 30, array: bool = False, tim
 
 
 BOUND_S = 5.0  # CPU seconds: the worker's limit (2-3 s) plus the start-up of two workers
-# Sizes of the CPU bombs: each took over 8 s in-process before the decode was bounded.
+# Sizes of the CPU bombs that fit under the upload limit (MAX_BYTES): in-process, on the 2-core machine the suite
+# was written on, 4 (0xFF fill), 15 (COM markers) and 7 (tEXt chunks) CPU seconds; a CPU 2.5x faster decodes the
+# first inside the worker's limit. Whether one is refused depends on the CPU; that it costs at most BOUND_S does not.
 FF_FILL = 24 << 20
 COM_MARKERS = 6_000_000
 TEXT_CHUNKS = 1_000_000
+#: A fill ten times the upload limit (the limit raised for the test): about 40 CPU s in-process on that machine,
+#: so far beyond the worker's limit on any CPU of our kind; its bytes and their copy fit the worker's memory.
+FAR_FILL = 240 << 20
 
 
 ARRAY_OF_BLANK = r"""
@@ -1233,12 +1243,23 @@ def test_memory_error_while_converting_is_too_large() -> None:
         ("PNG with many tEXt chunks", lambda: png_many_chunks(TEXT_CHUNKS)),
     ],
 )
-def test_cpu_bombs_are_stopped_within_seconds(name: str, make: Callable[[], bytes]) -> None:
-    """Finding 8: files that each held a core for many seconds are refused as ``"too_slow"``."""
+def test_realistic_cpu_bombs_cost_at_most_the_bound(name: str, make: Callable[[], bytes]) -> None:
+    """Finding 8: files that each held a core for many seconds (before the decode was bounded) now cost at most
+    the worker's limit: refused as ``"too_slow"``, or decoded in time on a CPU fast enough (a 24 MB 0xFF fill
+    decodes in about 1.7 s on a CPU 2.5x faster than the one that measured 4 s)."""
     outcome, seconds = limited_read(make())
-    assert outcome == "too_slow" and seconds < BOUND_S, (name, outcome, seconds)
+    assert outcome in ("too_slow", OK) and seconds < BOUND_S, (name, outcome, seconds)
+
+
+def test_far_beyond_the_cpu_limit_is_stopped_as_too_slow() -> None:
+    """The CPU limit itself, on a decode that needs over ten times the limit on any CPU of our kind."""
+    data = jpeg_ff_fill.__wrapped__(FAR_FILL)  # not kept by the cache: 240 MB
+    outcome, seconds = limited_read(data, max_bytes=len(data))  # also asserts the wall-clock bound
+    # No CPU bound here: moving 240 MB through the reader and the pipe costs CPU of its own (2-3 s).
+    assert outcome == "too_slow", (outcome, seconds)
 
 
 def test_a_stopped_worker_is_replaced() -> None:
-    assert reason_of(jpeg_many_markers(COM_MARKERS)) == "too_slow"
+    data = jpeg_ff_fill.__wrapped__(FAR_FILL)  # not kept by the cache: 240 MB
+    assert reason_of(data, max_bytes=len(data)) == "too_slow"
     assert read_upload(encode(gradient(5, 4), "PNG")).size == (5, 4)
