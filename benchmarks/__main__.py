@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("app_latency", []),
     ("first_page", []),
     ("load", []),
+    ("determinism", []),
 ]
 
 

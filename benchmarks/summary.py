@@ -14,7 +14,7 @@ from typing import Any
 from benchmarks import _common as C
 
 ORDER = ("knn_search", "inspect_latency", "precompute", "scale", "app", "app_latency", "first_page", "load",
-         "load_post_script_gc")
+         "load_post_script_gc", "determinism")
 COMMANDS = {
     "knn_search": "python -m benchmarks.knn_search",
     "inspect_latency": "python -m benchmarks.inspect_latency",
@@ -25,6 +25,7 @@ COMMANDS = {
     "first_page": "python -m benchmarks.first_page",
     "load": "python -m benchmarks.load",
     "load_post_script_gc": "python -m benchmarks.load --post-script-gc",
+    "determinism": "python -m benchmarks.determinism",
 }
 
 
@@ -245,13 +246,27 @@ def load(r: dict[str, Any]) -> str:
 load_post_script_gc = load
 
 
+def determinism(r: dict[str, Any]) -> str:
+    st = r["settings"]
+    same = "the same weights" if r["same_across_threads"] else "**other weights**"
+    return "\n".join([
+        f"The default CNN trained on {st['n_train']} images for {st['epochs']} epoch(s) in a fresh process per "
+        f"setting: thread count and core mask give {same}; {r['kernels_changing_weights']} of "
+        f"{r['kernels_tried']} other CPU-kernel settings give other weights (another summation order), so a "
+        "machine with other instruction sets (AVX-512) trains other weights from the same config.", "",
+        _md(r["rows"], [("setting", "setting"), ("sha256", "model.pt sha256 (16 hex)"),
+                        ("same_weights", "same weights"), ("test_accuracy", "test accuracy"),
+                        ("torch_capability", "torch kernels"), ("torch_threads", "torch threads")], fmt=".4f")])
+
+
 TITLES = {"knn_search": "kNN search: ours vs scikit-learn and faiss, and the matmul limit",
           "inspect_latency": "One image, all layers (Detector.inspect)",
           "precompute": "Precompute", "scale": "Scale: flat vs IVF vs HNSW", "app": "App: widget changes (Threshold page, every page)",
           "app_latency": "App: a threshold change and an upload's inspect, whole reruns",
           "first_page": "App in a browser: the first page and every page",
           "load": "Load: concurrent app sessions (Streamlit's server, websocket clients)",
-          "load_post_script_gc": "Load, with Streamlit's default full gc.collect after every rerun (before the fix)"}
+          "load_post_script_gc": "Load, with Streamlit's default full gc.collect after every rerun (before the fix)",
+          "determinism": "Determinism: trained weights under other threads, cores and CPU kernels"}
 
 
 def section(name: str, r: dict[str, Any]) -> str:

@@ -257,15 +257,19 @@ def test_art_is_imported_lazily(module):
 
 
 def test_lbfgs_result_does_not_depend_on_batch_mates(setup, results):
-    """Each image is its own L-BFGS-B problem: other mates, another order, the same adversarial."""
+    """Each image is its own L-BFGS-B problem: other mates, another order, the same adversarial.
+
+    Within a pixel level, not bit for bit: whole blocks of 8 images keep an image's arithmetic apart from its mates
+    with torch's own kernels, but MKL's (``MKL_CBWR=COMPATIBLE``, or another CPU's) block the batch otherwise and
+    move pixels by up to 3e-4. Sharing the problem across mates moved them by up to 0.013 (3 levels)."""
     model, x, _, target = setup
     whole = results["lbfgs"]
     order = np.array([5, 0, 11, 3])  # images 0, 3, 5 and 11 with three of their mates gone, reordered
     part = run_attack("lbfgs", model, x[order], target=target[order])
-    np.testing.assert_allclose(part.x_adv, whole.x_adv[order], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(part.x_adv, whole.x_adv[order], rtol=0, atol=1 / 255)
     np.testing.assert_array_equal(part.success, whole.success[order])
     alone = run_attack("lbfgs", model, x[3:4], target=target[3:4])
-    np.testing.assert_allclose(alone.x_adv[0], whole.x_adv[3], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(alone.x_adv[0], whole.x_adv[3], rtol=0, atol=1 / 255)
 
 
 def test_quantise_within_never_leaves_the_eps_ball():

@@ -22,8 +22,12 @@ SESSIONS = int(os.environ.get("KNNGUARD_LOAD_CLIENTS", "20"))
 pytestmark = pytest.mark.load
 
 
-def test_concurrent_sessions_no_error_no_cross_talk(tiny_run):
-    result = load.measure(tiny_run, SESSIONS, rounds=1, timeout=120)
+def test_concurrent_sessions_no_error_no_cross_talk(tiny_run, monkeypatch):
+    # 20 attacks at once share 4 slots, and one waits at most half the attack time limit for a slot (10 s): on a
+    # slower CPU (or one core) the last would be told the server is busy. This test is about cross-talk, not
+    # latency (benchmarks/load.py measures that), so the server gets a generous limit.
+    monkeypatch.setenv("KNNGUARD_ATTACK_TIMEOUT_S", "240")
+    result = load.measure(tiny_run, SESSIONS, rounds=1, timeout=240)
     print("\n" + section("load", result))
     assert not result["problems"], "\n".join(result["problems"])
     lat = result["latency_ms"]
