@@ -256,7 +256,8 @@ def determinism(r: dict[str, Any]) -> str:
         "machine with other instruction sets (AVX-512) trains other weights from the same config.", "",
         _md(r["rows"], [("setting", "setting"), ("sha256", "model.pt sha256 (16 hex)"),
                         ("same_weights", "same weights"), ("test_accuracy", "test accuracy"),
-                        ("torch_capability", "torch kernels"), ("torch_threads", "torch threads")], fmt=".4f")])
+                        ("torch_capability", "torch kernels"),
+                        ("torch_threads", "torch threads (training uses its own 2)")], fmt=".4f")])
 
 
 TITLES = {"knn_search": "kNN search: ours vs scikit-learn and faiss, and the matmul limit",
