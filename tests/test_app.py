@@ -267,7 +267,10 @@ def test_attack_that_raises_says_so_and_keeps_the_page(app, monkeypatch, caplog)
     assert "secret detail" in caplog.text and "atk_result" not in app.session_state
     monkeypatch.setattr(core.attacks, "run_attack", real)
     _ok(app.button(key="atk_run").click().run())
-    assert "atk_result" in app.session_state and not app.error
+    # The adversarial's verdict may be "rejected" (an error box too, whether it is depends on the trained weights):
+    # no other error.
+    assert "atk_result" in app.session_state
+    assert not [e.value for e in app.error if "rejected" not in e.value.lower()], [e.value for e in app.error]
 
 
 # --------------------------------------------------------------------------------------------- Threshold
@@ -323,7 +326,9 @@ def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth
     _ok(app.button(key="th_jump_eer").click().run())
     eer = round(float(np.clip(metrics.roc(pos, neg).eer_threshold, 0, 1)), 3)
     assert app.slider(key="th_threshold").value == pytest.approx(eer)
-    at = metrics.rates_at(pos, neg, metrics.roc(pos, neg).eer_threshold)
+    # The button sets the EER rounded as it is labelled: counted there (a score between the exact and the rounded
+    # EER, as a run trained with other CPU kernels had, moves one image across).
+    at = metrics.rates_at(pos, neg, eer)
     assert _counts(app) == [at["tp"], at["fn"], at["fp"], at["tn"]]
     # Reset: back to the threshold chosen on validation.
     _ok(app.button(key="th_reset").click().run())
