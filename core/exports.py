@@ -29,16 +29,27 @@ TRUSTED, REJECTED = "trusted", "rejected"
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV text with RFC 4180's ``\r\n`` row ends: ``csv.writer`` quotes a cell holding a character of its line
+    terminator, so every cell holding a ``\r`` or a ``\n`` is quoted (with ``\n`` ends a ``\r`` went out bare, and a
+    reader that splits rows on it saw a new row)."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
 
 
+#: A run's text cell starting with one of these is a formula (or its lead) to a spreadsheet (OWASP CSV injection).
+_LEADS = "=+-@\t\r"
+_AFTER_BREAK = re.compile(r"([\r\n])(?=[=+\-@\t])")
+
+
 def _cell(text: str) -> str:
-    """A run-provided text cell that a spreadsheet will not run as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    """A run-provided text cell that a spreadsheet will not run as a formula: a ``'`` before a formula lead at its
+    start and after every line break inside it (a cell is then quoted by :func:`_csv`, but a reader that splits rows
+    on ``\r`` sees what follows a break as the start of a cell)."""
+    text = _AFTER_BREAK.sub(r"\1'", text)
+    return "'" + text if text[:1] in _LEADS else text
 
 
 def scores_csv(sets: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str, Mapping[str, np.ndarray]],
@@ -142,6 +153,19 @@ def _inline(text: str) -> str:
     return out
 
 
+#: Longest line of a report rendered as it is (the report's own lines are under 500 characters); a longer one is
+#: cut there, so no line of a run's report can cost more than a bounded amount of work.
+MAX_LINE = 5000
+
+
+def _is_table_rule(line: str) -> bool:
+    r"""Whether ``line`` is a pipe table's rule (``|---|:--:|``): only ``|``, ``:``, ``-`` and spaces, with a ``-``.
+
+    A plain scan: the regex it replaces, ``^\s*\|?[\s:|-]+\|?\s*$``, backtracked cubically (800 spaces and an
+    ``x``: 1.6 s; a 2 400-character line held the GIL 15 s)."""
+    return "-" in line and all(c in "|:-" or c.isspace() for c in line)
+
+
 def _row(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -163,7 +187,7 @@ def report_html(markdown: str, *, title: str = "knnguard report") -> str:
     -------
     str
     """
-    lines = markdown.splitlines()
+    lines = [line[:MAX_LINE] for line in markdown.splitlines()]
     out: list[str] = []
     para: list[str] = []
     i = 0
@@ -182,8 +206,7 @@ def report_html(markdown: str, *, title: str = "knnguard report") -> str:
             flush()
             n = len(head.group(1))
             out.append(f"<h{n}>{_inline(head.group(2))}</h{n}>")
-        elif line.lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|?[\s:|-]+\|?\s*$",
-                                                                                 lines[i + 1]) and "-" in lines[i + 1]:
+        elif line.lstrip().startswith("|") and i + 1 < len(lines) and _is_table_rule(lines[i + 1]):
             flush()
             rows = [_row(line)]
             i += 2

@@ -51,7 +51,7 @@ def load_key() -> bytes | None:
     Raises
     ------
     SigningKeyError
-        The key file is not a regular file or does not hold at least 16 bytes as hex.
+        The key file is not a regular file, others may write it, or it does not hold at least 16 bytes as hex.
     """
     p = key_path()
     try:
@@ -62,7 +62,10 @@ def load_key() -> bytes | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         raise SigningKeyError(f"{p}: signing key is not a regular file")
-    if st.st_mode & 0o077:
+    if st.st_mode & 0o022:  # whoever may write the key may sign any run (ssh refuses such a private key)
+        raise SigningKeyError(f"{p}: signing key is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}); "
+                              "chmod 600 it, or make a new key if you cannot trust it")
+    if st.st_mode & 0o044:
         log.warning("%s: signing key is readable by other users (chmod 600 it)", p)
     with open(p, "rb") as f:
         text = f.read(1024)

@@ -35,6 +35,24 @@ def test_scores_csv_has_one_row_per_image_with_scores_and_verdicts():
     assert rows[2]["predicted"] == "'=cmd()" and rows[2]["true"] == "Bag"
 
 
+@pytest.mark.parametrize("name", ["T-shirt/top\r=1+1", "Trouser\r=cmd|' /C calc'!A0", "Bag\n@SUM(A1)", "Coat\r\n+1",
+                                  "\r-2", "Shirt\r\t=1"])
+def test_no_formula_after_a_line_break_in_a_class_name(name):
+    """Finding 12 of the security issue: ``_cell`` guarded only a cell's first character and a bare ``\r`` was not
+    quoted, so a class name ``"T-shirt/top\r=1+1"`` gave rows that a spreadsheet splitting on ``\r`` starts with a
+    formula. Every piece between line breaks, read as a cell by such a reader, starts with no formula lead; the
+    usual reader still gets one row per image with the name (guards aside) in it."""
+    sets = {"authentic": {"true": np.array([0, 1]), "predicted": np.array([0, 1])}}
+    scores = {"authentic": {"a": np.array([0.9, 0.2])}}
+    text = exports.scores_csv(sets, scores, {"a": 0.5}, [name, "Bag"])
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        for cell in line.split(","):
+            assert cell.lstrip('"')[:1] not in ("=", "+", "-", "@", "\t"), (line, text)
+    rows = _rows(text)
+    assert len(rows) == 2 and rows[0]["true"].replace("'", "") == name.replace("'", "")
+    assert "\r" in rows[0]["true"] or "\n" in rows[0]["true"]
+
+
 def test_confusion_and_roc_csv_parse_to_the_metrics():
     rng = np.random.default_rng(0)
     pos, neg = rng.random(50), rng.random(40) * 0.7
@@ -103,3 +121,25 @@ def test_scores_csv_follows_the_strict_rule_at_a_tie():
     strict = _rows(exports.scores_csv(sets, scores, {"a": 0.5}, ["A", "B"], strict=True))
     assert [r["verdict_a"] for r in loose] == ["trusted", "trusted"]
     assert [r["verdict_a"] for r in strict] == ["rejected", "trusted"]
+
+
+def test_a_long_line_of_spaces_costs_no_backtracking():
+    """Finding 8 of the security issue: the table-rule regex backtracked cubically, so a 2 400-character line in a
+    run's report.md held the GIL for 15 s (every user's page waited); a 20 000-character one took hours. Now a plain
+    scan (linear), and lines are cut at ``MAX_LINE``. The bound below is over 1000 times what it takes here."""
+    import time
+
+    md = "| a | b |\n" + " " * 20_000 + "x\n\n| c | d |\n|" + " " * 20_000 + "-x\n"
+    t0 = time.process_time()
+    page = exports.report_html(md)
+    assert time.process_time() - t0 < 2.0
+    assert "<table>" not in page  # neither pair is a table: the line after each header row is no rule
+
+
+@pytest.mark.parametrize("line", ["|---|---|", " | :-- | --: | ", "---", "|-|", "| - |\t", "|  |", "| x |", "",
+                                  ":::", "|--x|", "- item", "|\u2003-|"])
+def test_table_rule_is_what_the_old_regex_matched(line):
+    import re
+
+    old = bool(re.match(r"^\s*\|?[\s:|-]+\|?\s*$", line)) and "-" in line
+    assert exports._is_table_rule(line) == old

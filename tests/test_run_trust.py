@@ -272,3 +272,22 @@ def test_rewriting_the_manifest_drops_the_signature(tmp_path, key_env):
     run.save_json("b.json", [2])  # precompute rewriting its manifest: the old signature no longer applies
     assert not (tmp_path / "r" / "manifest.sig").exists()
     assert RunDir(tmp_path / "r").check_signature() == "unsigned"
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_a_signing_key_others_may_write_is_refused(tmp_path, key_env, mode):
+    """Finding 4 of the security issue: a key of mode 0666 signed with a warning only; whoever may write it may sign
+    any run, so it is refused (as ssh refuses a private key others can read). Readable only: a warning."""
+    from core.signing import SigningKeyError, load_key
+
+    run = RunDir(tmp_path / "r")
+    run.save_json("a.json", [1])
+    run.sign()  # creates the key, mode 0600
+    key_env.chmod(mode)
+    with pytest.raises(SigningKeyError, match="writable by other users"):
+        load_key()
+    with pytest.raises(SigningKeyError):
+        run.sign()
+    key_env.chmod(0o644)
+    assert load_key() is not None
+    assert RunDir(tmp_path / "r").check_signature(require=True) == "verified"
