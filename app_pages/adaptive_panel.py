@@ -17,7 +17,21 @@ MAX_STEPS = 100
 NORMS = {"linf": ("L∞", 0.0, 0.5, 0.1, 0.005), "l2": ("L2", 0.0, 10.0, 2.0, 0.1)}
 
 
-@st.cache_resource(show_spinner="Preparing the detector's surrogate (training features of the chosen layers)…")
+#: Surrogates kept at once (each holds the chosen layers' training features): every session shares them.
+SURROGATES_KEPT = 4
+
+
+def aimed_layers(layers: list[str], aim: list[str]) -> tuple[str, ...]:
+    """The run's ``layers`` that ``aim`` names, once each and in the run's order: the one key of a surrogate.
+
+    A multiselect's value comes from the browser: a crafted request may repeat a layer (Streamlit keeps duplicates)
+    or name none of the run's, and each distinct tuple was a new surrogate with its own copy of the features."""
+    wanted = set(aim)
+    return tuple(la for la in layers if la in wanted)
+
+
+@st.cache_resource(show_spinner="Preparing the detector's surrogate (training features of the chosen layers)…",
+                   max_entries=SURROGATES_KEPT)
 def _surrogate(path: str, stamp: int, layers: tuple[str, ...], mode: str):
     from core.attacks import KnnSurrogate
 
@@ -59,12 +73,13 @@ def show(run, image: np.ndarray, pred0: int) -> None:
     others = [c for c in range(len(classes)) if c != pred0]
     target = c3.selectbox("Target class", others, key="adp_target", format_func=lambda c: classes[c])
     steps = c3.slider("PGD steps", 5, MAX_STEPS, 40, key="adp_steps")
+    aim = aimed_layers(layers, aim)
     if not aim:
         st.warning("Choose at least one target layer.")
         return
     if st.button("Run oblivious and adaptive", key="adp_run", type="primary", icon=":material/bolt:"):
         det = loaders.detector(run)
-        sur = _surrogate(run.path, run.stamp, tuple(aim), mode)
+        sur = _surrogate(run.path, run.stamp, aim, mode)
         x = to_float(image[None])
         try:
             out = {name: bounded.run_bounded(_attack, det, sur, norm, x, int(target), lam_v, float(eps), int(steps), 0)

@@ -56,3 +56,31 @@ def test_adaptive_panel_runs_oblivious_and_adaptive(app, tiny_run):
         assert "*" not in row["verdict at the operating point"]  # a table cell shows no Markdown
     bullets = [m.value for m in app.markdown if m.value.startswith("- oblivious") or m.value.startswith("- adaptive")]
     assert len(bullets) == 2
+
+
+def test_repeated_or_unknown_layers_share_one_bounded_surrogate(app, tiny_run, monkeypatch):
+    """Finding 10 of the security issue: the multiselect's value comes from the browser and Streamlit keeps
+    duplicates; each distinct ``tuple(aim)`` built a new cached surrogate (no bound), so 20 requests with
+    ``[...] + ["conv1"] * i`` took a server from 0.94 to 3.96 GB. The key is now the run's layers named, once each,
+    in the run's order, and the cache keeps a few."""
+    from app_pages import adaptive_panel
+
+    asked = []
+    real = adaptive_panel._surrogate
+
+    def recording(path, stamp, layers, mode):
+        asked.append(layers)
+        return real(path, stamp, layers, mode)
+
+    monkeypatch.setattr(adaptive_panel, "_surrogate", recording)
+    _ok(app.switch_page("app_pages/attack_live.py").run())
+    _ok(app.toggle(key="adp_on").set_value(True).run())
+    _ok(app.slider(key="adp_steps").set_value(5).run())
+    layers = list(app.multiselect(key="adp_layers").options)
+    for extra in (1, 3):
+        app.session_state["adp_layers"] = [layers[-1], layers[0]] + [layers[0]] * extra
+        _ok(app.button(key="adp_run").click().run())
+    assert asked == [(layers[0], layers[-1])] * 2
+    assert adaptive_panel.aimed_layers(layers, ["nope", layers[-1], layers[-1]]) == (layers[-1],)
+    assert adaptive_panel.aimed_layers(layers, ["nope"]) == ()
+    assert 0 < adaptive_panel.SURROGATES_KEPT <= 8
