@@ -331,11 +331,17 @@ class RunDir:
             return runfiles.read_npz(f, self.path / rel)
 
     def load_json(self, rel: str) -> Any:
-        """Load a JSON file, always hash-checked."""
+        """Load a JSON file, always hash-checked; refused unread above :data:`core.runfiles.JSON_MAX_BYTES`, and
+        ``classes.json`` checked as :func:`core.runfiles.check_classes` says."""
+        size = self.manifest.get("files", {}).get(rel, {}).get("size")
+        if isinstance(size, int) and size > runfiles.JSON_MAX_BYTES:
+            raise ArtefactError(f"{self.path / rel}: {size / 2**20:.0f} MiB, larger than any run JSON file is read "
+                                f"({runfiles.JSON_MAX_BYTES >> 20} MiB)")
         with self._reading(rel) as f:
             raw = f.read(self.manifest["files"][rel]["size"])
             self._hash_check(rel, f, raw)
-        return runfiles.read_json(raw, self.path / rel)
+        obj = runfiles.read_json(raw, self.path / rel)
+        return runfiles.check_classes(obj, self.path / rel) if rel == "classes.json" else obj
 
     def load_text(self, rel: str) -> str:
         """Load a UTF-8 text file, always hash-checked."""

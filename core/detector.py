@@ -151,8 +151,12 @@ class Detector:
         for p in model.parameters():
             p.requires_grad_(False)
         defaults = dict(m["summary"]["defaults"])
-        det = cls(run, model, run.load_json("classes.json"), run.load_npy("train_labels.npy"),
-                  list(m["summary"]["layers"]), defaults, verify=verify != "none", verify_full=full)
+        classes, labels = run.load_json("classes.json"), run.load_npy("train_labels.npy")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+            raise ArtefactError(f"{run.path / 'train_labels.npy'}: labels {int(labels.min())}..{int(labels.max())} "
+                                f"do not all name one of the {len(classes)} classes of classes.json")
+        det = cls(run, model, classes, labels, list(m["summary"]["layers"]), defaults, verify=verify != "none",
+                  verify_full=full)
         for mode in modes or [defaults["mode"]]:
             for layer in det.layers:
                 det._get(layer, mode)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 __all__ = ["ArtefactError", "MANIFEST", "sha256_file", "sha256_of", "open_regular", "read_manifest", "npy_header",
-           "read_npy", "read_npz", "read_json", "read_torch", "read_faiss"]
+           "read_npy", "read_npz", "read_json", "check_classes", "JSON_MAX_BYTES", "read_torch", "read_faiss"]
 
 
 class ArtefactError(RuntimeError):
@@ -32,6 +32,30 @@ class ArtefactError(RuntimeError):
 MANIFEST = "manifest.json"
 #: Largest ``manifest.json`` (and ``manifest.sig``) read, in bytes.
 MANIFEST_MAX_BYTES = 64 << 20
+
+
+#: Largest run JSON file read (``report.json`` of the default run is 0.3 MB): a larger one is refused unread, where a
+#: 190 MB ``report.json`` cost the server 2.3 GB, kept in its cache.
+JSON_MAX_BYTES = 32 << 20
+#: Most classes, and longest class name, that ``classes.json`` may hold (ImageNet has 1000 classes).
+MAX_CLASSES, MAX_CLASS_NAME = 100_000, 1000
+
+
+def check_classes(obj: Any, p: Path) -> list[str]:
+    """``classes.json``'s content, checked: a non-empty list of strings, at most :data:`MAX_CLASSES` of at most
+    :data:`MAX_CLASS_NAME` characters each (``[1, null]`` ended three pages in an ``IndexError``).
+
+    Raises
+    ------
+    ArtefactError
+        Otherwise; the message names ``p``.
+    """
+    if not isinstance(obj, list) or not obj or not all(isinstance(c, str) for c in obj):
+        raise ArtefactError(f"{p}: not a list of class names (a JSON list of strings)")
+    if len(obj) > MAX_CLASSES or max(map(len, obj)) > MAX_CLASS_NAME:
+        raise ArtefactError(f"{p}: {len(obj)} class names, the longest {max(map(len, obj))} characters (at most "
+                            f"{MAX_CLASSES} names of {MAX_CLASS_NAME} characters are read)")
+    return obj
 
 
 _MANIFEST_KEYS = {"files": dict, "stages": dict, "config": dict, "summary": dict, "versions": dict}

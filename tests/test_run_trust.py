@@ -291,3 +291,48 @@ def test_a_signing_key_others_may_write_is_refused(tmp_path, key_env, mode):
     key_env.chmod(0o644)
     assert load_key() is not None
     assert RunDir(tmp_path / "r").check_signature(require=True) == "verified"
+
+
+@pytest.mark.parametrize("classes", [[1, None], [], {"0": "a"}, ["a" * 1001], "T-shirt"])
+def test_malformed_classes_json_is_refused_with_its_name(tiny_run_copy, classes):
+    """Finding 9 of the security issue: ``classes.json = [1, null]`` (hash rewritten, as a writer of the run can)
+    ended Inspect, Attack and Failure cases in an uncaught ``IndexError``; now every reader refuses it, naming it."""
+    from app_pages import loaders, state
+    from core.detector import Detector
+
+    _rewrite_with_hash(tiny_run_copy, "classes.json", json.dumps(classes).encode())
+    with pytest.raises(ArtefactError, match="classes.json"):
+        Detector.load(tiny_run_copy, verify="full")
+    with pytest.raises(ArtefactError, match="classes.json"):
+        loaders.run_json(str(tiny_run_copy), state.stamp(str(tiny_run_copy)), "classes.json")
+
+
+def test_too_few_classes_for_the_labels_is_refused(tiny_run_copy):
+    from core.detector import Detector
+
+    _rewrite_with_hash(tiny_run_copy, "classes.json", json.dumps(["only", "two"]).encode())
+    with pytest.raises(ArtefactError, match="train_labels.npy: labels 0..9 do not all name one of the 2 classes"):
+        Detector.load(tiny_run_copy, verify="full")
+
+
+def test_malformed_classes_json_is_a_message_on_the_inspect_page(tiny_run_copy, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    _rewrite_with_hash(tiny_run_copy, "classes.json", json.dumps([1, None]).encode())
+    monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run_copy.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    err = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", " ".join(e.value for e in at.error))
+    assert "classes.json" in err
+
+
+def test_an_oversized_run_json_is_refused_unread(tiny_run_copy):
+    """Finding 9: a 190 MB report.json cost the server 2.3 GB, kept in its cache; above the cap it is not read."""
+    from core.runfiles import JSON_MAX_BYTES
+
+    data = b"[" + b" " * JSON_MAX_BYTES + b"]"
+    _rewrite_with_hash(tiny_run_copy, "report.json", data)
+    with pytest.raises(ArtefactError, match="report.json: 32 MiB, larger than any run JSON file is read"):
+        RunDir(tiny_run_copy).load_json("report.json")
