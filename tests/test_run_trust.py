@@ -336,3 +336,35 @@ def test_an_oversized_run_json_is_refused_unread(tiny_run_copy):
     _rewrite_with_hash(tiny_run_copy, "report.json", data)
     with pytest.raises(ArtefactError, match="report.json: 32 MiB, larger than any run JSON file is read"):
         RunDir(tiny_run_copy).load_json("report.json")
+
+
+def _add_deflated_zeros(p: Path, name: str, size: int) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(p, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf, \
+            zf.open(name, "w", force_zip64=True) as m:
+        block = bytes(16 << 20)
+        for _ in range(size // len(block)):
+            m.write(block)
+
+
+def test_an_npz_decompression_bomb_is_refused_before_inflating(tiny_run_copy):
+    """Finding 5 of the security issue: an extra deflated member of zeros (3 GiB in 3.1 MB) in a processing file
+    took a server from 0.63 to 3.68 GB at start-up. The members' declared sizes are checked first: refused, naming
+    the file, with nothing inflated (here 1 GiB of zeros, 1 MB stored; reading the file for its hash allocates a
+    64 MiB buffer)."""
+    import tracemalloc
+
+    rel = "processing/conv2-pca.npz"
+    path = tiny_run_copy / rel
+    _add_deflated_zeros(path, "extra.npy", 1 << 30)
+    _rewrite_with_hash(tiny_run_copy, rel, path.read_bytes())
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtefactError, match="conv2-pca.npz: member 'extra.npy' inflates to 1024 MiB"):
+            RunDir(tiny_run_copy).load_npz(rel)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 << 20, peak
+    assert RunDir(tiny_run_copy).load_npz("processing/conv2-l2.npz")  # an ordinary one still loads
