@@ -16,6 +16,7 @@ import json
 import math
 import os
 import stat
+import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -315,7 +316,32 @@ def read_faiss(f: BinaryIO, p: Path) -> Any:
     """
     import faiss
 
+    _check_flat_header(f, p)
     try:
         return faiss.read_index(_fd_path(f) or str(p))
-    except RuntimeError as e:
-        raise ArtefactError(f"{p}: unreadable faiss index ({e})") from e
+    except (RuntimeError, MemoryError) as e:
+        raise ArtefactError(f"{p}: unreadable faiss index ({type(e).__name__}: {e})") from e
+
+
+#: The header of a flat faiss index as faiss 1.15 writes it: fourcc, d (int32), ntotal (int64), two unused int64,
+#: is_trained (uint8), metric (int32), then the vectors' float count (uint64) and the floats.
+_FLAT_HEADER = struct.Struct("<4siqqqBiQ")
+_FLAT_KINDS = (b"IxF2", b"IxFI")
+
+
+def _check_flat_header(f: BinaryIO, p: Path) -> None:
+    """Refuse a flat index whose header declares more vectors than its file holds, before faiss allocates them (a
+    61-byte file declaring a 3 GiB vector made ``read_index`` zero-fill 3 GiB, 100 GiB raised ``MemoryError``).
+    Other kinds of index are left to faiss."""
+    start = f.tell()
+    try:
+        head = f.read(_FLAT_HEADER.size)
+        size = os.fstat(f.fileno()).st_size
+    finally:
+        f.seek(start)
+    if len(head) < _FLAT_HEADER.size or head[:4] not in _FLAT_KINDS:
+        return
+    _, d, ntotal, _, _, _, metric, count = _FLAT_HEADER.unpack(head)
+    if d <= 0 or ntotal < 0 or metric > 1 or count != ntotal * d or size != _FLAT_HEADER.size + 4 * count:
+        raise ArtefactError(f"{p}: flat faiss index header (d={d}, ntotal={ntotal}, {count} floats) does not match "
+                            f"its {size}-byte file")

@@ -368,3 +368,37 @@ def test_an_npz_decompression_bomb_is_refused_before_inflating(tiny_run_copy):
         tracemalloc.stop()
     assert peak < 256 << 20, peak
     assert RunDir(tiny_run_copy).load_npz("processing/conv2-l2.npz")  # an ordinary one still loads
+
+
+@pytest.mark.parametrize("floats", [3 << 28, 25 << 32])  # 3 GiB and 100 GiB of float32
+def test_a_faiss_header_declaring_more_than_its_file_is_refused_unread(tiny_run_copy, floats):
+    """Finding 7 of the security issue: a 61-byte flat index declaring a 3 GiB vector made ``read_index`` zero-fill
+    3 GiB before failing; 100 GiB raised ``MemoryError``, which escaped as itself. The header is checked against the
+    file's size first."""
+    import struct
+    import tracemalloc
+
+    rel = "index/conv2-pca.faiss"
+    d, ntotal = 16, floats // 16
+    data = struct.pack("<4siqqqBiQ", b"IxF2", d, ntotal, 1 << 20, 1 << 20, 1, 1, floats) + bytes(16)
+    assert len(data) == 61
+    _rewrite_with_hash(tiny_run_copy, rel, data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtefactError, match="conv2-pca.faiss: flat faiss index header"):
+            RunDir(tiny_run_copy).load_faiss(rel)
+        assert tracemalloc.get_traced_memory()[1] < 128 << 20  # the hash check's 64 MiB read buffer; no vector
+    finally:
+        tracemalloc.stop()
+    assert RunDir(tiny_run_copy).load_faiss("index/conv2-l2.faiss").ntotal > 0
+
+
+def test_faiss_out_of_memory_is_an_artefact_error(tiny_run_copy, monkeypatch):
+    import faiss
+
+    def no_memory(path):
+        raise MemoryError
+
+    monkeypatch.setattr(faiss, "read_index", no_memory)
+    with pytest.raises(ArtefactError, match="conv2-l2.faiss: unreadable faiss index \\(MemoryError"):
+        RunDir(tiny_run_copy).load_faiss("index/conv2-l2.faiss")
