@@ -402,3 +402,33 @@ def test_faiss_out_of_memory_is_an_artefact_error(tiny_run_copy, monkeypatch):
     monkeypatch.setattr(faiss, "read_index", no_memory)
     with pytest.raises(ArtefactError, match="conv2-l2.faiss: unreadable faiss index \\(MemoryError"):
         RunDir(tiny_run_copy).load_faiss("index/conv2-l2.faiss")
+
+
+@pytest.mark.parametrize("rel", ["detectors/mahalanobis/scores-all.npz", "detectors/mahalanobis/fit-all.npz",
+                                 "detectors/dknn/fit-all.npz"])
+def test_a_same_size_forged_peer_file_is_refused_in_a_signed_run(tiny_run_copy, key_env, monkeypatch, rel):
+    """Finding 1 of the security issue: peer-detector files were read with a size check only, so same-size forged
+    Mahalanobis files in a signed run (signature required) drew 'AUC 100.0' on Compare and trusted every image."""
+    from core.detectors import store
+
+    RunDir(tiny_run_copy).sign()
+    monkeypatch.setenv("KNNGUARD_REQUIRE_SIGNATURE", "1")
+    _flip(tiny_run_copy / rel, 0.9)
+    entry, name = rel.split("/")[1:]
+    fit = name.split("-", 1)[1].removesuffix(".npz")
+    run = RunDir(tiny_run_copy)
+    assert run.check_signature(require=True) == "verified"  # the manifest is intact: only the file changed
+    load = store.load_scores if name.startswith("scores") else store.load_fitted
+    with pytest.raises(ArtefactError, match=re.escape(name) + ": sha256"):
+        load(run, entry, fit)
+
+
+def test_the_adaptive_surrogate_reads_hash_checked_features(tiny_run_copy):
+    """Finding 1: the adaptive panel's surrogate loaded the training features with ``verify=False``."""
+    from core.attacks import KnnSurrogate
+    from core.detector import Detector
+
+    det = Detector.load(tiny_run_copy, verify="full")
+    _flip(tiny_run_copy / "features/fc1.npy", 0.7)
+    with pytest.raises(ArtefactError, match="fc1.npy: sha256"):
+        KnnSurrogate.from_detector(det, layers=["fc1"])

@@ -85,7 +85,8 @@ class KnnSurrogate:
         layers = list(layers or det.layers)
         mode = mode or det.defaults["mode"]
         params = {la: det._get(la, mode)[0] for la in layers}
-        feats = {la: det.run.load_npy(f"features/{la}.npy", mmap=True, verify=False) for la in layers}
+        # Checked as the detector checks its own files (a signed run's features were read unchecked).
+        feats = {la: det.run.load_npy(f"features/{la}.npy", mmap=True, verify=det._verify) for la in layers}
         return cls(layers, params, feats, det.train_labels, **kw)
 
     def _bank_of(self, layer: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

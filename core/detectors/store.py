@@ -46,10 +46,11 @@ def load_fitted(run: RunDir, entry: str, fit: str = ALL, *, meta: dict[str, Any]
     """The fitted detector ``entry`` (fit ``fit``) rebuilt from its stored statistics."""
     meta = meta or run.load_json(meta_rel(entry))
     det = CLASSES[meta["name"]](**meta["params"])
-    state = run.load_npz(state_rel(entry, fit)) if run.is_recorded(state_rel(entry, fit)) else {}
+    # Hash-checked always (small files): a same-size forged fit made a signed run's Mahalanobis trust everything.
+    state = run.load_npz(state_rel(entry, fit), verify=True) if run.is_recorded(state_rel(entry, fit)) else {}
     return det.load_state(state)
 
 
 def load_scores(run: RunDir, entry: str, fit: str = ALL) -> dict[str, np.ndarray]:
     """``{set: scores (n_set,)}`` of fit ``fit`` of ``entry``."""
-    return run.load_npz(scores_rel(entry, fit))
+    return run.load_npz(scores_rel(entry, fit), verify=True)  # hash-checked: these draw the Compare page
