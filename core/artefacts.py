@@ -15,6 +15,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -326,9 +327,20 @@ class RunDir:
             return runfiles.read_npy(f, self.path / rel, mmap=mmap)
 
     def load_npz(self, rel: str, *, verify: bool = False) -> dict[str, np.ndarray]:
-        """Load every array of a ``.npz`` into a dict, without pickle."""
-        with self._reading(rel, verify) as f:
+        """Load every array of a ``.npz`` into a dict, without pickle; with ``verify``, from the very bytes whose
+        hash was checked (:meth:`_checked_bytes`)."""
+        if verify:
+            return runfiles.read_npz(io.BytesIO(self._checked_bytes(rel)), self.path / rel)
+        with self._reading(rel) as f:
             return runfiles.read_npz(f, self.path / rel)
+
+    def _checked_bytes(self, rel: str) -> bytes:
+        """``rel``'s bytes, read once from one open descriptor and hash-checked: what is parsed is what was hashed
+        (a check by path followed by a load by path let a file renamed into place between the two be loaded)."""
+        with self._reading(rel) as f:
+            raw = f.read(self.manifest["files"][rel]["size"])
+            self._hash_check(rel, f, raw)
+        return raw
 
     def load_json(self, rel: str) -> Any:
         """Load a JSON file, always hash-checked; refused unread above :data:`core.runfiles.JSON_MAX_BYTES`, and
@@ -354,8 +366,11 @@ class RunDir:
             raise ArtefactError(f"{self.path / rel}: not UTF-8 text ({e})") from e
 
     def load_torch(self, rel: str, *, verify: bool = False) -> dict:
-        """Load a ``state_dict`` with ``weights_only=True`` (no code execution)."""
-        with self._reading(rel, verify) as f:
+        """Load a ``state_dict`` with ``weights_only=True`` (no code execution); with ``verify``, from the very
+        bytes whose hash was checked (:meth:`_checked_bytes`)."""
+        if verify:
+            return runfiles.read_torch(io.BytesIO(self._checked_bytes(rel)), self.path / rel)
+        with self._reading(rel) as f:
             return runfiles.read_torch(f, self.path / rel)
 
     def load_faiss(self, rel: str, *, verify: bool = False) -> Any:

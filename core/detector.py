@@ -138,11 +138,11 @@ class Detector:
         full = verify == "full"
         base = ["model.pt", "classes.json", "train_labels.npy", "input.json"]
         base += ["train_images.npy"] if "train_images.npy" in m["files"] else []  # see docs/design.md#detector
-        if verify != "none":
-            run.verify(base, full=full)
+        if verify != "none":  # model.pt, when hashed, is hashed from the bytes it is loaded from, below
+            run.verify([r for r in base if not (full and r == "model.pt")], full=full)
         model = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""}, builder=builder)[0]
         try:
-            model.load_state_dict(run.load_torch("model.pt"))
+            model.load_state_dict(run.load_torch("model.pt", verify=full))
         except RuntimeError as e:  # shapes or keys differ: the run was made by other model code
             raise ArtefactError(f"{run.path / 'model.pt'} does not fit the model {cfg['model']['name']!r} as the "
                                 f"code now builds it ({str(e).splitlines()[0]}); rebuild the run with "
@@ -173,10 +173,10 @@ class Detector:
                 if key not in self._indexes:
                     rels = [f"processing/{layer}-{mode}.npz", f"index/{layer}-{mode}.faiss"]
                     rels += [r for r in [knn_index.refine_rel(rels[1])] if self.run.is_recorded(r)]
-                    if self._verify:
-                        self.run.verify(rels, full=self._verify_full)
-                    self._params[key] = self.run.load_npz(rels[0])
-                    self._indexes[key] = knn_index.open_saved(self.run, rels[1])
+                    if self._verify:  # processing and index, when hashed, are hashed as they are loaded, below
+                        self.run.verify(rels[2:] if self._verify_full else rels, full=self._verify_full)
+                    self._params[key] = self.run.load_npz(rels[0], verify=self._verify_full)
+                    self._indexes[key] = knn_index.open_saved(self.run, rels[1], verify=self._verify_full)
         return self._params[key], self._indexes[key]
 
     # ------------------------------------------------------------------ inputs

@@ -141,7 +141,7 @@ def open_refined(index, xb16: np.ndarray | None):
     return PQScan(index, xb16, keep_saved=False)
 
 
-def open_saved(run, rel: str):
+def open_saved(run, rel: str, *, verify: bool = False):
     """Read the faiss file ``rel`` of ``run`` (a :class:`core.artefacts.RunDir`) as searched: an IVF-PQ fast-scan
     or ``pq`` index comes back as :class:`Refined` or :class:`PQScan` over its float16 vectors (:func:`refine_rel`,
     memory-mapped).
@@ -149,10 +149,11 @@ def open_saved(run, rel: str):
     Raises
     ------
     core.artefacts.ArtefactError
-        An IVF-PQ or PQ index whose float16 vectors are not recorded in the run.
+        An IVF-PQ or PQ index whose float16 vectors are not recorded in the run (or, with ``verify``, whose file
+        differs from its hash: it is hashed on the descriptor faiss then reads).
     """
 
-    index = run.load_faiss(rel)
+    index = run.load_faiss(rel, verify=verify)
     if not _refined_file(index):
         return index
     return open_refined(index, run.load_npy(refine_rel(rel), mmap=True))

@@ -432,3 +432,37 @@ def test_the_adaptive_surrogate_reads_hash_checked_features(tiny_run_copy):
     _flip(tiny_run_copy / "features/fc1.npy", 0.7)
     with pytest.raises(ArtefactError, match="fc1.npy: sha256"):
         KnnSurrogate.from_detector(det, layers=["fc1"])
+
+
+def test_a_model_swapped_in_after_its_hash_check_is_not_loaded(tiny_run_copy, monkeypatch):
+    """Finding 2 of the security issue: ``Detector.load`` hashed ``model.pt``, then reopened it by name, so a
+    same-size model renamed into place between the two was loaded (class 8 for 20 of 20 images). The swap here
+    happens right after the check; the bytes loaded are the bytes hashed, so the run's own model is loaded."""
+    import io
+    import os
+
+    import torch
+
+    from core.detector import Detector
+
+    model = tiny_run_copy / "model.pt"
+    forged = {k: -v if v.is_floating_point() else v for k, v in torch.load(model, weights_only=True).items()}
+    buf = io.BytesIO()  # as RunDir.save_torch writes it: the same size
+    torch.save(forged, buf)
+    (tiny_run_copy / "forged.pt").write_bytes(buf.getvalue())
+    assert (tiny_run_copy / "forged.pt").stat().st_size == model.stat().st_size
+    real_check, swapped = RunDir._hash_check, []
+
+    def check_then_swap(self, rel, f, data=None):
+        real_check(self, rel, f, data)
+        if rel == "model.pt" and not swapped:
+            os.replace(tiny_run_copy / "forged.pt", model)  # a watcher renames its model into place
+            swapped.append(rel)
+
+    monkeypatch.setattr(RunDir, "_hash_check", check_then_swap)
+    det = Detector.load(tiny_run_copy, verify="full")
+    assert swapped
+    loaded = det.model.state_dict()
+    for k, v in forged.items():
+        if v.is_floating_point() and v.abs().sum() > 0:
+            assert not torch.equal(loaded[k], v), k
