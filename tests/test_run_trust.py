@@ -3,6 +3,7 @@ files hash-checked, bounded ``.npy`` headers, and the optional HMAC signature of
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -466,3 +467,26 @@ def test_a_model_swapped_in_after_its_hash_check_is_not_loaded(tiny_run_copy, mo
     for k, v in forged.items():
         if v.is_floating_point() and v.abs().sum() > 0:
             assert not torch.equal(loaded[k], v), k
+
+
+def test_a_run_thumbnail_is_decoded_bounded_and_no_larger_than_the_run_says():
+    """Finding 6 of the security issue: a run's JPEG thumbnails were decoded in the server process without limits
+    (progressive 8192-pixel JPEGs of 300 scans: a core for 160 s and 1.2 GB, shown at full size). They are decoded
+    in the upload sandbox, at most the run's thumbnail size a side; nothing is decoded in this process."""
+    from PIL import Image
+
+    from core.rundata import decode_thumb
+
+    def jpeg(w, h, **kw):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (200, 30, 90)).save(buf, format="JPEG", **kw)
+        return buf.getvalue()
+
+    ok = decode_thumb(jpeg(32, 20), 32)
+    assert ok.shape == (20, 32, 3) and ok.dtype == np.uint8 and abs(int(ok[0, 0, 0]) - 200) < 8
+    big = jpeg(4096, 4096, progressive=True)
+    before = Image.core.get_stats()["new_count"]
+    assert decode_thumb(big, 32) is None  # over 32 x 32 pixels: refused from its header
+    assert decode_thumb(b"\xff\xd8 not a jpeg", 32) is None
+    assert decode_thumb(jpeg(32, 20), 32).shape == (20, 32, 3)
+    assert Image.core.get_stats()["new_count"] == before + 1  # only the one made here: no decode in this process
