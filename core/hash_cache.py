@@ -3,7 +3,8 @@
 A file is identified by (device, inode, size, mtime, ctime) of the open descriptor and the digest it must have:
 a write or a replacement changes the ctime (which no user can set back), so a changed file is hashed again. A
 match is also recorded in the private cache folder (:mod:`core.disk_cache`), so a new process (the app's server
-started again) does not hash an unchanged run again: 0.16 s of the detector's load on the default run.
+started again) does not hash an unchanged run again: 0.16 s of the detector's load on the default run. When a
+signature is required (``KNNGUARD_REQUIRE_SIGNATURE``) the marks on disk are not read: every process hashes.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import threading
 from typing import BinaryIO
 
-from core import disk_cache, runfiles
+from core import disk_cache, runfiles, signing
 
 __all__ = ["sha256_matches"]
 
@@ -33,7 +34,9 @@ def sha256_matches(f: BinaryIO, size: int, sha256: str) -> bool:
         if seen in _HASHED:
             return True
     mark = hashlib.sha256(repr(seen + (size,)).encode()).hexdigest()
-    if disk_cache.has_mark("sha256_checked", mark):
+    # A mark on disk never stands in for the hash when a signature is required: whoever can write the cache
+    # folder (or swap a parent of it for a link) could forge "already checked" for a tampered file.
+    if not signing.required() and disk_cache.has_mark("sha256_checked", mark):
         with _HASHED_LOCK:
             _HASHED.add(seen)
         return True

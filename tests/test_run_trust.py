@@ -490,3 +490,27 @@ def test_a_run_thumbnail_is_decoded_bounded_and_no_larger_than_the_run_says():
     assert decode_thumb(b"\xff\xd8 not a jpeg", 32) is None
     assert decode_thumb(jpeg(32, 20), 32).shape == (20, 32, 3)
     assert Image.core.get_stats()["new_count"] == before + 1  # only the one made here: no decode in this process
+
+
+def test_a_forged_cache_mark_never_stands_in_for_the_hash_when_a_signature_is_required(tmp_path, monkeypatch):
+    """Finding 3 of the security issue (its last part): a writer of the cache folder could forge the "already
+    hash-checked" mark of a tampered file, which a signed run then loaded. With a signature required the marks on
+    disk are not read."""
+    import hashlib
+
+    from core import disk_cache, hash_cache
+
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"the run's own bytes")
+    want = hashlib.sha256(p.read_bytes()).hexdigest()
+    p.write_bytes(b"a tampered model!!!")  # same size, other bytes
+    with open(p, "rb") as f:
+        st = os.fstat(f.fileno())
+        seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, want)
+        disk_cache.put_mark("sha256_checked", hashlib.sha256(repr(seen + (st.st_size,)).encode()).hexdigest())
+        monkeypatch.setattr(hash_cache, "_HASHED", set())
+        monkeypatch.setenv("KNNGUARD_REQUIRE_SIGNATURE", "1")
+        assert hash_cache.sha256_matches(f, st.st_size, want) is False  # hashed: the forgery is seen
+        monkeypatch.delenv("KNNGUARD_REQUIRE_SIGNATURE")
+        # Unsigned: the mark still saves the hash (whoever can write an unsigned run can rewrite its manifest too).
+        assert hash_cache.sha256_matches(f, st.st_size, want) is True
