@@ -164,7 +164,10 @@ def test_torchrun_shards_extraction(folder, tmp_path):
         pytest.skip("torchrun not installed next to this python (pip install torch)")
     assert main(_custom_args(folder, tmp_path / "one", "c")) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517", "-m", "precompute",
+    from tools.app_server import free_port
+
+    # A free port, not a fixed one: two suites on one machine (or anything else on 29517) made it fail.
+    proc = subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "precompute",
                            *_custom_args(folder, tmp_path / "two", "c")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
