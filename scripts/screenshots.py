@@ -5,6 +5,9 @@
     .venv/bin/python scripts/screenshots.py --runs /tmp/apprun --dark-only     # inspect_dark.png, threshold_dark.png
     .venv/bin/python scripts/screenshots.py --adaptive-only                  # attack_adaptive.png
 
+Besides the tour's pages it shoots Compare and Adaptive attacks and copies the default run's adaptive curve
+(``data/runs/fmnist/adaptive/curve.png``, drawn by the precompute) to adaptive_curve.png.
+
 Needs `apt-get install -y chromium` (Playwright's own browser download does not work offline). The server and
 browser helpers are in tools/ (tools.app_server, tools.browser); tests/test_browser.py runs the same tour on the
 tiny test run and asserts what it sees.
@@ -12,6 +15,7 @@ tiny test run and asserts what it sees.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file: make the repository's packages importable
 
 from tools.app_server import serve  # noqa: E402
-from tools.browser import CHROMIUM, adaptive_switch, browser_page, shoot, tour, wait_ready  # noqa: E402
+from tools.browser import (CHROMIUM, URLS, adaptive_switch, browser_page, shoot, tour, wait_idle,  # noqa: E402
+                           wait_ready)
 
 
 def dark(runs: str, out: Path) -> list[Path]:
@@ -44,6 +49,23 @@ def adaptive(runs: str, out: Path) -> Path:
     return seen["shot"]
 
 
+def peers_and_adaptive(runs: str, out: Path) -> list[Path]:
+    """The Compare and Adaptive attacks pages once their charts are drawn (compare.png, adaptive.png), and the
+    default run's guarded-success curve as the adaptive stage drew it (adaptive_curve.png)."""
+    shots = []
+    with serve(runs) as url, browser_page() as page:
+        for title, name in (("Compare", "compare"), ("Adaptive attacks", "adaptive")):
+            page.goto(f"{url}/{URLS[title]}")
+            wait_ready(page, title)
+            page.locator("svg.marks").first.wait_for(timeout=120_000)
+            wait_idle(page)
+            shots.append(shoot(page, out, name))
+    curve = Path(runs) / "fmnist" / "adaptive" / "curve.png"
+    if curve.is_file():
+        shots.append(Path(shutil.copyfile(curve, out / "adaptive_curve.png")))
+    return shots
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default=str(ROOT / "data" / "runs"), help="folder of runs (KNNGUARD_RUNS_DIR)")
@@ -63,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dark_only:
         _tour(args)
         print(adaptive(args.runs, Path(args.out)))
+        for p in peers_and_adaptive(args.runs, Path(args.out)):
+            print(p)
     for p in dark(args.runs, Path(args.out)):
         print(p)
     return 0
