@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -36,6 +37,7 @@ __all__ = [
     "UploadError",
     "bomb",
     "is_text_bomb",
+    "jpeg_scans",
     "not_an_image",
     "sniff",
     "text_bomb",
@@ -131,6 +133,63 @@ class UploadError(ValueError):
 
     def __reduce__(self) -> tuple[type[UploadError], tuple[str, str]]:
         return (type(self), (self.reason, str(self)))
+
+
+_FF_RUN = re.compile(rb"\xff+")
+
+
+def jpeg_scans(data: bytes) -> int:
+    """Scans (SOS segments) of the first image of a JPEG file: the ones its decoder reads.
+
+    Walks the segments from SOI: a segment's payload is skipped by its length (so a picture embedded in an APP
+    segment is not counted), a scan's entropy-coded data runs to the next marker that is not stuffing (``FF 00``),
+    a restart (``FF D0``-``D7``) or fill (``FF FF``), and the walk ends at the first EOI: images appended after it
+    (camera MPO pictures, concatenated files) are not decoded, so not counted.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+
+    Returns
+    -------
+    int
+    """
+    n, pos, end = 0, 2, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:  # bytes between segments: skipped to the next marker, as the decoder does
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        pos = _FF_RUN.match(data, pos).end() - 1  # fill bytes before a marker
+        if pos + 1 >= end:
+            break
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8 or marker == 0x00:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > end:
+            break
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker != 0xDA:
+            continue
+        n += 1
+        while True:  # entropy-coded data
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= end:
+                return n
+            nxt = data[pos + 1]
+            if nxt == 0xFF:
+                pos = _FF_RUN.match(data, pos).end() - 1
+                continue
+            if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                pos += 2
+                continue
+            break
+    return n
 
 
 def sniff(data: bytes) -> str | None:

@@ -32,6 +32,7 @@ from core.upload_policy import (
     UploadError,
     bomb,
     is_text_bomb,
+    jpeg_scans,
     not_an_image,
     sniff,
     text_bomb,
@@ -186,7 +187,7 @@ def _open_and_load(data: bytes, *, max_pixels: int) -> ImageFile.ImageFile:
     fmt = img.format or sniffed or "image"
     try:
         if fmt in ("JPEG", "MPO"):
-            scans = data.count(b"\xff\xda")  # SOS markers: 0xFF is always escaped in coded data
+            scans = jpeg_scans(data)  # of the first image: 200 concatenated JPEGs are one picture, not 200 scans
             if scans > MAX_JPEG_SCANS:
                 raise UploadError(
                     "too_slow",

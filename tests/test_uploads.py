@@ -1266,3 +1266,26 @@ def test_a_stopped_worker_is_replaced() -> None:
     data = jpeg_ff_fill.__wrapped__(FAR_FILL)  # not kept by the cache: 240 MB
     assert reason_of(data, max_bytes=len(data)) == "too_slow"
     assert read_upload(encode(gradient(5, 4), "PNG")).size == (5, 4)
+
+
+def test_concatenated_jpegs_are_one_picture_not_a_scan_bomb() -> None:
+    """The upload false positive of the security issue: 200 small JPEGs one after another were refused as
+    ``"too_slow"`` (every SOS of the file was counted); the decoder reads the first image only, so only its scans
+    count. Scans repeated inside the first image still do."""
+    from core.upload_policy import jpeg_scans
+
+    one = encode(gradient(16, 12), "JPEG")
+    progressive = encode(gradient(64, 48), "JPEG", progressive=True)
+    assert jpeg_scans(one) == 1 and 5 <= jpeg_scans(progressive) <= 12
+    img = read_upload(one * 200)
+    assert img.size == (16, 12)
+    assert read_upload(progressive * 200).size == (64, 48)
+    assert jpeg_scans(jpeg_repeated_scans(300)) > 300 and reason_of(jpeg_repeated_scans(300)) == "too_slow"
+    # A picture inside an APP segment (an EXIF thumbnail) is skipped with its segment: neither its scans nor its
+    # EOI end the count of the real image's.
+    thumb = progressive
+    app1 = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb
+    assert jpeg_scans(progressive[:2] + app1 + progressive[2:]) == jpeg_scans(progressive)
+    # Stuffing, restarts and fill inside the coded data are not markers.
+    assert jpeg_scans(encode(gradient(64, 48), "JPEG", restart_marker_blocks=1)) == 1
+    assert jpeg_scans(jpeg_ff_fill(1000)) == 1
