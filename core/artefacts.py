@@ -349,17 +349,12 @@ class RunDir:
         if isinstance(size, int) and size > runfiles.JSON_MAX_BYTES:
             raise ArtefactError(f"{self.path / rel}: {size / 2**20:.0f} MiB, larger than any run JSON file is read "
                                 f"({runfiles.JSON_MAX_BYTES >> 20} MiB)")
-        with self._reading(rel) as f:
-            raw = f.read(self.manifest["files"][rel]["size"])
-            self._hash_check(rel, f, raw)
-        obj = runfiles.read_json(raw, self.path / rel)
+        obj = runfiles.read_json(self._checked_bytes(rel), self.path / rel)
         return runfiles.check_classes(obj, self.path / rel) if rel == "classes.json" else obj
 
     def load_text(self, rel: str) -> str:
         """Load a UTF-8 text file, always hash-checked."""
-        with self._reading(rel) as f:
-            raw = f.read(self.manifest["files"][rel]["size"])
-            self._hash_check(rel, f, raw)
+        raw = self._checked_bytes(rel)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
