@@ -49,7 +49,7 @@ def _attack(det, sur, norm: str, x: np.ndarray, target: int, lam: float, eps: fl
 def show(run, image: np.ndarray, pred0: int) -> None:
     """The switch, its settings and, once run, the oblivious and adaptive results on ``image`` (uint8 (H, W, C))
     predicted ``pred0``."""
-    from core.data import to_float
+    from core.data.datasets import to_float
 
     st.divider()
     if not st.toggle("Attack the detector too (adaptive attack)", key="adp_on",

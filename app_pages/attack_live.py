@@ -7,8 +7,8 @@ import numpy as np
 import streamlit as st
 
 from core.attacks import ATTACKS, available, param_spec, run_attack, to_uint8
-from core.data import to_float
-from core.evaluation import perturbation_norms
+from core.data.datasets import to_float
+from core.evaluation.paper_figures import perturbation_norms
 from app_pages import (adaptive_panel, bounded, charts, current, detector_verdicts, images, loaders, operating,
                        state)
 from app_pages.downloads import adversarial_downloads

@@ -51,7 +51,7 @@ def ink() -> str:
 
 
 def rule_strict(strict: bool | None = None) -> bool:
-    """``strict`` if given, else the trust rule of the current run's protocol (:func:`core.verdict.is_strict`):
+    """``strict`` if given, else the trust rule of the current run's protocol (:func:`core.evaluation.verdict.is_strict`):
     True for ``score > threshold``."""
     if strict is not None:
         return bool(strict)
@@ -62,7 +62,7 @@ def rule_strict(strict: bool | None = None) -> bool:
 
 def trusted(score: float, threshold: float, strict: bool | None = None) -> bool:
     """Whether ``score`` is trusted at ``threshold`` by the rule of :func:`rule_strict` (NaN counts as 0)."""
-    from core.verdict import trusts
+    from core.evaluation.verdict import trusts
 
     return trusts(score, threshold, rule_strict(strict))
 

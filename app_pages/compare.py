@@ -5,7 +5,7 @@ import streamlit as st
 
 from app_pages import charts, line_chart, loaders, state
 from app_pages._text import md, md_records
-from core import metrics
+from core.evaluation import metrics
 
 run = state.current_run()
 rep = loaders.report(run) or {}
@@ -33,8 +33,8 @@ picked = st.multiselect("Attacks", attacks, default=attacks[:1], key="compare_at
 @st.cache_data(show_spinner=False)
 def _curve(_data, path: str, stamp: int, entry: str, attack: str, positives: tuple[str, ...]) -> dict:
     """ROC points of ``entry`` against ``attack`` on the test split and its operating point."""
-    from core.detectors.evaluate import test_scores
-    from core.splits import split_sources
+    from core.peers.evaluate import test_scores
+    from core.evaluation.splits import split_sources
 
     data = _data
     ev = data.config["evaluation"]

@@ -6,7 +6,8 @@ import streamlit as st
 
 from app_pages import charts, line_chart, loaders, state
 from app_pages.state import Run
-from core import evaluation
+from core.evaluation import paper_figures as evaluation
+from core.evaluation.rundata import RunData
 
 #: The report's k values, offered as quick picks (those up to the run's K_max).
 K_PICKS = (10, 50, 100, 500, 1000)
@@ -15,12 +16,12 @@ VARY = {"layer": "Layers", "mode": "Processings", "fn": "Score functions", "k": 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _rocs(path: str, stamp: int, settings: tuple, negatives: tuple, _data: evaluation.RunData) -> list:
+def _rocs(path: str, stamp: int, settings: tuple, negatives: tuple, _data: RunData) -> list:
     return evaluation.compared_rocs(_data, settings, negatives)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _attack_rocs(path: str, stamp: int, setting: tuple, attacks: tuple, _data: evaluation.RunData) -> dict:
+def _attack_rocs(path: str, stamp: int, setting: tuple, attacks: tuple, _data: RunData) -> dict:
     return evaluation.attack_rocs(_data, setting, attacks)
 
 
@@ -44,7 +45,7 @@ def k_box(run: Run) -> None:
 
 
 def _spec(curves: list[tuple[str, evaluation.metrics.Roc]], title: str) -> dict:
-    from core.metrics import roc_corners
+    from core.evaluation.metrics import roc_corners
 
     lines = []
     for i, (name, r) in enumerate(curves):

@@ -46,15 +46,15 @@ def current_image(run: Run) -> dict:
 
 
 def handle_upload(run: Run, data: bytes, *, invert: bool = False) -> str | None:
-    """Decode an upload with :func:`core.uploads.read_upload` and make it the current image.
+    """Decode an upload with :func:`core.uploads.read.read_upload` and make it the current image.
 
-    Returns None on success, else the :class:`~core.uploads.UploadError` message: the failed upload replaces
+    Returns None on success, else the :class:`~core.uploads.read.UploadError` message: the failed upload replaces
     any earlier upload, so an earlier upload's prediction is not left under the error (an evaluation image
     stays current). Records ``upload_note`` ("upscaled from 5×5") when the upload is smaller than the model's
     input. Nothing is written anywhere.
     """
-    from core.upload_policy import UploadError
-    from core.uploads import read_upload
+    from core.uploads.policy import UploadError
+    from core.uploads.read import read_upload
 
     try:
         img = read_upload(data)

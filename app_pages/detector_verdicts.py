@@ -13,8 +13,8 @@ from app_pages.state import Run
 
 @st.cache_resource(show_spinner="Loading the peer detectors…")
 def _bank(path: str, stamp: int):
-    from core.artefacts import RunDir
-    from core.detectors.single import DetectorBank
+    from core.runs.folder import RunDir
+    from core.peers.single import DetectorBank
 
     return DetectorBank.load(RunDir(path))
 

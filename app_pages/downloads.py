@@ -1,4 +1,4 @@
-"""Download buttons: the pages' data as files, built by :mod:`core.exports` only when clicked (deferred), and the
+"""Download buttons: the pages' data as files, built by :mod:`core.evaluation.exports` only when clicked (deferred), and the
 cached report text."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from app_pages.state import Run
-from core import exports
+from core.evaluation import exports
 
 
 def _slug(text: str) -> str:
@@ -19,7 +19,7 @@ def _slug(text: str) -> str:
 
 @st.cache_data(show_spinner=False)
 def _report_md(path: str, stamp: int) -> str | None:
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     rd = RunDir(path)
     return rd.load_text("report.md") if "report.md" in rd.manifest["files"] else None
@@ -27,7 +27,7 @@ def _report_md(path: str, stamp: int) -> str | None:
 
 def report_downloads(run: Run) -> None:
     """The run's ``report.md`` as Markdown and as HTML (escaped: the run's text never becomes HTML)."""
-    from core.artefacts import ArtefactError
+    from core.runs.files import ArtefactError
 
     try:
         text = _report_md(run.path, run.stamp)
@@ -52,7 +52,7 @@ def threshold_downloads(run: Run, layer: str, threshold: float, sep, at: Mapping
     """Per-image scores and verdicts, the confusion counts at ``threshold`` and the ROC of ``sep``.
 
     ``table()`` gives the per-image data when the scores are downloaded: (``sets``, ``scores``, ``thresholds``) as
-    :func:`core.exports.scores_csv` takes them; ``strict``: the run's trust rule (``score > threshold``).
+    :func:`core.evaluation.exports.scores_csv` takes them; ``strict``: the run's trust rule (``score > threshold``).
     """
     name = f"{_slug(run.manifest.get('config', {}).get('name', 'run'))}-{_slug(layer)}-{run.mode}-{run.fn}-k{run.k}"
     c = st.columns(3)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from app_pages import charts, current, images, loaders, operating, state
 from app_pages._text import md
-from core.evaluation import FailureCase
+from core.evaluation.paper_figures import FailureCase
 
 run = state.current_run()
 data = loaders.rundata(run)

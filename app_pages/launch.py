@@ -17,7 +17,7 @@ from pathlib import Path
 #: during the first page (py-spy: its script run 3.6 s instead of 0.75 s, the frontend's files served in
 #: 1.5 s instead of 0.6 s); the server now answers 1.3 s later and the first page runs alone.
 PRELOAD = ("torch", "faiss", "PIL.Image", "pandas", "sklearn.metrics", "pyarrow", "core.detector",
-           "core.evaluation", "core.verdict", "core.detectors", "core.live", "core.metrics", "precompute.stages",
+           "core.evaluation.paper_figures", "core.evaluation.verdict", "core.peers", "core.evaluation.setting_figures", "core.evaluation.metrics", "precompute.stages",
            "app_pages.loaders", "app_pages.charts", "app_pages.current", "app_pages.detector_verdicts",
            "app_pages.downloads", "app_pages.images", "app_pages.operating", "app_pages.state", "app_pages.url_state")
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -34,7 +34,7 @@ def preload_default_run() -> str | None:
     when there is none, it fails to load (the page then loads it and shows the error as it always does) or it is
     still loading."""
     from app_pages import loaders, state
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     runs = state.list_runs(state.runs_root())
     if not runs:
@@ -54,7 +54,7 @@ def preload_default_run() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Import :data:`PRELOAD`, then run Streamlit's command line as ``streamlit run app.py <argv>``."""
-    from core.lazy_import import import_locked
+    from core._util.lazy_import import import_locked
 
     for name in PRELOAD:
         import_locked(name)  # under the lock the attacks import ART with (ART imports scikit-learn too)

@@ -5,8 +5,8 @@ import streamlit as st
 
 from app_pages import charts, comparison, line_chart, loaders, state
 from app_pages._text import md, md_table
-from core.evaluation import row_accuracy
-from core.live import operating_layer
+from core.evaluation.paper_figures import row_accuracy
+from core.evaluation.setting_figures import operating_layer
 
 run = state.current_run()
 rep = loaders.report(run)

@@ -3,7 +3,7 @@ per-layer EER accuracy with error bars, curves with bands; marked points, vertic
 
 Streamlit runs Vega with its expression interpreter, so every data row costs the browser: a long line is drawn
 through the fewest of its points that keep every other within :data:`SIMPLIFY` of the plot
-(:func:`core.polyline.simplify`), and the series drawn alike share one layer."""
+(:func:`core.evaluation.polyline.simplify`), and the series drawn alike share one layer."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +13,7 @@ from app_pages.charts import ink, number
 
 #: Line styles by name: Vega-Lite ``strokeDash`` arrays.
 DASHES = {"solid": [1, 0], "dash": [6, 4], "dot": [2, 3], "dashdot": [6, 3, 2, 3]}
-#: Largest distance of a point left out of a drawn line, as a fraction of the plot (core.polyline.simplify):
+#: Largest distance of a point left out of a drawn line, as a fraction of the plot (core.evaluation.polyline.simplify):
 #: 0.1 % is under a pixel of these charts.
 SIMPLIFY = 0.001
 _PER_POINT = ("labels", "hover", "lo", "hi", "band_lo", "band_hi")
@@ -33,9 +33,9 @@ def _simplified(s: dict, x_domain, y_domain) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _kept(x: np.ndarray, y: np.ndarray, x_domain: tuple | None, y_domain: tuple | None) -> np.ndarray:
-    """:func:`core.polyline.simplify` at :data:`SIMPLIFY`, once per curve and axes (a page redrawn as a slider moves
+    """:func:`core.evaluation.polyline.simplify` at :data:`SIMPLIFY`, once per curve and axes (a page redrawn as a slider moves
     draws the same curves: 50 ms of each Threshold script run)."""
-    from core.polyline import simplify
+    from core.evaluation.polyline import simplify
 
     return simplify(x, y, SIMPLIFY, x_range=x_domain, y_range=y_domain)
 
@@ -71,7 +71,7 @@ def lines_spec(series: list[dict], *, title: str, xtitle: str, ytitle: str, heig
         False: drawn in ``color`` without a legend entry).
 
     A line of 64 points or more on a number axis, without per-point values and not stepped, is drawn through the
-    fewest of its points that keep every other within :data:`SIMPLIFY` of it (:func:`core.polyline.simplify`).
+    fewest of its points that keep every other within :data:`SIMPLIFY` of it (:func:`core.evaluation.polyline.simplify`).
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Cached loaders of a run for the pages, and the library calls whose results the pages show.
 
 ``st.cache_resource`` holds the heavy shared objects (the :class:`~core.detector.Detector`, whose load
-:func:`warm` starts in a background thread on the first page; :class:`~core.evaluation.RunData`), ``st.cache_data`` small arrays and tables (scores of a stored set for one
+:func:`warm` starts in a background thread on the first page; :class:`~core.evaluation.paper_figures.RunData`), ``st.cache_data`` small arrays and tables (scores of a stored set for one
 setting, EER thresholds, failure cases), each keyed by the run folder and its manifest's modification time. A
 damaged or missing run file stops the page with the command that rebuilds the run. The precomputed evaluation
 sets are only ever scored from their stored neighbours: no page searches them.
@@ -21,7 +21,9 @@ import streamlit as st
 
 from app_pages._text import md
 from app_pages.state import Run, resume_command
-from core import evaluation
+from core.evaluation import paper_figures as evaluation
+from core.evaluation.rundata import RunData
+
 
 def _refuse(run: Run, err: Exception) -> None:
     """A run whose files fail their checks: say which and how to rebuild, then stop the page."""
@@ -34,7 +36,7 @@ def _refuse(run: Run, err: Exception) -> None:
 @contextlib.contextmanager
 def _guard(run: Run, *also: type[Exception]) -> Iterator[None]:
     """Turn a damaged or missing run file met while loading (or any of ``also``) into :func:`_refuse`."""
-    from core.artefacts import ArtefactError
+    from core.runs.files import ArtefactError
 
     try:
         yield
@@ -62,11 +64,11 @@ def _loading(path: str, stamp: int) -> dict:
 def _load_detector(path: str):
     from core.detector import Detector
 
-    return Detector.load(path, verify="full")  # one-image work picks its threads: core.threads
+    return Detector.load(path, verify="full")  # one-image work picks its threads: core._util.threads
 
 
 def _import_warm() -> None:
-    from core.lazy_import import import_locked
+    from core._util.lazy_import import import_locked
 
     for name in WARM_IMPORTS:
         import_locked(name)  # under the lock the attacks import ART with: ART imports scikit-learn too
@@ -135,23 +137,23 @@ def detector(run: Run):
 
 
 @st.cache_resource(show_spinner="Loading the run's evaluation data…")
-def _rundata(path: str, stamp: int) -> evaluation.RunData:
-    from core.honest import PROTOCOLS
+def _rundata(path: str, stamp: int) -> RunData:
+    from core.evaluation.report import PROTOCOLS
 
-    data = evaluation.RunData(path, verify=True)
+    data = RunData(path, verify=True)
     protocol = data.config.get("evaluation", {}).get("protocol", "paper")
     data.positive_sets = PROTOCOLS.get(protocol, PROTOCOLS["paper"])[0]  # authors: authentic only
     return data
 
 
-def rundata(run: Run) -> evaluation.RunData:
-    """The run's :class:`core.evaluation.RunData` (stored sets and neighbours; shared, read-only)."""
+def rundata(run: Run) -> RunData:
+    """The run's :class:`core.evaluation.paper_figures.RunData` (stored sets and neighbours; shared, read-only)."""
     with _guard(run):
         return _rundata(run.path, run.stamp)
 
 
 def train_image(run: Run, i: int) -> np.ndarray | None:
-    """Training image ``i`` uint8 (H, W, C) (:meth:`core.evaluation.RunData.train_image`); None when the run keeps
+    """Training image ``i`` uint8 (H, W, C) (:meth:`core.evaluation.paper_figures.RunData.train_image`); None when the run keeps
     neither the training images nor their thumbnails."""
     return rundata(run).train_image(int(i))
 
@@ -162,7 +164,7 @@ def run_json(path: str, stamp: int, name: str) -> Any:
 
     One object shared by every session and page: read it, never change it (``st.cache_data`` handed out a copy,
     unpickled on every call: report.json, 0.3 MB on the default run, cost 70 ms of each Threshold script run)."""
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     rd = RunDir(path)
     return rd.load_json(name) if name in rd.manifest["files"] else None
@@ -198,7 +200,7 @@ def set_scores(run: Run, name: str, layer: str) -> np.ndarray:
 
 
 def separation(run: Run, layer: str, negatives: Sequence[str]) -> evaluation.Separation:
-    """:class:`core.evaluation.Separation` of the positive sets against the sets ``negatives`` at ``layer``."""
+    """:class:`core.evaluation.paper_figures.Separation` of the positive sets against the sets ``negatives`` at ``layer``."""
     sets = rundata(run).set_names
     return evaluation.Separation([set_scores(run, s, layer) for s in rundata(run).positive_sets if s in sets],
                                  {s: set_scores(run, s, layer) for s in negatives})
@@ -220,7 +222,7 @@ class SeparationCurves:
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _separation_curves(_run: Run, path: str, stamp: int, layer: str, mode: str, fn: str, k: int,
                        negatives: tuple[str, ...], strict: bool) -> SeparationCurves:
-    from core.metrics import roc_corners
+    from core.evaluation.metrics import roc_corners
 
     sep = separation(_run, layer, list(negatives))
     if not len(sep.all_negatives):
@@ -243,7 +245,7 @@ def _eer_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) -> dict[s
 
 
 def eer_thresholds(run: Run) -> dict[str, float]:
-    """:func:`core.evaluation.eer_thresholds` at the sidebar's settings."""
+    """:func:`core.evaluation.paper_figures.eer_thresholds` at the sidebar's settings."""
     with _guard(run):
         return _eer_thresholds(run.path, run.stamp, run.mode, run.fn, run.k)
 
@@ -259,7 +261,7 @@ def _failure_cases(path: str, stamp: int, layer: str, mode: str, fn: str, k: int
 
 def failure_cases(run: Run, layer: str, attacks: Sequence[str], n: int, *, threshold: float | None = None,
                   strict: bool = False) -> evaluation.FailureCases:
-    """:func:`core.evaluation.failure_cases` at the sidebar's settings (at ``threshold``; default the EER one; the
+    """:func:`core.evaluation.paper_figures.failure_cases` at the sidebar's settings (at ``threshold``; default the EER one; the
     detector searches within the class where the stored neighbours have none of it)."""
     detector(run)
     with _guard(run):
@@ -273,7 +275,7 @@ def _detection_rows(path: str, stamp: int, mode: str, k: int) -> list[dict]:
 
 
 def detection_rows(run: Run) -> list[dict]:
-    """:func:`core.evaluation.detection_table` of every layer and score function at the sidebar's mode and k."""
+    """:func:`core.evaluation.paper_figures.detection_table` of every layer and score function at the sidebar's mode and k."""
     with _guard(run):
         return _detection_rows(run.path, run.stamp, run.mode, run.k)
 
@@ -293,14 +295,14 @@ def inspect(run: Run, image: np.ndarray):
 
 @st.cache_resource(show_spinner="Drawing the bootstrap over the test split…")
 def _live(path: str, stamp: int):
-    from core.live import LiveFigures
+    from core.evaluation.setting_figures import LiveFigures
 
     return LiveFigures.for_run(_rundata(path, stamp),
                                scores=lambda name, layer, mode, fn, k: _scores(path, stamp, name, layer, mode, fn, k))
 
 
 def live(run: Run):
-    """The run's :class:`core.live.LiveFigures` (built once per process), or None for a run older than the
+    """The run's :class:`core.evaluation.setting_figures.LiveFigures` (built once per process), or None for a run older than the
     validation / test split (a set without source ids) or whose split leaves no test image."""
     with _guard(run):
         try:
@@ -310,7 +312,7 @@ def live(run: Run):
 
 
 def live_at(run: Run, layer: str, threshold: float) -> dict | None:
-    """:meth:`core.live.LiveFigures.at` of ``layer`` at the sidebar's settings (None: see :func:`live`)."""
+    """:meth:`core.evaluation.setting_figures.LiveFigures.at` of ``layer`` at the sidebar's settings (None: see :func:`live`)."""
     lf = live(run)
     if lf is None:
         return None
@@ -319,7 +321,7 @@ def live_at(run: Run, layer: str, threshold: float) -> dict | None:
 
 
 def live_eer(run: Run, layer: str, fn: str) -> dict | None:
-    """:meth:`core.live.LiveFigures.eer` of ``layer`` and ``fn`` at the sidebar's mode and k (None: see
+    """:meth:`core.evaluation.setting_figures.LiveFigures.eer` of ``layer`` and ``fn`` at the sidebar's mode and k (None: see
     :func:`live`)."""
     lf = live(run)
     if lf is None:
@@ -339,10 +341,10 @@ def _thresholds_entry(value: Any, layers: Sequence[str]) -> dict[str, float] | N
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _validation_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) -> dict[str, float] | None:
-    """Computed once per run content, setting and version of ``core`` (kept in :mod:`core.disk_cache` across
+    """Computed once per run content, setting and version of ``core`` (kept in :mod:`core._util.disk_cache` across
     server starts: 0.6 s of a fresh server's first page on the default run, 2 s while its files were served)."""
-    from core import disk_cache
-    from core.verdict import validation_thresholds
+    from core._util import disk_cache
+    from core.evaluation.verdict import validation_thresholds
 
     data = _rundata(path, stamp)
     key = disk_cache.cache_key("validation_thresholds", data.run.manifest, mode, fn, int(k))
@@ -359,16 +361,17 @@ def _validation_thresholds(path: str, stamp: int, mode: str, fn: str, k: int) ->
 
 
 def validation_thresholds(run: Run) -> dict[str, float] | None:
-    """:func:`core.verdict.validation_thresholds` at the sidebar's settings; None for a run without a split."""
+    """:func:`core.evaluation.verdict.validation_thresholds` at the sidebar's settings; None for a run without a split."""
     with _guard(run):
         return _validation_thresholds(run.path, run.stamp, run.mode, run.fn, run.k)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _ood_references(path: str, stamp: int, mode: str, k: int):
-    """Computed once per run content, mode, k and version of ``core`` (kept in :mod:`core.disk_cache`: reading the
+    """Computed once per run content, mode, k and version of ``core`` (kept in :mod:`core._util.disk_cache`: reading the
     held-out authentic images' neighbours of every layer was 0.3 s of a fresh server's first page)."""
-    from core import disk_cache, ood
+    from core._util import disk_cache
+    from core.evaluation import ood
 
     data = _rundata(path, stamp)
     key = disk_cache.cache_key("ood_references", data.run.manifest, mode, int(k))
@@ -384,6 +387,6 @@ def _ood_references(path: str, stamp: int, mode: str, k: int):
 
 
 def ood_references(run: Run):
-    """:func:`core.ood.references` of every layer at the sidebar's mode and k (None for a run without a split)."""
+    """:func:`core.evaluation.ood.references` of every layer at the sidebar's mode and k (None for a run without a split)."""
     with _guard(run):
         return _ood_references(run.path, run.stamp, run.mode, run.k)

@@ -8,8 +8,8 @@ import streamlit as st
 from app_pages import loaders
 from app_pages._text import md
 from app_pages.state import Run
-from core import verdict
-from core.live import operating_layer, operating_point
+from core.evaluation import verdict
+from core.evaluation.setting_figures import operating_layer, operating_point
 
 #: Session keys: thresholds set by hand {(layer, mode, fn, k): threshold}, the layer shown, the combination.
 OVERRIDES, LAYER, COMBINE = "op_overrides", "op_layer", "op_combine"
@@ -133,7 +133,7 @@ def overall_box(run: Run, scores: dict[str, float], *, key: str) -> verdict.Over
 def ood_box(run: Run, inspection, *, what: str = "this image") -> bool | None:
     """The out-of-distribution check of one :class:`~core.results.Inspection` (k-th neighbour distance of every
     layer against held-out authentic images); returns whether it is flagged (None: the run cannot tell)."""
-    from core import ood
+    from core.evaluation import ood
 
     refs = loaders.ood_references(run)
     if refs is None:

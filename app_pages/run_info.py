@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_pages import charts, downloads, loaders, state
 from app_pages._text import md, md_records
-from core.live import operating_point
+from core.evaluation.setting_figures import operating_point
 from precompute.stages import STAGE_NAMES
 
 run = state.current_run()

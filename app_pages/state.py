@@ -71,10 +71,10 @@ def stamp(path: str) -> int:
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def manifest(path: str, stamp: int) -> dict:
-    """The run's manifest through :class:`core.artefacts.RunDir` (regular file, checked keys, signature).
+    """The run's manifest through :class:`core.runs.folder.RunDir` (regular file, checked keys, signature).
 
     One object shared by every session and page: read it, never change it (not a copy unpickled per call)."""
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     return RunDir(path).manifest
 
@@ -106,7 +106,7 @@ def _run_label(path: str) -> str:
         m = manifest(path, stamp(path))
     except (OSError, ValueError, RuntimeError):
         return f"{Path(path).name} (unreadable manifest)"
-    from core.entrypoints import needs_entry
+    from core.models.entrypoints import needs_entry
 
     todo = unfinished_stages(m)
     model = m.get("summary", {}).get("model") or m.get("config", {}).get("model", {}).get("name", "?")
@@ -145,7 +145,7 @@ def sidebar() -> None:
         path = st.session_state["run"]
         try:
             m = manifest(path, stamp(path))
-        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: core.artefacts.ArtefactError
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: core.runs.folder.ArtefactError
             m, err = {}, str(e)
         else:
             err = ""
@@ -157,7 +157,7 @@ def sidebar() -> None:
         st.code(resume_command(m), language="bash", wrap_lines=True)
         st.stop()
     with st.sidebar:
-        from core.entrypoints import needs_entry
+        from core.models.entrypoints import needs_entry
 
         why = needs_entry(m, where=f"Run {Path(path).name}")
         if why:  # a run never supplies code: list it, do not open it
@@ -179,7 +179,7 @@ def sidebar() -> None:
                      help="How the k neighbours vote for the predicted class (paper Table 1).")
         st.slider("k (neighbours that vote)", 1, int(s["k_max"]), key="det_k", persist_state="session",
                   help=f"Up to the {int(s['k_max'])} neighbours stored per evaluation image. The paper uses k = 1000.")
-        from core.verdict import is_strict
+        from core.evaluation.verdict import is_strict
 
         st.caption("A prediction is **trusted** when the kNN score of its class is "
                    + ("above the threshold (score > threshold, the authors' protocol)." if is_strict(m.get("config", {}))
@@ -237,7 +237,7 @@ def ordered_sets(run: Run, *, nonempty: bool = True) -> list[str]:
 
 def attack_sets(run: Run) -> list[str]:
     """Non-empty adversarial sets, in the config's order."""
-    from core.evaluation import ERRORS_SET, POSITIVE_SETS
+    from core.evaluation.rundata import ERRORS_SET, POSITIVE_SETS
 
     return [s for s in ordered_sets(run) if s not in POSITIVE_SETS and s != ERRORS_SET]
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 from app_pages import charts, line_chart, loaders, operating, state
 from app_pages._text import md, md_table
-from core.live import operating_point
+from core.evaluation.setting_figures import operating_point
 
 run = state.current_run()
 layers = run.layers

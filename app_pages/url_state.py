@@ -14,7 +14,7 @@ import re
 import streamlit as st
 
 from app_pages import state
-from core.verdict import COMBINATIONS
+from core.evaluation.verdict import COMBINATIONS
 
 #: Session key of the parameters last written (present once the session has read its URL).
 WRITTEN = "url_written"

@@ -154,7 +154,7 @@ def require_run(run: str | Path) -> None:
 
 def eval_images(run: str | Path, n: int, *, seed: int = 0) -> np.ndarray:
     """``n`` evaluation images uint8 (n, H, W, C) drawn (seeded) from every stored set of ``run``."""
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     r = RunDir(run)
     imgs = [r.load_npz(f"evalsets/{s}.npz")["images"] for s in r.manifest["summary"]["sets"]]

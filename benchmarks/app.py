@@ -6,10 +6,10 @@
 Three measurements:
 
 * ``library``: the library calls the page makes, without Streamlit: the stored neighbours' scores of every set
-  (``core.evaluation.RunData.scores``; a k change recomputes them, a threshold change finds them in
-  ``st.cache_data``), then on ``core.evaluation.Separation`` its ROC, ``at`` (the operating point),
+  (``core.evaluation.paper_figures.RunData.scores``; a k change recomputes them, a threshold change finds them in
+  ``st.cache_data``), then on ``core.evaluation.paper_figures.Separation`` its ROC, ``at`` (the operating point),
   ``densities`` and ``trusted_shares`` (``curves``), and the test-split figures with bootstrap intervals
-  (``core.live.LiveFigures.at``, ``live_at``: scores kept per setting, the bootstrap drawn once per run).
+  (``core.evaluation.setting_figures.LiveFigures.at``, ``live_at``: scores kept per setting, the bootstrap drawn once per run).
 * ``apptest``: ``streamlit.testing.v1.AppTest`` on ``app.py``, Threshold page selected, timing
   ``slider.set_value(..).run()`` end to end (the whole script rerun: sidebar, page, charts serialised) for the
   threshold slider and the sidebar's k slider, each change to a value not seen before (no cache hit).
@@ -39,8 +39,9 @@ PAGE = "app_pages/threshold.py"
 def _page_calls(data, layer: str, mode: str, fn: str, k: int, negs: list[str], th: float,
                 cache: dict | None, live=None) -> dict[str, float]:
     """The library calls of one rerun of the page; ``cache`` holds the scores of a previous run (threshold
-    change); ``live`` is the run's :class:`core.live.LiveFigures` (None: not timed)."""
-    from core.evaluation import POSITIVE_SETS, Separation
+    change); ``live`` is the run's :class:`core.evaluation.setting_figures.LiveFigures` (None: not timed)."""
+    from core.evaluation.rundata import POSITIVE_SETS
+    from core.evaluation.paper_figures import Separation
 
     t: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -63,8 +64,8 @@ def library(run: str, *, changes: int) -> dict[str, Any]:
     """Time ``changes`` threshold changes and ``changes`` k changes of the page's library calls."""
     import json
 
-    from core.evaluation import RunData
-    from core.live import LiveFigures, operating_layer
+    from core.evaluation.rundata import RunData
+    from core.evaluation.setting_figures import LiveFigures, operating_layer
 
     data = RunData(run, verify=False)
     d = data.summary["defaults"]

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from benchmarks import _common as C
 from benchmarks import summary
@@ -39,9 +38,10 @@ CHILD = r"""
 import hashlib, json, os, sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from core.artefacts import RunDir
-from precompute import config
-from precompute.stages import Context, stage_data, stage_keys, stage_train
+from core.runs.folder import RunDir
+from core.config import loader as config
+from precompute.context import Context
+from precompute.stages import stage_data, stage_keys, stage_train
 tmp, n_train, epochs = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 cfg = config.load(os.path.join(sys.argv[1], "precompute/configs/fmnist.toml"),
                   [f"runs_dir='{tmp}'", f"data_root='{tmp}'", "name=det", f"data.n_train={n_train}",

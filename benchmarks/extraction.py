@@ -4,7 +4,7 @@
     python -m benchmarks.extraction --device cpu --n 64 --models vgg16
 
 Random weights (``weights=None``: nothing to download) and random uint8 images at each model's input size;
-the time is that of :func:`core.features.extract` (forward pass, global average pooling of every tap, copy to
+the time is that of :func:`core.models.features.extract` (forward pass, global average pooling of every tap, copy to
 host), after one warm-up batch. Writes ``benchmarks/results/extraction.json``.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from benchmarks import _common as C
-from core import zoo
-from core.features import extract
+from core.models import zoo
+from core.models.features import extract
 
 
 def measure(name: str, *, n: int, batch_size: int, device: str, amp: bool) -> dict:

@@ -11,7 +11,7 @@ Each round starts a new server (so the first page pays the model and the run's c
 then each page by URL in a new tab of the same browser profile (a new session on the warm server; ``--cold``: a
 new profile, so an empty browser cache, for every page), and, in one session, from a click on each page's
 navigation link to that page drawn. The rounds share one browser profile and one private cache folder
-(``core.disk_cache``), both empty at round 0: round 0's first page is that of a browser that never opened the app
+(``core._util.disk_cache``), both empty at round 0: round 0's first page is that of a browser that never opened the app
 on a run never opened before (printed apart); the median is over the later rounds: the server started again on
 a run opened before, in the same browser (the floor below is measured with that browser's cache too). Targets: the first page under 3 s, every page
 under 1 s from a click in the app (a new tab cannot: the floor below is over 1 s by itself; its figures are
@@ -126,7 +126,7 @@ def measure(run: str | Path, *, rounds: int = 3, timeout_s: float = 180, cold: b
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         runs_dir = Path(tmp) / "runs"
         runs_dir.mkdir()
-        cache = Path(tmp) / "cache"  # core.disk_cache: empty for round 0 (a run never opened), then kept
+        cache = Path(tmp) / "cache"  # core._util.disk_cache: empty for round 0 (a run never opened), then kept
         port = free_port()  # one address for every round's server: the browser's cache holds the app's files
         (runs_dir / run.name).symlink_to(run, target_is_directory=True)
         browser = p.chromium.launch(executable_path=B.CHROMIUM, args=B.CHROMIUM_ARGS)

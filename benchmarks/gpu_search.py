@@ -1,10 +1,10 @@
-"""Exact kNN search on a GPU (core.torch_search) against the CPU paths, on clustered synthetic features.
+"""Exact kNN search on a GPU (core.knn.torch_search) against the CPU paths, on clustered synthetic features.
 
     python -m benchmarks.gpu_search                 # needs CUDA; sizes of the default run and of ImageNet
     python -m benchmarks.gpu_search --quick         # small sizes (also runs on torch's CPU backend)
 
-For each (N, d): queries/s of 1000 queries at k = 1000 through ``core.index.search`` with ``device="cuda"``
-(chunked matmul + ``torch.topk``), through ``core.index.search`` on the CPU (faiss flat index, our blocked
+For each (N, d): queries/s of 1000 queries at k = 1000 through ``core.knn.index.search`` with ``device="cuda"``
+(chunked matmul + ``torch.topk``), through ``core.knn.index.search`` on the CPU (faiss flat index, our blocked
 path, every core), and through torch on the CPU; recall@k of the GPU result against float64 brute force on a
 sample of queries. Writes ``benchmarks/results/gpu_search.json``.
 """
@@ -17,8 +17,8 @@ import torch
 
 from benchmarks import _common as C
 from benchmarks.scale import synthetic
-from core import index as knn_index
-from core.torch_search import exact_knn
+from core.knn import index as knn_index
+from core.knn.torch_search import exact_knn
 
 
 def _recall(I: np.ndarray, Iref: np.ndarray) -> float:

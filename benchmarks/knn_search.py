@@ -1,4 +1,4 @@
-"""kNN search throughput: ours (``core.index.search``) vs scikit-learn brute force vs faiss's own search, on a
+"""kNN search throughput: ours (``core.knn.index.search``) vs scikit-learn brute force vs faiss's own search, on a
 run's real processed features, with the machine's float32 matmul rate as the physical limit.
 
     python -m benchmarks.knn_search                       # data/runs/fmnist, 1000 queries, k = 1000
@@ -52,7 +52,7 @@ def gflops(a: np.ndarray, b: np.ndarray, rounds: int) -> float:
 def clustered_data(dims: tuple[int, ...], n: int, n_queries: int, seed: int) -> dict[str, dict[str, Any]]:
     """Per D: clustered anisotropic synthetic features (``benchmarks.scale.synthetic``), queries drawn alike."""
     from benchmarks.scale import synthetic
-    from core import index as knn_index
+    from core.knn import index as knn_index
 
     out = {}
     for d in dims:
@@ -69,7 +69,7 @@ def floor(xb: np.ndarray, xq: np.ndarray, k: int, rounds: int) -> dict[str, floa
     import faiss
     import torch
 
-    from core import flat_search
+    from core.knn import flat_search
 
     nt = max(1, min(faiss.omp_get_max_threads(), 16))
     n = len(xb)
@@ -101,10 +101,10 @@ def floor(xb: np.ndarray, xq: np.ndarray, k: int, rounds: int) -> dict[str, floa
 def layers_data(run: str, n_queries: int, seed: int, n_synth: int) -> tuple[dict[str, dict[str, Any]], str | None]:
     """Per layer ``{"xb", "xq", "index", "mode"}``: the run's processed features, queries and index, or synthetic
     ones (with a note saying so) when ``run`` is not a finished run."""
-    from core import index as knn_index
-    from core import processing
+    from core.knn import index as knn_index
+    from core.knn import processing
     from core.detector import Detector
-    from core.features import extract
+    from core.models.features import extract
 
     if not C.run_exists(run):
         rng = np.random.default_rng(seed)
@@ -131,8 +131,8 @@ def run(run: str = str(C.DEFAULT_RUN), *, n_queries: int = 1000, k: int = 1000, 
     """Measure every method on every layer, write and print ``knn_search.json``; return the result."""
     from sklearn.neighbors import NearestNeighbors
 
-    from core import flat_search
-    from core import index as knn_index
+    from core.knn import flat_search
+    from core.knn import index as knn_index
 
     nthreads = C.set_threads(threads)
     mach = C.machine()

@@ -33,7 +33,7 @@ _VERDICTS = ("by layer", "Not detected", "Overall:")  # error boxes that are det
 
 def truth_of(run: str | Path) -> dict[str, Any]:
     """The stored prediction of every authentic evaluation image of ``run`` and its class names."""
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
 
     e = RunData(run, verify=False).evalset("authentic")
     return {"predicted": [int(p) for p in np.asarray(e["predicted"])],

@@ -67,7 +67,7 @@ def probe_train(run: str | Path, *, steps: int = 20, warmup: int = 3) -> dict[st
 
     import torch
 
-    from core.data import to_float
+    from core.data.datasets import to_float
     from core.detector import Detector
 
     det = Detector.load(run, verify="none", modes=[])
@@ -106,8 +106,9 @@ def rerun(run: str | Path, from_stage: str, *, progress: bool = False) -> dict[s
     """Copy ``run`` to a temporary folder, re-run it from ``from_stage`` on; return {stage: seconds}."""
     import torch
 
-    from core.artefacts import RunDir
-    from precompute.stages import STAGE_NAMES, Context, run_stages, stage_keys
+    from core.runs.folder import RunDir
+    from precompute.stages import STAGE_NAMES, run_stages, stage_keys
+    from precompute.context import Context
 
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as tmp:
         dst = Path(tmp) / Path(run).name
@@ -130,7 +131,7 @@ def rerun(run: str | Path, from_stage: str, *, progress: bool = False) -> dict[s
 def run(run: str = str(C.DEFAULT_RUN), *, rerun_from: str | None = None, threads: int = 0, train_steps: int = 0,
         out_dir: str | None = None) -> dict[str, Any]:
     """Read the stage times; optionally re-run; print the table; write ``precompute.json``."""
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     nthreads = C.set_threads(threads)
     mach = C.machine()

@@ -9,7 +9,7 @@ Synthetic features are shaped like a PCA-256 layer of an ImageNet run: 1000 clas
 noise with a decaying spectrum (i.i.d. Gaussians would be the worst case for any partitioning index). The
 flat ground truth is computed for a small query sample only (``--queries``), which bounds the time. Memory
 is the serialised size of the index (vectors, ids, inverted lists or graph). Flat single-query latency is also
-measured on prefixes of the database (``flat_latency``): what ``core.index.AUTO_IVF_MIN`` trades.
+measured on prefixes of the database (``flat_latency``): what ``core.knn.index.AUTO_IVF_MIN`` trades.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _recall(I: np.ndarray, Iref: np.ndarray) -> float:
 
 def _latency(index, xq: np.ndarray, k: int, nq: int) -> dict[str, float]:
     """Per-query latency (one query per call, ms) over ``nq`` queries, and batched throughput (q/s)."""
-    from core import index as knn_index
+    from core.knn import index as knn_index
 
     lat = []
     for i in range(nq):
@@ -86,7 +86,7 @@ def synthetic_part(n: int, d: int, *, k: int, n_queries: int, n_single: int, hns
     indexes of the kind ``auto`` picks at this size (``pq`` above ``AUTO_IVF_MIN``) with the default settings."""
     import faiss
 
-    from core import index as knn_index
+    from core.knn import index as knn_index
 
     t0 = time.perf_counter()
     xb, y = synthetic(n + n_queries, d, seed=seed)
@@ -206,7 +206,7 @@ def inspect_memory(idx: Any, xq: np.ndarray, k: int, n_single: int, layers: int)
 
     import faiss
 
-    from core import index as knn_index
+    from core.knn import index as knn_index
 
     with tempfile.TemporaryDirectory() as tmp:
         fi, fv = Path(tmp) / "layer.faiss", Path(tmp) / knn_index.refine_rel("layer.faiss")
@@ -233,12 +233,13 @@ def inspect_memory(idx: Any, xq: np.ndarray, k: int, n_single: int, layers: int)
 def real_part(run: str, *, layer: str | None, fn: str | None, nprobes: tuple[int, ...], ef_search: int,
               seed: int, kinds: tuple[str, ...] = ("ivf", "ivfpq", "pq", "hnsw")) -> dict[str, Any]:
     """EER accuracy (aggregated over attacks, and errors) with IVF / HNSW next to the stored exact neighbours."""
-    from core import index as knn_index
-    from core import processing
+    from core.knn import index as knn_index
+    from core.knn import processing
     from core.detector import Detector
-    from core.evaluation import RunData, SetNeighbours, detection_row
-    from core.live import operating_layer
-    from core.features import extract
+    from core.evaluation.rundata import RunData, SetNeighbours
+    from core.evaluation.paper_figures import detection_row
+    from core.evaluation.setting_figures import operating_layer
+    from core.models.features import extract
 
     det = Detector.load(run, verify="none")
     mode, fn = det.defaults["mode"], fn or det.defaults["fn"]
@@ -334,7 +335,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, n: int = 1_280_000, d: int = 256, k: i
         pq_refines: tuple[int, ...] = PQ_REFINES, ef_search: int = 1200, layer: str | None = None, threads: int = 0, seed: int = 0,
         out_dir: str | None = None) -> dict[str, Any]:
     """Both parts; print the tables; write ``scale.json``."""
-    from core import index as knn_index
+    from core.knn import index as knn_index
 
     nthreads = C.set_threads(threads)
     mach = C.machine()
@@ -362,7 +363,7 @@ def _targets(syn: dict[str, Any], real: dict[str, Any] | None) -> dict[str, bool
     """Issue targets for the large-database index (``pq``): recall@k ≥ 0.95 at ≥ 10× flat's single-query speed
     at its default shortlist (sharded over the cores, and on one thread: flat searches one query on one thread),
     ≤ 2 GB resident for 12 layers, |Δ Aggr. EER accuracy| < 0.5 point on the real run."""
-    from core.index import PQ_REFINE
+    from core.knn.pq_scan import PQ_REFINE
 
     out = {}
     pq = [r for r in syn["rows"] if r["kind"] == "pq" and f"refine={PQ_REFINE}k " in r["params"]]
@@ -389,7 +390,7 @@ def _auto_note(syn: dict[str, Any], real: dict[str, Any] | None, auto_min: int) 
     if ivf:
         parts.append(f"IVF at {syn['n']}: " + ", ".join(f"{r['params']}: {r['single_p50_ms']:.0f} ms, recall "
                                                           f"{r['recall']:.2f}" for r in ivf))
-    from core.index import PQ_REFINE
+    from core.knn.pq_scan import PQ_REFINE
 
     pq = [r for r in syn["rows"] if r["kind"] == "pq" and f"refine={PQ_REFINE}k " in r["params"]]
     if pq:

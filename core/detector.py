@@ -26,17 +26,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import index as knn_index
-from core import processing, scoring, zoo
-from core.artefacts import ArtefactError, RunDir
-from core.entrypoints import NeedsEntryPoint
-from core.data import to_float
-from core.features import FeatureExtractor
+from core.knn import index as knn_index
+from core.knn import processing
+from core.knn import scoring
+from core.models import zoo
+from core.runs.files import ArtefactError
+from core.runs.folder import RunDir
+from core.models.entrypoints import NeedsEntryPoint
+from core.data.datasets import to_float
+from core.models.features import FeatureExtractor
 from core.results import Inspection, NeighbourList, Scores
-from core.run_model import model_builder, recorded_config
-from core.threads import single_image_threads
-from core.transforms import image_to_array
-from core.uploads import read_upload
+from core.config.recorded import model_builder, recorded_config
+from core._util.threads import single_image_threads
+from core.uploads.transforms import image_to_array
+from core.uploads.read import read_upload
 
 __all__ = ["Detector", "Scores", "Inspection", "NeighbourList", "IncompleteRun", "NeedsEntryPoint"]
 
@@ -88,7 +91,7 @@ class Detector:
         """Load a finished run.
 
         The run supplies data only: the builder of a custom model comes from ``entry`` or the operator's
-        allow-list (``$KNNGUARD_ALLOWED_ENTRIES``, see :mod:`core.entrypoints`), never from the manifest.
+        allow-list (``$KNNGUARD_ALLOWED_ENTRIES``, see :mod:`core.models.entrypoints`), never from the manifest.
 
         Parameters
         ----------
@@ -104,7 +107,7 @@ class Detector:
             Custom-model runs: the builder returning the bare ``nn.Module``, or its ``"package.module:fn"``.
         require_signature : bool, optional
             Refuse a run whose manifest has no valid signature (default: ``$KNNGUARD_REQUIRE_SIGNATURE``); a
-            present signature is always checked when a key is there (:mod:`core.signing`).
+            present signature is always checked when a key is there (:mod:`core.runs.signing`).
 
         Raises
         ------
@@ -186,8 +189,8 @@ class Detector:
         Parameters
         ----------
         image : bytes, PIL.Image.Image or uint8 ndarray (H, W, C), (H, W) or (N, H, W, C)
-            Upload bytes go through :func:`core.uploads.read_upload`; bytes and PIL images are then resized,
-            cropped and converted by :func:`core.transforms.image_to_array`; arrays must already have the
+            Upload bytes go through :func:`core.uploads.read.read_upload`; bytes and PIL images are then resized,
+            cropped and converted by :func:`core.uploads.transforms.image_to_array`; arrays must already have the
             model's size.
 
         Returns
@@ -324,7 +327,7 @@ class Detector:
         Parameters
         ----------
         image : bytes, PIL.Image.Image or uint8 ndarray (H, W, C)
-            What a page has: the bytes of an upload (read by :func:`core.uploads.read_upload`), a decoded
+            What a page has: the bytes of an upload (read by :func:`core.uploads.read.read_upload`), a decoded
             image (resized and cropped to the model's input), or an array already of the model's size.
         mode, fn, k : optional, keyword-only
             As in :meth:`score`.

@@ -5,7 +5,7 @@
     python -m precompute --config ... --from evalsets                      # recompute from a stage on
     python -m precompute --config ... --set evalsets.n_authentic=200       # override a value (type-checked)
     python -m precompute --list-layers precompute/configs/fmnist.toml      # tappable node names
-    python -m precompute --sign data/runs/fmnist                           # HMAC-sign the manifest (core.signing)
+    python -m precompute --sign data/runs/fmnist                           # HMAC-sign the manifest (core.runs.signing)
 
 Finished stages are skipped (their inputs and file hashes are in ``manifest.json``); a killed run resumes.
 """
@@ -68,7 +68,8 @@ def _threads(n: int) -> None:
 
 
 def _verify(path: str) -> int:
-    from core.artefacts import ArtefactError, RunDir
+    from core.runs.files import ArtefactError
+    from core.runs.folder import RunDir
 
     run = RunDir(path)
     if not run.exists():
@@ -89,8 +90,9 @@ def _verify(path: str) -> int:
 
 
 def _sign(path: str) -> int:
-    from core.artefacts import ArtefactError, RunDir
-    from core.signing import SIGNATURE, SigningKeyError
+    from core.runs.files import ArtefactError
+    from core.runs.folder import RunDir
+    from core.runs.signing import SIGNATURE, SigningKeyError
 
     run = RunDir(path)
     try:
@@ -112,7 +114,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from precompute import config as cfgmod
+    from core.config import loader as cfgmod
 
     if args.verify:
         return _verify(args.verify)
@@ -129,8 +131,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         print("error: --config is required (e.g. precompute/configs/fmnist.toml)", file=sys.stderr)
         return 2
 
-    from core.artefacts import RunDir
-    from precompute.stages import Context, pending, run_stages
+    from core.runs.folder import RunDir
+    from precompute.context import Context
+    from precompute.stages import pending, run_stages
 
     run = RunDir(os.path.join(cfg["runs_dir"], cfg["name"]))
     rank = int(os.environ.get("RANK", "0"))
@@ -179,14 +182,14 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
 
 def _check_data(ctx) -> int | None:
     """Read the data sets' sizes and refuse, before any work, sizes or models they cannot fit; exit status or None."""
-    from precompute import config as cfgmod
+    from core.config import loader as cfgmod
     from precompute import training
 
     try:
         train, test, classes = ctx.sources()  # a missing dataset fails here, before any work
         cfgmod.check_sizes(ctx.cfg, n_train=len(train), n_test=len(test))
         if training.wants_training(ctx.cfg["model"]):
-            from core import zoo
+            from core.models import zoo
 
             training.check_outputs(zoo.from_config(ctx.cfg["model"])[0], len(classes), ctx.spec().size)
     except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
@@ -197,7 +200,7 @@ def _check_data(ctx) -> int | None:
 
 def _list_layers(cfg: dict) -> int:
     """Print the model's tappable node names, marking the default taps."""
-    from core import zoo
+    from core.models import zoo
 
     model, _ = zoo.from_config({**cfg["model"], "weights": "none", "state_dict": ""})
     default = set(cfg["features"]["layers"] or

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from core.attacks import AdaptiveL2, AdaptiveLinf, CarliniL2, KnnSurrogate, quantise, to_uint8
-from core.bootstrap import SourceBootstrap
-from core.data import to_float
+from core.evaluation.bootstrap import SourceBootstrap
+from core.data.datasets import to_float
 from core.detector import Detector
-from core.evaluation import RunData
-from core.honest import json_safe
-from core.operating_point import OperatingPoint, Setting
-from core.splits import split_sources
-from core.threads import one_torch_thread
+from core.evaluation.rundata import RunData
+from core.evaluation.report import json_safe
+from core.evaluation.operating_point import OperatingPoint, Setting
+from core.evaluation.splits import split_sources
+from core._util.threads import one_torch_thread
 
 __all__ = ["VARIANTS", "NORMS", "unbounded", "stage_adaptive", "render_adaptive", "operating_point", "guarded"]
 
@@ -43,7 +43,7 @@ def unbounded(norm: str, x: np.ndarray) -> float:
 
 
 def operating_point(report: dict) -> OperatingPoint:
-    """The report's operating point as an :class:`~core.operating_point.OperatingPoint`."""
+    """The report's operating point as an :class:`~core.evaluation.operating_point.OperatingPoint`."""
     o = report["operating_point"]
     return OperatingPoint(Setting(o["layer"], o["processing"], o["fn"], int(o["k"])), float(o["threshold"]),
                           o.get("target_tpr"), float(o.get("criterion_validation") or np.nan),

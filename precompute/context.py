@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core import zoo
-from core.artefacts import RunDir
-from core.data import CsvSource, FolderSource, SourceBase, load_fashion_mnist
+from core.models import zoo
+from core.runs.folder import RunDir
+from core.data.datasets import CsvSource, FolderSource, SourceBase, load_fashion_mnist
 
 __all__ = ["Context"]
 
@@ -23,7 +23,7 @@ class Context:
     Parameters
     ----------
     cfg : dict
-        The checked config (:func:`precompute.config.load`).
+        The checked config (:func:`core.config.loader.load`).
     run : RunDir
     device : torch.device
     progress : bool

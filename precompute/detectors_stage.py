@@ -1,5 +1,5 @@
-"""The ``detectors`` stage: fit the peer detectors of :mod:`core.detectors` on the run's validation split, store
-their statistics, thresholds and the score of every evaluation image (see :mod:`core.detectors.store`).
+"""The ``detectors`` stage: fit the peer detectors of :mod:`core.peers` on the run's validation split, store
+their statistics, thresholds and the score of every evaluation image (see :mod:`core.peers.store`).
 
 Each detector's files are recorded with the stage key as they are written, so a killed stage resumes at the
 first unfinished detector.
@@ -10,12 +10,12 @@ import logging
 
 import numpy as np
 
-from core.detectors import fitting, store
-from core.detectors.base import Inputs, TrainSet, Validation, concat_inputs, subset_inputs
-from core.features import extract
-from core.honest import PROTOCOLS
-from core.rundata import RunData
-from core.splits import split_sources
+from core.peers import fitting, store
+from core.peers.base import Inputs, TrainSet, Validation, concat_inputs, subset_inputs
+from core.models.features import extract
+from core.evaluation.report import PROTOCOLS
+from core.evaluation.rundata import RunData
+from core.evaluation.splits import split_sources
 from precompute.context import Context
 
 __all__ = ["stage_detectors", "run_layout", "set_inputs"]

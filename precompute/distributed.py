@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from core.artefacts import atomic_path
+from core._util.atomic import atomic_path
 
 __all__ = ["rank_world", "barrier", "close", "ChunkProgress"]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data import DatasetNotFound, SourceBase, find_by_id, to_float
-from core.evaluation import perturbation_norms
-from core.honest import success_rates
-from precompute.config import ATTACK_SECTION
+from core.data.datasets import DatasetNotFound, SourceBase, find_by_id, to_float
+from core.evaluation.paper_figures import perturbation_norms
+from core.evaluation.report import success_rates
+from core.config.schema import ATTACK_SECTION
 from precompute.context import Context
 
 __all__ = ["Picked", "pick", "authentic", "errors", "noise", "noise_delta", "attack", "external", "kept", "save_set",
@@ -203,8 +203,8 @@ def external(ctx: Context, p: Picked, name: str, table: dict) -> dict:
     """Adversarial images made elsewhere: ``<table["dir"]>/<ImageId>.png`` per authentic CSV row; kept where the
     model's prediction differs from the label."""
     if _todo(ctx, name):
-        from core.transforms import image_to_array
-        from core.uploads import read_upload
+        from core.uploads.transforms import image_to_array
+        from core.uploads.read import read_upload
 
         (c, h, w), resize = ctx.spec().size, ctx.spec().resize
         ids = [p.test.ids[i] for i in p.auth_idx]

@@ -1,4 +1,4 @@
-"""The run's report: the honest figures of :func:`core.honest.honest_report` (split, operating point chosen on
+"""The run's report: the honest figures of :func:`core.evaluation.report.honest_report` (split, operating point chosen on
 validation, per-attack figures and findings with bootstrap intervals) and the paper's Tables 2 / 4 and k sweep
 measured on the test split, each cell with its interval.
 
@@ -14,20 +14,21 @@ from collections.abc import Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from core import processing
-from core.artefacts import RunDir
-from core.bootstrap import Estimate, SourceBootstrap
-from core.detectors.evaluate import detectors_report
-from core.evaluation import ERRORS_SET, RunData, detection_row
-from core.honest import honest_report, json_safe
-from core.scoring import SCORE_FNS
-from core.splits import split_sources
+from core.knn import processing
+from core.runs.folder import RunDir
+from core.evaluation.bootstrap import Estimate, SourceBootstrap
+from core.peers.evaluate import detectors_report
+from core.evaluation.rundata import ERRORS_SET, RunData
+from core.evaluation.paper_figures import detection_row
+from core.evaluation.report import honest_report, json_safe
+from core.knn.scoring import SCORE_FNS
+from core.evaluation.splits import split_sources
 
 __all__ = ["build_report", "paper_tables", "render_markdown", "processing_labels", "TableCI"]
 
 log = logging.getLogger(__name__)
 
-#: What each finding of :mod:`core.findings` claims (the paper's direction is a positive difference).
+#: What each finding of :mod:`core.evaluation.findings` claims (the paper's direction is a positive difference).
 CLAIMS = {
     "whitening_helps": "PCA-whitening beats raw features (paper: pool5 70.4 -> 85.0 % with DW-kNN)",
     "mid_beats_last": "this layer beats the last one (paper: Mixed_6d against iterative attacks)",
@@ -42,7 +43,7 @@ class TableCI:
     Parameters
     ----------
     test : RunData
-        The test side of the split (:meth:`core.evaluation.RunData.restricted`).
+        The test side of the split (:meth:`core.evaluation.paper_figures.RunData.restricted`).
     bs : SourceBootstrap
         Over the test sources.
     """
@@ -81,7 +82,7 @@ class TableCI:
 
 
 def processing_labels(run: RunDir, data: RunData) -> dict[str, dict[str, str]]:
-    """``{layer: {mode: label}}``: the processing stage's labels, else :func:`core.processing.describe` of the
+    """``{layer: {mode: label}}``: the processing stage's labels, else :func:`core.knn.processing.describe` of the
     stored parameters."""
     labels = data.summary.get("processing_labels")
     if labels:
@@ -102,7 +103,7 @@ def paper_tables(test: RunData, bs: SourceBootstrap, *, k: int, k_sweep: Sequenc
     Parameters
     ----------
     test : RunData
-        The side measured (:meth:`core.evaluation.RunData.restricted`), with the protocol's positives.
+        The side measured (:meth:`core.evaluation.paper_figures.RunData.restricted`), with the protocol's positives.
     bs : SourceBootstrap
         Over that side's sources.
     k : int
@@ -114,7 +115,7 @@ def paper_tables(test: RunData, bs: SourceBootstrap, *, k: int, k_sweep: Sequenc
     Returns
     -------
     dict
-        ``rows`` (:func:`core.evaluation.detection_row` of every layer, mode and score function, plus
+        ``rows`` (:func:`core.evaluation.paper_figures.detection_row` of every layer, mode and score function, plus
         ``ci``: ``{column: [lo, hi]}``), ``per_layer`` (the rows of ``mode``), ``per_layer_mode`` and
         ``k_sweep`` (``{"k", "layer", "mode", "fn", "aggr", "errors", "ci"}``).
     """

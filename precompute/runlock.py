@@ -18,7 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.artefacts import MANIFEST, TMP_NAME, ArtefactError, RunDir
+from core.runs.files import MANIFEST, ArtefactError
+
+from core._util.atomic import TMP_NAME
+
+from core.runs.folder import RunDir
 
 __all__ = ["LOCK_NAME", "NotARun", "RunBusy", "check_owned", "hold"]
 

@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import index as knn_index
-from core import processing, zoo
-from core.data import ArraySource
+from core.knn import index as knn_index
+from core.knn import processing
+from core.models import zoo
+from core.data.datasets import ArraySource
 from precompute import adaptive_stage, distributed, evalsets, thumbs, training
-from precompute.config import ATTACK_SECTION, EXTERNAL_SECTION, check_sizes, stage_hash
+from core.config.schema import ATTACK_SECTION, EXTERNAL_SECTION
+from core.config.loader import check_sizes, stage_hash
 from precompute.context import Context
 from precompute.detectors_stage import stage_detectors
 
@@ -82,7 +84,7 @@ def stage_features(ctx: Context) -> list[str]:
     (:class:`precompute.distributed.ChunkProgress`), so a killed run resumes at the first unfinished chunk.
     Under ``torchrun`` each rank extracts its own chunks into the shared files.
     """
-    from core.features import extract
+    from core.models.features import extract
 
     train, _, _ = ctx.sources()
     model, layers, fc = ctx.model(), ctx.layers(), ctx.cfg["features"]
@@ -116,7 +118,7 @@ def stage_features(ctx: Context) -> list[str]:
 
 def _open_partials(ctx: Context, prog: distributed.ChunkProgress, partial: dict[str, Path]) -> None:
     """Keep the partial files of an interrupted extraction, or start new ones (and forget any progress)."""
-    from core.features import FeatureExtractor
+    from core.models.features import FeatureExtractor
 
     c, h, w = ctx.spec().size
     with torch.no_grad():
@@ -147,7 +149,7 @@ def _close_partials(ctx: Context, prog: distributed.ChunkProgress, partial: dict
 
 def stage_processing(ctx: Context) -> list[str]:
     """Fit each processing mode per layer on the training features; what each does, in words
-    (:func:`core.processing.describe`), goes to the manifest's ``summary.processing_labels[layer][mode]``."""
+    (:func:`core.knn.processing.describe`), goes to the manifest's ``summary.processing_labels[layer][mode]``."""
     files, labels = [], {}
     for layer, mode in ctx.pairs():
         rel = f"processing/{layer}-{mode}.npz"
@@ -206,7 +208,7 @@ def stage_neighbours(ctx: Context) -> list[str]:
     """Top-K_max training neighbours (ids, squared distances) of every evaluation image, per (layer, mode)."""
     from tqdm.auto import tqdm
 
-    from core.features import extract
+    from core.models.features import extract
 
     key, k_max = ctx.keys["neighbours"], ctx.cfg["scoring"]["k_max"]
     sets = list(ctx.run.manifest["summary"]["sets"])

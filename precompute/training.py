@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import zoo
-from core.artefacts import ArtefactError, atomic_path
-from core.data import ImageSource, to_float
-from core.runfiles import open_regular, read_torch
+from core.models import zoo
+from core.runs.files import ArtefactError
+from core._util.atomic import atomic_path
+from core.data.datasets import ImageSource, to_float
+from core.runs.files import open_regular, read_torch
 
 __all__ = ["train", "predict_source", "wants_training", "fit", "check_outputs", "deterministic", "CHECKPOINT",
            "TRAIN_THREADS"]
@@ -227,7 +228,7 @@ def fit(model: zoo.Classifier, source: ImageSource, cfg: dict, *, n_classes: int
     Parameters
     ----------
     model : Classifier
-        Built by :func:`core.zoo.from_config` (seeded), on ``device``.
+        Built by :func:`core.models.zoo.from_config` (seeded), on ``device``.
     source : ImageSource
         Training images.
     cfg : dict

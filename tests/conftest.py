@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory) -> Path:
-    """The tests' own cache folder (core.disk_cache), not the user's: one per test session, shared by the
+    """The tests' own cache folder (core._util.disk_cache), not the user's: one per test session, shared by the
     servers the tests start."""
     import os
 

@@ -82,7 +82,7 @@ def test_detector_term_needs_a_surrogate():
 
 
 def test_adaptive_stage_on_the_tiny_run(tiny_run):
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     run = RunDir(tiny_run)
     assert run.manifest["stages"]["adaptive"]["status"] == "done"

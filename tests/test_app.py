@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest tests/test_app.py -q
 
-Each test asserts real content computed independently from the run folder (core.evaluation / core.metrics):
+Each test asserts real content computed independently from the run folder (core.evaluation.paper_figures / core.evaluation.metrics):
 the prediction text, one bar per layer, the ROC's AUC, confusion counts that follow the threshold slider.
 """
 from __future__ import annotations
@@ -50,8 +50,8 @@ def app(tiny_run, monkeypatch) -> AppTest:
 @pytest.fixture(scope="module")
 def truth(tiny_run) -> dict:
     """What the pages should show, computed from the run folder without the app."""
-    from core.evaluation import RunData
-    from core.live import operating_layer
+    from core.evaluation.rundata import RunData
+    from core.evaluation.setting_figures import operating_layer
 
     data = RunData(tiny_run, verify=False)
     m = json.loads((tiny_run / "manifest.json").read_text())
@@ -198,7 +198,8 @@ def test_inspect_follows_the_index_widget(app, truth):
 
 
 def test_upload_of_bad_bytes_shows_the_upload_error_and_the_page_keeps_working(app, truth):
-    from core.uploads import UploadError, read_upload
+    from core.uploads.policy import UploadError
+    from core.uploads.read import read_upload
 
     bad = b"this is not an image at all"
     with pytest.raises(UploadError) as err:
@@ -289,7 +290,7 @@ def _counts(at: AppTest) -> list[int]:
 
 
 def test_threshold_auc_equals_core_metrics(app, truth):
-    from core import metrics
+    from core.evaluation import metrics
 
     _ok(app.switch_page(PAGES["threshold"]).run())
     assert app.selectbox(key="th_layer").value == truth["best_layer"]
@@ -298,7 +299,7 @@ def test_threshold_auc_equals_core_metrics(app, truth):
     r = metrics.roc(pos, neg)
     auc = _md_table(app, "AUC")[0]["AUC"]
     assert auc == f"{r.auc:.4f}"
-    # The page opens at the threshold chosen on validation; the confusion counts are core.metrics.rates_at at it.
+    # The page opens at the threshold chosen on validation; the confusion counts are core.evaluation.metrics.rates_at at it.
     th = _validation_threshold(truth)
     assert app.slider(key="th_threshold").value == pytest.approx(round(th, 3))
     at = metrics.rates_at(pos, neg, th)
@@ -306,13 +307,13 @@ def test_threshold_auc_equals_core_metrics(app, truth):
 
 
 def _validation_threshold(truth, layer=None) -> float:
-    from core.verdict import validation_thresholds
+    from core.evaluation.verdict import validation_thresholds
 
     return validation_thresholds(truth["data"], truth["mode"], truth["fn"], truth["k"])[layer or truth["best_layer"]]
 
 
 def test_threshold_slider_moves_the_counts_and_the_eer_button_sets_it(app, truth):
-    from core import metrics
+    from core.evaluation import metrics
 
     _ok(app.switch_page(PAGES["threshold"]).run())
     before = _counts(app)
@@ -350,7 +351,7 @@ def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
     groups = [pos] + [truth["data"].scores(a, *args) for a in truth["attacks"]]
     assert len(lines) == len(groups)
     from app_pages.line_chart import SIMPLIFY
-    from core.polyline import deviation
+    from core.evaluation.polyline import deviation
 
     full = np.linspace(0, 1, 501)  # the page's grid of thresholds
     for (grid, share), sc in zip(lines.values(), groups):
@@ -364,8 +365,8 @@ def test_threshold_curves_are_the_trusted_share_of_each_set(app, truth):
 
 def test_threshold_roc_view_draws_the_roc_and_the_operating_point(app, truth):
     from app_pages.line_chart import SIMPLIFY
-    from core import metrics
-    from core.polyline import deviation
+    from core.evaluation import metrics
+    from core.evaluation.polyline import deviation
 
     _ok(app.switch_page(PAGES["threshold"]).run())
     _ok(app.segmented_control(key="th_view").set_value("roc").run())
@@ -388,9 +389,9 @@ def test_threshold_roc_view_draws_the_roc_and_the_operating_point(app, truth):
 
 @pytest.fixture(scope="module")
 def honest(truth) -> dict:
-    """The run's report.json with issue 12's keys (core.honest.honest_report at the run's evaluation config)."""
-    from core.honest import honest_report
-    from core.live import EvaluationConfig
+    """The run's report.json with issue 12's keys (core.evaluation.report.honest_report at the run's evaluation config)."""
+    from core.evaluation.report import honest_report
+    from core.evaluation.setting_figures import EvaluationConfig
 
     c = EvaluationConfig.from_config(truth["data"].config)
     rep = honest_report(truth["data"], protocol=c.protocol, validation_share=c.validation_share,
@@ -447,7 +448,7 @@ def test_threshold_shows_the_operating_point_and_its_button_sets_slider_and_sett
 
 def test_threshold_on_an_old_report_says_rebuild_and_still_shows_live_intervals(app, truth):
     from app_pages.charts import ci_text
-    from core.live import LiveFigures
+    from core.evaluation.setting_figures import LiveFigures
 
     _ok(app.switch_page(PAGES["threshold"]).run())
     th = app.slider(key="th_threshold").value
@@ -463,7 +464,7 @@ def test_threshold_on_an_old_report_says_rebuild_and_still_shows_live_intervals(
 
 
 def test_failure_cases_threshold_and_count_follow_the_scores(app, truth):
-    from core import metrics
+    from core.evaluation import metrics
 
     _ok(app.switch_page(PAGES["failures"]).run())
     pos, neg = _threshold_scores(truth)
@@ -479,10 +480,10 @@ def test_layers_fig6_and_the_report_table(app, truth):
     spec = _vega(app, "layers_fig6")
     lines = _lines(spec)
     assert len(lines) == 3 and all(x == truth["layers"] for x, _ in lines.values())
-    # Live values at the sidebar settings: the test split's Aggr. EER accuracy (core.metrics) with 95 % error bars.
-    from core import metrics
-    from core.evaluation import POSITIVE_SETS
-    from core.splits import split_sources
+    # Live values at the sidebar settings: the test split's Aggr. EER accuracy (core.evaluation.metrics) with 95 % error bars.
+    from core.evaluation import metrics
+    from core.evaluation.rundata import POSITIVE_SETS
+    from core.evaluation.splits import split_sources
 
     data = truth["data"]
     share = float(data.config.get("evaluation", {}).get("validation_share", 0.5))
@@ -507,7 +508,7 @@ def test_layers_fig6_and_the_report_table(app, truth):
     assert len(table) == len(truth["report"]["rows"])
     assert {"layer", "processing", "score", "Aggr."} <= set(table[0])
     # The report's EER accuracies (%), one decimal; each column's best in bold.
-    from core.evaluation import row_accuracy
+    from core.evaluation.paper_figures import row_accuracy
 
     aggr = [100 * row_accuracy(r, "aggr") for r in truth["report"]["rows"]]
     cells = [row["Aggr."] for row in table]

@@ -25,10 +25,10 @@ def _roc(at: AppTest) -> dict:
 
 
 def test_compare_overlays_the_chosen_detectors_rocs_with_their_operating_points(tiny_run, monkeypatch):
-    from core import metrics
-    from core.detectors.evaluate import test_scores
-    from core.evaluation import RunData
-    from core.splits import split_sources
+    from core.evaluation import metrics
+    from core.peers.evaluate import test_scores
+    from core.evaluation.rundata import RunData
+    from core.evaluation.splits import split_sources
 
     monkeypatch.setenv("KNNGUARD_RUNS_DIR", str(tiny_run.parent))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
@@ -64,7 +64,7 @@ def _panel_script():
 
     from app_pages.detector_verdicts import show_verdicts
     from app_pages.state import Run, manifest, stamp
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     path = os.environ["KNNGUARD_TEST_RUN"]
     s = stamp(path)
@@ -73,14 +73,14 @@ def _panel_script():
 
 
 def test_the_verdict_panel_shows_every_detectors_verdict(tiny_run, monkeypatch):
-    from core.detectors import store
+    from core.peers import store
 
     monkeypatch.setenv("KNNGUARD_TEST_RUN", str(tiny_run))
     at = AppTest.from_function(_panel_script, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     df = at.dataframe[0].value
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     run = RunDir(tiny_run)
     assert list(df["detector"]) == list(store.entries(run))
@@ -93,8 +93,8 @@ def test_inspect_shows_each_peer_detectors_verdict_once_their_panel_is_opened(ti
     """The panel is an expander with lazy content: closed (the first page's default) no detector is loaded or
     scored; opened, every stored detector's verdict on the current image."""
     from app_pages import detector_verdicts
-    from core.artefacts import RunDir
-    from core.detectors import store
+    from core.runs.folder import RunDir
+    from core.peers import store
 
     calls = []
     real = detector_verdicts.show_verdicts

@@ -35,7 +35,7 @@ def _overall(at) -> str:
 
 
 def _val(truth, layer):
-    from core.verdict import validation_thresholds
+    from core.evaluation.verdict import validation_thresholds
 
     return validation_thresholds(truth["data"], truth["mode"], truth["fn"], truth["k"])[layer]
 
@@ -69,7 +69,7 @@ def test_threshold_layer_switch_shows_that_layers_own_threshold(app, truth):
 
 
 def test_overall_verdict_follows_the_combination(app, truth):
-    from core.verdict import overall_verdict
+    from core.evaluation.verdict import overall_verdict
 
     data, layers = truth["data"], truth["layers"]
     scores = {la: float(data.scores("authentic", la, truth["mode"], truth["fn"], truth["k"])[0]) for la in layers}
@@ -217,7 +217,7 @@ def test_authors_protocol_rule_on_charts_and_confusion_counts(tiny_run_copy, mon
     assert inspect_bar() == {"✗ rejected": score}  # the Attack page's chart before an attack: the same one
 
     # The Threshold page's counts at a threshold equal to a positive's score (the authors' positives).
-    from core.honest import PROTOCOLS
+    from core.evaluation.report import PROTOCOLS
 
     pos = np.nan_to_num(np.concatenate([truth["data"].scores(s, layer, mode, fn, k)
                                         for s in PROTOCOLS["authors"][0]]).astype(np.float64))

@@ -45,7 +45,7 @@ def test_unfinished_run_is_reported_in_the_main_area(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- failure cases
 def test_failure_cases_show_a_training_image_of_the_predicted_class_on_every_card(app, tiny_run):
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
 
     data = RunData(tiny_run, verify=False)
     layer = data.layers[-1]
@@ -115,8 +115,8 @@ def _curves(at: AppTest) -> list[dict]:
 
 
 def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run):
-    from core import metrics
-    from core.evaluation import RunData
+    from core.evaluation import metrics
+    from core.evaluation.rundata import RunData
 
     data = RunData(tiny_run, verify=False)
     m = json.loads((tiny_run / "manifest.json").read_text())
@@ -136,7 +136,7 @@ def test_layers_page_overlays_rocs_of_layers_settings_and_attacks(app, tiny_run)
         r = metrics.roc(pos(la), neg)
         assert t["name"].startswith(f"{la} (AUC {r.auc:.3f}")
         from app_pages.line_chart import SIMPLIFY
-        from core.polyline import deviation
+        from core.evaluation.polyline import deviation
 
         cx, cy = metrics.roc_corners(r)  # the curve's corners, then those the plot cannot show left out
         kept = np.flatnonzero(np.isin(np.round(cx, 12) + 2 * np.round(cy, 12), np.round(t["x"], 12) + 2 * np.round(t["y"], 12)))

@@ -4,7 +4,7 @@ time limit, with ``streamlit.testing.v1.AppTest`` on the tiny run.
     .venv/bin/python -m pytest tests/test_app_uploads.py -q
 
 One AppTest instance takes every file in turn (as one user uploading file after file): for each, the page shows
-the prediction (a valid image) or exactly ``str(UploadError)`` of ``core.uploads.read_upload`` (a bad one), never
+the prediction (a valid image) or exactly ``str(UploadError)`` of ``core.uploads.read.read_upload`` (a bad one), never
 an exception element, and a valid upload after a bad one still becomes the current image.
 """
 from __future__ import annotations
@@ -59,7 +59,8 @@ def _predictions(at: AppTest) -> list[str]:
 
 
 def test_upload_corpus_through_the_inspect_page(tiny_run, monkeypatch):
-    from core.uploads import UploadError, read_upload
+    from core.uploads.policy import UploadError
+    from core.uploads.read import read_upload
 
     cases = _selection()
     assert len(cases) >= 60

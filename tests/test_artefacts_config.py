@@ -4,8 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from core.artefacts import ArtefactError, RunDir, atomic_path
-from precompute import config
+from core.runs.files import ArtefactError
+
+from core.runs.folder import RunDir
+
+from core._util.atomic import atomic_path
+from core.config import loader as config
 
 
 def test_atomic_write_and_verify(tmp_path):

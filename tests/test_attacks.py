@@ -323,7 +323,7 @@ def test_modes(setup):
 
 _ART_IMPORTS_IN_TWO_ORDERS = """
 import threading
-from core.lazy_import import import_locked
+from core._util.lazy_import import import_locked
 orders = [("art.attacks.evasion", "art.estimators.classification"),
           ("art.estimators.classification", "art.attacks.evasion")] * 2
 errors, start = [], threading.Barrier(len(orders))
@@ -355,7 +355,7 @@ def test_art_imported_from_threads_in_two_orders():
 
 
 def test_import_locked_retries_an_import_race_only(monkeypatch):
-    from core import lazy_import as utils
+    from core._util import lazy_import as utils
 
     calls = []
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.attacks import ATTACKS, available, param_spec, quantise, run_attack, to_uint8
-from core.data import to_float
+from core.data.datasets import to_float
 
 _LINF_EPS = {"default": 0.1, "type": "float", "min": 0.001, "max": 1.0,
              "help": "L-inf budget: max |x_adv - x| per pixel (in [0, 1] units)"}

@@ -135,7 +135,7 @@ def test_load_cli_writes_a_result_the_summary_renders(tiny_run, tmp_path):
 def test_precompute_rerun_refuses_a_run_being_rebuilt(tiny_run_copy, tmp_path):
     """A run whose earlier stages are not done (rebuilt meanwhile) is not re-run: that would redo them too."""
     from benchmarks import precompute
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
 
     RunDir(tiny_run_copy).invalidate(["evalsets"])
     with pytest.raises(RuntimeError, match="evalsets"):
@@ -175,7 +175,6 @@ def test_a_new_result_keeps_the_recorded_before_block(tmp_path, capsys):
 def test_benchmark_modules_import_no_cycle():
     """The benchmarks' imports of each other (module level or inside functions) form no cycle."""
     import ast
-    from pathlib import Path
 
     from benchmarks._common import ROOT
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from core import metrics
-from core.bootstrap import Estimate, SourceBootstrap
+from core.evaluation import metrics
+from core.evaluation.bootstrap import Estimate, SourceBootstrap
 
 
 def test_binomial_ci_close_to_clopper_pearson():
@@ -84,7 +84,7 @@ def test_deterministic_and_unknown_source_rejected():
 
 
 def test_aggregate_of_no_set_is_undefined_not_an_error():
-    from core.bootstrap import SourceBootstrap
+    from core.evaluation.bootstrap import SourceBootstrap
 
     est = SourceBootstrap(np.arange(10), n_boot=50, seed=0).aggregate([], [])
     assert np.isnan(est.value) and est.replicates.shape == (50,) and np.isnan(est.replicates).all()

@@ -57,8 +57,8 @@ def _image_to_flip(tiny_run, k: int) -> tuple[int, str]:
 
     import numpy as np
 
-    from core.evaluation import RunData
-    from core.live import operating_layer
+    from core.evaluation.rundata import RunData
+    from core.evaluation.setting_figures import operating_layer
 
     data = RunData(tiny_run, verify=False)
     d = data.summary["defaults"]

@@ -18,7 +18,7 @@ import torch
 
 from core.attacks import ATTACKS, run_attack
 from core.detector import Detector
-from core.evaluation import RunData
+from core.evaluation.rundata import RunData
 
 THREADS = 8
 

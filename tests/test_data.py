@@ -1,4 +1,4 @@
-"""core.data on tiny synthetic data: sources, subsets and row ranges, the CSV format, idx files, to_float."""
+"""core.data.datasets on tiny synthetic data: sources, subsets and row ranges, the CSV format, idx files, to_float."""
 import csv
 import gzip
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import data
-from core.data import ArraySource, CsvSource, DatasetNotFound, FolderSource, Rows, find_by_id, to_float
+from core.data import datasets as data
+from core.data.datasets import ArraySource, CsvSource, DatasetNotFound, FolderSource, Rows, find_by_id, to_float
 
 
 def _array(n=10, h=4, w=5, c=1, seed=0) -> ArraySource:

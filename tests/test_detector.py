@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from core.detector import Detector
-from core.evaluation import RunData
+from core.evaluation.rundata import RunData
 from core.results import Inspection, Scores
-from core.threads import SINGLE_THREAD_MAX_INPUT, one_torch_thread, single_image_threads
-from core.uploads import UploadError, read_upload
+from core._util.threads import SINGLE_THREAD_MAX_INPUT, one_torch_thread, single_image_threads
+from core.uploads.policy import UploadError
+from core.uploads.read import read_upload
 
 
 @pytest.fixture(scope="module")

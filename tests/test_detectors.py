@@ -1,4 +1,4 @@
-"""Each peer detector of core.detectors against a hand-computed case, and the leave-one-attack-out rule."""
+"""Each peer detector of core.peers against a hand-computed case, and the leave-one-attack-out rule."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from core.detectors import (
+from core.peers import (
     DETECTOR_NAMES,
     LID,
     DeepKNN,
@@ -23,8 +23,8 @@ from core.detectors import (
     fit_all,
     lid_mle,
 )
-from core.detectors.methods import LOG_FLOOR
-from core.operating_point import threshold_at_tpr
+from core.peers.methods import LOG_FLOOR
+from core.evaluation.metrics import threshold_at_tpr
 
 TRAIN_LABELS = np.array([0, 0, 1, 1])
 
@@ -193,14 +193,14 @@ def test_deep_knn_threshold_uses_the_positives_not_calibrated_on():
 
 
 def test_the_config_choices_are_the_detector_names():
-    from precompute.schema import CHOICES, DEFAULTS
+    from core.config.schema import CHOICES, DEFAULTS
 
     assert tuple(CHOICES[("detectors", "enabled")]) == DETECTOR_NAMES
     assert tuple(DEFAULTS["detectors"]["enabled"]) == DETECTOR_NAMES
 
 
 def test_each_detector_is_scored_and_timed_on_its_own_work():
-    from core.detectors.fitting import score_sets
+    from core.peers.fitting import score_sets
 
     x = inputs([0], {("a", "m"): ([[0, 2, 1]], [[1.0, 4.0, 4.0]])})
     x.memo[("knn", "a", "m", "knn", 3)] = np.array([99.0])  # what another detector left on the same inputs

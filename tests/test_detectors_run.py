@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from core.artefacts import RunDir
-from core.detectors import ALL, DETECTOR_NAMES
-from core.detectors import store
+from core.runs.folder import RunDir
+from core.peers import ALL, DETECTOR_NAMES
+from core.peers import store
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_every_detector_is_fitted_and_reported_with_the_reports_fields(tiny_run,
 
 
 def test_the_knn_layer_detector_is_the_reports_knn_score(tiny_run):
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
 
     data = RunData(tiny_run)
     d = data.summary["defaults"]
@@ -51,8 +51,8 @@ def test_the_knn_layer_detector_is_the_reports_knn_score(tiny_run):
 
 
 def test_detection_rate_is_measured_at_the_stored_validation_threshold(tiny_run, report):
-    from core.splits import split_sources
-    from core.evaluation import RunData
+    from core.evaluation.splits import split_sources
+    from core.evaluation.rundata import RunData
 
     data = RunData(tiny_run)
     cfg = data.config["evaluation"]
@@ -67,7 +67,7 @@ def test_detection_rate_is_measured_at_the_stored_validation_threshold(tiny_run,
 
 def test_one_image_through_the_bank_gets_the_stored_score_of_every_detector(tiny_run):
     from core.detector import Detector
-    from core.detectors.single import DetectorBank
+    from core.peers.single import DetectorBank
 
     det = Detector.load(tiny_run)
     bank = DetectorBank.load(det.run)

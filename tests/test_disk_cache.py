@@ -1,4 +1,4 @@
-"""core.disk_cache: a private folder of small results kept across processes, and the app's results kept there
+"""core._util.disk_cache: a private folder of small results kept across processes, and the app's results kept there
 (a new server does not compute a run's validation thresholds or OOD references again). The file checks kept
 there are tested with the others in test_verify_once.py."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from core import disk_cache
+from core._util import disk_cache
 
 
 @pytest.fixture()
@@ -69,7 +69,7 @@ def test_the_app_computes_a_runs_validation_thresholds_once_across_server_starts
 
     from app_pages import loaders
     from app_pages.state import stamp
-    from core import verdict
+    from core.evaluation import verdict
 
     path, s = str(tiny_run), stamp(str(tiny_run))
     st.cache_data.clear()
@@ -91,8 +91,8 @@ def test_the_app_computes_a_runs_validation_thresholds_once_across_server_starts
 
 
 def test_ood_references_come_back_equal_from_json_and_a_foreign_entry_is_a_miss(tiny_run):
-    from core import ood
-    from core.evaluation import RunData
+    from core.evaluation import ood
+    from core.evaluation.rundata import RunData
 
     data = RunData(tiny_run, verify=False)
     refs = ood.references(data, data.layers, "pca", 20)
@@ -114,7 +114,7 @@ def test_the_app_reads_a_runs_ood_references_once_across_server_starts(tiny_run,
 
     from app_pages import loaders
     from app_pages.state import stamp
-    from core import ood
+    from core.evaluation import ood
 
     path, s = str(tiny_run), stamp(str(tiny_run))
     st.cache_resource.clear()

@@ -1,4 +1,4 @@
-"""core.evaluation's page figures (EER thresholds, best layer, failure cases, trusted shares, perturbation norms)
+"""core.evaluation.paper_figures's page figures (EER thresholds, best layer, failure cases, trusted shares, perturbation norms)
 against independent computations: scores from the stored ``.npz`` files with a plain kNN vote, rankings with a
 stable numpy argsort, rates by brute force over thresholds.
 
@@ -12,15 +12,16 @@ import warnings
 import numpy as np
 import pytest
 
-from core import evaluation as ev
-from core import metrics
+from core.evaluation import metrics
+from core.evaluation import paper_figures as ev
+from core.evaluation.rundata import RunData, SetNeighbours
 
-FN = "knn"  # the plain vote, recomputed here without core.scoring
+FN = "knn"  # the plain vote, recomputed here without core.knn.scoring
 
 
 @pytest.fixture(scope="module")
 def run(tiny_run) -> dict:
-    data = ev.RunData(tiny_run, verify=False)
+    data = RunData(tiny_run, verify=False)
     m = json.loads((tiny_run / "manifest.json").read_text())
     return {"path": tiny_run, "data": data, "mode": m["summary"]["defaults"]["mode"],
             "k": min(20, m["summary"]["k_max"]), "labels": np.load(tiny_run / "train_labels.npy"),
@@ -143,8 +144,8 @@ def test_rank_ties_mixes_sets_on_equal_scores():
 
 
 def test_failure_cases_search_within_the_class_when_no_stored_neighbour_has_it(run):
-    from core import processing
     from core.detector import Detector
+    from core.knn import processing
 
     data, layer, (_, attacks) = run["data"], run["data"].layers[-1], _sets(run)
     det = Detector.load(run["path"], verify="none")
@@ -218,9 +219,9 @@ def test_rundata_takes_neighbours_from_a_search_and_lists_them(run):
     def search(name, layer_, mode_):
         calls.append((name, layer_, mode_))
         I, D = _nb(run, name, layer_)
-        return ev.SetNeighbours(I[:, ::-1].copy(), D[:, ::-1].copy())  # farthest first: different scores
+        return SetNeighbours(I[:, ::-1].copy(), D[:, ::-1].copy())  # farthest first: different scores
 
-    data = ev.RunData(run["path"], verify=False, neighbours_from=search)
+    data = RunData(run["path"], verify=False, neighbours_from=search)
     got = data.scores("authentic", layer, mode, FN, 5)
     I, _ = _nb(run, "authentic", layer)
     want = (run["labels"][I[:, ::-1][:, :5]] == _pred(run, "authentic")[:, None]).mean(axis=1)

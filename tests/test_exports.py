@@ -1,4 +1,4 @@
-"""core.exports: every download parses back (csv, PIL, np.load without pickle, json) to the values it was made
+"""core.evaluation.exports: every download parses back (csv, PIL, np.load without pickle, json) to the values it was made
 from, and the report's HTML carries no HTML of the run.
 
     .venv/bin/python -m pytest tests/test_exports.py -q
@@ -13,7 +13,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from core import exports, metrics
+from core.evaluation import exports
+
+from core.evaluation import metrics
 
 
 def _rows(text: str) -> list[dict]:

@@ -1,4 +1,4 @@
-"""core.features.FeatureExtractor: taps read by forward hooks equal torchvision's traced graph, and the default
+"""core.models.features.FeatureExtractor: taps read by forward hooks equal torchvision's traced graph, and the default
 model's taps load without importing torchvision."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from core import zoo
-from core.features import FeatureExtractor
+from core.models import zoo
+from core.models.features import FeatureExtractor
 from tests.conftest import ROOT
 
 TAPS = ["conv1", "conv2", "conv3", "conv4", "fc1"]
@@ -63,7 +63,7 @@ def test_a_tap_called_twice_falls_back_to_the_traced_node():
 
 
 def test_default_model_taps_do_not_import_torchvision():
-    code = ("import sys, torch; from core import zoo; from core.features import FeatureExtractor\n"
+    code = ("import sys, torch; from core.models import zoo; from core.models.features import FeatureExtractor\n"
             "m = zoo.Classifier(zoo.FashionCNN(), (0.3,), (0.4,), (zoo.ConvBlock, zoo.FCBlock)).eval()\n"
             "FeatureExtractor(m, ['conv2', 'fc1'])(torch.rand(2, 1, 28, 28))\n"
             "print('torchvision' in sys.modules)")

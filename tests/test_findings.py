@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from core.bootstrap import SourceBootstrap
-from core.findings import findings, reversals, verdict
-from core.operating_point import Setting
+from core.evaluation.bootstrap import SourceBootstrap
+from core.evaluation.findings import findings, reversals, verdict
+from core.evaluation.operating_point import Setting
 
 
 def test_verdict():
@@ -75,7 +75,7 @@ def test_findings_verdicts_follow_the_data_per_layer_and_mode():
 
 
 def test_json_safe():
-    from core.honest import json_safe
+    from core.evaluation.report import json_safe
     got = json_safe({"a": [np.float32(0.5), float("nan"), np.inf], "b": (np.int64(3), np.bool_(True)),
                      "c": np.array([1.0, np.nan]), 4: None})
     assert got == {"a": [0.5, None, None], "b": [3, True], "c": [1.0, None], "4": None}
@@ -88,7 +88,7 @@ def _three(x):
 
 def _scramble_test_neighbours(monkeypatch, test_ids):
     """Make RunData return random neighbours for every test-split item (validation items unchanged)."""
-    from core.evaluation import RunData, SetNeighbours
+    from core.evaluation.rundata import RunData, SetNeighbours
     orig = RunData.neighbours
 
     def scrambled(self, name, layer, mode):
@@ -104,10 +104,10 @@ def _scramble_test_neighbours(monkeypatch, test_ids):
 
 @pytest.mark.parametrize("protocol", ["paper", "authors"])
 def test_honest_report_contract_on_tiny_run(tiny_run, monkeypatch, protocol):
-    from core.evaluation import RunData
-    from core.honest import honest_report
-    from core.operating_point import nearest_eer_threshold
-    from core.splits import split_sources
+    from core.evaluation.rundata import RunData
+    from core.evaluation.report import honest_report
+    from core.evaluation.operating_point import nearest_eer_threshold
+    from core.evaluation.splits import split_sources
 
     data = RunData(tiny_run)
     rep = honest_report(data, protocol=protocol, validation_share=0.5, target_tpr=0.95, seed=0, n_boot=200)
@@ -169,9 +169,9 @@ def test_honest_report_contract_on_tiny_run(tiny_run, monkeypatch, protocol):
 def test_no_validation_adversarial_falls_back_to_the_default_setting(tiny_run, monkeypatch):
     """A run whose validation side has no adversarial (a tiny random-weight run) still gets its report: the
     configured default setting, its threshold at the target TPR of the validation positives."""
-    from core import honest
-    from core.evaluation import RunData
-    from core.operating_point import threshold_at_tpr
+    from core.evaluation import report as honest
+    from core.evaluation.rundata import RunData
+    from core.evaluation.metrics import threshold_at_tpr
 
     data = RunData(tiny_run, verify=False)
     sets = set(data.attack_sets)

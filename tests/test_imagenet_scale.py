@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.artefacts import RunDir
+from core.runs.folder import RunDir
 from core.detector import Detector
-from precompute import config
+from core.config import loader as config
 from precompute.__main__ import main
 from tests.conftest import ADAPTIVE_SMALL, ROOT
 
@@ -71,7 +71,7 @@ def test_torchvision_configs_end_to_end(folder, tmp_path, capsys, cfg, size, lay
     assert len(bank["ids"]) > 0 and bank["offsets"][-1] == len(bank["data"])
     paths = run.load_json("train_paths.json")
     assert len(paths["paths"]) == 60 and paths["paths"][0].startswith("n01440764/")
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
     data = RunData(run)
     nb = data.neighbours("authentic", data.layers[0], "pca")
     thumb = data.train_image(int(nb.I[0, 0]))
@@ -135,7 +135,7 @@ def test_chunked_extraction_resumes_after_kill(folder, tmp_path, monkeypatch):
     assert main(_custom_args(folder, tmp_path / "clean", "c")) == 0
     clean = {p.name: np.load(p) for p in (tmp_path / "clean" / "c" / "features").glob("*.npy")}
 
-    import core.features as cf
+    import core.models.features as cf
     real, calls = cf.extract, {"n": 0}
 
     def dying(*a, **k):

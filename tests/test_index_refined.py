@@ -3,7 +3,7 @@ vectors, saved as a faiss file + npy."""
 import numpy as np
 import pytest
 
-from core import index
+from core.knn import index
 
 
 def test_ivfpq_reranks_exactly_and_reopens_from_faiss_and_npy(tmp_path):
@@ -105,9 +105,9 @@ def test_run_built_with_a_refined_index_stores_hashes_and_searches_float16(kind,
     """A run whose index stage used ``kind = "ivfpq"`` or ``"pq"``: the float16 vectors are recorded and hashed,
     and the neighbours stage and the Detector search through the re-ranked index (recall of the exact
     neighbours)."""
-    from core.artefacts import RunDir
+    from core.runs.folder import RunDir
     from core.detector import Detector
-    from core.artefacts import sha256_file
+    from core.runs.files import sha256_file
     from tests.test_pipeline import _cli
 
     assert _cli(tiny_run_copy, f"--set=index.kind='{kind}'") == 0

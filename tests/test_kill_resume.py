@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from core.artefacts import RunDir
+from core.runs.folder import RunDir
 from tests.conftest import ROOT, TINY, need_fmnist
 
 N_KILLS = int(os.environ.get("KNNGUARD_KILLS", "8"))

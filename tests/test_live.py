@@ -1,4 +1,4 @@
-"""core.live on the tiny run: the app's test-split figures against core.honest.honest_report and against a
+"""core.evaluation.setting_figures on the tiny run: the app's test-split figures against core.evaluation.report.honest_report and against a
 hand-written weighted bootstrap; the split equals the report's."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ N_BOOT = 200
 
 @pytest.fixture(scope="module")
 def setup(tiny_run):
-    from core.evaluation import RunData
-    from core.honest import honest_report
-    from core.live import EvaluationConfig, LiveFigures
+    from core.evaluation.rundata import RunData
+    from core.evaluation.report import honest_report
+    from core.evaluation.setting_figures import EvaluationConfig, LiveFigures
 
     data = RunData(tiny_run, verify=False)
     cfg = EvaluationConfig.from_config(data.config)
@@ -26,7 +26,7 @@ def setup(tiny_run):
 
 def _test_side(data, name: str, split_seed: int, share: float) -> np.ndarray:
     """Test mask of a set, from the split recomputed here."""
-    from core.splits import split_sources
+    from core.evaluation.splits import split_sources
 
     split = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, share, split_seed)
     return np.isin(data.evalset(name)["source"], split.test)
@@ -92,7 +92,7 @@ def test_figures_at_any_threshold_equal_a_weighted_bootstrap_by_hand(setup):
 
 
 def test_eer_on_the_test_split_equals_core_metrics(setup):
-    from core import metrics
+    from core.evaluation import metrics
 
     data, live, _ = setup
     layer, mode, k = data.layers[-1], data.modes[0], int(data.summary["k_max"])
@@ -112,7 +112,7 @@ def test_eer_on_the_test_split_equals_core_metrics(setup):
 
 
 def test_a_run_without_source_ids_is_refused(setup):
-    from core.live import EvaluationConfig, LiveFigures
+    from core.evaluation.setting_figures import EvaluationConfig, LiveFigures
 
     data, _, _ = setup
 
@@ -127,7 +127,7 @@ def test_a_run_without_source_ids_is_refused(setup):
 
 
 def test_operating_layer_reads_the_operating_point_not_the_old_headline():
-    from core.live import operating_layer, operating_point
+    from core.evaluation.setting_figures import operating_layer, operating_point
 
     layers = ["a", "b", "c"]
     assert operating_layer({"operating_point": {"layer": "b"}}, layers) == "b"
@@ -136,7 +136,7 @@ def test_operating_layer_reads_the_operating_point_not_the_old_headline():
 
 
 def test_figures_at_a_threshold_seen_before_are_kept_and_handed_out_as_copies(setup, monkeypatch):
-    import core.live as live_mod
+    import core.evaluation.setting_figures as live_mod
 
     data, live, _ = setup
     setting = (data.layers[0], data.modes[0], "knn", int(data.summary["k_max"]))

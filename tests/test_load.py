@@ -173,7 +173,7 @@ def _pct(xs: list[float]) -> dict:
 
 
 def test_concurrent_browser_sessions(tiny_run, tmp_path):
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
 
     e = RunData(tiny_run, verify=False).evalset("authentic")
     truth = {"predicted": np.asarray(e["predicted"]),

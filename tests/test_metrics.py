@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core import metrics
+from core.evaluation import metrics
 
 
 def brute_eer(pos, neg):
@@ -67,7 +67,7 @@ def test_rates_at_eer_threshold_differs_from_eer_accuracy_with_ties():
 
 
 def test_rates_at_and_trusted_share_follow_the_strict_rule():
-    from core.evaluation import trusted_share
+    from core.evaluation.paper_figures import trusted_share
 
     pos, neg = np.array([0.2, 0.5, 0.5, 0.9]), np.array([0.1, 0.5])
     assert metrics.rates_at(pos, neg, 0.5)["tp"] == 3 and metrics.rates_at(pos, neg, 0.5)["fp"] == 1

@@ -4,12 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import metrics
-from core.bootstrap import SourceBootstrap
-from core.honest import attempted_sources, success_rates
-from core.operating_point import (AttackItems, Setting, choose_operating_point, detection_rate, measure,
-                                  nearest_eer_threshold, selection_criterion, threshold_at_tpr)
-from core.splits import split_sources
+from core.evaluation import metrics
+from core.evaluation.bootstrap import SourceBootstrap
+from core.evaluation.report import attempted_sources, success_rates
+from core.evaluation.operating_point import (
+    AttackItems,
+    Setting,
+    choose_operating_point,
+    measure,
+    nearest_eer_threshold,
+    selection_criterion,
+)
+from core.evaluation.metrics import detection_rate, threshold_at_tpr
+from core.evaluation.splits import split_sources
 
 
 def test_threshold_follows_rejected_at_tpr_rule():
@@ -154,7 +161,7 @@ def test_measure_strict_rejects_a_score_at_the_threshold():
 
 def test_a_candidate_without_validation_positives_is_no_candidate():
     """No positives -> no threshold: such a setting is skipped, not chosen with a NaN threshold."""
-    from core.operating_point import Setting, choose_operating_point
+    from core.evaluation.operating_point import Setting, choose_operating_point
 
     with pytest.raises(ValueError, match="no candidate"):
         choose_operating_point([Setting("a", "none", "knn", 1)], lambda s: (np.zeros(0), {"x": np.array([.1, .2])}))

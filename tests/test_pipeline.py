@@ -1,11 +1,13 @@
 """End to end: the real precompute CLI on a tiny config, then the Detector on its run."""
-import json
 
 import numpy as np
 import pytest
 
-from core import metrics, scoring
-from core.artefacts import ArtefactError, RunDir
+from core.evaluation import metrics
+
+from core.knn import scoring
+from core.runs.files import ArtefactError
+from core.runs.folder import RunDir
 from core.detector import Detector, IncompleteRun
 from tests.conftest import ROOT, TINY
 
@@ -31,7 +33,7 @@ def test_run_is_complete_and_hashes_match(tiny_run):
 def test_report_numbers_are_computed_from_neighbours(tiny_run):
     """Recompute one cell of the report independently (labels, neighbours -> scores -> brute-force EER), on the
     test side of the split only."""
-    from core.splits import split_sources
+    from core.evaluation.splits import split_sources
 
     run = RunDir(tiny_run)
     rep = run.load_json("report.json")

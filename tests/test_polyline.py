@@ -1,8 +1,8 @@
-"""core.polyline: the points a drawn curve keeps."""
+"""core.evaluation.polyline: the points a drawn curve keeps."""
 import numpy as np
 import pytest
 
-from core.polyline import deviation, simplify
+from core.evaluation.polyline import deviation, simplify
 
 
 def test_a_straight_line_keeps_its_ends_and_a_corner_is_kept():

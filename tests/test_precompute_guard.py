@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.artefacts import RunDir, atomic_path
-from precompute import config
+from core.runs.folder import RunDir
+
+from core.config import loader as config
+from core.config import schema
 from precompute.__main__ import main
 from tests.conftest import ROOT, TINY, need_fmnist
 
@@ -98,7 +100,7 @@ def test_clean_tmp_removes_only_its_own_temporary_names(tmp_path):
         p.write_text("user data")
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import os, signal
-        from core.artefacts import atomic_path
+        from core._util.atomic import atomic_path
         with atomic_path({str(run.path / "sub" / "b.npy")!r}) as tmp:
             tmp.write_text("half")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -235,7 +237,7 @@ def test_every_numeric_key_has_a_range(toml):
 def test_detector_max_k_is_the_config_cap():
     from core import detector
 
-    assert detector.MAX_K == config.MAX_K
+    assert detector.MAX_K == schema.MAX_K
 
 
 # ------------------------------------------------------------------ 12: Detector k

@@ -2,7 +2,12 @@
 import numpy as np
 import pytest
 
-from core import flat_search, index, processing
+from core._util.threads import faiss_threads
+from core.knn import flat_search
+
+from core.knn import index
+
+from core.knn import processing
 
 
 @pytest.fixture()
@@ -131,7 +136,7 @@ def test_single_query_path_and_threads_restored():
     assert faiss.omp_get_max_threads() == before
     D, I = index.search(idx, xq, 200)  # batched (blocked) path
     assert (one == I).mean() > 0.99
-    with index.threads(1):
+    with faiss_threads(1):
         assert faiss.omp_get_max_threads() == 1
     assert faiss.omp_get_max_threads() == before
 

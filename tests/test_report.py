@@ -5,12 +5,12 @@ import re
 import numpy as np
 import pytest
 
-from core import processing
-from core.artefacts import RunDir
-from core.bootstrap import SourceBootstrap
-from core.evaluation import RunData, SetNeighbours
-from core.honest import json_safe
-from core.splits import split_sources
+from core.knn import processing
+from core.runs.folder import RunDir
+from core.evaluation.bootstrap import SourceBootstrap
+from core.evaluation.rundata import RunData, SetNeighbours
+from core.evaluation.report import json_safe
+from core.evaluation.splits import split_sources
 from precompute import evalsets
 from precompute.report import paper_tables
 

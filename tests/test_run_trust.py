@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.artefacts import ArtefactError, RunDir
+from core.runs.files import ArtefactError
+
+from core.runs.folder import RunDir
 from tests.conftest import ROOT
 
 #: A refusal must come this fast; a hang (FIFO, /dev/zero) is killed at the deadline and fails the test.
@@ -42,7 +44,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return _child(f"import sys; from precompute.__main__ import main; sys.exit(main({list(args)!r}))", env)
 
 
-LOAD = ("from core.detector import Detector\nfrom core.artefacts import ArtefactError\n"
+LOAD = ("from core.detector import Detector\nfrom core.runs.folder import ArtefactError\n"
         "try:\n    Detector.load({path!r}, verify={verify!r})\nexcept ArtefactError as e:\n    print('REFUSED', e)\n"
         "else:\n    print('LOADED')\n")
 
@@ -120,7 +122,7 @@ def test_flipped_train_image_refused_by_full_load(tiny_run_copy):
 
 
 def test_flipped_train_image_refused_by_run_data(tiny_run_copy):
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
 
     _flip(tiny_run_copy / "train_images.npy", at=0.9)
     with pytest.raises(ArtefactError, match="train_images.npy: sha256"):
@@ -279,7 +281,7 @@ def test_rewriting_the_manifest_drops_the_signature(tmp_path, key_env):
 def test_a_signing_key_others_may_write_is_refused(tmp_path, key_env, mode):
     """Finding 4 of the security issue: a key of mode 0666 signed with a warning only; whoever may write it may sign
     any run, so it is refused (as ssh refuses a private key others can read). Readable only: a warning."""
-    from core.signing import SigningKeyError, load_key
+    from core.runs.signing import SigningKeyError, load_key
 
     run = RunDir(tmp_path / "r")
     run.save_json("a.json", [1])
@@ -331,7 +333,7 @@ def test_malformed_classes_json_is_a_message_on_the_inspect_page(tiny_run_copy, 
 
 def test_an_oversized_run_json_is_refused_unread(tiny_run_copy):
     """Finding 9: a 190 MB report.json cost the server 2.3 GB, kept in its cache; above the cap it is not read."""
-    from core.runfiles import JSON_MAX_BYTES
+    from core.runs.files import JSON_MAX_BYTES
 
     data = b"[" + b" " * JSON_MAX_BYTES + b"]"
     _rewrite_with_hash(tiny_run_copy, "report.json", data)
@@ -410,7 +412,7 @@ def test_faiss_out_of_memory_is_an_artefact_error(tiny_run_copy, monkeypatch):
 def test_a_same_size_forged_peer_file_is_refused_in_a_signed_run(tiny_run_copy, key_env, monkeypatch, rel):
     """Finding 1 of the security issue: peer-detector files were read with a size check only, so same-size forged
     Mahalanobis files in a signed run (signature required) drew 'AUC 100.0' on Compare and trusted every image."""
-    from core.detectors import store
+    from core.peers import store
 
     RunDir(tiny_run_copy).sign()
     monkeypatch.setenv("KNNGUARD_REQUIRE_SIGNATURE", "1")
@@ -475,7 +477,7 @@ def test_a_run_thumbnail_is_decoded_bounded_and_no_larger_than_the_run_says():
     in the upload sandbox, at most the run's thumbnail size a side; nothing is decoded in this process."""
     from PIL import Image
 
-    from core.rundata import decode_thumb
+    from core.evaluation.rundata import decode_thumb
 
     def jpeg(w, h, **kw):
         buf = io.BytesIO()
@@ -498,7 +500,9 @@ def test_a_forged_cache_mark_never_stands_in_for_the_hash_when_a_signature_is_re
     disk are not read."""
     import hashlib
 
-    from core import disk_cache, hash_cache
+    from core._util import disk_cache
+
+    from core.runs import hash_cache
 
     p = tmp_path / "model.pt"
     p.write_bytes(b"the run's own bytes")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from core import scoring
+from core.knn import scoring
 
 LABELS = np.array([0, 1, 1, 2, 0])
 
@@ -150,8 +150,8 @@ def test_out_of_range_neighbour_id_raises():
 @pytest.mark.parametrize("fn", ["knn", "wknn", "dwknn"])
 @pytest.mark.parametrize("missing", [False, True])
 def test_prefix_scores_equal_score_at_every_k(fn, missing):
-    """core.prefix_scores keeps running sums every few neighbours; every k gives score()'s values bit for bit."""
-    from core.prefix_scores import PrefixScores
+    """core.knn.prefix_scores keeps running sums every few neighbours; every k gives score()'s values bit for bit."""
+    from core.knn.prefix_scores import PrefixScores
 
     rng = np.random.default_rng(3)
     nq, K, n_train = 40, 77, 500

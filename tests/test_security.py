@@ -5,11 +5,12 @@ import json
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from core.artefacts import ArtefactError, RunDir
+from core.runs.files import ArtefactError
+
+from core.runs.folder import RunDir
 from core.detector import Detector
 from tests.conftest import ROOT, TINY
 
@@ -109,14 +110,14 @@ def test_verify_cli(tiny_run_copy):
 @pytest.mark.parametrize("err", [errno.EROFS, errno.ENOSPC, errno.EACCES])
 def test_read_only_or_full_run_folder(tiny_run_copy, capsys, monkeypatch, err):
     """Every write fails as on a read-only / full disk: a clear one-line error, the run left as it was."""
-    import core.atomic
+    import core._util.atomic
     from precompute.__main__ import main
 
     def no_write(*a, **k):
         raise OSError(err, os.strerror(err), str(tiny_run_copy))
 
     before = {p: p.read_bytes() for p in tiny_run_copy.rglob("*") if p.is_file()}
-    monkeypatch.setattr(core.atomic.tempfile, "mkstemp", no_write)
+    monkeypatch.setattr(core._util.atomic.tempfile, "mkstemp", no_write)
     rc = main(["--config", str(ROOT / "precompute/configs/fmnist.toml"), "--no-progress", "--from", "report",
                f"--set=runs_dir='{tiny_run_copy.parent}'", f"--set=data_root='{tiny_run_copy.parent}'",
                *[f"--set={s}" for s in TINY]])

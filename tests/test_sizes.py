@@ -6,7 +6,7 @@ import re
 import pytest
 
 from examples.make_shapes import write_folder
-from precompute import config
+from core.config import loader as config
 from precompute.__main__ import main
 from tests.conftest import ROOT
 

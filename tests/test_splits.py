@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from core.splits import apply_split, split_sources
+from core.evaluation.splits import apply_split, split_sources
 
 
 def _sets(rng):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import index as knn_index
-from core import torch_search
+from core.knn import index as knn_index
+from core.knn import torch_search
 
 
 def _brute(xb: np.ndarray, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

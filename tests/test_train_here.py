@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 
-from core import zoo
-from core.data import FolderSource
+from core.models import zoo
+from core.data.datasets import FolderSource
 from examples.make_shapes import write_folder
-from precompute import config, training
+from core.config import loader as config
+from precompute import training
 from precompute.__main__ import main
 from tests.conftest import ADAPTIVE_SMALL, ROOT
 
@@ -141,8 +141,8 @@ def test_check_outputs_probes_on_the_models_device():
 _TRAIN_IN_A_PROCESS = """
 import hashlib, sys
 import numpy as np, torch
-from core import zoo
-from core.data import ArraySource
+from core.models import zoo
+from core.data.datasets import ArraySource
 from precompute import training
 rng = np.random.default_rng(0)
 src = ArraySource(rng.integers(0, 256, (384, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 384).astype(np.int64))

@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.artefacts import ArtefactError, RunDir
+from core.runs.files import ArtefactError
+
+from core.runs.folder import RunDir
 from core.detector import Detector
-from core.entrypoints import NeedsEntryPoint
-from core.zoo import FashionCNN
+from core.models.entrypoints import NeedsEntryPoint
+from core.models.zoo import FashionCNN
 from tests.conftest import ROOT
 
-#: The tiny run's model recorded as a custom model: the same network and normalisation (core.zoo "fmnist-cnn").
+#: The tiny run's model recorded as a custom model: the same network and normalisation (core.models.zoo "fmnist-cnn").
 CUSTOM = {"name": "custom", "input_size": [1, 28, 28], "mean": [0.2860], "std": [0.3530]}
 ENV = "KNNGUARD_ALLOWED_ENTRIES"
 
@@ -42,13 +44,13 @@ def _set_config(run: Path, **model) -> None:
 def _payload(run: Path) -> Path:
     """A ``payload.py`` inside the run that leaves a marker when imported; returns the marker's path."""
     (run / "payload.py").write_text("import pathlib\npathlib.Path(__file__).with_name('RAN').write_text('ran')\n"
-                                    "from core.zoo import FashionCNN as build\n")
+                                    "from core.models.zoo import FashionCNN as build\n")
     return run / "RAN"
 
 
 _CHILD = """import sys
 from core.detector import Detector
-from core.entrypoints import NeedsEntryPoint
+from core.models.entrypoints import NeedsEntryPoint
 try:
     Detector.load(sys.argv[1])
 except NeedsEntryPoint as e:
@@ -69,7 +71,7 @@ def _load_in_child(run: Path, **env: str) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------------- finding 1: no code
 def test_recorded_entry_point_is_never_called(tiny_run_copy):
     _set_config(tiny_run_copy, entry="os:abort", **CUSTOM)
-    for env in ({}, {ENV: "core.zoo:FashionCNN"}):  # an allow-list without it changes nothing
+    for env in ({}, {ENV: "core.models.zoo:FashionCNN"}):  # an allow-list without it changes nothing
         r = _load_in_child(tiny_run_copy, **env)
         assert r.returncode == 3, (r.returncode, r.stdout, r.stderr[-2000:])
         assert "REFUSED" in r.stdout and "'os:abort'" in r.stdout and ENV in r.stdout
@@ -95,7 +97,7 @@ def test_custom_run_loads_with_the_callers_entry_point(tiny_run, tiny_run_copy):
         Detector.load(tiny_run_copy)
     images = RunDir(tiny_run).load_npz("evalsets/authentic.npz")["images"][:16]
     want = Detector.load(tiny_run).score(images)
-    for entry in (FashionCNN, "core.zoo:FashionCNN"):
+    for entry in (FashionCNN, "core.models.zoo:FashionCNN"):
         got = Detector.load(tiny_run_copy, entry=entry).score(images)
         assert np.array_equal(got.predicted, want.predicted)
         for layer in want.scores:
@@ -103,10 +105,10 @@ def test_custom_run_loads_with_the_callers_entry_point(tiny_run, tiny_run_copy):
 
 
 def test_operator_allow_list_opens_exactly_the_listed_entry(tiny_run_copy, monkeypatch):
-    _set_config(tiny_run_copy, entry="core.zoo:FashionCNN", **CUSTOM)
-    monkeypatch.setenv(ENV, "core.zoo:ConvBlock, core.zoo:FashionCNN")
+    _set_config(tiny_run_copy, entry="core.models.zoo:FashionCNN", **CUSTOM)
+    monkeypatch.setenv(ENV, "core.models.zoo:ConvBlock, core.models.zoo:FashionCNN")
     assert Detector.load(tiny_run_copy).layers == ["conv2", "fc1"]
-    monkeypatch.setenv(ENV, "core.zoo:FashionCNNx")
+    monkeypatch.setenv(ENV, "core.models.zoo:FashionCNNx")
     with pytest.raises(NeedsEntryPoint):
         Detector.load(tiny_run_copy)
 
@@ -303,7 +305,7 @@ def test_md_escapes_markup_and_reads_the_same():
 
 # --------------------------------------------------------------------------------- finding 13: server
 def test_server_defaults_are_pinned():
-    from core.uploads import MAX_BYTES
+    from core.uploads.policy import MAX_BYTES
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1"

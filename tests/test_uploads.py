@@ -1,4 +1,4 @@
-"""Tests for ``core/uploads.py``: a seeded fuzz corpus of bad and odd uploads, plus focused checks.
+"""Tests for ``core/uploads/read.py``: a seeded fuzz corpus of bad and odd uploads, plus focused checks.
 
 Run: ``.venv/bin/python -m pytest tests/test_uploads.py -q`` (a few seconds; the summary line
 ``uploads fuzz: N files ...`` gives the outcome counts by reason).
@@ -32,16 +32,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from core.upload_sandbox import DECODE_WALL_SECONDS
-from core.uploads import (
-    ACCEPTED_FORMATS,
-    MAX_BYTES,
-    MAX_PIXELS,
-    UPLOAD_REASONS,
-    UploadError,
-    read_upload,
-)
-from core.transforms import image_to_array
+from core.uploads.sandbox import DECODE_WALL_SECONDS
+from core.uploads.policy import ACCEPTED_FORMATS, MAX_BYTES, MAX_PIXELS, UPLOAD_REASONS, UploadError
+from core.uploads.read import read_upload
+from core.uploads.transforms import image_to_array
 
 SEED = 20261125
 KNOWN_REASONS = frozenset(
@@ -952,7 +946,7 @@ def test_messages_are_readable_and_name_the_accepted_formats() -> None:
 
 
 def test_original_exception_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="core.uploads"):
+    with caplog.at_level(logging.DEBUG, logger="core.uploads.read"):
         reason_of(encode(gradient(9, 9), "PNG")[:60])
     assert any("OSError" in r.getMessage() or "truncated" in r.getMessage() for r in caplog.records)
 
@@ -1083,8 +1077,9 @@ def test_image_to_array_rejects_bad_arguments(bad: dict) -> None:
 LIMITED_READ = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from core.transforms import image_to_array
-from core.uploads import UploadError, read_upload
+from core.uploads.transforms import image_to_array
+from core.uploads.policy import UploadError
+from core.uploads.read import read_upload
 limit = int(sys.argv[2])
 data = sys.stdin.buffer.read()
 kwargs = {"max_bytes": int(sys.argv[4])} if sys.argv[4] != "-" else {}
@@ -1105,7 +1100,7 @@ except MemoryError:
     out = "MemoryError"
 seconds, mine = time.perf_counter() - t0, cpu(resource.RUSAGE_SELF) - c0
 try:
-    from core import upload_sandbox
+    from core.uploads import sandbox as upload_sandbox
     upload_sandbox.shutdown()  # reaps the workers, so their CPU time is counted below
 except ImportError:
     pass
@@ -1153,7 +1148,7 @@ ARRAY_OF_BLANK = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
-from core.transforms import image_to_array
+from core.uploads.transforms import image_to_array
 img = Image.new("L", (int(sys.argv[2]), int(sys.argv[3])), 77)
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 t0 = time.process_time()
@@ -1219,8 +1214,8 @@ def test_small_files_of_many_pixels_stay_within_a_gigabyte(name: str, make: Call
 
 def test_memory_error_while_converting_is_too_large() -> None:
     """MemoryError anywhere in the read (here: the RGBA -> RGB compositing) is reported as ``"too_large"``."""
-    import core.transforms as transforms
-    import core.uploads as uploads
+    import core.uploads.transforms as transforms
+    import core.uploads.decode as uploads
 
     data = encode(gradient(64, 64, "RGBA"), "PNG")
     real = transforms._flatten
@@ -1272,7 +1267,7 @@ def test_concatenated_jpegs_are_one_picture_not_a_scan_bomb() -> None:
     """The upload false positive of the security issue: 200 small JPEGs one after another were refused as
     ``"too_slow"`` (every SOS of the file was counted); the decoder reads the first image only, so only its scans
     count. Scans repeated inside the first image still do."""
-    from core.upload_policy import jpeg_scans
+    from core.uploads.policy import jpeg_scans
 
     one = encode(gradient(16, 12), "JPEG")
     progressive = encode(gradient(64, 48), "JPEG", progressive=True)

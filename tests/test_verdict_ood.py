@@ -1,4 +1,4 @@
-"""core.verdict (trust rule, validation thresholds per layer, overall verdict) and core.ood (unlike training)."""
+"""core.evaluation.verdict (trust rule, validation thresholds per layer, overall verdict) and core.evaluation.ood (unlike training)."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from core import ood, verdict
+from core.evaluation import ood
 
 
 # ----------------------------------------------------------------------------------------------- verdict
+
+from core.evaluation import verdict
 def test_trust_rule_follows_the_protocol_and_the_boundary():
     assert verdict.is_strict({"evaluation": {"protocol": "authors"}})
     assert not verdict.is_strict({"evaluation": {"protocol": "paper"}}) and not verdict.is_strict({})
@@ -40,7 +42,7 @@ def test_overall_verdict_combinations():
 
 
 def test_validation_thresholds_give_the_reports_operating_threshold(tiny_run):
-    from core.evaluation import RunData
+    from core.evaluation.rundata import RunData
 
     data = RunData(tiny_run, verify=False)
     op = json.loads((tiny_run / "report.json").read_text())["operating_point"]
@@ -65,8 +67,8 @@ def test_kth_distance_and_percentile():
 @pytest.fixture(scope="module")
 def tiny(tiny_run):
     from core.detector import Detector
-    from core.evaluation import RunData
-    from core.live import operating_layer
+    from core.evaluation.rundata import RunData
+    from core.evaluation.setting_figures import operating_layer
 
     data = RunData(tiny_run, verify=False)
     rep = json.loads((tiny_run / "report.json").read_text())
@@ -90,8 +92,8 @@ def test_ood_flags_white_and_noise_not_held_out_authentic(tiny):
                for side in ("validation", "test")}
     for side in flagged:
         src = data.evalset("authentic")["source"]
-        from core.live import EvaluationConfig
-        from core.splits import split_sources
+        from core.evaluation.setting_figures import EvaluationConfig
+        from core.evaluation.splits import split_sources
 
         c = EvaluationConfig.from_config(data.config)
         m = split_sources({s: data.evalset(s)["source"] for s in data.set_names}, c.validation_share,

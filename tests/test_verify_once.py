@@ -1,4 +1,4 @@
-"""core.artefacts: a file's sha256 is computed once while the file is unchanged (in one process, and across
+"""core.runs.folder: a file's sha256 is computed once while the file is unchanged (in one process, and across
 processes through the private cache folder), and any change (even one that keeps its size and modification time)
 is hashed again and refused."""
 from __future__ import annotations
@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from core import runfiles
-from core.artefacts import ArtefactError, RunDir
+from core.runs import files as runfiles
+from core.runs.files import ArtefactError
+from core.runs.folder import RunDir
 
 
 @pytest.fixture()
@@ -53,7 +54,8 @@ def test_a_change_that_keeps_size_and_mtime_is_hashed_again_and_refused(tmp_path
 
 
 def test_a_new_process_does_not_hash_an_unchanged_file_again_but_does_a_changed_one(tmp_path, counted, monkeypatch):
-    from core import disk_cache, hash_cache
+    from core._util import disk_cache
+    from core.runs import hash_cache
 
     monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "cache"))
     run = _run(tmp_path)

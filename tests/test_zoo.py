@@ -1,11 +1,11 @@
-"""core.zoo with random weights (nothing downloaded): the registry, input specs, builders and the Classifier."""
+"""core.models.zoo with random weights (nothing downloaded): the registry, input specs, builders and the Classifier."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from core import zoo
-from core.data import to_float
+from core.models import zoo
+from core.data.datasets import to_float
 
 
 def test_registry():

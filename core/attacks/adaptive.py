@@ -101,7 +101,7 @@ class _Adaptive(Attack):
         raise NotImplementedError
 
     def run(self, model, x, target, *, progress=False):
-        from core.features import FeatureExtractor
+        from core.models.features import FeatureExtractor
 
         device = model_device(model)
         layers = self.surrogate.layers if self.surrogate is not None and self.params["lam"] > 0 else []

@@ -1,7 +1,7 @@
 """Attacks that wrap ART (Adversarial Robustness Toolbox): PGD, iterative FGSM, FGSM and DeepFool.
 
 ART is imported inside :meth:`run`, never at module level (``import art`` takes seconds), and through
-:func:`core.lazy_import.import_locked` (two threads importing ART at once fail).
+:func:`core._util.lazy_import.import_locked` (two threads importing ART at once fail).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from core.lazy_import import import_locked
+from core._util.lazy_import import import_locked
 
 from .base import Attack, Param
 from .utils import BATCH, model_device, quantise_within

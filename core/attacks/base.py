@@ -375,7 +375,7 @@ def run_attack(
     >>> res = run_attack("pgd", model, x, target=t, eps=8 / 255)      # doctest: +SKIP
     >>> stored = to_uint8(res.x_adv[res.success])  # uint8 (n, H, W, C), as scored  # doctest: +SKIP
     """
-    from core.threads import single_image_threads
+    from core._util.threads import single_image_threads
 
     with single_image_threads(x):
         return _lookup(name)(**params)(model, x, target=target, seed=seed, progress=progress)

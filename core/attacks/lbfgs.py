@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from core.lazy_import import import_locked
+from core._util.lazy_import import import_locked
 
 from .base import Attack, Param
 from .utils import BATCH, logits, model_device, quantise

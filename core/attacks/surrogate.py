@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import processing
+from core.knn import processing
 
 __all__ = ["KnnSurrogate", "torch_processing"]
 
@@ -29,7 +29,7 @@ _FLOOR = 1e-4  # added to the share inside the log: a share of 0 keeps a finite 
 
 
 def torch_processing(params: Mapping[str, np.ndarray], x: torch.Tensor) -> torch.Tensor:
-    """:func:`core.processing.apply` in torch (differentiable): (B, D) -> (B, d_out)."""
+    """:func:`core.knn.processing.apply` in torch (differentiable): (B, D) -> (B, d_out)."""
     mode = str(params["mode"])
     if mode == "none" or (mode == "pca_nw" and "mean" not in params):
         return x
@@ -51,7 +51,7 @@ class KnnSurrogate:
     layers : sequence of str
         Layers aimed at.
     params : mapping of layer -> processing params
-        As :func:`core.processing.fit` returns them.
+        As :func:`core.knn.processing.fit` returns them.
     train_features : mapping of layer -> ndarray (N, D)
         Raw training features (may be memory-mapped); processed and held in memory on first use.
     train_labels : int ndarray (N,)

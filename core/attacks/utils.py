@@ -48,7 +48,7 @@ def quantise(x: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of float32, shape (N, C, H, W)
-        Values ``k / 255`` with integer ``k`` in ``[0, 255]``; ``core.data.to_float(to_uint8(x))`` exactly.
+        Values ``k / 255`` with integer ``k`` in ``[0, 255]``; ``core.data.datasets.to_float(to_uint8(x))`` exactly.
     """
     return (_grid(x) / 255.0).astype(np.float32)
 
