@@ -11,28 +11,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import loaders, url_state
-from app_pages.state import PAGES, PageEnd, current_run, sidebar
+from app_ui import cache, navigation, url_state
+from app_ui.navigation import PageEnd
+from app_ui.selection import current_run
+from app_ui.sidebar import sidebar
 
 # A shipped icon: a ":material/...:" page icon makes the browser fetch the favicon from fonts.gstatic.com.
 FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
 st.set_page_config(page_title="knnguard", page_icon=str(FAVICON), layout="wide")
-page = st.navigation([
-    st.Page(PAGES["inspect"], title="Inspect", icon=":material/search:", url_path="home", default=True),
-    st.Page(PAGES["attack"], title="Attack", icon=":material/bolt:", url_path="attack"),
-    st.Page(PAGES["threshold"], title="Threshold", icon=":material/tune:", url_path="threshold"),
-    st.Page(PAGES["layers"], title="Layers", icon=":material/stacked_bar_chart:", url_path="layers"),
-    st.Page(PAGES["failures"], title="Failure cases", icon=":material/report:", url_path="failures"),
-    st.Page(PAGES["compare"], title="Compare", icon=":material/compare_arrows:", url_path="compare"),
-    st.Page(PAGES["adaptive"], title="Adaptive attacks", icon=":material/gpp_maybe:", url_path="adaptive"),
-    st.Page(PAGES["run"], title="Run", icon=":material/info:", url_path="run"),
-] + url_state.alias_pages())  # /inspect opened directly, /Threshold...
+page = st.navigation(navigation.pages(url_state.alias_pages()))  # sections; /inspect, /Threshold... as aliases
 sidebar()
-loaders.warm(current_run())  # the detector loads in the background while the page draws
+cache.warm(current_run())  # the detector loads in the background while the page draws
 try:
     page.run()
-except PageEnd:  # a page that ended early (state.end_page): the view is still written below
+except PageEnd:  # a page that ended early (navigation.end_page): the view is still written below
     pass
 finally:
     url_state.write(page.url_path)  # the view in the URL, also when the page stopped early
-    loaders.warm_imports()  # what the other pages import, while the browser draws this one
+    cache.warm_imports()  # what the other pages import, while the browser draws this one

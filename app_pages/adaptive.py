@@ -2,8 +2,10 @@
 ``report["adaptive"]``, built by the precompute's ``adaptive`` stage)."""
 import streamlit as st
 
-from app_pages import charts, line_chart, loaders, state
-from app_pages._text import md, md_records
+from app_ui import cache, navigation, selection
+from app_ui.charts import bars
+from app_ui.charts import lines as line_chart
+from app_ui.text import md, md_records
 
 #: Variant -> (label, colour).
 VARIANTS = {"oblivious": ("oblivious (fools the CNN only)", "#7f7f7f"),
@@ -11,20 +13,20 @@ VARIANTS = {"oblivious": ("oblivious (fools the CNN only)", "#7f7f7f"),
             "adaptive_all": ("adaptive, aimed at every layer", "#1f77b4")}
 NORMS = {"linf": "L∞ budget ε (per pixel)", "l2": "L2 budget ε (whole image)"}
 
-run = state.current_run()
+run = selection.current_run()
 st.title("Attack the detector too")
-charts.how_to_read("How to read this: each curve is the share of attacks that fool the CNN **and** are still trusted "
+bars.how_to_read("How to read this: each curve is the share of attacks that fool the CNN **and** are still trusted "
                    "by the detector at the run's operating point, against the attacker's budget. The grey curve "
                    "ignores the detector; the coloured ones also push the image's features toward training images "
                    "of the target class. Bands are 95 % bootstrap intervals.")
-ad = loaders.report(run).get("adaptive")
+ad = cache.report(run).get("adaptive")
 if not ad and run.manifest.get("config", {}).get("adaptive", {}).get("n") == 0:
     st.info("This run's config sets `adaptive.n = 0`: no adaptive attack was run.", icon=":material/info:")
-    state.end_page()
+    navigation.end_page()
 if not ad:
-    st.info(f"This run has no adaptive-attack results yet. Build them with `{md(state.resume_command(run.manifest))}` "
+    st.info(f"This run has no adaptive-attack results yet. Build them with `{md(selection.resume_command(run.manifest))}` "
             "(the `adaptive` stage runs after the report).", icon=":material/info:")
-    state.end_page()
+    navigation.end_page()
 
 op = ad["operating_point"]
 st.caption(f"{ad['n']} test images, each pushed toward a random wrong class · operating point: layer "
@@ -40,8 +42,8 @@ for col, (norm, xtitle) in zip(cols, NORMS.items()):
         vals = [[None if e is None else 100 * e for e in r] for r in c["guarded_success"]]
         lines.append(dict(name=label, x=c["budgets"], y=[r[0] for r in vals], color=colour, markers=True,
                           band_lo=[r[1] for r in vals], band_hi=[r[2] for r in vals],
-                          hover=[charts.ci_text([None if e is None else e / 100 for e in r]) + " %" for r in vals]))
-    charts.show(line_chart.lines_spec(lines, title=f"{norm.upper()}: fools the CNN and trusted",
+                          hover=[bars.ci_text([None if e is None else e / 100 for e in r]) + " %" for r in vals]))
+    bars.show(line_chart.lines_spec(lines, title=f"{norm.upper()}: fools the CNN and trusted",
                                   ytitle="guarded success (%)", xtitle=xtitle, legend="below", y_domain=(0, 100),
                                   height=420), key=f"adp_curve_{norm}", where=col)
 
@@ -55,14 +57,14 @@ if ad.get("cw_confidence"):
     st.subheader("Carlini-Wagner at growing confidence κ")
     st.caption("A larger margin over the runner-up class moves the image deeper into the target class, where its "
                "features look more like the target's training images.")
-    st.markdown(md_records([{"κ": r["kappa"], "CNN success %": charts.ci_text(r["cnn_success"]),
-                             "guarded success %": charts.ci_text(r["guarded_success"]),
+    st.markdown(md_records([{"κ": r["kappa"], "CNN success %": bars.ci_text(r["cnn_success"]),
+                             "guarded success %": bars.ci_text(r["guarded_success"]),
                              "detected of fooled": f"{100 * r['detected_of_fooled']:.1f} %",
                              "mean L2 (fooled)": r["mean_l2_fooled"]} for r in ad["cw_confidence"]],
                            formats={"mean L2 (fooled)": "{:.3f}"}))
 s = ad["sanity"]
 st.subheader("Is the attack any good? (sanity checks)")
-lines = [f"- unbounded {n} budget: guarded success {charts.ci_text(u['guarded_success'])} (should be near 100 %)"
+lines = [f"- unbounded {n} budget: guarded success {bars.ci_text(u['guarded_success'])} (should be near 100 %)"
          for n, u in s["unbounded"].items()]
 lines += [f"- the loss falls ({n}): {v['first']:.2f} → {v['last']:.2f}" + ("" if v["ok"] else " — **it does not**")
           for n, v in s["loss_falls"].items()]

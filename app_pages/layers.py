@@ -3,13 +3,16 @@ layer × processing × score × attack of the run's report (paper Tables 2 and 4
 import numpy as np
 import streamlit as st
 
-from app_pages import charts, comparison, line_chart, loaders, state
-from app_pages._text import md, md_table
+from app_ui import cache, navigation, selection
+from app_ui.charts import bars as charts
+from app_ui.charts import lines as line_chart
+from app_ui.text import md, md_table
+from app_ui.widgets import layer_comparison
 from core.evaluation.paper_figures import row_accuracy
 from core.evaluation.setting_figures import operating_layer
 
-run = state.current_run()
-rep = loaders.report(run)
+run = selection.current_run()
+rep = cache.report(run)
 layers = run.layers
 
 st.title("Which layer detects best?")
@@ -26,12 +29,12 @@ def _value(row: dict, col: str) -> float:
     return row_accuracy(row, COLUMNS.get(col, col))
 
 
-comparison.k_box(run)
+layer_comparison.k_box(run)
 
-lf = loaders.live(run)
-rows = [] if lf is not None else loaders.detection_rows(run)  # every stored image: a run without a split
-attacks = state.attack_sets(run)
-has_errors = "errors" in state.ordered_sets(run)
+lf = cache.live(run)
+rows = [] if lf is not None else cache.detection_rows(run)  # every stored image: a run without a split
+attacks = selection.attack_sets(run)
+has_errors = "errors" in selection.ordered_sets(run)
 metric_options = ["Aggr."] + attacks + (["Errors"] if has_errors else [])
 metric = st.segmented_control("Negatives", metric_options, key="layers_metric", default="Aggr.",
                               persist_state="session", format_func=md,
@@ -58,7 +61,7 @@ def _interval(layer: str, fn: str) -> list:
         lo, hi = (r["ci"].get(column) or [None, None])
         return [_value(r, metric), lo, hi]
     if lf is not None:
-        e = loaders.live_eer(run, layer, fn)
+        e = cache.live_eer(run, layer, fn)
         got = e["aggr"] if column == "aggr" else e["errors"] if column == "errors" else e["attacks"].get(column)
         return list(got or [None, None, None])
     return [_value(next(r for r in rows if r["layer"] == layer and r["fn"] == fn), metric), None, None]
@@ -79,14 +82,14 @@ for fn, (color, dash) in styles.items():
     if any(lo is not None for _, lo, _ in cis[fn]):
         bars = dict(lo=[None if lo is None else _pct(lo) for _, lo, _ in cis[fn]],
                     hi=[None if hi is None else _pct(hi) for _, _, hi in cis[fn]])
-    lines.append(dict(name=state.FN_NAMES[fn] + (" (sidebar)" if mine else ""), x=layers, y=ys, color=color,
+    lines.append(dict(name=selection.FN_NAMES[fn] + (" (sidebar)" if mine else ""), x=layers, y=ys, color=color,
                       dash=dash, width=4 if mine else 2, markers=True,
                       labels=[f"{y:.1f}" for y in ys] if mine else None,
                       hover=[charts.ci_text(c) + " %" for c in cis[fn]], **bars))
 split_text = ("the test split" if lf is None else
               f"the test split ({len(lf.split.test)} source images, validation share {lf.config.validation_share:g})")
 charts.show(line_chart.lines_spec(lines, title=f"EER accuracy per layer, {metric} (paper Fig. 6) — "
-                                           f"{state.MODE_NAMES.get(run.mode, run.mode)}, k = {fig_k}",
+                                           f"{selection.MODE_NAMES.get(run.mode, run.mode)}, k = {fig_k}",
                               ytitle="EER accuracy", xtitle="layer (input → output)", height=420, y_percent=True,
                               x_order=layers), key="layers_fig6")
 if lf is None:
@@ -110,13 +113,13 @@ st.markdown("**Why the Threshold page's EER differs from Aggr. here.** The Thres
             "image.")
 
 st.subheader("ROC curves side by side")
-comparison.roc_overlay(run, attacks, operating_layer(rep, layers))
+layer_comparison.roc_overlay(run, attacks, operating_layer(rep, layers))
 
 st.subheader("Every setting (paper Tables 2 and 4)")
 if rep is None:
     st.warning("This run has no report.json; rebuild it with:")
-    st.code(state.resume_command(run.manifest), language="bash")
-    state.end_page()
+    st.code(selection.resume_command(run.manifest), language="bash")
+    navigation.end_page()
 cols = list(rep.get("attack_sets") or rep["attacks"]) + ["Aggr.", "Errors"]
 def _percent(v) -> float | None:
     """An accuracy as percent; None for a missing, non-finite or non-numeric value (a run's file is untrusted)."""
@@ -136,7 +139,7 @@ st.caption(f"EER accuracy (%) from the run's report.json ({where}k = {md(rep['k'
 # A Markdown table, not a data grid: the grid's code (about 1.2 MB) made the first click to this page take over a
 # second on 2 cores (python -m benchmarks.first_page).
 st.markdown(md_table(["layer", "processing", "score", *(cols[j] for j in shown)],
-                     [[r["layer"], r["mode"], state.FN_NAMES[r["fn"]].split(" ")[0],
+                     [[r["layer"], r["mode"], selection.FN_NAMES[r["fn"]].split(" ")[0],
                        *("–" if v[j] is None else f"{v[j]:.1f}" for j in shown)] for r, v in zip(rep["rows"], values)],
                      align="lll" + "r" * len(shown),
                      strong={(i, 3 + n) for i, v in enumerate(values) for n, j in enumerate(shown)

@@ -3,14 +3,16 @@ figures with 95 % intervals; drag the threshold of one layer and watch the ROC p
 Fig. 4) and the TPR/FPR curves (Figs. 3 and 5) move. Scores come from stored neighbours only."""
 import streamlit as st
 
-from app_pages import charts, line_chart, loaders, operating, state
-from app_pages._text import md, md_table
+from app_ui import cache, navigation, selection
+from app_ui import operating_point as operating
+from app_ui.charts import bars, lines
+from app_ui.text import md, md_table
 from core.evaluation.setting_figures import operating_point
 
-run = state.current_run()
+run = selection.current_run()
 layers = run.layers
-attacks = state.attack_sets(run)
-has_errors = "errors" in state.ordered_sets(run)
+attacks = selection.attack_sets(run)
+has_errors = "errors" in selection.ordered_sets(run)
 strict = operating.strict(run)  # the trust rule of the run's protocol
 rule = operating.trust_text(run)
 #: The page's charts, one at a time.
@@ -18,12 +20,12 @@ CHARTS = {"densities": "Score densities (Fig. 4)", "shares": "Trusted share vs t
 below = "score ≤ threshold" if strict else "score < threshold"
 
 st.title("Threshold")
-charts.how_to_read("How to read this: positives are authentic images the CNN gets right; negatives are adversarial "
+bars.how_to_read("How to read this: positives are authentic images the CNN gets right; negatives are adversarial "
                    "images (and, if ticked, the CNN's natural errors). Every image with a score "
                    f"{'above' if strict else 'at or above'} the threshold is trusted. A good layer puts the blue "
                    "curve (authentic) to the right of the others.")
 
-rep = loaders.report(run)
+rep = cache.report(run)
 op = operating_point(rep)
 st.session_state.setdefault("th_negatives", list(attacks))
 st.session_state.setdefault("th_errors", not attacks)
@@ -36,14 +38,14 @@ neg_sets = c2.multiselect("Adversarial sets counted as negatives", attacks, key=
 use_errors = c3.checkbox("Authentic errors too", key="th_errors", disabled=not has_errors, persist_state="session",
                          help="Count the test images the CNN misclassifies as negatives (the paper's 'Errors').")
 negs = list(neg_sets) + (["errors"] if use_errors and has_errors else [])
-positives = " + ".join(loaders.rundata(run).positive_sets)
+positives = " + ".join(cache.rundata(run).positive_sets)
 st.caption(f"Settings from the sidebar: {run.settings_text}. Positives: {md(positives)} images.")
 
-curves = loaders.separation_curves(run, layer, negs, strict=strict)
+curves = cache.separation_curves(run, layer, negs, strict=strict)
 sep = curves.sep
 if not len(sep.all_negatives):
     st.warning("Choose at least one set of negatives (an attack, or authentic errors).")
-    state.end_page()
+    navigation.end_page()
 r = sep.roc
 eer_th = round(sep.eer_threshold, 3)
 shared = operating.thresholds(run)[layer]  # the shared operating point's threshold of this layer
@@ -69,22 +71,22 @@ with st.container(key="th_op"):
     if op is not None and op.get("threshold") is not None:
         split = (rep or {}).get("split", {})
         label = ((rep or {}).get("processing_labels", {}).get(op["layer"], {}).get(op["processing"])
-                 or state.MODE_NAMES.get(op["processing"]) or op["processing"])
+                 or selection.MODE_NAMES.get(op["processing"]) or op["processing"])
         target = op.get("target_tpr")
         st.markdown(f"**The run's operating point**, chosen on the validation split "
                     f"({md(split.get('validation', '?'))} source images): layer **{md(op['layer'])}**, {md(label)}, "
-                    f"{state.FN_NAMES.get(op['fn']) or md(op['fn'])}, k = {md(op['k'])}, threshold "
+                    f"{selection.FN_NAMES.get(op['fn']) or md(op['fn'])}, k = {md(op['k'])}, threshold "
                     f"**{float(op['threshold']):.4f}** (trust {md(op.get('trust', 'score >= threshold'))}). "
                     f"On the test split ({md(split.get('test', '?'))} source images): TPR "
-                    f"**{charts.ci_text(op.get('tpr_test'))}** %"
+                    f"**{bars.ci_text(op.get('tpr_test'))}** %"
                     + (f" (target {100 * float(target):.0f} %)." if target is not None else "."))
-        usable = op["layer"] in layers and op["processing"] in run.summary["modes"] and op["fn"] in state.FN_NAMES
+        usable = op["layer"] in layers and op["processing"] in run.summary["modes"] and op["fn"] in selection.FN_NAMES
         st.button("Use the operating point", key="th_use_op", on_click=_use_operating_point, disabled=not usable,
                   help="Set the layer, the sidebar's settings and the threshold to the run's operating point.")
     else:
         st.info("This run's report predates the operating point (chosen on a validation split): rebuild the run to "
                 "see it and the report's confidence intervals.", icon=":material/info:")
-        st.code(state.resume_command(run.manifest), language="bash")
+        st.code(selection.resume_command(run.manifest), language="bash")
 
 s1, s2, s3 = st.columns([4, 1.3, 1.3], vertical_alignment="bottom")
 s1.slider(f"Threshold of {md(layer)} (every page uses it): trust a prediction when {rule}", 0.0, 1.0, step=0.001,
@@ -119,8 +121,8 @@ with st.container(key="th_operating"):
                            f"{at['fpr']:.1%}"]], align="rrrrr"))
 
 st.subheader("At this threshold, on the test split (95 % confidence intervals)")
-live = loaders.live(run)
-fig = loaders.live_at(run, layer, exact)
+live = cache.live(run)
+fig = cache.live_at(run, layer, exact)
 if fig is None:
     st.info("This run has no validation / test split: rebuild the run to see confidence intervals.",
             icon=":material/info:")
@@ -132,13 +134,13 @@ else:
                f"Intervals: {live.config.n_boot} bootstrap resamples of source images.")
     with st.container(key="th_live"):
         st.markdown(f"**TPR on test** (positives trusted, of {fig['n_positives']}): "
-                    f"**{charts.ci_text(fig['tpr'])} %**"
+                    f"**{bars.ci_text(fig['tpr'])} %**"
                     + (f" · **detection rate, all attacks** (adversarials rejected, every attack pooled, weighted "
-                       f"by test sizes as the report's): **{charts.ci_text(fig['detection_rate'])} %**"
+                       f"by test sizes as the report's): **{bars.ci_text(fig['detection_rate'])} %**"
                        if fig["attacks"] else ""))
         st.markdown(md_table(["attack", "test images", "detection rate % (rejected)",
                               "guarded success % (fools the CNN and trusted)"],
-                             [[a, v["n_test"], charts.ci_text(v["detection_rate"]), charts.ci_text(v["guarded_success"])]
+                             [[a, v["n_test"], bars.ci_text(v["detection_rate"]), bars.ci_text(v["guarded_success"])]
                               for a, v in fig["attacks"].items()], align="lrrr"))
         st.caption("Guarded success: share of attack attempts on test images that both fool the CNN and are "
                    "trusted by the detector (the attack's success against the guarded model).")
@@ -146,7 +148,7 @@ else:
                "chosen above.")
 
 palette = ["#c53030", "#805ad5", "#d69e2e", "#2f855a", "#b83280", "#4a5568", "#00a3c4"]
-groups = [(f"{positives} (positives)", charts.TRUSTED_COLOR)]
+groups = [(f"{positives} (positives)", bars.TRUSTED_COLOR)]
 groups += [(f"{s} (adversarial)" if s != "errors" else "errors (misclassified)", palette[i % len(palette)])
            for i, s in enumerate(negs)]
 left, right = st.columns([1, 1.6])
@@ -162,35 +164,35 @@ with right:
                                 help="One chart at a time, redrawn as the threshold moves (two or three on the page "
                                      "made a click to this page take over a second here).")
     if view == "roc":
-        roc = [dict(name=f"ROC (AUC {r.auc:.3f})", x=curves.roc_xy[0], y=curves.roc_xy[1], color=charts.ink()),
+        roc = [dict(name=f"ROC (AUC {r.auc:.3f})", x=curves.roc_xy[0], y=curves.roc_xy[1], color=bars.ink()),
                dict(name="chance", x=[0, 1], y=[0, 1], color="#aaaaaa", dash="dot", width=1)]
-        marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=charts.ink()),
+        marks = [dict(name=f"EER point ({r.eer_accuracy:.1%})", x=r.eer, y=1 - r.eer, color=bars.ink()),
                  dict(name="operating point", x=at["fpr"], y=at["tpr"], color="#c53030", shape="cross", filled=True,
                       label=f"threshold {th:.3f}")]
-        charts.show(line_chart.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
+        bars.show(lines.lines_spec(roc, title=f"ROC at {layer}", ytitle="TPR: share of authentic trusted",
                                           xtitle="FPR: share of negatives trusted", height=420,
                                           x_domain=(-0.02, 1.02), y_domain=(-0.02, 1.02), points=marks,
                                           legend="bottom-right"), key="th_roc")
     elif view == "shares":
         grid, shares = curves.grid, curves.shares
-        rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=charts.TRUSTED_COLOR, width=3)]
+        rates = [dict(name="TPR: authentic trusted", x=grid, y=shares[0], color=bars.TRUSTED_COLOR, width=3)]
         rates += [dict(name=f"FPR: {name.split(' ')[0]} trusted", x=grid, y=share, color=color, dash="dash")
                   for (name, color), share in zip(groups[1:], shares[1:])]
-        charts.show(line_chart.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
+        bars.show(lines.lines_spec(rates, title="Trusted share vs threshold (paper Figs. 3, 5)",
                                           ytitle="share trusted", xtitle="threshold", height=420, legend="below",
                                           x_domain=(0, 1), rules=[dict(x=th, label=f"{th:.3f}")]), key="th_rates")
     else:
         centres, densities = curves.centres, curves.densities
         dens = [dict(name=f"{name}, n={len(sc)}", x=centres, y=d, color=color, step=True, fill=i == 0)  # positives
                 for i, ((name, color), sc, d) in enumerate(zip(groups, sep.groups, densities))]
-        bands = [dict(x0=0, x1=th, color=charts.REJECTED_COLOR, label=charts.REJECTED, left=True),
-                 dict(x0=th, x1=1, color=charts.TRUSTED_COLOR, label=charts.TRUSTED, left=False)]
-        charts.show(line_chart.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
+        bands = [dict(x0=0, x1=th, color=bars.REJECTED_COLOR, label=bars.REJECTED, left=True),
+                 dict(x0=th, x1=1, color=bars.TRUSTED_COLOR, label=bars.TRUSTED, left=False)]
+        bars.show(lines.lines_spec(dens, title="Score densities (paper Fig. 4)", ytitle="density",
                                           xtitle="kNN score of the predicted class", height=420, legend="below",
                                           x_domain=(0, 1), bands=bands, rules=[dict(x=th)]), key="th_density")
 
 # ------------------------------------------------------------------------ downloads (the page's data as files)
-from app_pages import downloads  # noqa: E402
+from app_ui.widgets import downloads  # noqa: E402
 
 # Drawn when opened: three download buttons were a module more for the page's first opening in a tab.
 downloads_box = st.expander("Downloads: scores per image, confusion counts, ROC points (CSV)", key="th_downloads",
@@ -203,12 +205,12 @@ shared_all = operating.thresholds(run)  # read now: the download is built later,
 def _table() -> tuple[dict, dict, dict]:
     """The stored sets of this page, their scores at every layer and each layer's threshold of the shared
     operating point (on download)."""
-    data = loaders.rundata(run)
+    data = cache.rundata(run)
     names = [x for x in (*data.positive_sets, *negs) if x in data.set_names]
-    scores = {x: {la: loaders.set_scores(run, x, la) for la in layers} for x in names}
+    scores = {x: {la: cache.set_scores(run, x, la) for la in layers} for x in names}
     return {x: data.evalset(x) for x in names}, scores, shared_all
 
 
 if downloads_box.open:
     with downloads_box:
-        downloads.threshold_downloads(run, layer, th, sep, at, _table, loaders.classes(run), strict=strict)
+        downloads.threshold_downloads(run, layer, th, sep, at, _table, cache.classes(run), strict=strict)

@@ -63,13 +63,9 @@ def machine() -> dict[str, Any]:
 
 def set_threads(n: int = 0) -> int:
     """Set torch and faiss CPU threads to ``n`` (0 = every core this process may use); return n."""
-    import faiss
-    import torch
+    from core._util.threads import set_process_threads
 
-    n = n or _cores()
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
-    return n
+    return set_process_threads(n or _cores())
 
 
 def timeit(fn: Callable[[], Any], *, repeat: int = 3, warmup: int = 1) -> float:

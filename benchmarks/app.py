@@ -40,8 +40,8 @@ def _page_calls(data, layer: str, mode: str, fn: str, k: int, negs: list[str], t
                 cache: dict | None, live=None) -> dict[str, float]:
     """The library calls of one rerun of the page; ``cache`` holds the scores of a previous run (threshold
     change); ``live`` is the run's :class:`core.evaluation.setting_figures.LiveFigures` (None: not timed)."""
-    from core.evaluation.rundata import POSITIVE_SETS
     from core.evaluation.paper_figures import Separation
+    from core.evaluation.rundata import POSITIVE_SETS
 
     t: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -145,7 +145,7 @@ def apptest(run: str, *, changes: int, timeout: float = 300) -> dict[str, Any]:
             os.environ["KNNGUARD_RUNS_DIR"] = old
 
 
-#: page key (app_pages.state.PAGES) -> its own widget: (AppTest getter, key, i -> value of the i-th change).
+#: page key (app_ui.selection.PAGES) -> its own widget: (AppTest getter, key, i -> value of the i-th change).
 PAGE_WIDGETS = {
     "inspect": ("number_input", "inspect_index", lambda i, at: 1 + i),
     "attack": ("number_input", "atk_seed", lambda i, at: 1 + i),
@@ -161,7 +161,7 @@ def every_page(run: str, *, changes: int, timeout: float = 300) -> dict[str, Any
     """Per page: ``changes`` sidebar k changes and ``changes`` changes of its own widget, timed with AppTest."""
     from streamlit.testing.v1 import AppTest
 
-    from app_pages.state import PAGES
+    from app_ui.navigation import PAGES
 
     run_path = Path(run).resolve()
     old = os.environ.get("KNNGUARD_RUNS_DIR")

@@ -39,9 +39,9 @@ import hashlib, json, os, sys
 sys.path.insert(0, sys.argv[1])
 import torch
 from core.runs.folder import RunDir
-from core.config import loader as config
+from core.config import config
 from precompute.context import Context
-from precompute.stages import stage_data, stage_keys, stage_train
+from precompute.runner import stage_data, stage_keys, stage_train
 tmp, n_train, epochs = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 cfg = config.load(os.path.join(sys.argv[1], "precompute/configs/fmnist.toml"),
                   [f"runs_dir='{tmp}'", f"data_root='{tmp}'", "name=det", f"data.n_train={n_train}",

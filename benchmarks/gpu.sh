@@ -20,7 +20,7 @@ $py -c "import torch, numpy, faiss; print('torch', torch.__version__, 'numpy', n
 timeout 120 $py -m benchmarks.gpu_search --out "$out" 2>&1 | tail -8
 timeout 50 $py -m benchmarks.extraction --out "$out" 2>&1 | tail -3
 timeout 50 $py -m benchmarks.extraction --amp --out "$out/amp" 2>&1 | tail -3; mv "$out/amp/extraction.json" "$out/extraction_amp.json"; rmdir "$out/amp"
-timeout 90 $py -m pytest -q -p no:cacheprovider tests/test_torch_search.py tests/test_imagenet_scale.py -k cuda 2>&1 | tail -5 | tee "$out/cuda_test.log"
+timeout 90 $py -m pytest -q -p no:cacheprovider tests/core/knn/test_torch_search.py tests/core/models/test_imagenet_scale.py -k cuda 2>&1 | tail -5 | tee "$out/cuda_test.log"
 SECONDS=0
 timeout ${PRECOMPUTE_TIMEOUT:-270} $py -m precompute --config precompute/configs/fmnist.toml --no-progress \
   --set=runs_dir="'data/runs-gpu'" --set=name="'fmnist-gpu'" 2>&1 | tail -30 | tee "$out/precompute.log"

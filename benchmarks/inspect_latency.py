@@ -42,7 +42,7 @@ def run(run: str = str(C.DEFAULT_RUN), *, calls: int = 200, k: int = 1000, warmu
     mode = det.defaults["mode"]
     result = {"machine": mach,
               "settings": {"run": str(run), "calls": calls, "k": k, "mode": mode, "fn": det.defaults["fn"],
-                           "layers": det.layers, "dims": {la: int(det._get(la, mode)[1].d) for la in det.layers},
+                           "layers": det.layers, "dims": {la: int(det.processing_and_index(la, mode)[1].d) for la in det.layers},
                            "n_train": int(len(det.train_labels)), "threads": nthreads},
               "load_seconds": load_s, "variants": {"ours": latency},
               "rows": [{"variant": "ours", "p50_ms": latency["total"]["p50"], "p95_ms": latency["total"]["p95"],

@@ -101,9 +101,9 @@ def floor(xb: np.ndarray, xq: np.ndarray, k: int, rounds: int) -> dict[str, floa
 def layers_data(run: str, n_queries: int, seed: int, n_synth: int) -> tuple[dict[str, dict[str, Any]], str | None]:
     """Per layer ``{"xb", "xq", "index", "mode"}``: the run's processed features, queries and index, or synthetic
     ones (with a note saying so) when ``run`` is not a finished run."""
+    from core.detector import Detector
     from core.knn import index as knn_index
     from core.knn import processing
-    from core.detector import Detector
     from core.models.features import extract
 
     if not C.run_exists(run):
@@ -119,7 +119,7 @@ def layers_data(run: str, n_queries: int, seed: int, n_synth: int) -> tuple[dict
     _, feats = extract(det.model, det.layers, C.eval_images(run, n_queries, seed=seed), batch_size=500)
     out = {}
     for layer in det.layers:
-        params, index = det._get(layer, mode)
+        params, index = det.processing_and_index(layer, mode)
         out[layer] = {"xb": processing.apply(params, det.run.load_npy(f"features/{layer}.npy", mmap=True)),
                       "xq": processing.apply(params, feats[layer]), "index": index, "mode": mode}
     return out, None

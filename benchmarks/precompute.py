@@ -61,7 +61,7 @@ def _why(name: str, m: dict) -> str:
 
 
 def probe_train(run: str | Path, *, steps: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Time ``steps`` training steps of the run's model as :func:`precompute.training.train` does them (channels_last,
+    """Time ``steps`` training steps of the run's model as :func:`precompute.stages.train.train` does them (channels_last,
     AdamW, the config's batch size) on the run's training images, and project the train stage at this load."""
     import copy
 
@@ -107,8 +107,9 @@ def rerun(run: str | Path, from_stage: str, *, progress: bool = False) -> dict[s
     import torch
 
     from core.runs.folder import RunDir
-    from precompute.stages import STAGE_NAMES, run_stages, stage_keys
     from precompute.context import Context
+    from precompute.runner import run_stages, stage_keys
+    from precompute.stages import STAGE_NAMES
 
     with tempfile.TemporaryDirectory(prefix="bench-precompute-") as tmp:
         dst = Path(tmp) / Path(run).name

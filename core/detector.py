@@ -26,22 +26,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.knn import index as knn_index
-from core.knn import processing
-from core.knn import scoring
-from core.models import zoo
-from core.runs.files import ArtefactError
-from core.runs.folder import RunDir
-from core.models.entrypoints import NeedsEntryPoint
+from core._util.threads import single_image_threads
+from core.config.recorded import model_builder, recorded_config
 from core.data.datasets import to_float
+from core.errors import ArtefactError
+from core.knn import index as knn_index
+from core.knn import processing, scoring
+from core.models import zoo
 from core.models.features import FeatureExtractor
 from core.results import Inspection, NeighbourList, Scores
-from core.config.recorded import model_builder, recorded_config
-from core._util.threads import single_image_threads
-from core.uploads.transforms import image_to_array
+from core.runs.folder import RunDir
 from core.uploads.read import read_upload
+from core.uploads.transforms import image_to_array
 
-__all__ = ["Detector", "Scores", "Inspection", "NeighbourList", "IncompleteRun", "NeedsEntryPoint"]
+__all__ = ["Detector", "IncompleteRun"]
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +160,21 @@ class Detector:
                   verify_full=full)
         for mode in modes or [defaults["mode"]]:
             for layer in det.layers:
-                det._get(layer, mode)
+                det.processing_and_index(layer, mode)
         log.info("loaded detector %s in %.2fs (verify=%s)", run.path, time.perf_counter() - t0, verify)
         return det
 
-    def _get(self, layer: str, mode: str) -> tuple[dict[str, np.ndarray], Any]:
-        """Processing params and index of (layer, mode), loaded once (thread-safe)."""
+    def processing_and_index(self, layer: str, mode: str) -> tuple[dict[str, np.ndarray], Any]:
+        """The fitted processing parameters and the faiss index of (``layer``, ``mode``), loaded and hash-checked
+        once (thread-safe): what the adaptive surrogate and the peer detectors reuse.
+
+        Returns
+        -------
+        params : dict of str to ndarray
+            As :func:`core.knn.processing.apply` takes them.
+        index : faiss.Index or core.knn.index.Refined or core.knn.pq_scan.PQScan
+            Searched by :func:`core.knn.index.search`.
+        """
         key = (layer, mode)
         if key not in self._indexes:
             if layer not in self.layers or mode not in self.modes:
@@ -238,7 +245,9 @@ class Detector:
         return mode, fn, k
 
     # ------------------------------------------------------------------ scoring
-    def _forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One forward pass of prepared uint8 ``images`` (N, H, W, C): softmax probabilities (N, n_classes) and
+        every tapped layer's features (N, d_layer), global-average-pooled for conv maps (no processing, no search)."""
         with single_image_threads(images), torch.no_grad():
             logits, feats = self._extractor(torch.from_numpy(to_float(images)))
         probs = torch.softmax(logits.float(), 1).numpy()
@@ -279,11 +288,11 @@ class Detector:
         images = self.prepare(batch)
         if len(images) > MAX_BATCH:
             raise ValueError(f"batch of {len(images)} images is over the limit of {MAX_BATCH}; split it")
-        probs, feats = self._forward(images)
+        probs, feats = self.forward(images)
         pred = probs.argmax(1)
         scores = {}
         for layer in layers or self.layers:
-            params, index = self._get(layer, mode)
+            params, index = self.processing_and_index(layer, mode)
             D, I = knn_index.search(index, processing.apply(params, feats[layer]), k)
             scores[layer] = scoring.score(I, D, self.train_labels, pred, fn=fn)
         return Scores(pred, probs, scores, {"mode": mode, "fn": fn, "k": k})
@@ -305,8 +314,8 @@ class Detector:
         import faiss
 
         images = self.prepare(image)[:1]
-        _, feats = self._forward(images)
-        params, index = self._get(layer, mode)
+        _, feats = self.forward(images)
+        params, index = self.processing_and_index(layer, mode)
         xq = np.ascontiguousarray(processing.apply(params, feats[layer]), dtype=np.float32)
         if int(cls) not in self._class_ids:
             self._class_ids[int(cls)] = np.flatnonzero(self.train_labels == int(cls)).astype(np.int64)
@@ -357,13 +366,13 @@ class Detector:
         if len(images) != 1:
             raise ValueError(f"inspect takes one image, got {len(images)}; use score() for batches")
         t["forward"] = time.perf_counter()
-        probs, feats = self._forward(images)
+        probs, feats = self.forward(images)
         pred = int(probs[0].argmax())
         t["search"] = time.perf_counter()
         scores, nbs, cnbs = {}, {}, {}
         proc_time = search_time = 0.0
         for layer in self.layers:
-            params, index = self._get(layer, mode)
+            params, index = self.processing_and_index(layer, mode)
             p0 = time.perf_counter()
             xq = processing.apply(params, feats[layer])
             p1 = time.perf_counter()

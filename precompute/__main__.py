@@ -59,16 +59,13 @@ def _device(name: str):
 
 
 def _threads(n: int) -> None:
-    import faiss
-    import torch
+    from core._util.threads import set_process_threads
 
-    n = n or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
+    set_process_threads(n or os.cpu_count() or 1)
 
 
 def _verify(path: str) -> int:
-    from core.runs.files import ArtefactError
+    from core.errors import ArtefactError
     from core.runs.folder import RunDir
 
     run = RunDir(path)
@@ -90,9 +87,9 @@ def _verify(path: str) -> int:
 
 
 def _sign(path: str) -> int:
-    from core.runs.files import ArtefactError
+    from core.errors import ArtefactError, SigningKeyError
     from core.runs.folder import RunDir
-    from core.runs.signing import SIGNATURE, SigningKeyError
+    from core.runs.signing import SIGNATURE
 
     run = RunDir(path)
     try:
@@ -133,7 +130,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
 
     from core.runs.folder import RunDir
     from precompute.context import Context
-    from precompute.stages import pending, run_stages
+    from precompute.runner import pending, run_stages
 
     run = RunDir(os.path.join(cfg["runs_dir"], cfg["name"]))
     rank = int(os.environ.get("RANK", "0"))
@@ -183,7 +180,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
 def _check_data(ctx) -> int | None:
     """Read the data sets' sizes and refuse, before any work, sizes or models they cannot fit; exit status or None."""
     from core.config import loader as cfgmod
-    from precompute import training
+    from precompute.stages import train as training
 
     try:
         train, test, classes = ctx.sources()  # a missing dataset fails here, before any work

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from core.data.datasets import CsvSource, FolderSource, SourceBase, load_fashion_mnist
 from core.models import zoo
 from core.runs.folder import RunDir
-from core.data.datasets import CsvSource, FolderSource, SourceBase, load_fashion_mnist
 
 __all__ = ["Context"]
 
@@ -29,7 +29,7 @@ class Context:
     progress : bool
         Show progress bars.
     keys : dict
-        Input key of every stage (set by :func:`precompute.stages.run_stages`).
+        Input key of every stage (set by :func:`precompute.runner.run_stages`).
     """
 
     cfg: dict

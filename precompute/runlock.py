@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.runs.files import MANIFEST, ArtefactError
-
 from core._util.atomic import TMP_NAME
-
+from core.errors import ArtefactError, KnnguardError
+from core.runs.files import MANIFEST
 from core.runs.folder import RunDir
 
 __all__ = ["LOCK_NAME", "NotARun", "RunBusy", "check_owned", "hold"]
@@ -33,11 +32,11 @@ LOCK_NAME = ".knnguard.lock"
 _HOLDER_WAIT_S = 1.0
 
 
-class NotARun(RuntimeError):
+class NotARun(KnnguardError, RuntimeError):
     """The folder exists and is not a knnguard run; the message names it and how to choose another."""
 
 
-class RunBusy(RuntimeError):
+class RunBusy(KnnguardError, RuntimeError):
     """Another process holds the run's lock; the message names it (pid, host, start time)."""
 
 

@@ -9,7 +9,7 @@ Besides the tour's pages it shoots Compare and Adaptive attacks and copies the d
 (``data/runs/fmnist/adaptive/curve.png``, drawn by the precompute) to adaptive_curve.png.
 
 Needs `apt-get install -y chromium` (Playwright's own browser download does not work offline). The server and
-browser helpers are in tools/ (tools.app_server, tools.browser); tests/test_browser.py runs the same tour on the
+browser helpers are in tools/ (tools.app_server, tools.browser); tests/system/test_browser.py runs the same tour on the
 tiny test run and asserts what it sees.
 """
 from __future__ import annotations

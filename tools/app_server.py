@@ -72,7 +72,7 @@ def serve(runs_dir: str | os.PathLike, *, port: int | None = None, timeout: floa
     options = ["--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
                "--server.fileWatcherType", "none"]
     # The app as scripts/run.sh starts it (its imports made before the server listens); another script as is.
-    launch = (["-m", "app_pages.launch"] if Path(ROOT, script).resolve() == ROOT / "app.py"
+    launch = (["-m", "app_ui.launch"] if Path(ROOT, script).resolve() == ROOT / "app.py"
               else ["-m", "streamlit", "run", str(script)])
     proc = subprocess.Popen([sys.executable, *launch, *options],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -23,7 +23,7 @@ VIEWPORT = {"width": 1400, "height": 1000}
 URLS = {"Inspect": "", "Attack": "attack", "Threshold": "threshold", "Layers": "layers",
         "Failure cases": "failures", "Compare": "compare", "Adaptive attacks": "adaptive", "Run": "run"}
 #: page title in the navigation -> a selector drawn once its script run is complete
-#: (a chart: its Vega-Lite SVG, in the container app_pages.charts.show keys)
+#: (a chart: its Vega-Lite SVG, in the container app_ui.charts.bars.show keys)
 READY = {"Inspect": ".st-key-inspect_layers svg.marks", "Attack": ".st-key-atk_run button",
          "Threshold": ".st-key-th_density svg.marks", "Layers": ".st-key-layers_fig6 svg.marks",
          "Failure cases": "text=Threshold at", "Compare": "h1", "Adaptive attacks": "h1",

@@ -5,7 +5,7 @@ down): it loads the page and the health check over HTTP like a browser, opens th
 ``streamlit`` subprotocol and an ``Origin``, asks for script runs with the widget values a user would set, and
 collects every element each run sends until ``script_finished``. What it skips is the React rendering, which
 runs in the browser, not the server; that is what lets 20 or more sessions share two cores with the server they
-load. The real-browser path is tested separately (``tests/test_browser.py``, ``tests/test_load.py``).
+load. The real-browser path is tested separately (``tests/system/test_browser.py``, ``tests/system/test_load.py``).
 
 Example
 -------
@@ -16,8 +16,8 @@ Example
 from __future__ import annotations
 
 import asyncio
-import re
 import contextlib
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator

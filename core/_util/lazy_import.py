@@ -21,7 +21,7 @@ def import_locked(module: str, *, tries: int = 3) -> ModuleType:
     """``importlib.import_module(module)`` under one process-wide lock, retried on an import race.
 
     The attacks import ART (and SciPy) lazily, on the thread that runs them, and the app imports scikit-learn's
-    metrics on a background thread after its first page (``app_pages.loaders.warm_imports``). ART's package
+    metrics on a background thread after its first page (``app_ui.cache.warm_imports``). ART's package
     imports itself in a circle (``art`` -> ``art.attacks`` -> ``art.estimators`` -> ``art``) and imports
     scikit-learn and SciPy too: two threads importing these in different orders fail with Python's
     ``_DeadlockError`` or "cannot import name ... from partially initialized module" (the likely cause of a

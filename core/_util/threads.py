@@ -1,4 +1,5 @@
-"""The one thread rule: a single small image runs its torch work on one thread. See docs/design.md#threads.
+"""Every thread count in one place: the one thread rule (a single small image runs its torch work on one thread,
+docs/design.md#threads), faiss's OpenMP count, BLAS on one thread, and the process-wide setting.
 
 Examples
 --------
@@ -73,3 +74,28 @@ def faiss_threads(n: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(old)
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """BLAS (numpy, scipy) on one thread inside the block: for many small products, where threads only contend.
+
+    ``threadpoolctl`` comes with scikit-learn; without it this is a no-op.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def set_process_threads(n: int) -> int:
+    """torch's and faiss's CPU thread counts for the whole process set to ``n`` (0: every core); returns n."""
+    import os
+
+    import faiss
+
+    if not n:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    return n

@@ -31,7 +31,16 @@ from __future__ import annotations
 
 from .adaptive import AdaptiveL2, AdaptiveLinf
 from .art_attacks import FGSM, IFGSM, PGD, DeepFool
-from .base import ATTACKS, Attack, AttackResult, Param, available, param_spec, register, run_attack
+from .base import (
+    ATTACKS,
+    Attack,
+    AttackResult,
+    Param,
+    available,
+    param_spec,
+    register,
+    run_attack,
+)
 from .cw import CarliniL2
 from .lbfgs import LBFGS
 from .surrogate import KnnSurrogate

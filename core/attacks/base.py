@@ -17,7 +17,15 @@ from typing import Any, ClassVar, final
 import numpy as np
 import torch
 
-from .utils import attack_mode, check_images, check_target, logits, model_device, quantise, seeded
+from .utils import (
+    attack_mode,
+    check_images,
+    check_target,
+    logits,
+    model_device,
+    quantise,
+    seeded,
+)
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "Param", "available", "param_spec", "register", "run_attack"]
 

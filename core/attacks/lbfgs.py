@@ -4,7 +4,6 @@ SciPy is imported inside the solver, never at module level. See docs/design.md#a
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from typing import ClassVar
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from core._util.lazy_import import import_locked
+from core._util.threads import one_blas_thread
 
 from .base import Attack, Param
 from .utils import BATCH, logits, model_device, quantise
@@ -205,7 +205,7 @@ class LBFGS(Attack):
             finally:
                 step.leave()
 
-        with _one_blas_thread(), ThreadPoolExecutor(max_workers=len(x), thread_name_prefix="lbfgs") as pool:
+        with one_blas_thread(), ThreadPoolExecutor(max_workers=len(x), thread_name_prefix="lbfgs") as pool:
             futures = [pool.submit(solve, i) for i in range(len(x))]
             try:
                 eta = np.stack([f.result() for f in futures])
@@ -278,13 +278,3 @@ class _Lockstep:
         self._cv.notify_all()
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread around L-BFGS-B (its vectors are too small to gain from threads).
-
-    ``threadpoolctl`` comes with scikit-learn; without it this is a no-op. See docs/design.md#attacks.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")

@@ -84,7 +84,7 @@ class KnnSurrogate:
         """The surrogate of a loaded :class:`core.detector.Detector` (its processing ``mode``, default the run's)."""
         layers = list(layers or det.layers)
         mode = mode or det.defaults["mode"]
-        params = {la: det._get(la, mode)[0] for la in layers}
+        params = {la: det.processing_and_index(la, mode)[0] for la in layers}
         # Checked as the detector checks its own files (a signed run's features were read unchecked).
         feats = {la: det.run.load_npy(f"features/{la}.npy", mmap=True, verify=det._verify) for la in layers}
         return cls(layers, params, feats, det.train_labels, **kw)

@@ -13,9 +13,10 @@ import hashlib
 import json
 import math
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from core.config.schema import (
     ATTACK_N,
@@ -26,9 +27,9 @@ from core.config.schema import (
     DEFAULTS,
     EXTERNAL_SECTION,
     RANGES,
-    ConfigError,
     Range,
 )
+from core.errors import ConfigError
 
 # The schema's names are part of this module's API (config.DEFAULTS, config.ConfigError...).
 __all__ = ["load", "apply_override", "validate",

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import torch
 
+from core.errors import ArtefactError
 from core.models import entrypoints
-from core.runs.files import ArtefactError
-from core.runs.folder import RunDir
 from core.models.entrypoints import NeedsEntryPoint
+from core.runs.folder import RunDir
 
 __all__ = ["recorded_config", "model_builder"]
 
@@ -24,8 +24,8 @@ def recorded_config(run: RunDir) -> dict:
     ArtefactError
         The recorded config is not one the CLI accepts (the message names the manifest).
     """
-    from core.config.schema import ConfigError
     from core.config.loader import validate_recorded
+    from core.errors import ConfigError
 
     try:
         return validate_recorded(run.manifest.get("config"))

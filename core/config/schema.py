@@ -7,15 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import ConfigError
+
 __all__ = ["ATTACK_SECTION", "EXTERNAL_SECTION", "ConfigError", "DEFAULTS", "MAX_K", "Range", "RANGES", "ATTACK_N",
            "CHOICES", "AUTO_KEYS", "AUGMENTATIONS"]
 
 ATTACK_SECTION = "attacks"
 EXTERNAL_SECTION = "external"
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message says which key and why."""
 
 
 DEFAULTS: dict[str, Any] = {

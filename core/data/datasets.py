@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from core.errors import DatasetNotFound
+
 __all__ = ["ImageSource", "SourceBase", "ArraySource", "FolderSource", "CsvSource", "Rows", "find_by_id",
            "DatasetNotFound", "load_fashion_mnist", "FMNIST_DIRS", "to_float"]
 
@@ -26,9 +28,6 @@ FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/datasets/FashionMNIST/
 _FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
-
-class DatasetNotFound(FileNotFoundError):
-    """The dataset files are not on this machine; the message says how to get them."""
 
 
 class ImageSource(Protocol):
@@ -154,8 +153,8 @@ class FolderSource(SourceBase):
         return len(self.paths)
 
     def get(self, idx: np.ndarray) -> np.ndarray:
-        from core.uploads.transforms import image_to_array
         from core.uploads.read import read_upload
+        from core.uploads.transforms import image_to_array
 
         out = np.empty((len(idx), *self.size, self.channels), np.uint8)
         for j, i in enumerate(np.asarray(idx).ravel()):

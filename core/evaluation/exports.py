@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from core.evaluation.metrics import Roc
-from core.evaluation.metrics import trusted
+from core.evaluation.metrics import Roc, trusted
 
 __all__ = ["scores_csv", "confusion_csv", "roc_csv", "image_png", "image_npy", "params_json", "report_html"]
 

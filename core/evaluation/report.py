@@ -1,5 +1,5 @@
 """The honest report of a run: split by source image, one operating point chosen on validation, test figures
-with bootstrap 95 % intervals, and the paper's findings per layer (the ``report.json`` contract of issue 12).
+with bootstrap 95 % intervals, and the paper's findings per layer (the ``report.json`` schema: docs/report-schema.md).
 
 >>> rep = honest_report(RunData("data/runs/fmnist"), protocol="paper", target_tpr=0.95)      # doctest: +SKIP
 >>> rep["attacks"]["fgsm"]["detection_rate"]                                                 # [v, lo, hi]
@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from core.knn import scoring
+from core._util.threads import one_blas_thread
 from core.evaluation.bootstrap import SourceBootstrap
-from core.evaluation.rundata import ERRORS_SET, POSITIVE_SETS, RunData
 from core.evaluation.findings import aggregate_eer, findings, reversals
+from core.evaluation.metrics import threshold_at_tpr
 from core.evaluation.operating_point import (
     RULES,
     AttackItems,
@@ -27,8 +26,9 @@ from core.evaluation.operating_point import (
     choose_operating_point,
     measure,
 )
-from core.evaluation.metrics import threshold_at_tpr
+from core.evaluation.rundata import ERRORS_SET, POSITIVE_SETS, RunData
 from core.evaluation.splits import SourceSplit, split_sources
+from core.knn import scoring
 
 __all__ = ["PROTOCOLS", "attempted_sources", "success_rates", "candidate_settings", "json_safe", "honest_report"]
 
@@ -157,7 +157,7 @@ def json_safe(x: Any) -> Any:
 def honest_report(data: RunData, *, protocol: str = "paper", validation_share: float = 0.5,
                   target_tpr: float = 0.95, seed: int = 0, n_boot: int = 1000,
                   ks: Sequence[int] | None = None) -> dict:
-    """The honest report of a run (issue 12's ``report.json`` contract, plus ``aggr``, ``errors``, ``timing``).
+    """The honest report of a run (``report.json``, docs/report-schema.md: the protocol part, plus ``aggr``, ``errors``, ``timing``).
 
     Parameters
     ----------
@@ -187,7 +187,7 @@ def honest_report(data: RunData, *, protocol: str = "paper", validation_share: f
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; use one of {list(PROTOCOLS)}")
-    with threadpool_limits(limits=1, user_api="blas"):  # many small products: threads only contend
+    with one_blas_thread():  # many small products: threads only contend
         return _report(data, protocol, validation_share, target_tpr, seed, n_boot, ks)
 
 
@@ -214,20 +214,7 @@ def _report(data: RunData, protocol: str, validation_share: float, target_tpr: f
     bs = SourceBootstrap(split.test, n_boot=n_boot, seed=seed)
     s = op.setting
     pos, pos_src = sc.positives(s, "test")
-    auth_source = np.asarray(data.evalset("authentic")["source"]) if "authentic" in sets else np.empty(0, np.int64)
-    items, success, exact = {}, {}, {}
-    for a in attack_sets:
-        z = data.evalset(a)
-        m = sc.masks["test"][a]
-        attempted = int(z["attempted"]) if "attempted" in z else int(data.summary["sets"][a]["attempted"])
-        ids, n_att, exact[a] = attempted_sources(auth_source, attempted, z["source"])
-        on_test = np.isin(ids, split.test)
-        per = np.zeros(len(bs.sources))
-        np.add.at(per, bs.positions(ids[on_test]), n_att[on_test])
-        scores, src = sc.get(s, a, "test")
-        items[a] = AttackItems(scores, src, np.asarray(z["predicted"])[m] != np.asarray(z["true"])[m], per)
-        success[a] = success_rates(np.asarray(z["true"])[m], np.asarray(z["predicted"])[m],
-                                   np.asarray(z["target"])[m], float(per.sum()))
+    items, success, exact = _test_attack_items(data, sc, split.test, bs, s, attack_sets)
     at = measure(bs, op.threshold, pos, pos_src, items, strict=op.strict)
     negs = {a: (items[a].scores, items[a].source) for a in attack_sets}
     aggr, _ = aggregate_eer(bs, pos, pos_src, negs)
@@ -276,3 +263,25 @@ def _report(data: RunData, protocol: str, validation_share: float, target_tpr: f
     log.info("honest report (%s) in %.2f s (choosing %.2f s, findings %.2f s)", protocol, t1 - t0,
              t_choose - t0, t1 - t_measure)
     return json_safe(report)
+
+
+def _test_attack_items(data: RunData, sc: _SplitScores, test_sources: np.ndarray, bs: SourceBootstrap, s: Setting,
+                       attack_sets: Sequence[str]) -> tuple[dict[str, AttackItems], dict[str, dict], dict[str, bool]]:
+    """Per attack, its test-split items at setting ``s`` (scores, sources, fooled, attempts per bootstrap source),
+    its success rates over the test attempts and whether the attempts per source are exact."""
+    sets = data.set_names
+    auth_source = np.asarray(data.evalset("authentic")["source"]) if "authentic" in sets else np.empty(0, np.int64)
+    items, success, exact = {}, {}, {}
+    for a in attack_sets:
+        z = data.evalset(a)
+        m = sc.masks["test"][a]
+        attempted = int(z["attempted"]) if "attempted" in z else int(data.summary["sets"][a]["attempted"])
+        ids, n_att, exact[a] = attempted_sources(auth_source, attempted, z["source"])
+        on_test = np.isin(ids, test_sources)
+        per = np.zeros(len(bs.sources))
+        np.add.at(per, bs.positions(ids[on_test]), n_att[on_test])
+        scores, src = sc.get(s, a, "test")
+        items[a] = AttackItems(scores, src, np.asarray(z["predicted"])[m] != np.asarray(z["true"])[m], per)
+        success[a] = success_rates(np.asarray(z["true"])[m], np.asarray(z["predicted"])[m],
+                                   np.asarray(z["target"])[m], float(per.sum()))
+    return items, success, exact

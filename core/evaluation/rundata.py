@@ -238,11 +238,11 @@ def decode_thumb(raw: bytes, max_side: int) -> np.ndarray | None:
 
     A run's thumbnails are untrusted: decoded in the server, a bank of progressive 8192-pixel JPEGs of 300 scans
     held a core for 160 s and 1.2 GB, and went to the browser at full size."""
-    from core.uploads import sandbox as upload_sandbox
+    from core.uploads import sandbox
     from core.uploads.policy import UploadError
 
     try:
-        mode, (w, h), pixels = upload_sandbox.decode(raw, max_pixels=max_side * max_side)
+        mode, (w, h), pixels = sandbox.decode(raw, max_pixels=max_side * max_side)
     except UploadError as e:
         log.warning("a stored thumbnail was refused (%s): %s", e.reason, e)
         return None

@@ -23,10 +23,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from core.evaluation.bootstrap import SourceBootstrap
-from core.evaluation.rundata import ERRORS_SET, RunData
 from core.evaluation.findings import aggregate_eer
-from core.evaluation.report import PROTOCOLS, attempted_sources, json_safe
 from core.evaluation.operating_point import AttackItems, Setting, measure
+from core.evaluation.report import PROTOCOLS, attempted_sources, json_safe
+from core.evaluation.rundata import ERRORS_SET, RunData
 from core.evaluation.splits import SourceSplit, split_sources
 
 __all__ = ["EvaluationConfig", "LiveFigures", "operating_point", "operating_layer"]
@@ -219,7 +219,7 @@ class LiveFigures:
 
 
 def operating_point(report: Mapping | None) -> dict | None:
-    """The report's operating point (issue 12's contract), or None for a report without one."""
+    """The report's operating point (docs/report-schema.md), or None for a report without one."""
     op = (report or {}).get("operating_point")
     return op if isinstance(op, Mapping) and "layer" in op else None
 

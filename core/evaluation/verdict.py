@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.evaluation.rundata import RunData
-from core.evaluation.report import PROTOCOLS
-from core.evaluation.setting_figures import EvaluationConfig
-from core.evaluation.operating_point import nearest_eer_threshold
 from core.evaluation.metrics import threshold_at_tpr, trusted
+from core.evaluation.operating_point import nearest_eer_threshold
+from core.evaluation.report import PROTOCOLS
+from core.evaluation.rundata import RunData
+from core.evaluation.setting_figures import EvaluationConfig
 from core.evaluation.splits import split_sources
 
 __all__ = ["COMBINATIONS", "is_strict", "trusts", "trust_text", "Overall", "overall_verdict",

@@ -17,7 +17,11 @@ import numpy as np
 
 from core._util.threads import faiss_threads
 from core.knn.flat_search import as_f32, flat_l2_blocked, flat_vectors, is_flat_l2
-from core.knn.pq_scan import PQ_REFINE, PQScan, balanced_dims  # noqa: F401  (core.knn.index.PQScan)
+from core.knn.pq_scan import (  # noqa: F401  (core.knn.index.PQScan)
+    PQ_REFINE,
+    PQScan,
+    balanced_dims,
+)
 
 __all__ = ["KINDS", "AUTO_IVF_MIN", "SINGLE_THREAD_MAX_NQ", "BLOCKED_MIN_K", "Refined",
            "choose_kind", "build",
@@ -193,23 +197,8 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
     if kind == "flat":
         index = faiss.IndexFlatL2(d)
     elif kind == "pq":
-        m = pq_bytes * 2 if d % (pq_bytes * 2) == 0 else d
-        train = xb if n <= PQ_TRAIN_MIN else xb[np.sort(np.random.default_rng(seed).choice(n, PQ_TRAIN_MIN,
-                                                                                               replace=False))]
-        perm = balanced_dims(train.var(axis=0), m)
-        lt = faiss.LinearTransform(d, d, False)
-        A = np.zeros((d, d), np.float32)
-        A[np.arange(d), perm] = 1.0
-        faiss.copy_array_to_vector(A.ravel(), lt.A)
-        lt.is_trained = True
-        pq = faiss.IndexPQ(d, m, 4)
-        pq.pq.cp.seed = seed
-        pq.train(np.ascontiguousarray(train[:, perm]))
-        for s in range(0, n, 1 << 16):
-            pq.add(np.ascontiguousarray(xb[s:s + (1 << 16), perm]))
-        saved = faiss.IndexPreTransform(lt, pq)
-        out = PQScan(saved, xb.astype(np.float16), PQ_REFINE if refine == REFINE_FACTOR else refine)
-        log.info("built pq index on %d×%d (%d B codes) in %.2fs", n, d, pq.code_size, time.perf_counter() - t0)
+        out = _build_pq(xb, pq_bytes=pq_bytes, refine=refine, seed=seed)
+        log.info("built pq index on %d×%d in %.2fs", n, d, time.perf_counter() - t0)
         return out
     elif kind == "ivfpq":
         nlist = nlist or max(1, int(4 * math.sqrt(n)))
@@ -239,6 +228,30 @@ def build(xb: np.ndarray, *, kind: str = "auto", nlist: int | None = None, nprob
     index.add(xb)
     log.info("built %s index on %d×%d in %.2fs", kind, n, d, time.perf_counter() - t0)
     return index
+
+
+def _build_pq(xb: np.ndarray, *, pq_bytes: int, refine: int, seed: int) -> PQScan:
+    """The ``pq`` index of :func:`build`: 4-bit PQ codes of dimensions balanced by variance, float16 vectors."""
+    import faiss
+
+    n, d = xb.shape
+    m = pq_bytes * 2 if d % (pq_bytes * 2) == 0 else d
+    train = xb if n <= PQ_TRAIN_MIN else xb[np.sort(np.random.default_rng(seed).choice(n, PQ_TRAIN_MIN,
+                                                                                           replace=False))]
+    perm = balanced_dims(train.var(axis=0), m)
+    lt = faiss.LinearTransform(d, d, False)
+    A = np.zeros((d, d), np.float32)
+    A[np.arange(d), perm] = 1.0
+    faiss.copy_array_to_vector(A.ravel(), lt.A)
+    lt.is_trained = True
+    pq = faiss.IndexPQ(d, m, 4)
+    pq.pq.cp.seed = seed
+    pq.train(np.ascontiguousarray(train[:, perm]))
+    for s in range(0, n, 1 << 16):
+        pq.add(np.ascontiguousarray(xb[s:s + (1 << 16), perm]))
+    saved = faiss.IndexPreTransform(lt, pq)
+    log.debug("pq index: %d B codes per vector", pq.code_size)
+    return PQScan(saved, xb.astype(np.float16), PQ_REFINE if refine == REFINE_FACTOR else refine)
 
 
 def search(index, xq: np.ndarray, k: int, *, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -146,9 +146,8 @@ class PQScan:
 
         import torch
 
-        from core.knn.flat_search import executor
         from core._util.threads import faiss_threads, one_torch_thread
-        from core.knn.flat_search import as_f32
+        from core.knn.flat_search import as_f32, executor
 
 
         xq = as_f32(xq)

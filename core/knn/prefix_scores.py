@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.knn.scoring import MIN_SQ_DIST, SCORE_FNS, _compact
+from core.knn.scoring import MIN_SQ_DIST, SCORE_FNS, compact_labels
 
 __all__ = ["PrefixScores", "EVERY"]
 
@@ -49,7 +49,7 @@ class PrefixScores:
             raise ValueError(f"{len(classes)} classes for {len(I)} queries")
         self.I, self.D, self.fn, self.every = I, D, fn, int(every)
         self.nq, self.K = I.shape
-        self.labels, self.classes = _compact(np.asarray(train_labels), classes)
+        self.labels, self.classes = compact_labels(np.asarray(train_labels), classes)
         self.valid_all = I.size == 0 or I.min() >= 0
         n_kept = self.K // self.every + 1
         self.hit = np.zeros((n_kept, self.nq))

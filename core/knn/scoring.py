@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SCORE_FNS", "weights", "score", "score_ks", "score_table", "class_scores"]
+__all__ = ["compact_labels", "SCORE_FNS", "weights", "score", "score_ks", "score_table", "class_scores"]
 
 #: Score functions: name -> description as in the paper's Table 1.
 SCORE_FNS = {"knn": "kNN (w=1)", "wknn": "W-kNN (w=1/i)", "dwknn": "DW-kNN (w=1/d²)"}
@@ -114,7 +114,7 @@ def score_table(I: np.ndarray, D: np.ndarray, train_labels: np.ndarray, classes:
     kmax = int(uk[-1])
     Ik = I[:, :kmax]
     valid = None if Ik.size == 0 or Ik.min() >= 0 else Ik >= 0  # None: every neighbour valid (exact search)
-    labels, classes = _compact(np.asarray(train_labels), classes)
+    labels, classes = compact_labels(np.asarray(train_labels), classes)
     match = labels[Ik if valid is None else np.where(valid, Ik, 0)] == classes[:, None]
     if valid is not None:
         match &= valid
@@ -175,7 +175,7 @@ def _prefix_counts(M: np.ndarray, ks: np.ndarray) -> np.ndarray:
     return np.cumsum(blocks, axis=0).astype(np.float64)
 
 
-def _compact(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def compact_labels(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels and classes as int16 when both fit (the (nq, k) gather and compare move 4× fewer bytes)."""
     if labels.dtype.kind in "iu" and classes.dtype.kind in "iu" and len(labels) and len(classes):
         lo, hi = np.iinfo(np.int16).min, np.iinfo(np.int16).max

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from core.runs.files import ArtefactError
+from core.errors import ArtefactError
 
 __all__ = ["ALLOWED_ENV", "NeedsEntryPoint", "allowed", "is_custom", "needs_entry", "parse", "load"]
 

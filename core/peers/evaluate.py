@@ -9,14 +9,14 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from core._util.threads import one_blas_thread
 from core.evaluation.bootstrap import Estimate, SourceBootstrap
-from core.peers import store
-from core.evaluation.report import attempted_sources, json_safe, success_rates
 from core.evaluation.operating_point import AttackItems, measure
+from core.evaluation.report import attempted_sources, json_safe, success_rates
 from core.evaluation.rundata import ERRORS_SET, RunData
 from core.evaluation.splits import SourceSplit
+from core.peers import store
 
 __all__ = ["detectors_report", "mean_estimate", "test_scores"]
 
@@ -59,7 +59,7 @@ def detectors_report(data: RunData, split: SourceSplit, bs: SourceBootstrap, pos
     metas = store.entries(data.run)
     if not metas:
         return {}
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         return json_safe(_report(data, split, bs, positives, metas))
 
 

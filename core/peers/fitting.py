@@ -14,19 +14,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from core.evaluation.metrics import threshold_at_tpr
+from core.evaluation.operating_point import nearest_eer_threshold
 from core.peers.base import Inputs, PeerDetector, TrainSet, Validation
 from core.peers.methods import (
+    LID,
     DeepKNN,
     KNNLayer,
     KNNLogistic,
     KNNMean,
     KthNeighbour,
-    LID,
     Mahalanobis,
     MaxSoftmax,
 )
-from core.evaluation.operating_point import nearest_eer_threshold
-from core.evaluation.metrics import threshold_at_tpr
 
 __all__ = ["DETECTOR_NAMES", "ALL", "RunLayout", "instances", "Fitted", "fit_all", "operating_threshold", "score_sets",
            "CLASSES"]

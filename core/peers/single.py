@@ -14,10 +14,10 @@ import numpy as np
 
 from core.knn import index as knn_index
 from core.knn import processing
-from core.runs.folder import RunDir
 from core.peers import store
 from core.peers.base import Inputs, PeerDetector
 from core.peers.fitting import ALL
+from core.runs.folder import RunDir
 
 if TYPE_CHECKING:
     from core.detector import Detector
@@ -63,14 +63,14 @@ class DetectorBank:
         images = det.prepare(image)
         if len(images) != 1:
             raise ValueError(f"one image expected, got {len(images)}")
-        probs, feats = det._forward(images)
+        probs, feats = det.forward(images)
         want: dict[tuple[str, str], int] = {}
         for _, d in self.fitted.values():
             for la, mo, k in d.needs():
                 want[(la, mo)] = max(k, want.get((la, mo), 0))
         found = {}
         for (la, mo), k in want.items():
-            params, index = det._get(la, mo)
+            params, index = det.processing_and_index(la, mo)
             D, I = knn_index.search(index, processing.apply(params, feats[la]), k)
             found[(la, mo)] = (I, D)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from core.runs.folder import RunDir
 from core.peers.base import PeerDetector
 from core.peers.fitting import ALL, CLASSES
+from core.runs.folder import RunDir
 
 __all__ = ["ROOT", "meta_rel", "state_rel", "scores_rel", "entries", "load_fitted", "load_scores", "fit_for"]
 

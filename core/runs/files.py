@@ -22,12 +22,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from core.errors import ArtefactError
+
 __all__ = ["ArtefactError", "MANIFEST", "sha256_file", "sha256_of", "open_regular", "read_manifest", "npy_header",
            "read_npy", "read_npz", "read_json", "check_classes", "JSON_MAX_BYTES", "read_torch", "read_faiss"]
 
-
-class ArtefactError(RuntimeError):
-    """A run-folder file is missing, changed, truncated or malformed; the message names the file."""
 
 
 MANIFEST = "manifest.json"

@@ -27,12 +27,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from core.runs import files as runfiles
-
-from core.runs import signing
 from core._util.atomic import TMP_NAME, atomic_path
+from core.errors import ArtefactError
+from core.runs import files as runfiles
+from core.runs import signing
+from core.runs.files import MANIFEST, open_regular, sha256_file
 from core.runs.hash_cache import sha256_matches
-from core.runs.files import MANIFEST, ArtefactError, open_regular, sha256_file
 
 __all__ = ["RunDir"]
 

@@ -14,10 +14,7 @@ import threading
 from typing import BinaryIO
 
 from core._util import disk_cache
-
-from core.runs import files as runfiles
-
-from core.runs import signing
+from core.runs import files, signing
 
 __all__ = ["sha256_matches"]
 
@@ -44,7 +41,7 @@ def sha256_matches(f: BinaryIO, size: int, sha256: str) -> bool:
         with _HASHED_LOCK:
             _HASHED.add(seen)
         return True
-    digest = runfiles.sha256_of(f, size)
+    digest = files.sha256_of(f, size)
     f.seek(0)
     if digest != sha256:
         return False

@@ -16,6 +16,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from core.errors import SigningKeyError
+
 __all__ = ["SIGNATURE", "SigningKeyError", "key_path", "load_key", "create_key", "required", "sign", "matches"]
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,6 @@ _PREFIX = b"knnguard-manifest-v1\n"
 _SCHEME = "hmac-sha256"
 _KEY_BYTES = 32
 
-
-class SigningKeyError(RuntimeError):
-    """The key file named by the environment is missing or malformed."""
 
 
 def key_path() -> Path:

@@ -29,6 +29,8 @@ import re
 import struct
 import zlib
 
+from core.errors import KnnguardError
+
 __all__ = [
     "ACCEPTED_FORMATS",
     "MAX_BYTES",
@@ -114,7 +116,7 @@ _SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
 _BMP_DIB_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 
 
-class UploadError(ValueError):
+class UploadError(KnnguardError, ValueError):
     """A user upload that cannot be used.
 
     ``str(e)`` is a readable sentence for a UI; :attr:`reason` is a short machine-readable code.

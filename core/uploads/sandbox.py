@@ -275,7 +275,7 @@ def decode(data: bytes, *, max_pixels: int) -> tuple[str, tuple[int, int], bytes
             "use); it was refused. Re-save it as an ordinary PNG or JPEG and try again.",
         ) from None
     for line in header.get("log", ()):
-        logging.getLogger("core.uploads.read").debug("[decode worker] %s", line)
+        logging.getLogger("core.uploads.decode").debug("[decode worker] %s", line)
     if status == _OK:
         return header["mode"], (header["width"], header["height"]), payload
     if status == _REFUSED:
@@ -330,7 +330,7 @@ def serve() -> None:
     as_limit = DECODE_MEMORY_BYTES if as_hard == resource.RLIM_INFINITY else min(DECODE_MEMORY_BYTES, as_hard)
     resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
     collect = _Collect()
-    log = logging.getLogger("core.uploads.read")
+    log = logging.getLogger("core.uploads.decode")  # what decode_in_process logs to
     log.addHandler(collect)
     log.setLevel(logging.DEBUG)
     log.propagate = False

@@ -64,36 +64,14 @@ def image_to_array(
     >>> image_to_array(Image.new("L", (400, 300)), size=(299, 299), channels=3, resize=342).shape
     (299, 299, 3)
     """
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size)
-    ):
-        raise ValueError(f"size must be (H, W) with two positive ints, got {size!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1):
-        raise ValueError(f"resize must be a positive int (shorter side) or None, got {resize!r}")
+    _check_geometry(size, channels, resize)
     out_h, out_w = int(size[0]), int(size[1])
 
     img = to_rgb_or_l(img)
     img = img.convert("L" if channels == 1 else "RGB")
 
     w, h = img.size
-    new_w = new_h = 0
-    if resize is not None:  # torchvision Resize(int): shorter side -> resize, longer side truncated
-        resize = int(resize)
-        scale = resize / min(w, h)
-        new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    if new_w < out_w or new_h < out_h:
-        # Just cover size: one scale factor, set by the side that must match exactly; the other side is
-        # truncated as in torchvision's Resize(int).
-        if out_w * h >= out_h * w:
-            scale = out_w / w
-            new_w, new_h = out_w, max(out_h, int(out_w * h / w))
-        else:
-            scale = out_h / h
-            new_w, new_h = max(out_w, int(out_h * w / h)), out_h
+    new_w, new_h, scale = _resized(w, h, out_w, out_h, resize)
     # torchvision's CenterCrop rounding.
     top = int(round((new_h - out_h) / 2.0))
     left = int(round((new_w - out_w) / 2.0))
@@ -113,6 +91,40 @@ def image_to_array(
     if arr.ndim == 2:
         arr = arr[:, :, np.newaxis]
     return np.ascontiguousarray(arr)
+
+
+def _check_geometry(size: tuple[int, int], channels: int, resize: int | None) -> None:
+    """ValueError unless ``size`` is two positive ints, ``channels`` 1 or 3 and ``resize`` a positive int or None."""
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):
+        raise ValueError(f"size must be (H, W) with two positive ints, got {size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1):
+        raise ValueError(f"resize must be a positive int (shorter side) or None, got {resize!r}")
+
+
+def _resized(w: int, h: int, out_w: int, out_h: int, resize: int | None) -> tuple[int, int, float]:
+    """``(new_w, new_h, scale)`` of the resize before the centre crop of :func:`image_to_array`."""
+    new_w = new_h = 0
+    scale = 1.0
+    if resize is not None:  # torchvision Resize(int): shorter side -> resize, longer side truncated
+        resize = int(resize)
+        scale = resize / min(w, h)
+        new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    if new_w < out_w or new_h < out_h:
+        # Just cover size: one scale factor, set by the side that must match exactly; the other side is
+        # truncated as in torchvision's Resize(int).
+        if out_w * h >= out_h * w:
+            scale = out_w / w
+            new_w, new_h = out_w, max(out_h, int(out_w * h / w))
+        else:
+            scale = out_h / h
+            new_w, new_h = max(out_w, int(out_h * w / h)), out_h
+    return new_w, new_h, scale
 
 
 def to_rgb_or_l(img: Image.Image) -> Image.Image:
