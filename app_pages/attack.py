@@ -126,7 +126,8 @@ if clicked:
         try:
             res = attack_limits.run_bounded(run_attack, name, model, x,
                                       target=None if target_cls is None else np.array([target_cls]),
-                                      seed=int(seed), targeted=aimed, **params)
+                                      seed=int(seed), targeted=aimed, owner=attack_limits.session_owner(),
+                                      **params)
         except (ValueError, TypeError) as e:
             st.error(f"The attack refused these settings: {e}")
             navigation.end_page()

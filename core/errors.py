@@ -14,7 +14,7 @@ True
 """
 from __future__ import annotations
 
-__all__ = ["KnnguardError", "ArtefactError", "ConfigError", "SigningKeyError", "DatasetNotFound"]
+__all__ = ["KnnguardError", "ArtefactError", "ConfigError", "SigningKeyError", "DatasetNotFound", "AttackCancelled"]
 
 
 class KnnguardError(Exception):
@@ -35,3 +35,7 @@ class SigningKeyError(KnnguardError, RuntimeError):
 
 class DatasetNotFound(KnnguardError, FileNotFoundError):
     """The dataset files are not on this machine; the message says how to get them."""
+
+
+class AttackCancelled(KnnguardError):
+    """An attack stopped between two steps because its ``cancel`` flag was set (a live attack past its deadline)."""

@@ -4,6 +4,7 @@ verdict."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import streamlit as st
@@ -39,11 +40,13 @@ def _surrogate(path: str, stamp: int, layers: tuple[str, ...], mode: str):
     return KnnSurrogate.from_detector(cache.loaded_detector(path, stamp), layers=list(layers), mode=mode)
 
 
-def _attack(det, sur, norm: str, x: np.ndarray, target: int, lam: float, eps: float, steps: int, seed: int):
+def _attack(det, sur, norm: str, x: np.ndarray, target: int, lam: float, eps: float, steps: int, seed: int,
+            cancel=None):
     from core.attacks import AdaptiveL2, AdaptiveLinf, to_uint8
 
     cls = AdaptiveLinf if norm == "linf" else AdaptiveL2
-    res = cls(sur, eps=eps, lam=lam, steps=steps, refresh=5)(det.model, x, target=np.array([target]), seed=seed)
+    res = cls(sur, eps=eps, lam=lam, steps=steps, refresh=5, cancel=cancel)(det.model, x, target=np.array([target]),
+                                                                          seed=seed)
     return to_uint8(res.x_adv)[0]
 
 
@@ -83,9 +86,12 @@ def show(run, image: np.ndarray, pred0: int) -> None:
         sur = _surrogate(run.path, run.stamp, aim, mode)
         x = to_float(image[None])
         try:
-            out = {name: attack_limits.run_bounded(_attack, det, sur, norm, x, int(target), lam_v, float(eps),
-                                                   int(steps), 0)
-                   for name, lam_v in (("oblivious", 0.0), ("adaptive", float(lam)))}
+            out = {}
+            for name, lam_v in (("oblivious", 0.0), ("adaptive", float(lam))):
+                cancel = threading.Event()  # set at the deadline: the attack stops at its next step
+                out[name] = attack_limits.run_bounded(_attack, det, sur, norm, x, int(target), lam_v, float(eps),
+                                                      int(steps), 0, cancel, cancel=cancel,
+                                                      owner=attack_limits.session_owner())
         except (attack_limits.AttackTimeout, attack_limits.AttackBusy) as e:
             st.error(f"Not finished: {e}. Lower the steps and run it again.", icon=":material/timer_off:")
             return

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import AttackCancelled
+
 from .base import Attack, Param
 from .surrogate import KnnSurrogate
 from .utils import model_device, quantise, quantise_within
@@ -66,6 +68,9 @@ class _Adaptive(Attack):
         every ``refresh`` steps and after the last.
     random_start : bool, default True
         Start in a random point of the ball; False starts at the image.
+    cancel : threading.Event, optional
+        Checked before every step: once set, the attack raises :class:`core.errors.AttackCancelled` (a live attack
+        past its deadline frees its thread instead of running on).
     **params
         See ``spec``.
     """
@@ -75,7 +80,7 @@ class _Adaptive(Attack):
     random = True
 
     def __init__(self, surrogate: KnnSurrogate | None = None, *, stop: Stop | None = None, random_start: bool = True,
-                 **params: Any) -> None:
+                 cancel: Any = None, **params: Any) -> None:
         super().__init__(**params)
         #: Start each restart at a random point of the ball (else at the image itself: with ``stop``, the
         #: first successful iterate's norm then bounds the image's minimal perturbation).
@@ -84,6 +89,7 @@ class _Adaptive(Attack):
             raise ValueError(f"{self.name}: lam > 0 needs a KnnSurrogate (KnnSurrogate.from_detector(det))")
         self.surrogate = surrogate
         self.stop = stop
+        self.cancel = cancel
         #: Mean objective per restart and step of the last call, float64 (restarts, steps); a stopped image
         #: keeps the value it stopped at.
         self.trace = np.zeros((0, 0))
@@ -142,6 +148,8 @@ class _Adaptive(Attack):
             if self.random_start:
                 delta[act] = (torch.clamp(xt[act] + self._start(xt[act].shape, eps), 0, 1) - xt[act]).detach()
             for i in range(steps + 1):
+                if self.cancel is not None and self.cancel.is_set():
+                    raise AttackCancelled(f"{self.name}: cancelled at step {i} of restart {r + 1}")
                 if self.stop is not None and len(act) and (i == steps or (i > 0 and i % every == 0)):
                     act = self._check(xt, delta, tt, act, rows, model, best, done)
                 if i == steps or not len(act):

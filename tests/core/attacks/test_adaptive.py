@@ -170,3 +170,28 @@ def test_adaptive_n_zero_attacks_nothing_and_drops_earlier_results(tiny_run_copy
     assert rc == 0
     assert "adaptive" not in json.loads((tiny_run_copy / "report.json").read_text())  # not the n = 16 results
     assert "## Adaptive attacks" not in (tiny_run_copy / "report.md").read_text()
+
+
+def test_a_set_cancel_flag_stops_the_attack_at_its_next_step():
+    """A live attack past its deadline sets its flag: the loop raises instead of running its remaining steps."""
+    import threading
+
+    from core.errors import AttackCancelled
+
+    class SetAfter:  # a flag that is set once the attack has asked it `n` times (one ask per step)
+        def __init__(self, n: int) -> None:
+            self.n, self.asked = n, 0
+
+        def is_set(self) -> bool:
+            self.asked += 1
+            return self.asked > self.n
+
+    model = _Tiny().eval()
+    x = np.random.default_rng(0).random((2, 1, 4, 4)).astype(np.float32)
+    target = (model(torch.from_numpy(x)).argmax(1).numpy() + 1) % 3
+    flag = SetAfter(3)
+    with pytest.raises(AttackCancelled, match="cancelled at step 3 of restart 1"):
+        AdaptiveLinf(lam=0.0, eps=0.05, steps=200, cancel=flag)(model, x, target=target)
+    assert flag.asked == 4  # steps 0, 1 and 2 ran, none after
+    out = AdaptiveLinf(lam=0.0, eps=0.05, steps=5, cancel=threading.Event())(model, x, target=target)
+    assert out.x_adv.shape == x.shape  # a flag never set changes nothing
