@@ -2,8 +2,11 @@
 derived from and by the code that derived them, and the file checks of :mod:`core.runs.hash_cache`.
 
 The folder is ``$KNNGUARD_CACHE_DIR``, else ``$XDG_CACHE_HOME/knnguard``, else ``~/.cache/knnguard``; created
-with mode 0700. ``KNNGUARD_CACHE_DIR=off`` turns the cache off. A folder that is not the user's own or that
-others may write to is not used (a warning says so): what it holds is believed without a check.
+with mode 0700. ``KNNGUARD_CACHE_DIR=off`` turns the cache off. What the folder holds is believed without a check,
+so every use opens it anew by descriptor, one component at a time from ``/`` without following a link
+(``O_NOFOLLOW``, ``openat``), and refuses it (a warning, then no cache) unless every parent is owned by root or the
+user and writable by no one else (sticky folders such as ``/tmp`` excepted) and the folder itself is the user's and
+writable by no one else: a parent swapped for a link after one check cannot redirect a later read.
 
 A value's key is the sha256 of its parts (e.g. the run's manifest, which records every file's sha256, and the
 setting) and of the source of the ``core`` package, so that any change of the code or of the run is a new key.
@@ -23,7 +26,7 @@ import logging
 import os
 import re
 import stat
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +51,86 @@ def cache_dir() -> Path | None:
     return _private(base)
 
 
-@functools.lru_cache(maxsize=8)
-def _private(base: Path) -> Path | None:
+class _Unsafe(OSError):
+    """A component of the cache folder's path that others could swap or write."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_component(name: str, parent: int, *, create: bool) -> int:
     try:
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.stat(base, follow_symlinks=False)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        if not create:
+            raise
+        with contextlib.suppress(FileExistsError):  # another process may create it at the same time
+            os.mkdir(name, 0o700, dir_fd=parent)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+
+def _open_private(base: Path, *, create: bool = True) -> int:
+    """A descriptor of the folder ``base``, opened from ``/`` one component at a time without following a link,
+    each component checked as the module's text says (created with mode 0700 when missing and ``create``).
+
+    Raises
+    ------
+    OSError
+        A component is missing, a link or not a folder; :class:`_Unsafe` when others could swap or write one.
+    """
+    uid = os.getuid()
+    parts = Path(os.path.abspath(base)).parts
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for i, name in enumerate(parts[1:], start=1):
+            st = os.fstat(fd)  # the parent of ``name``: nobody else may rename what it holds
+            if st.st_uid not in (0, uid) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+                raise _Unsafe(f"{Path(*parts[:i])} may be changed by others (owner {st.st_uid}, mode {st.st_mode:o})")
+            nfd = _open_component(name, fd, create=create)
+            os.close(fd)
+            fd = nfd
+        st = os.fstat(fd)
+        if st.st_uid != uid or st.st_mode & 0o022:
+            raise _Unsafe(f"{base} is not a folder of this user that only it may write (mode {st.st_mode:o})")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_unusable(base: Path, why: str) -> None:
+    logger.warning("cache folder %s cannot be used (%s): every result is computed", base, why)
+
+
+def _private(base: Path) -> Path | None:
+    """``base`` when :func:`_open_private` accepts it now (a check on every call, not a remembered one)."""
+    try:
+        os.close(_open_private(base))
     except OSError as e:
-        logger.warning("cache folder %s cannot be used (%s): every result is computed", base, e)
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        logger.warning("cache folder %s is not a folder of this user that only it may write: not used", base)
+        _warn_unusable(base, str(e))
         return None
     return base
+
+
+@contextlib.contextmanager
+def _entry_dir(kind: str, *, create: bool):
+    """A descriptor of the cache's ``kind`` folder, opened by :func:`_open_private`; None when the cache is off."""
+    base = cache_dir()
+    if base is None:
+        yield None
+        return
+    fd = _open_private(base)
+    try:
+        kfd = _open_component(kind, fd, create=create)
+    finally:
+        os.close(fd)
+    try:
+        if os.fstat(kfd).st_uid != os.getuid() or os.fstat(kfd).st_mode & 0o022:
+            raise _Unsafe(f"{base / kind} is not a folder of this user that only it may write")
+        yield kfd
+    finally:
+        os.close(kfd)
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,69 +148,79 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _path(kind: str, key: str, suffix: str) -> Path | None:
+def _check(kind: str, key: str) -> None:
     if not _KIND.match(kind) or not _KEY.match(key):
         raise ValueError(f"bad cache kind or key: {kind!r} {key!r}")
-    base = cache_dir()
-    return None if base is None else base / kind / f"{key}{suffix}"
+
+
+def _read(kind: str, name: str, limit: int) -> bytes | None:
+    """Up to ``limit`` + 1 bytes of the regular file ``kind``/``name`` of the cache; None when off or absent."""
+    with _entry_dir(kind, create=False) as dfd:
+        if dfd is None:
+            return None
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=dfd)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read(limit + 1)
 
 
 def get_json(kind: str, key: str) -> Any | None:
     """The value stored under ``kind``/``key``, or None (a miss: absent, too large, unreadable or not JSON)."""
-    path = _path(kind, key, ".json")
-    if path is None:
-        return None
+    _check(kind, key)
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
+        raw = _read(kind, f"{key}.json", MAX_JSON_BYTES)
+        if raw is None or len(raw) > MAX_JSON_BYTES:
             return None
         return json.loads(raw)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        logger.warning("cache entry %s unreadable (%s): computed again", path, e)
+        logger.warning("cache entry %s/%s unreadable (%s): computed again", kind, key, e)
         return None
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # readers see the old entry or the whole new one
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _write(kind: str, name: str, data: bytes) -> None:
+    """``data`` as the cache's ``kind``/``name``, written beside it and renamed onto it (readers see the old
+    entry or the whole new one), every step relative to the folder's descriptor."""
+    with _entry_dir(kind, create=True) as dfd:
+        if dfd is None:
+            return
+        tmp = f".tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600,
+                     dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
 
 
 def put_json(kind: str, key: str, value: Any) -> None:
     """Store ``value`` (JSON-serialisable) under ``kind``/``key``; a failure to write is logged, not raised."""
-    path = _path(kind, key, ".json")
-    if path is None:
-        return
+    _check(kind, key)
     try:
-        _write(path, json.dumps(value, allow_nan=True).encode())
+        _write(kind, f"{key}.json", json.dumps(value, allow_nan=True).encode())
     except (OSError, TypeError, ValueError) as e:
-        logger.warning("cache entry %s not written: %s", path, e)
+        logger.warning("cache entry %s/%s not written: %s", kind, key, e)
 
 
 def has_mark(kind: str, key: str) -> bool:
-    """Whether :func:`put_mark` recorded ``kind``/``key``."""
-    path = _path(kind, key, "")
-    return path is not None and path.is_file()
+    """Whether :func:`put_mark` recorded ``kind``/``key`` (a regular file, reached without following a link)."""
+    _check(kind, key)
+    try:
+        return _read(kind, key, 0) is not None
+    except OSError:
+        return False
 
 
 def put_mark(kind: str, key: str) -> None:
     """Record that ``kind``/``key`` holds (an empty file); a failure to write is logged, not raised."""
-    path = _path(kind, key, "")
-    if path is None:
-        return
+    _check(kind, key)
     try:
-        _write(path, b"")
+        _write(kind, key, b"")
     except OSError as e:
-        logger.warning("cache mark %s not written: %s", path, e)
+        logger.warning("cache mark %s/%s not written: %s", kind, key, e)

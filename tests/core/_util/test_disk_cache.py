@@ -1,6 +1,6 @@
 """core._util.disk_cache: a private folder of small results kept across processes, and the app's results kept there
 (a new server does not compute a run's validation thresholds or OOD references again). The file checks kept
-there are tested with the others in test_verify_once.py."""
+there are tested with the others in tests/core/runs/test_hash_cache.py."""
 from __future__ import annotations
 
 import json
@@ -60,8 +60,51 @@ def test_off_and_unsafe_folders_are_not_used(tmp_path, monkeypatch):
     shared.mkdir()
     shared.chmod(0o777)  # others may write what would be believed
     monkeypatch.setenv(disk_cache.CACHE_ENV, str(shared))
-    disk_cache._private.cache_clear()
     assert disk_cache.cache_dir() is None
+
+
+def test_a_parent_swapped_for_a_link_after_a_first_use_is_not_followed(tmp_path, monkeypatch):
+    """The folder is opened anew at each use, component by component without following a link: a parent replaced
+    by a link to a folder of forged entries after the cache was used once is refused, not read (issue 34,
+    finding 3; the old code checked the last component once and then opened paths through the link)."""
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(home / "cache"))
+    key = disk_cache.cache_key("t")
+    disk_cache.put_json("example", key, "genuine")
+    disk_cache.put_mark("checked", key)
+    assert disk_cache.get_json("example", key) == "genuine" and disk_cache.has_mark("checked", key)
+    forged = tmp_path / "forged"
+    (forged / "cache" / "example").mkdir(parents=True, mode=0o700)
+    (forged / "cache" / "checked").mkdir(mode=0o700)
+    (forged / "cache" / "example" / f"{key}.json").write_text('"forged"')
+    (forged / "cache" / "checked" / key).write_bytes(b"")
+    home.rename(tmp_path / "moved")
+    home.symlink_to(forged)
+    assert disk_cache.get_json("example", key) is None
+    assert not disk_cache.has_mark("checked", key)
+    assert disk_cache.cache_dir() is None
+
+
+def test_a_parent_others_may_write_or_an_entry_that_is_a_link_is_not_used(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # not sticky: others could rename the cache folder away and put theirs in its place
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(shared / "cache"))
+    assert disk_cache.cache_dir() is None
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)  # as /tmp: others cannot rename what they do not own
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(sticky / "cache"))
+    assert disk_cache.cache_dir() == sticky / "cache"
+    key = disk_cache.cache_key("t")
+    disk_cache.put_json("example", key, 1)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("2")
+    entry = sticky / "cache" / "example" / f"{key}.json"
+    entry.unlink()
+    entry.symlink_to(elsewhere)
+    assert disk_cache.get_json("example", key) is None
 
 
 def test_the_app_computes_a_runs_validation_thresholds_once_across_server_starts(tiny_run, cache, monkeypatch):
