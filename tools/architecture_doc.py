@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from tools import marked_block
+
 __all__ = ["BEGIN", "END", "PACKAGES", "module_table", "first_sentence"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +47,7 @@ def module_table(root: Path = ROOT) -> str:
 
 
 def replace_table(doc: str, table: str) -> str:
-    pat = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
-    if len(pat.findall(doc)) != 1:
-        raise ValueError(f"docs/architecture.md needs exactly one {BEGIN} … {END} block")
-    return pat.sub(lambda _: f"{BEGIN}\n{table}{END}", doc)
+    return marked_block.replace(doc, BEGIN, END, table, name="docs/architecture.md")
 
 
 def main(argv: list[str] | None = None) -> int:

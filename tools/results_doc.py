@@ -18,6 +18,7 @@ from pathlib import Path
 from core.knn.scoring import SCORE_FNS
 from core.runs.folder import RunDir
 from precompute.render import VARIANTS, ci, pct, render_markdown
+from tools import marked_block
 
 __all__ = ["BEGIN", "END", "SECTIONS", "readme_block", "replace_block", "results_page", "block_shape"]
 
@@ -100,18 +101,12 @@ def readme_block(rep: dict) -> str:
 
 def replace_block(readme: str, block: str) -> str:
     """``readme`` with the text between :data:`BEGIN` and :data:`END` replaced by ``block``."""
-    pat = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
-    if len(pat.findall(readme)) != 1:
-        raise ValueError(f"README.md needs exactly one {BEGIN} … {END} block")
-    return pat.sub(lambda _: f"{BEGIN}\n{block}{END}", readme)
+    return marked_block.replace(readme, BEGIN, END, block, name="README.md")
 
 
 def readme_block_of(readme: str) -> str:
     """The text between the README's markers."""
-    m = re.search(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), readme, re.S)
-    if not m:
-        raise ValueError(f"README.md has no {BEGIN} … {END} block")
-    return m.group(1)
+    return marked_block.between(readme, BEGIN, END, name="README.md")
 
 
 def block_shape(block: str) -> list[str]:

@@ -42,13 +42,18 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _CORE = Path(__file__).resolve().parents[1]  # core/: the code a cached result derives from
 
 
-def cache_dir() -> Path | None:
-    """The cache folder, created if missing; None when turned off or not safe to use (see the module's text)."""
+def _configured() -> Path | None:
+    """The cache folder the environment names, unchecked; None when turned off."""
     env = os.environ.get(CACHE_ENV)
     if env is not None and env.strip().lower() in ("", "off", "0", "none"):
         return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knnguard"
-    return _private(base)
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "knnguard"
+
+
+def cache_dir() -> Path | None:
+    """The cache folder, created if missing; None when turned off or not safe to use (see the module's text)."""
+    base = _configured()
+    return None if base is None else _private(base)
 
 
 class _Unsafe(OSError):
@@ -116,17 +121,22 @@ def _private(base: Path) -> Path | None:
 @contextlib.contextmanager
 def _entry_dir(kind: str, *, create: bool):
     """A descriptor of the cache's ``kind`` folder, opened by :func:`_open_private`; None when the cache is off."""
-    base = cache_dir()
-    if base is None:
+    base = _configured()
+    try:
+        fd = None if base is None else _open_private(base)  # one walk from / per use, checked as it goes
+    except OSError as e:
+        _warn_unusable(base, str(e))
+        fd = None
+    if fd is None:
         yield None
         return
-    fd = _open_private(base)
     try:
         kfd = _open_component(kind, fd, create=create)
     finally:
         os.close(fd)
     try:
-        if os.fstat(kfd).st_uid != os.getuid() or os.fstat(kfd).st_mode & 0o022:
+        st = os.fstat(kfd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
             raise _Unsafe(f"{base / kind} is not a folder of this user that only it may write")
         yield kfd
     finally:
